@@ -1,0 +1,110 @@
+"""Low-level durable file operations: fsync, atomic replace, checksums.
+
+Every file `storage` writes goes through `atomic_path`, so a file is on disk whole or not
+at all, whatever instant the process dies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "TMP_MARKER",
+    "atomic_path",
+    "atomic_write_bytes",
+    "fsync_dir",
+    "fsync_file",
+    "is_temp_name",
+    "newest_mtime",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+# Temporary files are hidden (leading ".") and carry this marker, so publish can tell an
+# unfinished write from a real artifact.
+TMP_MARKER: Final = ".tmp-"
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data and metadata to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries, making creates/renames/unlinks in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in `chunk`-byte pieces (bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is a temporary file left by `atomic_path`."""
+    return name.startswith(".") and TMP_MARKER in name
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on clean exit make it `path` durably.
+
+    The caller writes the whole file to the yielded path. On success it is fsynced,
+    `os.replace`d onto `path` (atomic on POSIX within one filesystem, hence the same
+    folder) and the folder is fsynced so the rename survives a power cut. On error the
+    temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: nothing was written for {path}")
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    log.debug("wrote %s", path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically and durably (see `atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def newest_mtime(path: Path) -> float:
+    """Latest mtime (unix s) of a folder and everything in it.
+
+    The folder's own mtime is not enough: a writer appending to one file for an hour
+    leaves it old.
+    """
+    newest = path.stat().st_mtime
+    for p in path.rglob("*"):
+        try:
+            newest = max(newest, p.stat().st_mtime)
+        except FileNotFoundError:
+            continue  # deleted while we looked
+    return newest

@@ -1,0 +1,128 @@
+"""Every path under the storage root is built here, and nowhere else.
+
+The tree is::
+
+    <root>/registry.sqlite                      CURRENT pointer, version rows, audit log
+    <root>/data/<snapshot_id>/                  immutable data snapshots (parquet + snapshot.json)
+    <root>/versions/<version_id>/               immutable published model versions
+    <root>/staging/versions/<version_id>/       a version being written, before publish
+    <root>/staging/snapshots/<snapshot_id>.<token>/   a snapshot being written, before commit
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["Layout", "SnapshotFiles", "VersionFiles", "validate_id"]
+
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9._-]+$")
+_MAX_ID_LEN: Final = 200
+
+
+def validate_id(kind: str, value: str) -> str:
+    """Return `value` if it is safe as a single path component, else raise `ValueError`.
+
+    Allowed: letters, digits, `.`, `_`, `-`; no `..`; no leading `.` (such names are
+    reserved for temporary files and would also allow `.` itself, the parent folder).
+    """
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid {kind} {value!r}: must match {_ID_RE.pattern} "
+            "(letters, digits, '.', '_', '-')"
+        )
+    if ".." in value or value.startswith("."):
+        raise ValueError(f"invalid {kind} {value!r}: must not contain '..' or start with '.'")
+    if len(value) > _MAX_ID_LEN:
+        raise ValueError(f"invalid {kind} {value!r}: longer than {_MAX_ID_LEN} characters")
+    return value
+
+
+class VersionFiles:
+    """File names inside a published version folder."""
+
+    MODEL_WEIGHTS: Final = "model.pt"
+    MODEL_CONFIG: Final = "model.json"
+    ITEM_EMBEDDINGS: Final = "item_embeddings.parquet"
+    ITEMS: Final = "items.parquet"
+    USERS: Final = "users.parquet"
+    INDEX: Final = "index.faiss"
+    METRICS: Final = "metrics.json"
+    MANIFEST: Final = "manifest.json"
+
+
+class SnapshotFiles:
+    """File names inside a data snapshot folder (table files are `<TableSpec.name>.parquet`)."""
+
+    USERS: Final = "users.parquet"
+    ITEMS: Final = "items.parquet"
+    CATEGORIES: Final = "categories.parquet"
+    INTERACTIONS: Final = "interactions.parquet"
+    IMPRESSIONS: Final = "impressions.parquet"
+    TRUTH_USERS: Final = "truth_users.parquet"
+    TRUTH_ITEMS: Final = "truth_items.parquet"
+    MANIFEST: Final = "snapshot.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one storage root. Pure: building a path touches no disk."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        # Accept str too, so `Layout("/data/tf")` from a CLI argument just works.
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def registry_db(self) -> Path:
+        """SQLite file holding CURRENT, the version rows and the audit log."""
+        return self.root / "registry.sqlite"
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder of committed data snapshots."""
+        return self.root / "data"
+
+    def snapshot_dir(self, snapshot_id: str) -> Path:
+        """Folder of the committed snapshot `snapshot_id`."""
+        return self.data_dir / validate_id("snapshot id", snapshot_id)
+
+    @property
+    def versions_dir(self) -> Path:
+        """Folder of published versions."""
+        return self.root / "versions"
+
+    def version_dir(self, version_id: str) -> Path:
+        """Folder of the published version `version_id`."""
+        return self.versions_dir / validate_id("version id", version_id)
+
+    @property
+    def staging_dir(self) -> Path:
+        """Folder of work in progress (never read by consumers)."""
+        return self.root / "staging"
+
+    @property
+    def staging_versions_dir(self) -> Path:
+        """Folder of versions being written."""
+        return self.staging_dir / "versions"
+
+    def staging_version_dir(self, version_id: str) -> Path:
+        """Folder where the files of version `version_id` are written before publish."""
+        return self.staging_versions_dir / validate_id("version id", version_id)
+
+    @property
+    def staging_snapshots_dir(self) -> Path:
+        """Folder of snapshots being written."""
+        return self.staging_dir / "snapshots"
+
+    def staging_snapshot_dir(self, snapshot_id: str, token: str) -> Path:
+        """Private folder of one writer of snapshot `snapshot_id`.
+
+        `token` makes it unique per writer, so concurrent writers of the same snapshot
+        never share a folder.
+        """
+        validate_id("snapshot id", snapshot_id)
+        return self.staging_snapshots_dir / validate_id("staging token", f"{snapshot_id}.{token}")

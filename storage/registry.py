@@ -1,0 +1,229 @@
+"""The SQLite registry: the CURRENT pointer, the rows of published versions and an audit
+log of every move of CURRENT and every prune.
+
+CURRENT only ever moves by compare-and-swap inside a `BEGIN IMMEDIATE` transaction with
+`synchronous=FULL`, so it changes atomically and durably, and concurrent publishers or
+rollbacks cannot silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from storage.errors import PublishConflictError, VersionNotFoundError
+from storage.manifest import utc_now_iso
+
+__all__ = ["Event", "Registry", "VersionRow"]
+
+log = logging.getLogger(__name__)
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS current (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version_id TEXT
+    )""",
+    "INSERT OR IGNORE INTO current (id, version_id) VALUES (1, NULL)",
+    """CREATE TABLE IF NOT EXISTS versions (
+        version_id TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL,
+        published_at TEXT NOT NULL,
+        parent TEXT,
+        data_snapshot TEXT
+    )""",
+    """CREATE TABLE IF NOT EXISTS events (
+        ts TEXT NOT NULL,
+        action TEXT NOT NULL,
+        from_version TEXT,
+        to_version TEXT
+    )""",
+)
+
+_CAS_SQL: Final = "UPDATE current SET version_id = :new WHERE id = 1 AND version_id IS :expected"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """A registered (published) version as the registry records it."""
+
+    version_id: str
+    created_at: str
+    published_at: str
+    parent: str | None
+    data_snapshot: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit-log entry: `publish`, `rollback` (from -> to) or `prune` (from = pruned)."""
+
+    ts: str
+    action: str
+    from_version: str | None
+    to_version: str | None
+
+
+class Registry:
+    """Access to `registry.sqlite`; every method is one short connection and transaction.
+
+    Constructing it touches no disk; the database and its tables are created by the first
+    write (reads of a missing database see an empty registry).
+    """
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self._schema_ready = False
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves
+        # so the write lock is taken up front instead of on upgrade (which can deadlock).
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+        with closing(conn):
+            # FULL: the journal is fsynced at commit, so a committed CURRENT survives power loss.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            if not self._schema_ready:
+                with _transaction(conn):
+                    for stmt in _SCHEMA:
+                        conn.execute(stmt)
+                self._schema_ready = True
+            yield conn
+
+    def _readable(self) -> bool:
+        return self._schema_ready or self.path.exists()
+
+    def current(self) -> str | None:
+        """The version CURRENT names, or None if nothing was published."""
+        if not self._readable():
+            return None
+        with self._connect() as conn:
+            return _current(conn)
+
+    def get(self, version_id: str) -> VersionRow | None:
+        """The registered row of `version_id`, or None."""
+        if not self._readable():
+            return None
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT version_id, created_at, published_at, parent, data_snapshot "
+                "FROM versions WHERE version_id = ?",
+                (version_id,),
+            ).fetchone()
+        return None if row is None else VersionRow(*row)
+
+    def list_versions(self) -> list[VersionRow]:
+        """All registered versions, most recently published first."""
+        if not self._readable():
+            return []
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT version_id, created_at, published_at, parent, data_snapshot "
+                "FROM versions ORDER BY published_at DESC, rowid DESC"
+            ).fetchall()
+        return [VersionRow(*r) for r in rows]
+
+    def events(self) -> list[Event]:
+        """The audit log, oldest first."""
+        if not self._readable():
+            return []
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT ts, action, from_version, to_version FROM events ORDER BY rowid"
+            ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def register_and_swap(
+        self,
+        version_id: str,
+        *,
+        expected: str | None,
+        created_at: str,
+        data_snapshot: str | None,
+    ) -> VersionRow:
+        """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
+        transaction: either both happen or neither. Raises `PublishConflictError`."""
+        row = VersionRow(version_id, created_at, utc_now_iso(), expected, data_snapshot)
+        with self._connect() as conn, _transaction(conn):
+            conn.execute(
+                "INSERT INTO versions (version_id, created_at, published_at, parent, "
+                "data_snapshot) VALUES (?, ?, ?, ?, ?)",
+                (row.version_id, row.created_at, row.published_at, row.parent, row.data_snapshot),
+            )
+            _cas(conn, expected, version_id)
+            _event(conn, "publish", expected, version_id)
+        log.info("CURRENT %s -> %s (publish)", expected, version_id)
+        return row
+
+    def compare_and_swap(self, expected: str | None, new: str, action: str = "rollback") -> None:
+        """Move CURRENT `expected` -> `new` (a registered version) and log `action`.
+
+        Raises `VersionNotFoundError` if `new` is not registered (checked in the same
+        transaction, so a concurrent prune cannot slip in) or `PublishConflictError`.
+        """
+        with self._connect() as conn, _transaction(conn):
+            if (
+                conn.execute("SELECT 1 FROM versions WHERE version_id = ?", (new,)).fetchone()
+                is None
+            ):
+                raise VersionNotFoundError(f"version {new!r} is not registered in {self.path}")
+            _cas(conn, expected, new)
+            _event(conn, action, expected, new)
+        log.info("CURRENT %s -> %s (%s)", expected, new, action)
+
+    def unregister(self, version_id: str) -> bool:
+        """Delete the row of `version_id` unless it is CURRENT; True if deleted.
+
+        The CURRENT check is inside the DELETE, so a concurrent rollback to this version
+        either commits first (and the row stays) or finds the row gone.
+        """
+        with self._connect() as conn, _transaction(conn):
+            cur = conn.execute(
+                "DELETE FROM versions WHERE version_id = ? AND version_id IS NOT "
+                "(SELECT version_id FROM current WHERE id = 1)",
+                (version_id,),
+            )
+            if cur.rowcount == 0:
+                return False
+            _event(conn, "prune", version_id, None)
+        return True
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # SQLite may already have rolled back on some errors (e.g. disk full).
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _current(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT version_id FROM current WHERE id = 1").fetchone()
+    return None if row is None else row[0]
+
+
+def _cas(conn: sqlite3.Connection, expected: str | None, new: str) -> None:
+    cur = conn.execute(_CAS_SQL, {"new": new, "expected": expected})
+    if cur.rowcount == 0:
+        raise PublishConflictError(expected=expected, actual=_current(conn), new=new)
+
+
+def _event(
+    conn: sqlite3.Connection, action: str, from_version: str | None, to_version: str | None
+) -> None:
+    conn.execute(
+        "INSERT INTO events (ts, action, from_version, to_version) VALUES (?, ?, ?, ?)",
+        (utc_now_iso(), action, from_version, to_version),
+    )

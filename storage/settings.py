@@ -1,0 +1,33 @@
+"""Machine facts for storage (where the store lives, how many versions to keep), read from
+`TOWERFLOW_*` environment variables when a `StorageSettings` is created at the edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.layout import Layout
+
+__all__ = ["StorageSettings"]
+
+
+class StorageSettings(BaseSettings):
+    """Storage settings; construct in the CLI or flow entry point, then pass values down."""
+
+    model_config = SettingsConfigDict(env_prefix="TOWERFLOW_", extra="ignore")
+
+    root: Path = Field(
+        default=Path(".towerflow"),
+        description="Directory holding the registry, data snapshots and model versions.",
+    )
+    keep_versions: int = Field(
+        default=5,
+        ge=1,
+        description="Published versions kept by pruning (the current one is always kept).",
+    )
+
+    def layout(self) -> Layout:
+        """The `Layout` rooted at `root`."""
+        return Layout(self.root)

@@ -1,0 +1,372 @@
+"""Model versions: staging, the crash-safe publish protocol, opening, verifying and
+rolling back `versions/<id>/` folders (pruning and gc live in `storage.retention`).
+
+Invariant: CURRENT (in the registry) always names a registered version whose folder is
+complete and matches its manifest's checksums, whatever instant a process dies. Publish
+gets there by making the folder complete and durable *before* one SQLite transaction
+moves CURRENT; pruning unregisters *before* it deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from storage.errors import (
+    CorruptVersionError,
+    NoCurrentVersionError,
+    PublishConflictError,
+    VersionNotFoundError,
+)
+from storage.fs import fsync_dir, fsync_file, is_temp_name
+from storage.layout import Layout, VersionFiles, validate_id
+from storage.manifest import (
+    Lineage,
+    Manifest,
+    checksum_files,
+    read_manifest,
+    utc_now_iso,
+    verify_files,
+)
+from storage.registry import Registry
+from storage.retention import DEFAULT_GC_AGE_S, collect_garbage, prune_versions
+
+__all__ = [
+    "PUBLISH_STEPS",
+    "REQUIRED_FILES",
+    "PublishedVersion",
+    "VersionInfo",
+    "VersionStore",
+]
+
+log = logging.getLogger(__name__)
+
+# Step boundaries of `VersionStore.publish`, in order; `hook(step)` runs right after each.
+PUBLISH_STEPS: Final[tuple[str, ...]] = (
+    "staged",  # staging folder checked: required files present, no unfinished temp files
+    "manifest_written",  # checksums computed, manifest.json atomically written into staging
+    "fsynced",  # every staged file and the staging folder fsynced
+    "verified",  # every file re-read and matched against the manifest
+    "renamed",  # staging folder renamed to versions/<id>, versions/ fsynced (not yet CURRENT)
+    "committed",  # version row inserted and CURRENT swapped in one SQLite transaction
+    "pruned",  # versions beyond keep_versions unregistered, then deleted
+)
+
+REQUIRED_FILES: Final[frozenset[str]] = frozenset(
+    {
+        VersionFiles.MODEL_WEIGHTS,
+        VersionFiles.MODEL_CONFIG,
+        VersionFiles.INDEX,
+        VersionFiles.ITEM_EMBEDDINGS,
+    }
+)
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """An opened version. CURRENT was resolved once; later publishes do not change it."""
+
+    version_id: str
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        """Path of a file listed in the manifest (or the manifest itself)."""
+        if name != VersionFiles.MANIFEST and name not in self.manifest.files:
+            raise KeyError(
+                f"version {self.version_id!r} has no file {name!r} "
+                f"(has {sorted(self.manifest.files)})"
+            )
+        return self.path / name
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as listed by `VersionStore.list_versions`."""
+
+    version_id: str
+    is_current: bool
+    created_at: str
+    published_at: str
+    parent: str | None
+    data_snapshot: str | None
+    # From the manifest; None / {} when it cannot be read (see `verify`).
+    item_count: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class _ReadCurrent:
+    """Sentinel: `rollback` should read CURRENT itself (None is a meaningful value)."""
+
+
+_READ_CURRENT: Final = _ReadCurrent()
+
+
+class VersionStore:
+    """Published model versions under one `Layout`. Constructing it touches no disk."""
+
+    def __init__(self, layout: Layout, keep_versions: int = 5) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        self.layout = layout
+        self.keep_versions = keep_versions
+        self.registry = Registry(layout.registry_db)
+
+    # -- staging -------------------------------------------------------------------------
+
+    @staticmethod
+    def new_version_id() -> str:
+        """Unique id that sorts by creation time: `v<UTC yyyymmddTHHMMSSmmm>Z-<6 hex>`."""
+        now = datetime.now(UTC)
+        stamp = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
+        return f"v{stamp}-{secrets.token_hex(3)}"
+
+    def begin(self, version_id: str | None = None) -> Path:
+        """Create and return the staging folder of a new version (a fresh id if None).
+
+        Writers (possibly other processes) put the version's files there, each written
+        atomically, then one caller runs `publish`.
+        """
+        vid = validate_id("version id", self.new_version_id() if version_id is None else version_id)
+        if self.layout.version_dir(vid).exists() or self.registry.get(vid) is not None:
+            raise FileExistsError(f"version {vid!r} already exists in {self.layout.versions_dir}")
+        staging = self.layout.staging_version_dir(vid)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging.mkdir()
+        except FileExistsError:
+            raise FileExistsError(f"version {vid!r} is already being staged at {staging}") from None
+        log.info("staging version %s at %s", vid, staging)
+        return staging
+
+    def staging_path(self, version_id: str) -> Path:
+        """The staging folder created by `begin(version_id)`."""
+        staging = self.layout.staging_version_dir(version_id)
+        if not staging.is_dir():
+            parent = self.layout.staging_versions_dir
+            staged = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+            raise FileNotFoundError(
+                f"no staging folder for version {version_id!r} at {staging} "
+                f"(call begin() first; staged: {staged})"
+            )
+        return staging
+
+    # -- publish -------------------------------------------------------------------------
+
+    def publish(
+        self,
+        version_id: str,
+        *,
+        expected_current: str | None,
+        config: Mapping[str, Any],
+        lineage: Lineage,
+        embedding_dim: int,
+        metric: str,
+        item_count: int,
+        metrics: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        required_files: Collection[str] = REQUIRED_FILES,
+        hook: Callable[[str], None] | None = None,
+    ) -> Manifest:
+        """Publish the staged version and make it CURRENT if CURRENT is `expected_current`.
+
+        Runs the steps of `PUBLISH_STEPS`, calling `hook(step)` after each (tests use it to
+        kill the process there). Raises `PublishConflictError` if CURRENT moved meanwhile;
+        the version folder is then removed. Returns the written manifest.
+        """
+        step = hook or (lambda _step: None)
+        staging = self.staging_path(version_id)
+        final = self.layout.version_dir(version_id)
+        if final.exists():
+            raise FileExistsError(f"{final} already exists; version ids are single-use")
+        names = _staged_files(version_id, staging, required_files)
+        step("staged")
+
+        manifest = Manifest(
+            version_id=version_id,
+            created_at=utc_now_iso(),
+            config=dict(config),
+            lineage=lineage,
+            embedding_dim=embedding_dim,
+            metric=metric,
+            item_count=item_count,
+            metrics=dict(metrics or {}),
+            extra=dict(extra or {}),
+            files=checksum_files(staging, names),
+        )
+        manifest.write(staging / VersionFiles.MANIFEST)
+        step("manifest_written")
+
+        # Files may come from other processes that did not fsync; make them durable before
+        # anything can point at them.
+        for n in names:
+            fsync_file(staging / n)
+        fsync_dir(staging)
+        step("fsynced")
+
+        verify_files(version_id, staging, manifest)
+        step("verified")
+
+        self._ensure_dir(self.layout.versions_dir)
+        os.rename(staging, final)
+        fsync_dir(self.layout.versions_dir)
+        fsync_dir(staging.parent)
+        step("renamed")
+
+        try:
+            self.registry.register_and_swap(
+                version_id,
+                expected=expected_current,
+                created_at=manifest.created_at,
+                data_snapshot=lineage.data_snapshot,
+            )
+        except PublishConflictError:
+            # The transaction rolled back, so this folder was never CURRENT: safe to drop.
+            shutil.rmtree(final)
+            fsync_dir(self.layout.versions_dir)
+            raise
+        step("committed")
+        log.info("published version %s (parent %s)", version_id, expected_current)
+
+        try:
+            self.prune()
+        except (OSError, sqlite3.Error):
+            # The publish itself is committed; a failed cleanup must not report it as failed.
+            log.warning("pruning after publishing %s failed", version_id, exc_info=True)
+        step("pruned")
+        return manifest
+
+    # -- reading -------------------------------------------------------------------------
+
+    def current(self) -> str | None:
+        """The id CURRENT names, or None before the first publish."""
+        return self.registry.current()
+
+    def open_current(self, verify: bool = True) -> PublishedVersion:
+        """Resolve CURRENT once and open that version (checksums checked if `verify`)."""
+        vid = self.current()
+        if vid is None:
+            raise NoCurrentVersionError(f"nothing published yet in {self.layout.registry_db}")
+        return self._open(vid, verify)
+
+    def open_version(self, version_id: str, verify: bool = True) -> PublishedVersion:
+        """Open a registered version (checksums checked if `verify`)."""
+        validate_id("version id", version_id)
+        if self.registry.get(version_id) is None:
+            raise VersionNotFoundError(self._not_registered(version_id))
+        return self._open(version_id, verify)
+
+    def _open(self, version_id: str, verify: bool) -> PublishedVersion:
+        path = self.layout.version_dir(version_id)
+        manifest = self.verify(version_id) if verify else read_manifest(version_id, path)
+        return PublishedVersion(version_id, path, manifest)
+
+    def verify(self, version_id: str) -> Manifest:
+        """Check `versions/<id>/` against its manifest; return the manifest.
+
+        Raises `CorruptVersionError` naming the missing folder, an unreadable manifest, or
+        the first file that is missing or has the wrong size or checksum.
+        """
+        path = self.layout.version_dir(version_id)
+        if not path.is_dir():
+            raise CorruptVersionError(version_id, None, f"folder {path} is missing")
+        manifest = read_manifest(version_id, path)
+        verify_files(version_id, path, manifest)
+        return manifest
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Registered versions, most recently published first."""
+        current = self.current()
+        infos = []
+        for row in self.registry.list_versions():
+            item_count: int | None = None
+            metrics: dict[str, Any] = {}
+            try:
+                m = read_manifest(row.version_id, self.layout.version_dir(row.version_id))
+                item_count, metrics = m.item_count, m.metrics
+            except CorruptVersionError:
+                log.warning("version %s has no readable manifest", row.version_id)
+            infos.append(
+                VersionInfo(
+                    version_id=row.version_id,
+                    is_current=row.version_id == current,
+                    created_at=row.created_at,
+                    published_at=row.published_at,
+                    parent=row.parent,
+                    data_snapshot=row.data_snapshot,
+                    item_count=item_count,
+                    metrics=metrics,
+                )
+            )
+        return infos
+
+    # -- moving CURRENT back, cleaning up ------------------------------------------------
+
+    def rollback(
+        self, version_id: str, expected_current: str | _ReadCurrent | None = _READ_CURRENT
+    ) -> None:
+        """Make registered, intact `version_id` CURRENT again.
+
+        `expected_current` defaults to CURRENT as read now; pass the value you saw to fail
+        with `PublishConflictError` if someone else moved CURRENT since.
+        """
+        validate_id("version id", version_id)
+        if self.registry.get(version_id) is None:
+            raise VersionNotFoundError("cannot roll back: " + self._not_registered(version_id))
+        self.verify(version_id)
+        expected = (
+            self.current() if isinstance(expected_current, _ReadCurrent) else expected_current
+        )
+        self.registry.compare_and_swap(expected, version_id, action="rollback")
+        log.info("rolled back CURRENT %s -> %s", expected, version_id)
+
+    def prune(self) -> list[str]:
+        """Delete versions beyond the newest `keep_versions`, never CURRENT; see
+        `storage.retention.prune_versions`. Returns the pruned ids."""
+        return prune_versions(self.layout, self.registry, self.keep_versions)
+
+    def gc(self, min_age_s: float = DEFAULT_GC_AGE_S) -> list[Path]:
+        """Remove unregistered version folders and abandoned staging folders idle for at
+        least `min_age_s`; see `storage.retention.collect_garbage`."""
+        return collect_garbage(self.layout, self.registry, min_age_s)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _ensure_dir(self, path: Path) -> None:
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            fsync_dir(path.parent)
+
+    def _not_registered(self, version_id: str) -> str:
+        known = [r.version_id for r in self.registry.list_versions()]
+        db = self.layout.registry_db
+        return f"version {version_id!r} is not registered in {db} (registered: {known})"
+
+
+def _staged_files(version_id: str, staging: Path, required: Collection[str]) -> list[str]:
+    """Names of the files to publish; raises if the staging folder is not publishable."""
+    names: list[str] = []
+    for p in sorted(staging.iterdir()):
+        if is_temp_name(p.name):
+            raise RuntimeError(
+                f"{staging}: unfinished write {p.name!r} (a writer is still running or crashed)"
+            )
+        if not p.is_file() or p.is_symlink():
+            raise ValueError(f"{staging}: {p.name!r} is not a regular file; versions are flat")
+        # A manifest left by an interrupted publish attempt is rewritten, not listed.
+        if p.name != VersionFiles.MANIFEST:
+            names.append(p.name)
+    missing = sorted(set(required) - set(names))
+    if missing:
+        raise FileNotFoundError(
+            f"cannot publish {version_id!r}: {staging} lacks {missing} (has {names})"
+        )
+    return names

@@ -1,0 +1,1 @@
+"""Tests of the `storage` package: real files in `tmp_path`, no mocks."""
