@@ -1,0 +1,75 @@
+"""Typed configuration of the two-tower model and its training loop.
+
+Configs are created at the edge (CLI, flow parameters) and passed down; nothing here reads
+the environment. ``TowerSpec`` is what a saved model needs to be rebuilt: the tower
+hyper-parameters plus the vocabulary and feature sizes seen at training time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Device", "LossKind", "TowerConfig", "TowerSpec", "TrainConfig"]
+
+LossKind = Literal["softmax", "bce"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TowerConfig(BaseModel):
+    """Shape of both towers (they share widths so the output spaces match)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    embedding_dim: int = Field(64, ge=2, description="Output vector size of both towers.")
+    id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
+    category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
+    hidden: tuple[int, ...] = Field(
+        (128,), description="Hidden layer widths of each tower's MLP."
+    )
+
+
+class TowerSpec(BaseModel):
+    """Everything needed to rebuild a trained two-tower model from its state_dict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tower: TowerConfig
+    n_users: int = Field(ge=0, description="Known users; embedding rows = n_users + 1.")
+    n_items: int = Field(ge=0, description="Known items; embedding rows = n_items + 1.")
+    n_categories: int = Field(ge=1, description="Known categories; rows = n_categories + 1.")
+    profile_dim: int = Field(ge=0, description="User profile floats.")
+    content_dim: int = Field(ge=0, description="Item content floats.")
+
+
+class TrainConfig(BaseModel):
+    """How to train: loss, optimiser, batches and reproducibility."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loss: LossKind = Field(
+        "softmax",
+        description="'softmax': in-batch sampled softmax; 'bce': pointwise on impressions.",
+    )
+    epochs: int = Field(8, ge=1, description="Passes over the training interactions.")
+    batch_size: int = Field(1024, ge=2, description="Examples per step (in-batch negatives).")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate of the dense layers.")
+    sparse_lr: float = Field(
+        1e-2, gt=0, description="SparseAdam learning rate of the ID embedding tables."
+    )
+    temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature on cosine scores (lower = sharper)."
+    )
+    logq_correction: bool = Field(
+        True, description="Subtract log sampling probability of in-batch negatives."
+    )
+    id_dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Probability of replacing an ID with the unknown bucket while training, "
+        "so cold users and new items get useful vectors from features alone.",
+    )
+    seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
+    device: Device = Field("auto", description="'auto' = CUDA when present, else CPU.")

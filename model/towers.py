@@ -1,0 +1,131 @@
+"""The user tower, the item tower and the two-tower module that holds both.
+
+Row 0 of every ID table is the unknown bucket: cold users and new items are embedded
+through it, so their vectors come from features alone. Outputs are L2-normalised, so the
+index's inner product equals the cosine the model was trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import TowerSpec
+
+__all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower"]
+
+UNKNOWN_ROW = 0
+
+
+def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class _Standardise(nn.Module):
+    """Feature scaling fitted on training data; stored as buffers so it ships in state_dict."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: Tensor) -> None:
+        """x: (n, dim) float32 training features."""
+        if x.numel() == 0:
+            return
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class UserTower(nn.Module):
+    """user-ID embedding (row 0 = unknown) + standardised profile floats -> MLP -> unit vector."""
+
+    def __init__(self, spec: TowerSpec) -> None:
+        super().__init__()
+        cfg = spec.tower
+        # sparse=True: only the rows in a batch get gradients (SparseAdam), ~12x faster here.
+        self.id_embedding = nn.Embedding(spec.n_users + 1, cfg.id_dim, sparse=True)
+        self.profile_norm = _Standardise(spec.profile_dim)
+        self.mlp = _mlp(cfg.id_dim + spec.profile_dim, cfg.hidden, cfg.embedding_dim)
+        nn.init.normal_(self.id_embedding.weight, std=0.05)
+
+    def forward(self, id_rows: Tensor, profile: Tensor) -> Tensor:
+        """id_rows: (B,) int64 in [0, n_users]; profile: (B, P) float32 -> (B, D) unit rows."""
+        x = torch.cat([self.id_embedding(id_rows), self.profile_norm(profile)], dim=1)
+        return F.normalize(self.mlp(x), dim=1)
+
+
+class ItemTower(nn.Module):
+    """item-ID embedding (row 0 = unknown) + category embedding + content floats -> MLP."""
+
+    def __init__(self, spec: TowerSpec) -> None:
+        super().__init__()
+        cfg = spec.tower
+        self.id_embedding = nn.Embedding(spec.n_items + 1, cfg.id_dim, sparse=True)
+        # Row 0 of the category table is the unknown category (new items may bring one).
+        self.category_embedding = nn.Embedding(spec.n_categories + 1, cfg.category_dim)
+        self.content_norm = _Standardise(spec.content_dim)
+        in_dim = cfg.id_dim + cfg.category_dim + spec.content_dim
+        self.mlp = _mlp(in_dim, cfg.hidden, cfg.embedding_dim)
+        nn.init.normal_(self.id_embedding.weight, std=0.05)
+
+    def forward(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
+        """id_rows, category_rows: (B,) int64; content: (B, C) float32 -> (B, D) unit rows."""
+        x = torch.cat(
+            [
+                self.id_embedding(id_rows),
+                self.category_embedding(category_rows),
+                self.content_norm(content),
+            ],
+            dim=1,
+        )
+        return F.normalize(self.mlp(x), dim=1)
+
+
+class TwoTower(nn.Module):
+    """Both towers; ``forward_user`` and ``forward_item`` stay separate because items are
+    embedded offline into the index and users online, one request at a time."""
+
+    def __init__(self, spec: TowerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.user_tower = UserTower(spec)
+        self.item_tower = ItemTower(spec)
+
+    def fit_feature_scaling(self, profile: Tensor, content: Tensor) -> None:
+        """Fit the profile (U, P) and content (I, C) standardisation on training tables."""
+        self.user_tower.profile_norm.fit(profile)
+        self.item_tower.content_norm.fit(content)
+
+    def forward_user(self, id_rows: Tensor, profile: Tensor) -> Tensor:
+        """(B,) int64 rows, (B, P) float32 -> (B, D) L2-normalised user vectors."""
+        return self.user_tower(id_rows, profile)
+
+    def forward_item(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
+        """(B,) int64 rows, (B,) int64 category rows, (B, C) float32 -> (B, D) unit vectors."""
+        return self.item_tower(id_rows, category_rows, content)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The ID tables, trained with SparseAdam."""
+        return [self.user_tower.id_embedding.weight, self.item_tower.id_embedding.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Everything else, trained with Adam."""
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+
+def load_two_tower(config: dict[str, object], state_dict: dict[str, Tensor]) -> TwoTower:
+    """Rebuild a saved model from its JSON config (a ``TowerSpec``) and weights, strictly."""
+    model = TwoTower(TowerSpec.model_validate(config))
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
