@@ -1,0 +1,77 @@
+"""Data step: produce (or reuse) an immutable data snapshot for the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from model.synthetic import generate, synthetic_config
+from storage import (
+    INTERACTIONS,
+    ITEMS,
+    USERS,
+    Layout,
+    begin_snapshot,
+    commit_snapshot,
+    read_num_rows,
+    snapshot_exists,
+    snapshot_path,
+)
+from tasks.config import DataConfig
+from tasks.dataio import write_synthetic
+from tasks.refs import SnapshotRef
+
+__all__ = ["prepare_data", "snapshot_id_for"]
+
+
+def snapshot_id_for(cfg: DataConfig) -> str:
+    """Deterministic id: the same source, scale, seed and overrides name the same snapshot."""
+    gen = synthetic_config(cfg.scale, seed=cfg.seed, **cfg.overrides)
+    digest = hashlib.sha256(gen.model_dump_json().encode()).hexdigest()[:10]
+    return f"{cfg.source}-{cfg.scale}-seed{cfg.seed}-{digest}"
+
+
+def _ref(layout: Layout, snapshot_id: str) -> SnapshotRef:
+    folder = snapshot_path(layout, snapshot_id)
+    return SnapshotRef(
+        root=str(layout.root),
+        snapshot_id=snapshot_id,
+        n_users=read_num_rows(folder / USERS.file_name, USERS),
+        n_items=read_num_rows(folder / ITEMS.file_name, ITEMS),
+        n_interactions=read_num_rows(folder / INTERACTIONS.file_name, INTERACTIONS),
+    )
+
+
+@task(name="prepare-data", retries=2, retry_delay_seconds=[1, 5])
+def prepare_data(root: str, cfg: DataConfig) -> SnapshotRef:
+    """Generate the synthetic snapshot for ``cfg`` unless it is already stored."""
+    logger = get_run_logger()
+    layout = Layout(Path(root))
+    snapshot_id = snapshot_id_for(cfg)
+    if snapshot_exists(layout, snapshot_id):
+        logger.info("reusing data snapshot %s", snapshot_id)
+        return _ref(layout, snapshot_id)
+    gen_cfg = synthetic_config(cfg.scale, seed=cfg.seed, **cfg.overrides)
+    start = time.perf_counter()
+    data = generate(gen_cfg)
+    staging = begin_snapshot(layout, snapshot_id)
+    meta = {
+        "snapshot_id": snapshot_id,
+        "source": cfg.source,
+        "scale": cfg.scale,
+        "created_at": datetime.now(UTC).isoformat(),
+        "generator": json.loads(gen_cfg.model_dump_json()),
+    }
+    write_synthetic(staging, data, meta)
+    commit_snapshot(layout, snapshot_id, staging)
+    logger.info(
+        "generated snapshot %s in %.1f s: %d users, %d items, %d interactions",
+        snapshot_id, time.perf_counter() - start,
+        len(data.user_id), len(data.item_id), len(data.inter_user),
+    )
+    return _ref(layout, snapshot_id)

@@ -1,0 +1,233 @@
+"""Conversions between stored tables and the model's in-memory arrays.
+
+Plain functions shared by several tasks (no Prefect here): they read and write through
+``storage`` and build ``model`` objects, so tasks stay short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from model.dataset import Dataset, Vocabulary
+from model.features import category_rows
+from model.synthetic import SyntheticData
+from model.towers import TwoTower, load_two_tower
+from storage import (
+    CATEGORIES,
+    IMPRESSIONS,
+    INTERACTIONS,
+    ITEM_EMBEDDINGS,
+    ITEMS,
+    TRUTH_ITEMS,
+    TRUTH_USERS,
+    USERS,
+    SnapshotFiles,
+    VersionFiles,
+    arrow_to_vectors,
+    load_model,
+    read_json,
+    read_table,
+    vectors_to_arrow,
+    write_json,
+    write_table,
+)
+from storage.schemas import VERSION_ITEMS, VERSION_USERS
+
+__all__ = [
+    "ServingTables",
+    "Truth",
+    "load_dataset",
+    "load_impressions",
+    "load_served_model",
+    "load_truth",
+    "read_embeddings",
+    "read_serving_tables",
+    "write_embeddings",
+    "write_serving_tables",
+    "write_synthetic",
+]
+
+
+def _np(table: pa.Table, name: str) -> npt.NDArray[Any]:
+    return table.column(name).to_numpy()
+
+
+def write_synthetic(folder: Path, data: SyntheticData, meta: dict[str, Any]) -> None:
+    """Write every generator output as a table of the snapshot folder, then snapshot.json."""
+    tables = {
+        USERS: {"user_id": data.user_id, "profile": vectors_to_arrow(data.profile)},
+        ITEMS: {
+            "item_id": data.item_id,
+            "category": data.category,
+            "content": vectors_to_arrow(data.content),
+        },
+        CATEGORIES: {
+            "category": np.arange(len(data.category_names), dtype=np.int32),
+            "name": data.category_names,
+        },
+        INTERACTIONS: {
+            "user_id": data.inter_user,
+            "item_id": data.inter_item,
+            "timestamp": data.inter_ts,
+        },
+        IMPRESSIONS: {
+            "user_id": data.imp_user,
+            "item_id": data.imp_item,
+            "timestamp": data.imp_ts,
+            "label": data.imp_label,
+        },
+        TRUTH_USERS: {"user_id": data.user_id, "latent": vectors_to_arrow(data.user_latent)},
+        TRUTH_ITEMS: {
+            "item_id": data.item_id,
+            "latent": vectors_to_arrow(data.item_latent),
+            "log_popularity": data.log_popularity,
+        },
+    }
+    for spec, columns in tables.items():
+        write_table(folder / spec.file_name, pa.table(columns), spec)
+    write_json(folder / SnapshotFiles.MANIFEST, meta)
+
+
+def load_dataset(folder: Path) -> Dataset:
+    """Users, items and interactions of a snapshot, sorted by ID (see ``Dataset``)."""
+    users = read_table(folder / USERS.file_name, USERS)
+    items = read_table(folder / ITEMS.file_name, ITEMS)
+    cats = read_table(folder / CATEGORIES.file_name, CATEGORIES)
+    inter = read_table(folder / INTERACTIONS.file_name, INTERACTIONS)
+    return Dataset.from_raw(
+        user_id=_np(users, "user_id"),
+        profile=arrow_to_vectors(users.column("profile")),
+        item_id=_np(items, "item_id"),
+        category=_np(items, "category"),
+        content=arrow_to_vectors(items.column("content")),
+        n_categories=int(_np(cats, "category").max(initial=-1)) + 1,
+        inter_user_id=_np(inter, "user_id"),
+        inter_item_id=_np(inter, "item_id"),
+        inter_ts=_np(inter, "timestamp"),
+    )
+
+
+def load_impressions(folder: Path) -> pa.Table:
+    """The labelled impressions table of a snapshot (for the pointwise BCE mode)."""
+    return read_table(folder / IMPRESSIONS.file_name, IMPRESSIONS)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """The generator's hidden world, aligned with ``Dataset`` positions."""
+
+    user_latent: npt.NDArray[np.float32]  # (U, L)
+    item_latent: npt.NDArray[np.float32]  # (I, L)
+    log_popularity: npt.NDArray[np.float32]  # (I,)
+    temperature: float
+
+
+def load_truth(folder: Path, data: Dataset) -> Truth | None:
+    """Ground truth of a synthetic snapshot, or None when the snapshot has none (real data)."""
+    if not (folder / TRUTH_USERS.file_name).is_file():
+        return None
+    meta = read_json(folder / SnapshotFiles.MANIFEST)
+    tu = read_table(folder / TRUTH_USERS.file_name, TRUTH_USERS)
+    ti = read_table(folder / TRUTH_ITEMS.file_name, TRUTH_ITEMS)
+    u_pos = data.user_positions(_np(tu, "user_id"))
+    i_pos = _positions(data.item_id, _np(ti, "item_id"))
+    user_latent = np.empty((data.n_users, tu.column("latent").type.list_size), np.float32)
+    item_latent = np.empty((data.n_items, ti.column("latent").type.list_size), np.float32)
+    log_pop = np.empty(data.n_items, np.float32)
+    user_latent[u_pos] = arrow_to_vectors(tu.column("latent"))
+    item_latent[i_pos] = arrow_to_vectors(ti.column("latent"))
+    log_pop[i_pos] = _np(ti, "log_popularity")
+    return Truth(user_latent, item_latent, log_pop, float(meta["generator"]["temperature"]))
+
+
+def _positions(sorted_ids: npt.NDArray[np.int64], raw: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+    pos = np.searchsorted(sorted_ids, raw)
+    if (pos >= len(sorted_ids)).any() or (sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] != raw).any():
+        raise ValueError("truth table names IDs that are not in the snapshot")
+    return pos
+
+
+def write_serving_tables(folder: Path, data: Dataset, vocab: Vocabulary) -> None:
+    """The user and item tables a version serves from, with each row's tower ID row."""
+    write_table(
+        folder / VersionFiles.USERS,
+        pa.table(
+            {
+                "user_id": data.user_id,
+                "id_row": vocab.user_id_row,
+                "profile": vectors_to_arrow(data.profile),
+            }
+        ),
+        VERSION_USERS,
+    )
+    write_table(
+        folder / VersionFiles.ITEMS,
+        pa.table(
+            {
+                "item_id": data.item_id,
+                "id_row": vocab.item_id_row,
+                "category": data.category,
+                "content": vectors_to_arrow(data.content),
+            }
+        ),
+        VERSION_ITEMS,
+    )
+
+
+@dataclass(frozen=True)
+class ServingTables:
+    """A version's user and item features, sorted by ID. U users, I items."""
+
+    user_id: npt.NDArray[np.int64]  # (U,)
+    user_id_row: npt.NDArray[np.int64]  # (U,) tower ID rows, 0 = unknown
+    profile: npt.NDArray[np.float32]  # (U, P)
+    item_id: npt.NDArray[np.int64]  # (I,)
+    item_id_row: npt.NDArray[np.int64]  # (I,)
+    category: npt.NDArray[np.int32]  # (I,)
+    content: npt.NDArray[np.float32]  # (I, C)
+
+    def item_category_rows(self, n_categories: int) -> npt.NDArray[np.int64]:
+        return category_rows(self.category, n_categories)
+
+
+def read_serving_tables(folder: Path) -> ServingTables:
+    """A version's users.parquet and items.parquet as writable arrays (they feed torch)."""
+    users = read_table(folder / VersionFiles.USERS, VERSION_USERS)
+    items = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
+    return ServingTables(
+        user_id=_np(users, "user_id").copy(),
+        user_id_row=_np(users, "id_row").copy(),
+        profile=arrow_to_vectors(users.column("profile"), copy=True),
+        item_id=_np(items, "item_id").copy(),
+        item_id_row=_np(items, "id_row").copy(),
+        category=_np(items, "category").copy(),
+        content=arrow_to_vectors(items.column("content"), copy=True),
+    )
+
+
+def load_served_model(folder: Path) -> TwoTower:
+    """The two-tower model saved in a version (or staging) folder, on CPU, in eval mode."""
+    state, config = load_model(folder)
+    return load_two_tower(config, state)
+
+
+def write_embeddings(
+    folder: Path, item_id: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]
+) -> None:
+    write_table(
+        folder / VersionFiles.ITEM_EMBEDDINGS,
+        pa.table({"item_id": item_id, "embedding": vectors_to_arrow(vectors)}),
+        ITEM_EMBEDDINGS,
+    )
+
+
+def read_embeddings(folder: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """(I,) item IDs and (I, D) float32 vectors of a version."""
+    table = read_table(folder / VersionFiles.ITEM_EMBEDDINGS, ITEM_EMBEDDINGS)
+    return _np(table, "item_id"), arrow_to_vectors(table.column("embedding"), copy=True)

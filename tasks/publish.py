@@ -1,0 +1,82 @@
+"""Version life cycle steps: open a staging folder, publish it atomically, or discard it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from pydantic import BaseModel
+
+from storage import Layout, Lineage, StorageSettings, VersionStore, read_json
+from storage.layout import VersionFiles
+from tasks.config import RuntimeConfig
+from tasks.refs import SnapshotRef, StageRef
+
+__all__ = ["Runtime", "begin_version", "discard_version", "publish_version", "resolve_runtime"]
+
+
+class Runtime(BaseModel):
+    """RuntimeConfig with every default resolved."""
+
+    root: str
+    keep_versions: int
+    threads: int | None
+
+
+def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
+    """Fill unset storage fields from the environment (TOWERFLOW_ROOT, TOWERFLOW_KEEP_VERSIONS,
+    else ./.towerflow and 5); the root becomes absolute so every task agrees on it."""
+    env = StorageSettings()
+    root = Path(cfg.storage_root) if cfg.storage_root else env.root
+    return Runtime(
+        root=str(root.expanduser().resolve()),
+        keep_versions=cfg.keep_versions or env.keep_versions,
+        threads=cfg.threads,
+    )
+
+
+@task(name="begin-version")
+def begin_version(root: str) -> StageRef:
+    """Open a staging folder for a new version; remember CURRENT as the expected parent."""
+    store = VersionStore(Layout(Path(root)))
+    parent = store.current()
+    version_id = store.new_version_id()
+    store.begin(version_id)
+    get_run_logger().info("building version %s on top of %s", version_id, parent)
+    return StageRef(root=root, version_id=version_id, parent=parent)
+
+
+def discard_version(stage: StageRef) -> None:
+    """Delete a staged version that will not be published (e.g. it failed the gate)."""
+    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@task(name="publish-version")
+def publish_version(
+    stage: StageRef,
+    snapshot: SnapshotRef,
+    config: dict[str, Any],
+    item_count: int,
+    embedding_dim: int,
+    keep_versions: int = 5,
+) -> str:
+    """Checksum, fsync, verify and commit the staged version as CURRENT (compare-and-swap
+    against the CURRENT seen when the run began). Returns the published version id."""
+    store = VersionStore(Layout(Path(stage.root)), keep_versions=keep_versions)
+    staging = store.staging_path(stage.version_id)
+    metrics = read_json(staging / VersionFiles.METRICS)
+    manifest = store.publish(
+        stage.version_id,
+        expected_current=stage.parent,
+        config=config,
+        lineage=Lineage(data_snapshot=snapshot.snapshot_id, parent_version=stage.parent),
+        embedding_dim=embedding_dim,
+        metric="inner_product",
+        item_count=item_count,
+        metrics=metrics,
+    )
+    get_run_logger().info("published version %s", manifest.version_id)
+    return manifest.version_id

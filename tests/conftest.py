@@ -1,0 +1,54 @@
+"""Test-session settings: Prefect state in a private temp dir, one shared test harness.
+
+Set before any test imports Prefect, so no run ever touches a user's real Prefect state.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="towerflow-test-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server for the whole session (~8-15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+
+@dataclass(frozen=True)
+class Published:
+    root: Path
+    version_id: str
+    output: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def published(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> Published:
+    """`towerflow run --scale tiny --json` into a fresh root, once per session."""
+    root = tmp_path_factory.mktemp("store")
+    from typer.testing import CliRunner
+
+    from towerflow.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", "--scale", "tiny", "--epochs", "4", "--root", str(root), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return Published(root=root, version_id=out["version"], output=out)

@@ -1,0 +1,91 @@
+"""The nightly flow end to end on the tiny scale, under the shared Prefect test harness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.nightly import nightly
+from storage import Layout, VersionFiles, VersionStore, read_table
+from storage.schemas import VERSION_ITEMS
+from tasks.config import NightlyConfig
+from tasks.dataio import read_embeddings
+from tasks.evaluate import QualityGateError
+from tests.conftest import Published
+
+pytestmark = pytest.mark.prefect
+
+
+def _config(root: str, **evaluation: object) -> NightlyConfig:
+    return NightlyConfig.model_validate(
+        {
+            "data": {"scale": "tiny"},
+            "train": {"epochs": 4},
+            "evaluation": evaluation,
+            "runtime": {"storage_root": root},
+        }
+    )
+
+
+def test_run_publishes_a_complete_version_that_beats_popularity(published: Published) -> None:
+    store = VersionStore(Layout(published.root))
+    assert store.current() == published.version_id
+    version = store.open_current(verify=True)
+    manifest = version.manifest
+    items = read_table(version.file(VersionFiles.ITEMS), VERSION_ITEMS)
+    assert manifest.item_count == items.num_rows == 600
+    assert manifest.metric == "inner_product"
+    assert manifest.embedding_dim == manifest.config["tower"]["embedding_dim"]
+    assert manifest.lineage.data_snapshot.startswith("synthetic-tiny-seed42-")
+    assert manifest.lineage.parent_version is None
+    assert set(manifest.files) >= {"model.pt", "model.json", "index.faiss", "metrics.json"}
+    rankers = published.output["metrics"]["rankers"]
+    assert rankers["model"]["recall@50"] > 2 * rankers["popularity"]["recall@50"]
+    assert rankers["oracle"]["recall@50"] >= rankers["model"]["recall@50"] * 0.9
+
+
+def test_run_posts_summary_and_metrics_artifacts(published: Published) -> None:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["nightly-summary", "nightly-metrics"])
+            )
+        )
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == {"nightly-summary", "nightly-metrics"}
+    summary = str(by_key["nightly-summary"].data)
+    assert published.version_id in summary
+    assert "| model |" in summary and "| popularity |" in summary
+
+
+def test_failed_quality_gate_leaves_current_unchanged(published: Published) -> None:
+    store = VersionStore(Layout(published.root))
+    before = store.current()
+    staged_before = sorted(p.name for p in Layout(published.root).staging_versions_dir.iterdir())
+    with pytest.raises(QualityGateError, match="CURRENT is unchanged"):
+        nightly(_config(str(published.root), gate_min_lift=1000.0))
+    assert store.current() == before
+    staged_after = sorted(p.name for p in Layout(published.root).staging_versions_dir.iterdir())
+    assert staged_after == staged_before  # the rejected version's staging folder is gone
+    assert [v.version_id for v in store.list_versions()] == [before]
+
+
+def test_second_run_reuses_the_snapshot_and_chains_lineage(
+    published: Published, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = tmp_path_factory.mktemp("chain")
+    first = nightly(_config(str(root)))
+    second = nightly(_config(str(root)))
+    store = VersionStore(Layout(root))
+    assert store.current() == second
+    m1, m2 = store.open_version(first).manifest, store.open_version(second).manifest
+    assert m2.lineage.parent_version == first
+    assert m2.lineage.data_snapshot == m1.lineage.data_snapshot
+    assert len(list(Layout(root).data_dir.iterdir())) == 1  # generated once, reused
+    # Same data, config and seeds: the two versions hold the same item vectors.
+    ids1, vecs1 = read_embeddings(store.open_version(first).path)
+    ids2, vecs2 = read_embeddings(store.open_version(second).path)
+    np.testing.assert_array_equal(ids1, ids2)
+    np.testing.assert_allclose(vecs1, vecs2, atol=1e-5)

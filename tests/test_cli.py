@@ -1,0 +1,106 @@
+"""The `towerflow` command line against a store the session published (see conftest)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from storage import Layout, VersionFiles, VersionStore, read_table
+from storage.schemas import VERSION_ITEMS
+from tests.conftest import Published
+from towerflow.cli import app, load_config
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", ["run", "recommend", "versions", "rollback"])
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "--json" in result.stdout
+
+
+def test_load_config_reads_yaml_and_applies_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  scale: tiny\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path, {"train.epochs": 5, "data.seed": None})
+    assert cfg.data.scale == "tiny" and cfg.train.epochs == 5 and cfg.data.seed == 42
+
+
+def test_load_config_names_the_file_and_the_bad_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: -1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml[\s\S]*train\.epochs"):
+        load_config(path, {})
+    with pytest.raises(ValueError, match="unknown scale"):
+        load_config(None, {"data.scale": "galactic"})
+
+
+def test_run_rejects_a_bad_config_before_doing_anything(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", "--scale", "galactic", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unknown scale" in result.stderr
+    assert not (tmp_path / "versions").exists()
+
+
+@pytest.mark.prefect
+def test_recommend_json_prints_k_real_item_ids(published: Published) -> None:
+    result = runner.invoke(
+        app, ["recommend", "--user-id", "1", "--k", "10", "--root", str(published.root), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["version"] == published.version_id
+    ids = [r["item_id"] for r in out["items"]]
+    scores = [r["score"] for r in out["items"]]
+    assert len(ids) == len(set(ids)) == 10
+    version = VersionStore(Layout(published.root)).open_current()
+    catalogue = set(read_table(version.file(VersionFiles.ITEMS), VERSION_ITEMS)
+                    .column("item_id").to_pylist())
+    assert set(ids) <= catalogue
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.prefect
+def test_recommend_unknown_user_is_a_clear_error(published: Published) -> None:
+    result = runner.invoke(
+        app, ["recommend", "--user-id", "987654321", "--root", str(published.root)]
+    )
+    assert result.exit_code == 1
+    assert "user 987654321 is not in version" in result.stderr
+
+
+def test_recommend_without_a_published_version_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["recommend", "--user-id", "1", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error:" in result.stderr
+
+
+@pytest.mark.prefect
+def test_versions_and_rollback(published: Published, tmp_path: Path) -> None:
+    # Work on a copy so other tests keep seeing the session's store unchanged.
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(published.root, root)
+    store = VersionStore(Layout(root))
+    run = runner.invoke(app, ["run", "--scale", "tiny", "--epochs", "2", "--root", str(root),
+                              "--json"])
+    assert run.exit_code == 0, run.output
+    newer = json.loads(run.stdout.strip().splitlines()[-1])["version"]
+    listed = json.loads(runner.invoke(app, ["versions", "--root", str(root), "--json"]).stdout)
+    assert [v["version_id"] for v in listed] == [newer, published.version_id]
+    assert [v["is_current"] for v in listed] == [True, False]
+
+    back = runner.invoke(app, ["rollback", published.version_id, "--root", str(root), "--json"])
+    assert back.exit_code == 0, back.output
+    assert json.loads(back.stdout) == {"previous": newer, "current": published.version_id}
+    assert store.current() == published.version_id
+
+    missing = runner.invoke(app, ["rollback", "v-does-not-exist", "--root", str(root)])
+    assert missing.exit_code == 1
+    assert "v-does-not-exist" in missing.stderr
+    assert store.current() == published.version_id

@@ -1,0 +1,237 @@
+"""The ``towerflow`` command line: run the nightly flow, query, list and roll back versions.
+
+Heavy imports (torch, Prefect) happen inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+import yaml
+
+if TYPE_CHECKING:
+    from storage import VersionStore
+    from tasks.config import NightlyConfig
+
+__all__ = ["app", "load_config"]
+
+app = typer.Typer(
+    name="towerflow",
+    help="Two-tower candidate retrieval: train, index, publish and query versions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+# Prefect defaults that matter offline and on small machines (see README): no telemetry,
+# and room for the temporary server's cold start. The environment still wins.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "model,storage,tasks,towerflow",
+}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _store(root: Path | None) -> VersionStore:
+    from storage import Layout, StorageSettings, VersionStore
+
+    settings = StorageSettings()
+    resolved = (root or settings.root).expanduser().resolve()
+    return VersionStore(Layout(resolved), keep_versions=settings.keep_versions)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
+    """NightlyConfig from a YAML/JSON file (optional) with dotted-key ``overrides`` applied.
+
+    Raises ValueError naming the file and the invalid field.
+    """
+    from pydantic import ValidationError
+
+    from tasks.config import NightlyConfig
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config {path}: expected a mapping at the top level")
+        raw = loaded or {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return NightlyConfig.model_validate(raw)
+    except ValidationError as e:
+        where = f"config {path}" if path else "options"
+        raise ValueError(f"invalid {where}:\n{e}") from e
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    rankers: dict[str, dict[str, float]] = metrics["rankers"]
+    names = [k for k in next(iter(rankers.values())) if "@" in k]
+    width = max(len(n) for n in names) + 2
+    lines = ["ranker".ljust(12) + "".join(n.rjust(width) for n in names)]
+    for ranker, values in rankers.items():
+        lines.append(ranker.ljust(12) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
+    return "\n".join(lines)
+
+
+@app.command()
+def run(
+    scale: Annotated[
+        str | None, typer.Option(help="Synthetic data scale: tiny, small, medium, large.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML/JSON file of nightly parameters.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Data generator seed.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch / Faiss threads.")] = None,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the nightly flow once, in-process (Prefect's temporary server), and publish."""
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    _setup_logging(verbose=not as_json)
+    try:
+        cfg = load_config(
+            config,
+            {
+                "data.scale": scale,
+                "data.seed": seed,
+                "train.epochs": epochs,
+                "runtime.threads": threads,
+                "runtime.storage_root": str(root) if root else None,
+            },
+        )
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+    import time
+
+    from flows.nightly import nightly
+    from storage import VersionFiles, read_json
+
+    start = time.perf_counter()
+    version_id = nightly(cfg)
+    seconds = time.perf_counter() - start
+    store = _store(Path(cfg.runtime.storage_root) if cfg.runtime.storage_root else root)
+    metrics = read_json(store.open_version(version_id).file(VersionFiles.METRICS))
+    if as_json:
+        typer.echo(json.dumps({"version": version_id, "seconds": seconds, "metrics": metrics}))
+        return
+    typer.echo(f"\npublished version {version_id} in {seconds:.1f} s")
+    typer.echo(f"test metrics ({metrics['n_users']} users, {metrics['n_items']} items):")
+    typer.echo(_metrics_table(metrics))
+
+
+@app.command()
+def recommend(
+    user_id: Annotated[int, typer.Option("--user-id", help="Raw user ID.")],
+    k: Annotated[int, typer.Option("--k", min=1, help="How many items.")] = 10,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Top-K items for a user from the CURRENT version."""
+    from storage import NoCurrentVersionError
+    from towerflow.recall import Recaller, UnknownUserError
+
+    try:
+        recaller = Recaller.load(_store(root))
+        recs = recaller.recommend(user_id, k)
+    except (NoCurrentVersionError, UnknownUserError) as e:
+        raise _fail(str(e).strip("'\"")) from None
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "version": recaller.version_id,
+                    "user_id": user_id,
+                    "items": [
+                        {"item_id": r.item_id, "score": round(r.score, 6), "category": r.category}
+                        for r in recs
+                    ],
+                }
+            )
+        )
+        return
+    typer.echo(f"version {recaller.version_id}, user {user_id}:")
+    typer.echo(f"{'rank':>4}  {'item_id':>10}  {'score':>8}  category")
+    for rank, r in enumerate(recs, 1):
+        typer.echo(f"{rank:>4}  {r.item_id:>10}  {r.score:>8.4f}  {r.category}")
+
+
+@app.command()
+def versions(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """List published versions, newest first; '*' marks CURRENT."""
+    infos = _store(root).list_versions()
+    if as_json:
+        typer.echo(json.dumps([_version_json(v) for v in infos]))
+        return
+    if not infos:
+        typer.echo("no published versions")
+        return
+    for v in infos:
+        mark = "*" if v.is_current else " "
+        typer.echo(f"{mark} {v.version_id}  created {v.created_at}  parent {v.parent}")
+
+
+def _version_json(info: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(info) if is_dataclass(info) else dict(info)
+
+
+@app.command()
+def rollback(
+    version: Annotated[str, typer.Argument(help="Version id to make CURRENT again.")],
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a previous (kept, checksum-valid) version CURRENT again."""
+    from storage import CorruptVersionError, PublishConflictError, VersionNotFoundError
+
+    store = _store(root)
+    before = store.current()
+    try:
+        store.rollback(version, expected_current=before)
+    except (VersionNotFoundError, CorruptVersionError, PublishConflictError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps({"previous": before, "current": version}))
+    else:
+        typer.echo(f"CURRENT: {before} -> {version}")
