@@ -75,7 +75,10 @@ class SyntheticConfig(BaseModel):
         description="Zipf exponent s of the popularity prior: log_pop = -s * log(rank).",
     )
     impressions_per_click: int = Field(
-        2, ge=0, description="Non-clicked impressions drawn from popularity per click."
+        2,
+        ge=0,
+        description="Non-clicked impressions drawn from popularity per click (draws that hit "
+        "an item the user clicks are dropped).",
     )
     days: int = Field(28, ge=1, description="Length of the interaction window in days.")
     candidate_cap: int = Field(
@@ -247,6 +250,12 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     pop = np.exp(log_pop.astype(np.float64))
     neg_items = rng.choice(cfg.n_items, n_neg, p=pop / pop.sum())
     neg_src = np.repeat(np.arange(len(u_rows)), cfg.impressions_per_click)
+    # A shown-but-not-clicked item must not be one the user clicks: drop those draws, so
+    # pointwise training never sees contradictory labels for a (user, item) pair.
+    clicked = u_rows * cfg.n_items + i_rows
+    fresh = ~np.isin(u_rows[neg_src] * cfg.n_items + neg_items, clicked)
+    neg_items, neg_src = neg_items[fresh], neg_src[fresh]
+    n_neg = len(neg_items)
     imp_user = np.concatenate([u_rows, u_rows[neg_src]])
     imp_item = np.concatenate([i_rows, neg_items])
     imp_ts = np.concatenate([ts, ts[neg_src]])

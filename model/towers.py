@@ -30,6 +30,9 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
 class _Standardise(nn.Module):
     """Feature scaling fitted on training data; stored as buffers so it ships in state_dict."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -114,11 +117,11 @@ class TwoTower(nn.Module):
         """(B,) int64 rows, (B,) int64 category rows, (B, C) float32 -> (B, D) unit vectors."""
         return self.item_tower(id_rows, category_rows, content)
 
-    def sparse_parameters(self) -> list[nn.Parameter]:
+    def sparse_parameters(self) -> list[Tensor]:
         """The ID tables, trained with SparseAdam."""
         return [self.user_tower.id_embedding.weight, self.item_tower.id_embedding.weight]
 
-    def dense_parameters(self) -> list[nn.Parameter]:
+    def dense_parameters(self) -> list[Tensor]:
         """Everything else, trained with Adam."""
         sparse = {id(p) for p in self.sparse_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]

@@ -15,7 +15,7 @@ import typer
 import yaml
 
 if TYPE_CHECKING:
-    from storage import VersionStore
+    from storage import VersionInfo, VersionStore
     from tasks.config import NightlyConfig
 
 __all__ = ["app", "load_config"]
@@ -210,10 +210,10 @@ def versions(root: RootOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(f"{mark} {v.version_id}  created {v.created_at}  parent {v.parent}")
 
 
-def _version_json(info: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
+def _version_json(info: VersionInfo) -> dict[str, Any]:
+    from dataclasses import asdict
 
-    return asdict(info) if is_dataclass(info) else dict(info)
+    return asdict(info)
 
 
 @app.command()

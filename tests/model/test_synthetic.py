@@ -115,10 +115,15 @@ def test_impressions_hold_every_click_and_the_configured_negatives(
     tiny: SyntheticData, tiny_cfg: SyntheticConfig
 ) -> None:
     n = len(tiny.inter_user)
-    assert len(tiny.imp_user) == n * (1 + tiny_cfg.impressions_per_click)
+    n_neg = int((tiny.imp_label == 0).sum())
+    assert len(tiny.imp_user) == n + n_neg
     assert set(np.unique(tiny.imp_label).tolist()) == {0, 1}
-    assert int((tiny.imp_label == 0).sum()) == n * tiny_cfg.impressions_per_click
+    # Draws that hit one of the user's own clicks are dropped; the rest are kept.
+    assert 0.8 * n * tiny_cfg.impressions_per_click < n_neg <= n * tiny_cfg.impressions_per_click
     clicks = tiny.imp_label == 1
+    clicked = set(zip(tiny.inter_user.tolist(), tiny.inter_item.tolist(), strict=True))
+    negatives = zip(tiny.imp_user[~clicks].tolist(), tiny.imp_item[~clicks].tolist(), strict=True)
+    assert not any(pair in clicked for pair in negatives)
     imp = sorted(
         zip(tiny.imp_user[clicks], tiny.imp_item[clicks], tiny.imp_ts[clicks], strict=True)
     )

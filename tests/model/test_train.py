@@ -210,7 +210,8 @@ def test_bce_on_impressions_trains(world: World) -> None:
     ("n_users", "n_items", "loss", "labels", "message"),
     [
         (5, 4, "softmax", None, r"user_rows \(5\) and item_rows \(4\) differ"),
-        (0, 0, "softmax", None, "no training examples"),
+        (0, 0, "softmax", None, r"need at least 2 training examples, got 0"),
+        (1, 1, "softmax", None, r"need at least 2 training examples, got 1"),
         (4, 4, "bce", None, "needs one label per example"),
         (4, 4, "bce", 3, "needs one label per example"),
     ],
