@@ -41,7 +41,11 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     quality_gate(report, stage)
     index = build_item_index(stage, config.index, threads)
     version_id = publish_version(
-        stage, snapshot, config.model_dump(mode="json"), n_items, index.dim,
+        stage,
+        snapshot,
+        config.model_dump(mode="json"),
+        n_items,
+        index.dim,
         runtime.keep_versions,
     )
     post_report(version_id, snapshot, trained, report, index)

@@ -25,9 +25,7 @@ class TowerConfig(BaseModel):
     embedding_dim: int = Field(64, ge=2, description="Output vector size of both towers.")
     id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
     category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
-    hidden: tuple[int, ...] = Field(
-        (128,), description="Hidden layer widths of each tower's MLP."
-    )
+    hidden: tuple[int, ...] = Field((128,), description="Hidden layer widths of each tower's MLP.")
 
 
 class TowerSpec(BaseModel):
@@ -52,14 +50,14 @@ class TrainConfig(BaseModel):
         "softmax",
         description="'softmax': in-batch sampled softmax; 'bce': pointwise on impressions.",
     )
-    epochs: int = Field(8, ge=1, description="Passes over the training interactions.")
+    epochs: int = Field(5, ge=1, description="Passes over the training interactions.")
     batch_size: int = Field(1024, ge=2, description="Examples per step (in-batch negatives).")
     lr: float = Field(3e-3, gt=0, description="Adam learning rate of the dense layers.")
     sparse_lr: float = Field(
         1e-2, gt=0, description="SparseAdam learning rate of the ID embedding tables."
     )
     temperature: float = Field(
-        0.05, gt=0, description="Softmax temperature on cosine scores (lower = sharper)."
+        0.15, gt=0, description="Softmax temperature on cosine scores (lower = sharper)."
     )
     logq_correction: bool = Field(
         True, description="Subtract log sampling probability of in-batch negatives."

@@ -53,7 +53,7 @@ class SyntheticConfig(BaseModel):
         3, ge=1, description="Categories a user's hidden preference is built from."
     )
     user_noise: float = Field(
-        0.5, ge=0, description="Spread of a user's preference around its favourite categories."
+        0.3, ge=0, description="Spread of a user's preference around its favourite categories."
     )
     item_noise: float = Field(
         0.6, ge=0, description="Spread of an item's latent around its category centroid."
@@ -94,9 +94,7 @@ class SyntheticConfig(BaseModel):
 
 
 SCALES: dict[str, SyntheticConfig] = {
-    "tiny": SyntheticConfig(
-        n_users=400, n_items=600, n_categories=8, interactions_per_user=30.0
-    ),
+    "tiny": SyntheticConfig(n_users=400, n_items=600, n_categories=8, interactions_per_user=30.0),
     "small": SyntheticConfig(),
     "medium": SyntheticConfig(n_users=50_000, n_items=100_000, n_categories=100),
     "large": SyntheticConfig(
@@ -186,8 +184,9 @@ def _sample_interactions(
             cand = np.sort(rng.choice(n_items, n_candidates, replace=False))
         else:
             cand = np.arange(n_items)
-        scores = oracle_scores(user_latent[start:stop], item_latent[cand], log_pop[cand],
-                               cfg.temperature)
+        scores = oracle_scores(
+            user_latent[start:stop], item_latent[cand], log_pop[cand], cfg.temperature
+        )
         scores += rng.gumbel(size=scores.shape).astype(np.float32)
         block_counts = counts[start:stop]
         kmax = int(block_counts.max())
@@ -264,7 +263,10 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
 
     log.info(
         "generated %d users, %d items, %d interactions, %d impressions",
-        cfg.n_users, cfg.n_items, len(u_rows), len(imp_user),
+        cfg.n_users,
+        cfg.n_items,
+        len(u_rows),
+        len(imp_user),
     )
     return SyntheticData(
         user_id=user_id,

@@ -133,9 +133,7 @@ def train(
             if len(idx) < 2:
                 continue  # a softmax over one example has no negatives
             u, i = users[idx], items[idx]
-            u_vec = model.forward_user(
-                _dropout_ids(u, cfg.id_dropout, gen), tables.user_profile[u]
-            )
+            u_vec = model.forward_user(_dropout_ids(u, cfg.id_dropout, gen), tables.user_profile[u])
             i_vec = model.forward_item(
                 _dropout_ids(i, cfg.id_dropout, gen),
                 tables.item_category_rows[i],
@@ -160,7 +158,11 @@ def train(
         result.epochs.append(stats)
         log.info(
             "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)",
-            epoch, cfg.epochs, stats.loss, seconds, stats.examples_per_s,
+            epoch,
+            cfg.epochs,
+            stats.loss,
+            seconds,
+            stats.examples_per_s,
         )
         if on_epoch is not None:
             on_epoch(stats)

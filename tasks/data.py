@@ -71,7 +71,10 @@ def prepare_data(root: str, cfg: DataConfig) -> SnapshotRef:
     commit_snapshot(layout, snapshot_id, staging)
     logger.info(
         "generated snapshot %s in %.1f s: %d users, %d items, %d interactions",
-        snapshot_id, time.perf_counter() - start,
-        len(data.user_id), len(data.item_id), len(data.inter_user),
+        snapshot_id,
+        time.perf_counter() - start,
+        len(data.user_id),
+        len(data.item_id),
+        len(data.inter_user),
     )
     return _ref(layout, snapshot_id)

@@ -136,7 +136,9 @@ def load_truth(folder: Path, data: Dataset) -> Truth | None:
     tu = read_table(folder / TRUTH_USERS.file_name, TRUTH_USERS)
     ti = read_table(folder / TRUTH_ITEMS.file_name, TRUTH_ITEMS)
     u_pos = data.user_positions(_np(tu, "user_id"))
-    i_pos = _positions(data.item_id, _np(ti, "item_id"))
+    i_pos = data.item_positions(_np(ti, "item_id"))
+    if (u_pos < 0).any() or (i_pos < 0).any():
+        raise ValueError(f"{folder}: truth tables name IDs that are not in the snapshot")
     user_latent = np.empty((data.n_users, tu.column("latent").type.list_size), np.float32)
     item_latent = np.empty((data.n_items, ti.column("latent").type.list_size), np.float32)
     log_pop = np.empty(data.n_items, np.float32)
@@ -144,13 +146,6 @@ def load_truth(folder: Path, data: Dataset) -> Truth | None:
     item_latent[i_pos] = arrow_to_vectors(ti.column("latent"))
     log_pop[i_pos] = _np(ti, "log_popularity")
     return Truth(user_latent, item_latent, log_pop, float(meta["generator"]["temperature"]))
-
-
-def _positions(sorted_ids: npt.NDArray[np.int64], raw: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-    pos = np.searchsorted(sorted_ids, raw)
-    if (pos >= len(sorted_ids)).any() or (sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] != raw).any():
-        raise ValueError("truth table names IDs that are not in the snapshot")
-    return pos
 
 
 def write_serving_tables(folder: Path, data: Dataset, vocab: Vocabulary) -> None:

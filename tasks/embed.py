@@ -40,6 +40,8 @@ def embed_catalogue(stage: StageRef, threads: int | None = None, batch_size: int
     write_embeddings(staging, items.item_id, vectors)
     logger.info(
         "embedded %d items in %.2f s (%.0f items/s)",
-        len(vectors), seconds, len(vectors) / max(seconds, 1e-9),
+        len(vectors),
+        seconds,
+        len(vectors) / max(seconds, 1e-9),
     )
     return len(vectors)

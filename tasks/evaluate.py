@@ -101,7 +101,9 @@ def evaluate_model(
     if truth is not None:
         scorers["oracle"] = lambda rows: torch.from_numpy(
             oracle_scores(
-                truth.user_latent[rows], truth.item_latent, truth.log_popularity,
+                truth.user_latent[rows],
+                truth.item_latent,
+                truth.log_popularity,
                 truth.temperature,
             )
         )
@@ -131,7 +133,9 @@ def quality_gate(report: EvalReport, stage: StageRef) -> None:
     if report.gate_passed:
         get_run_logger().info(
             "quality gate passed: %s %.4f >= %.4f",
-            report.gate_metric, model_value, report.gate_threshold,
+            report.gate_metric,
+            model_value,
+            report.gate_threshold,
         )
         return
     discard_version(stage)

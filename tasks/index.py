@@ -27,9 +27,7 @@ class IndexSummary(BaseModel):
 
 
 @task(name="build-index")
-def build_item_index(
-    stage: StageRef, cfg: IndexConfig, threads: int | None = None
-) -> IndexSummary:
+def build_item_index(stage: StageRef, cfg: IndexConfig, threads: int | None = None) -> IndexSummary:
     """Build the index configured by ``cfg`` and stage it as index.faiss."""
     logger = get_run_logger()
     apply_threads(threads)

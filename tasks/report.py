@@ -65,8 +65,12 @@ def post_report(
 ) -> str:
     """Attach the summary (key ``nightly-summary``) and metrics table (``nightly-metrics``)."""
     summary = render_summary(version_id, snapshot, train, report, index)
-    create_markdown_artifact(key="nightly-summary", markdown=summary,
-                             description=f"Nightly run, version {version_id}")
-    create_table_artifact(key="nightly-metrics", table=metrics_rows(report),
-                          description=f"Test metrics of version {version_id}")
+    create_markdown_artifact(
+        key="nightly-summary", markdown=summary, description=f"Nightly run, version {version_id}"
+    )
+    create_table_artifact(
+        key="nightly-metrics",
+        table=metrics_rows(report),
+        description=f"Test metrics of version {version_id}",
+    )
     return summary

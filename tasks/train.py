@@ -84,13 +84,20 @@ def train_model(
         items = vocab.item_id_row[data.inter_item[split.train]]
     logger.info(
         "training on %d examples (%d known users, %d known items, loss %s)",
-        len(users), spec.n_users, spec.n_items, train_cfg.loss,
+        len(users),
+        spec.n_users,
+        spec.n_items,
+        train_cfg.loss,
     )
 
     def report(stats: EpochStats) -> None:
         logger.info(
             "epoch %d/%d: loss %.4f, %.1f s, %.0f examples/s",
-            stats.epoch, train_cfg.epochs, stats.loss, stats.seconds, stats.examples_per_s,
+            stats.epoch,
+            train_cfg.epochs,
+            stats.loss,
+            stats.seconds,
+            stats.examples_per_s,
         )
 
     result = train(model, tables, users, items, train_cfg, labels=labels, on_epoch=report)

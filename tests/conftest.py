@@ -5,9 +5,9 @@ Set before any test imports Prefect, so no run ever touches a user's real Prefec
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,6 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
-
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,9 @@ def test_recommend_json_prints_k_real_item_ids(published: Published) -> None:
     scores = [r["score"] for r in out["items"]]
     assert len(ids) == len(set(ids)) == 10
     version = VersionStore(Layout(published.root)).open_current()
-    catalogue = set(read_table(version.file(VersionFiles.ITEMS), VERSION_ITEMS)
-                    .column("item_id").to_pylist())
+    catalogue = set(
+        read_table(version.file(VersionFiles.ITEMS), VERSION_ITEMS).column("item_id").to_pylist()
+    )
     assert set(ids) <= catalogue
     assert scores == sorted(scores, reverse=True)
 
@@ -87,8 +88,9 @@ def test_versions_and_rollback(published: Published, tmp_path: Path) -> None:
     root = tmp_path / "store"
     shutil.copytree(published.root, root)
     store = VersionStore(Layout(root))
-    run = runner.invoke(app, ["run", "--scale", "tiny", "--epochs", "2", "--root", str(root),
-                              "--json"])
+    run = runner.invoke(
+        app, ["run", "--scale", "tiny", "--epochs", "2", "--root", str(root), "--json"]
+    )
     assert run.exit_code == 0, run.output
     newer = json.loads(run.stdout.strip().splitlines()[-1])["version"]
     listed = json.loads(runner.invoke(app, ["versions", "--root", str(root), "--json"]).stdout)

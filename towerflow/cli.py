@@ -51,6 +51,8 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP call to Prefect's API drowns the run's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _store(root: Path | None) -> VersionStore:
@@ -99,12 +101,22 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
         raise ValueError(f"invalid {where}:\n{e}") from e
 
 
+_FAMILIES = ("recall", "ndcg", "hit_rate")
+_RANKERS = ("model", "popularity", "oracle")
+
+
 def _metrics_table(metrics: dict[str, Any]) -> str:
+    """Rankers as rows (model first), metrics as columns grouped by family then K."""
     rankers: dict[str, dict[str, float]] = metrics["rankers"]
-    names = [k for k in next(iter(rankers.values())) if "@" in k]
+    names = sorted(
+        (k for k in next(iter(rankers.values())) if "@" in k),
+        key=lambda n: (_FAMILIES.index(n.split("@")[0]), int(n.split("@")[1])),
+    )
+    order = sorted(rankers, key=lambda r: _RANKERS.index(r) if r in _RANKERS else len(_RANKERS))
     width = max(len(n) for n in names) + 2
     lines = ["ranker".ljust(12) + "".join(n.rjust(width) for n in names)]
-    for ranker, values in rankers.items():
+    for ranker in order:
+        values = rankers[ranker]
         lines.append(ranker.ljust(12) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
     return "\n".join(lines)
 
@@ -157,6 +169,12 @@ def run(
     typer.echo(f"\npublished version {version_id} in {seconds:.1f} s")
     typer.echo(f"test metrics ({metrics['n_users']} users, {metrics['n_items']} items):")
     typer.echo(_metrics_table(metrics))
+    rankers = metrics["rankers"]
+    gate = metrics["gate_metric"]
+    model = rankers["model"][gate]
+    typer.echo(f"\nmodel {gate}: {model / max(rankers['popularity'][gate], 1e-12):.2f}x popularity")
+    if "oracle" in rankers:
+        typer.echo(f"model {gate}: {model / max(rankers['oracle'][gate], 1e-12):.0%} of the oracle")
 
 
 @app.command()
