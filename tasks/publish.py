@@ -9,12 +9,14 @@ from typing import Any
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from storage import Layout, Lineage, StorageSettings, VersionStore, read_json
-from storage.layout import VersionFiles
+from storage import Layout, Lineage, StorageSettings, VersionFiles, VersionStore, read_json
 from tasks.config import RuntimeConfig
 from tasks.refs import SnapshotRef, StageRef
 
 __all__ = ["Runtime", "begin_version", "discard_version", "publish_version", "resolve_runtime"]
+
+
+_ABANDONED_AFTER_S = 6 * 3600.0
 
 
 class Runtime(BaseModel):
@@ -41,6 +43,9 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
 def begin_version(root: str) -> StageRef:
     """Open a staging folder for a new version; remember CURRENT as the expected parent."""
     store = VersionStore(Layout(Path(root)))
+    # Leftovers of crashed or failed runs; a folder idle this long has no live writer.
+    for path in store.gc(min_age_s=_ABANDONED_AFTER_S):
+        get_run_logger().info("removed abandoned %s", path)
     parent = store.current()
     version_id = store.new_version_id()
     store.begin(version_id)

@@ -138,6 +138,9 @@ def run(
     """Run the nightly flow once, in-process (Prefect's temporary server), and publish."""
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if os.environ.get("PREFECT_HOME"):
+        # Prefect creates its home without parents and then fails to start its server.
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     _setup_logging(verbose=not as_json)
     try:
         cfg = load_config(
