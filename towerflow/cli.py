@@ -53,6 +53,7 @@ def _setup_logging(verbose: bool) -> None:
     )
     # One line per HTTP call to Prefect's API drowns the run's own messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def _store(root: Path | None) -> VersionStore:
