@@ -48,6 +48,7 @@ class VersionFiles:
     ITEM_EMBEDDINGS: Final = "item_embeddings.parquet"
     ITEMS: Final = "items.parquet"
     USERS: Final = "users.parquet"
+    HISTORY: Final = "history.parquet"
     INDEX: Final = "index.faiss"
     METRICS: Final = "metrics.json"
     MANIFEST: Final = "manifest.json"

@@ -20,6 +20,7 @@ __all__ = [
     "TRUTH_ITEMS",
     "TRUTH_USERS",
     "USERS",
+    "VERSION_HISTORY",
     "VERSION_ITEMS",
     "VERSION_USERS",
 ]
@@ -121,6 +122,16 @@ VERSION_ITEMS: Final = TableSpec(
     ),
 )
 
+# Every item each user has interacted with (sorted item IDs), so serving can exclude what a
+# user has already seen. One row per user with history; list offsets keep it compact.
+VERSION_HISTORY: Final = TableSpec(
+    "history",
+    (
+        ColumnSpec("user_id", pa.int64()),
+        ColumnSpec("items", pa.list_(pa.int64())),
+    ),
+)
+
 ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     USERS,
     ITEMS,
@@ -132,4 +143,5 @@ ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     TRUTH_ITEMS,
     VERSION_USERS,
     VERSION_ITEMS,
+    VERSION_HISTORY,
 )

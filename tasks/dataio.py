@@ -37,9 +37,10 @@ from storage import (
     write_json,
     write_table,
 )
-from storage.schemas import VERSION_ITEMS, VERSION_USERS
+from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_USERS
 
 __all__ = [
+    "History",
     "ServingTables",
     "Truth",
     "load_dataset",
@@ -47,6 +48,7 @@ __all__ = [
     "load_served_model",
     "load_truth",
     "read_embeddings",
+    "read_history",
     "read_serving_tables",
     "write_embeddings",
     "write_serving_tables",
@@ -149,7 +151,23 @@ def load_truth(folder: Path, data: Dataset) -> Truth | None:
 
 
 def write_serving_tables(folder: Path, data: Dataset, vocab: Vocabulary) -> None:
-    """The user and item tables a version serves from, with each row's tower ID row."""
+    """The user, item and history tables a version serves from (with each row's tower ID
+    row; the history holds every interaction of the snapshot, so serving can exclude it)."""
+    seen = data.sets(np.ones(len(data.inter_user), bool))
+    has = seen.lengths() > 0
+    offsets = np.concatenate([[0], np.cumsum(seen.lengths()[has])]).astype(np.int32)
+    write_table(
+        folder / VersionFiles.HISTORY,
+        pa.table(
+            {
+                "user_id": data.user_id[has],
+                "items": pa.ListArray.from_arrays(
+                    pa.array(offsets), pa.array(data.item_id[seen.indices])
+                ),
+            }
+        ),
+        VERSION_HISTORY,
+    )
     write_table(
         folder / VersionFiles.USERS,
         pa.table(
@@ -203,6 +221,34 @@ def read_serving_tables(folder: Path) -> ServingTables:
         item_id_row=_np(items, "id_row").copy(),
         category=_np(items, "category").copy(),
         content=arrow_to_vectors(items.column("content"), copy=True),
+    )
+
+
+@dataclass(frozen=True)
+class History:
+    """Per-user sorted item IDs, CSR-style: user ``user_id[r]`` saw
+    ``item_ids[indptr[r]:indptr[r + 1]]``. R users with history, N interactions."""
+
+    user_id: npt.NDArray[np.int64]  # (R,) sorted
+    indptr: npt.NDArray[np.int64]  # (R+1,)
+    item_ids: npt.NDArray[np.int64]  # (N,)
+
+    def items_of(self, user_id: int) -> npt.NDArray[np.int64]:
+        """Sorted item IDs the user interacted with (empty when none)."""
+        r = int(np.searchsorted(self.user_id, user_id))
+        if r >= len(self.user_id) or self.user_id[r] != user_id:
+            return np.empty(0, np.int64)
+        return self.item_ids[self.indptr[r] : self.indptr[r + 1]]
+
+
+def read_history(folder: Path) -> History:
+    """A version's history.parquet as CSR arrays (one copy of the offsets, none of values)."""
+    table = read_table(folder / VersionFiles.HISTORY, VERSION_HISTORY)
+    items = table.column("items").combine_chunks()
+    return History(
+        user_id=_np(table, "user_id").copy(),
+        indptr=items.offsets.to_numpy().astype(np.int64),
+        item_ids=items.values.to_numpy().astype(np.int64),
     )
 
 

@@ -37,6 +37,11 @@ def _column(kind: pa.DataType | VectorKind, n: int, rng: np.random.Generator) ->
         return pa.array([f"name-{i}" for i in range(n)], kind)
     if pa.types.is_floating(kind):
         return pa.array(rng.standard_normal(n).astype(kind.to_pandas_dtype()), kind)
+    if pa.types.is_list(kind):
+        lengths = rng.integers(0, 6, n)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        values = _column(kind.value_type, int(offsets[-1]), rng)
+        return pa.ListArray.from_arrays(pa.array(offsets), values).cast(kind)
     info = np.iinfo(kind.to_pandas_dtype())
     return pa.array(rng.integers(info.min, info.max, n, endpoint=True), kind)
 
