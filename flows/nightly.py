@@ -27,7 +27,8 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     4. embed-items: every item through the item tower (unknown bucket for unseen items).
     5. evaluate + quality-gate: full-ranking test metrics vs popularity and the oracle;
        below the gate the run fails and CURRENT is unchanged.
-    6. build-index: Faiss inner-product index with real item IDs.
+    6. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
+       real user vectors to the Recall@k target vs exact search (below it the run fails).
     7. publish-version: checksum, fsync, verify, compare-and-swap CURRENT.
     8. post-report: markdown summary and metrics table artifacts.
     """
@@ -45,7 +46,7 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
         snapshot,
         config.model_dump(mode="json"),
         n_items,
-        index.dim,
+        index,
         runtime.keep_versions,
     )
     post_report(version_id, snapshot, trained, report, index)

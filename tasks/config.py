@@ -61,13 +61,26 @@ class EvalConfig(BaseModel):
 
 
 class IndexConfig(BaseModel):
-    """The Faiss index built over the item vectors."""
+    """The Faiss index built over the item vectors and the recall it must keep."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     factory: str = Field(
-        "Flat", description="faiss.index_factory string (inner product); 'Flat' = exact search."
+        "auto",
+        description="faiss.index_factory string (inner product), or 'auto': exact 'Flat' up to "
+        "50k items, IVF-Flat up to 5M, IVF-PQ with refinement above.",
     )
+    target_recall: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Recall@k vs exact search the tuned index must reach, or nothing is published.",
+    )
+    k: int = Field(100, ge=1, description="k of the recall target.")
+    tune_queries: int = Field(
+        1000, ge=10, description="Sampled real user vectors used to tune and check recall."
+    )
+    seed: int = Field(0, description="Seed of the query sample and the IVF training sample.")
 
 
 class RuntimeConfig(BaseModel):

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from storage import Layout, Lineage, StorageSettings, VersionFiles, VersionStore, read_json
 from tasks.config import RuntimeConfig
-from tasks.refs import SnapshotRef, StageRef
+from tasks.refs import IndexSummary, SnapshotRef, StageRef
 
 __all__ = ["Runtime", "begin_version", "discard_version", "publish_version", "resolve_runtime"]
 
@@ -65,11 +65,14 @@ def publish_version(
     snapshot: SnapshotRef,
     config: dict[str, Any],
     item_count: int,
-    embedding_dim: int,
+    index: IndexSummary,
     keep_versions: int = 5,
 ) -> str:
     """Checksum, fsync, verify and commit the staged version as CURRENT (compare-and-swap
-    against the CURRENT seen when the run began). Returns the published version id."""
+    against the CURRENT seen when the run began). Returns the published version id.
+
+    The manifest records the evaluation metrics and the index's measured recall/latency.
+    """
     store = VersionStore(Layout(Path(stage.root)), keep_versions=keep_versions)
     staging = store.staging_path(stage.version_id)
     metrics = read_json(staging / VersionFiles.METRICS)
@@ -78,10 +81,11 @@ def publish_version(
         expected_current=stage.parent,
         config=config,
         lineage=Lineage(data_snapshot=snapshot.snapshot_id, parent_version=stage.parent),
-        embedding_dim=embedding_dim,
+        embedding_dim=index.dim,
         metric="inner_product",
         item_count=item_count,
         metrics=metrics,
+        extra={"index": index.model_dump(mode="json")},
     )
     get_run_logger().info("published version %s", manifest.version_id)
     return manifest.version_id

@@ -1,10 +1,11 @@
-"""Small typed references that tasks return instead of data: where an artifact lives."""
+"""Small typed values that tasks return instead of data: where an artifact lives, and
+summaries of what a step built."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SnapshotRef", "StageRef"]
+__all__ = ["IndexSummary", "SnapshotRef", "StageRef"]
 
 
 class SnapshotRef(BaseModel):
@@ -27,3 +28,22 @@ class StageRef(BaseModel):
     root: str = Field(description="Artifact store root.")
     version_id: str
     parent: str | None = Field(description="CURRENT when the run started; the CAS expects it.")
+
+
+class IndexSummary(BaseModel):
+    """What the manifest and the run report record about the index."""
+
+    factory: str
+    n_items: int
+    dim: int
+    build_seconds: float
+    bytes: int
+    knob: str | None
+    knob_value: int | None
+    k: int
+    target_recall: float
+    recall: float
+    single_query_p50_ms: float
+    single_query_p99_ms: float
+    tune_queries: int
+    trials: list[dict[str, float]]

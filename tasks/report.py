@@ -6,8 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.evaluate import EvalReport
-from tasks.index import IndexSummary
-from tasks.refs import SnapshotRef
+from tasks.refs import IndexSummary, SnapshotRef
 from tasks.train import TrainSummary
 
 __all__ = ["metrics_rows", "post_report", "render_summary"]
@@ -42,7 +41,10 @@ def render_summary(
         f"- quality gate: model {metric} {model:.4f} >= {report.gate_threshold:.4f}",
         f"- index: `{index.factory}`, {index.n_items:,} items x {index.dim} dims, "
         f"built in {index.build_seconds:.2f} s, {index.bytes / max(index.n_items, 1):.0f} "
-        "bytes/item",
+        f"bytes/item; {index.knob or 'exact search'}"
+        f"{'=' + str(index.knob_value) if index.knob else ''}: Recall@{index.k} "
+        f"{index.recall:.4f} vs exact (target {index.target_recall}), single query p50 "
+        f"{index.single_query_p50_ms:.3f} ms, p99 {index.single_query_p99_ms:.3f} ms",
         "",
         f"## Test metrics ({report.n_users:,} users, full ranking over {report.n_items:,} items)",
         "",

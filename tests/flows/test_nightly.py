@@ -10,9 +10,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, read_table
 from storage.schemas import VERSION_ITEMS
-from tasks.config import NightlyConfig
+from tasks.config import IndexConfig, NightlyConfig
 from tasks.dataio import read_embeddings
 from tasks.evaluate import QualityGateError
+from tasks.index import IndexRecallError
 from tests.conftest import Published
 
 pytestmark = pytest.mark.prefect
@@ -70,6 +71,26 @@ def test_failed_quality_gate_leaves_current_unchanged(published: Published) -> N
     staged_after = sorted(p.name for p in Layout(published.root).staging_versions_dir.iterdir())
     assert staged_after == staged_before  # the rejected version's staging folder is gone
     assert [v.version_id for v in store.list_versions()] == [before]
+
+
+def test_index_below_its_recall_target_is_not_published(published: Published) -> None:
+    store = VersionStore(Layout(published.root))
+    before = store.current()
+    cfg = _config(str(published.root)).model_copy(
+        update={"index": IndexConfig(factory="IVF8,PQ2", target_recall=0.99, k=50)}
+    )
+    with pytest.raises(IndexRecallError, match=r"below the target 0\.99"):
+        nightly(cfg)
+    assert store.current() == before
+    assert not list(Layout(published.root).staging_versions_dir.iterdir())
+
+
+def test_manifest_records_the_measured_index_recall(published: Published) -> None:
+    extra = VersionStore(Layout(published.root)).open_current().manifest.extra["index"]
+    # 600 items: exact search, so recall against exact is 1 by construction.
+    assert extra["factory"] == "Flat" and extra["recall"] == 1.0
+    assert extra["k"] == 100 and extra["target_recall"] == 0.95
+    assert extra["single_query_p99_ms"] > 0
 
 
 def test_second_run_reuses_the_snapshot_and_chains_lineage(

@@ -1,0 +1,155 @@
+"""Choosing and tuning an approximate index against exact search.
+
+Recall of an ANN index depends on the data (PERF_NOTES: clustered synthetic vectors are
+far easier than near-uniform ones), so the search knob (nprobe / efSearch) is chosen on
+the trained towers' real vectors: the cheapest setting whose Recall@K against exact
+search on a sample of real user queries meets the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from model.index import search, set_search_params
+
+__all__ = [
+    "TuneResult",
+    "default_factory",
+    "exact_topk",
+    "measure_latency",
+    "recall_against",
+    "search_knob",
+    "tune_index",
+]
+
+log = logging.getLogger(__name__)
+
+# Catalogues up to this size are searched exactly: a Flat scan of 50k x 64 floats takes
+# ~1 ms here, so an approximation would buy little and cost recall.
+EXACT_MAX_ITEMS = 50_000
+# Above this, IVF-Flat memory (d * 4 bytes per item) dominates; compress with PQ + refine.
+IVF_FLAT_MAX_ITEMS = 5_000_000
+
+
+def default_factory(n_items: int, dim: int) -> str:
+    """Index for a catalogue size: exact below 50k, IVF-Flat to 5M, IVF-PQ + refine above.
+
+    nlist ~ 4 sqrt(n) keeps lists around sqrt(n)/4 long, the usual balance between the
+    coarse quantizer's cost and the list scan.
+    """
+    if n_items <= EXACT_MAX_ITEMS:
+        return "Flat"
+    nlist = int(4 * np.sqrt(n_items))
+    if n_items <= IVF_FLAT_MAX_ITEMS:
+        return f"IVF{nlist},Flat"
+    return f"IVF{nlist},PQ{max(dim // 2, 1)},RFlat"
+
+
+def search_knob(index: faiss.Index) -> tuple[str, list[int]] | None:
+    """The index's accuracy knob and the values worth trying, cheapest first (None: exact)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        values = [
+            v for v in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256, 512) if v < ivf.nlist
+        ]
+        return "nprobe", [*values, int(ivf.nlist)]
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        return "efSearch", [16, 32, 64, 96, 128, 192, 256, 384, 512, 1024]
+    return None
+
+
+def exact_topk(
+    vectors: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    queries: npt.NDArray[np.float32],
+    k: int,
+) -> npt.NDArray[np.int64]:
+    """(q, k) item IDs of the exact inner-product top-k (the ground truth for tuning)."""
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    flat.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
+    return search(flat, queries, k)[1]
+
+
+def recall_against(approx: npt.NDArray[np.int64], exact: npt.NDArray[np.int64]) -> float:
+    """Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k| (ids -1 ignored)."""
+    hits = total = 0
+    for a, e in zip(approx, exact, strict=True):
+        truth = e[e >= 0]
+        hits += len(np.intersect1d(a[a >= 0], truth, assume_unique=True))
+        total += len(truth)
+    return hits / max(total, 1)
+
+
+def measure_latency(
+    index: faiss.Index, queries: npt.NDArray[np.float32], k: int, n: int = 200
+) -> tuple[float, float]:
+    """(p50, p99) milliseconds of single-query searches over the first ``n`` queries."""
+    times = []
+    for q in queries[:n]:
+        start = time.perf_counter()
+        index.search(q[None, :], k)
+        times.append((time.perf_counter() - start) * 1e3)
+    p50, p99 = np.percentile(times, [50, 99])
+    return float(p50), float(p99)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What tuning chose and measured; goes into the version manifest."""
+
+    knob: str | None  # "nprobe", "efSearch" or None for exact search
+    value: int | None
+    k: int
+    target: float
+    recall: float  # Recall@k vs exact on the query sample
+    met: bool
+    p50_ms: float
+    p99_ms: float
+    n_queries: int
+    trials: list[dict[str, float]] = field(default_factory=list)  # every value tried
+
+
+def tune_index(
+    index: faiss.Index,
+    queries: npt.NDArray[np.float32],
+    exact: npt.NDArray[np.int64],
+    k: int,
+    target: float,
+) -> TuneResult:
+    """Set the cheapest knob value whose Recall@k vs ``exact`` reaches ``target``.
+
+    Args:
+        index: a built index (modified in place: the chosen value is set).
+        queries: (q, d) real user vectors; exact: (q, k) their exact top-k item IDs.
+    If no value reaches the target the most accurate one is kept and ``met`` is False.
+    """
+    knob = search_knob(index)
+    if knob is None:
+        recall = recall_against(search(index, queries, k)[1], exact)
+        p50, p99 = measure_latency(index, queries, k)
+        return TuneResult(None, None, k, target, recall, recall >= target, p50, p99, len(queries))
+    name, values = knob
+    if name == "efSearch":
+        values = [v for v in values if v >= k] or [max(values)]
+    trials: list[dict[str, float]] = []
+    chosen, recall = values[-1], 0.0
+    for value in values:
+        set_search_params(index, **{name: value})
+        recall = recall_against(search(index, queries, k)[1], exact)
+        trials.append({name: value, "recall": recall})
+        log.info("%s=%d: Recall@%d %.4f (target %.3f)", name, value, k, recall, target)
+        if recall >= target:
+            chosen = value
+            break
+    set_search_params(index, **{name: chosen})
+    p50, p99 = measure_latency(index, queries, k)
+    return TuneResult(
+        name, chosen, k, target, recall, recall >= target, p50, p99, len(queries), trials
+    )

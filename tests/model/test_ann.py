@@ -1,0 +1,91 @@
+"""ANN choice and tuning: recall is measured against exact search, as faiss's tests do."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from model.ann import (
+    default_factory,
+    exact_topk,
+    recall_against,
+    search_knob,
+    tune_index,
+)
+from model.index import build_index, search
+
+
+def _clustered(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((32, d)).astype(np.float32)
+    x = centres[rng.integers(0, 32, n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = _clustered(6000, 16, 0)
+    ids = np.random.default_rng(1).choice(10**9, 6000, replace=False).astype(np.int64)
+    queries = _clustered(300, 16, 2)
+    return vectors, ids, queries
+
+
+def test_default_factory_by_catalogue_size() -> None:
+    assert default_factory(600, 64) == "Flat"
+    assert default_factory(50_000, 64) == "Flat"
+    assert default_factory(1_000_000, 64) == "IVF4000,Flat"
+    assert default_factory(10_000_000, 64).startswith("IVF12649,PQ32")
+
+
+def test_recall_against_hand_case() -> None:
+    exact = np.array([[1, 2, 3, 4], [5, 6, -1, -1]])
+    approx = np.array([[4, 9, 1, 7], [6, 5, -1, -1]])
+    # (2 of 4) + (2 of 2) hits over 6 true neighbours.
+    assert recall_against(approx, exact) == pytest.approx(4 / 6)
+
+
+def test_flat_index_is_exact(world: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    vectors, ids, queries = world
+    index = build_index(vectors, ids, "Flat")
+    assert search_knob(index) is None
+    result = tune_index(index, queries, exact_topk(vectors, ids, queries, 50), 50, 0.95)
+    assert result.knob is None and result.recall == 1.0 and result.met
+
+
+def test_ivf_tuning_picks_the_cheapest_nprobe_meeting_the_target(
+    world: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    vectors, ids, queries = world
+    index = build_index(vectors, ids, "IVF64,Flat")
+    exact = exact_topk(vectors, ids, queries, 50)
+    result = tune_index(index, queries, exact, 50, 0.95)
+    assert result.knob == "nprobe" and result.met and result.recall >= 0.95
+    assert faiss.extract_index_ivf(index).nprobe == result.value
+    # Every cheaper setting tried missed the target: the choice is the cheapest.
+    assert all(t["recall"] < 0.95 for t in result.trials[:-1])
+    assert result.trials[-1]["nprobe"] == result.value
+    if result.value and result.value > 1:
+        faiss.extract_index_ivf(index).nprobe = result.trials[0]["nprobe"]
+        assert recall_against(search(index, queries, 50)[1], exact) < 0.95
+
+
+def test_unreachable_target_is_reported_not_met(
+    world: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    vectors, ids, queries = world
+    # 2-byte product codes cannot separate 50 neighbours among 6000 vectors.
+    index = build_index(vectors, ids, "IVF16,PQ2")
+    result = tune_index(index, queries, exact_topk(vectors, ids, queries, 50), 50, 0.99)
+    assert not result.met and result.recall < 0.99
+    assert result.value == 16  # the most accurate setting is kept
+
+
+def test_hnsw_knob_is_ef_search_at_least_k(
+    world: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    vectors, ids, queries = world
+    index = build_index(vectors, ids, "HNSW16")
+    result = tune_index(index, queries, exact_topk(vectors, ids, queries, 100), 100, 0.9)
+    assert result.knob == "efSearch" and result.value is not None and result.value >= 100
+    assert result.met
