@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import Tensor
 
 from model.towers import TwoTower
 
 __all__ = ["embed_items", "embed_users"]
+
+
+def _batched(
+    model: TwoTower, n: int, batch_size: int, forward: Callable[[slice, torch.device], Tensor]
+) -> npt.NDArray[np.float32]:
+    """Run ``forward(rows, device)`` over row slices of ``batch_size``; (n, D) float32."""
+    device = next(model.parameters()).device
+    out = np.empty((n, model.spec.tower.embedding_dim), np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, n, batch_size):
+            rows = slice(lo, lo + batch_size)
+            out[rows] = forward(rows, device).cpu().numpy()
+    return out
 
 
 def embed_items(
@@ -22,19 +39,16 @@ def embed_items(
 
     Returns (I, D) float32, L2-normalised, in input order. Runs on the model's device.
     """
-    device = next(model.parameters()).device
-    out = np.empty((len(id_rows), model.spec.tower.embedding_dim), np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for lo in range(0, len(id_rows), batch_size):
-            hi = lo + batch_size
-            vec = model.forward_item(
-                torch.as_tensor(id_rows[lo:hi], dtype=torch.int64, device=device),
-                torch.as_tensor(category_rows[lo:hi], dtype=torch.int64, device=device),
-                torch.as_tensor(content[lo:hi], dtype=torch.float32, device=device),
-            )
-            out[lo:hi] = vec.cpu().numpy()
-    return out
+    return _batched(
+        model,
+        len(id_rows),
+        batch_size,
+        lambda rows, device: model.forward_item(
+            torch.as_tensor(id_rows[rows], dtype=torch.int64, device=device),
+            torch.as_tensor(category_rows[rows], dtype=torch.int64, device=device),
+            torch.as_tensor(content[rows], dtype=torch.float32, device=device),
+        ),
+    )
 
 
 def embed_users(
@@ -44,15 +58,12 @@ def embed_users(
     batch_size: int = 8192,
 ) -> npt.NDArray[np.float32]:
     """User vectors for (U,) ID rows (0 = unknown) and (U, P) profiles -> (U, D) float32."""
-    device = next(model.parameters()).device
-    out = np.empty((len(id_rows), model.spec.tower.embedding_dim), np.float32)
-    model.eval()
-    with torch.inference_mode():
-        for lo in range(0, len(id_rows), batch_size):
-            hi = lo + batch_size
-            vec = model.forward_user(
-                torch.as_tensor(id_rows[lo:hi], dtype=torch.int64, device=device),
-                torch.as_tensor(profile[lo:hi], dtype=torch.float32, device=device),
-            )
-            out[lo:hi] = vec.cpu().numpy()
-    return out
+    return _batched(
+        model,
+        len(id_rows),
+        batch_size,
+        lambda rows, device: model.forward_user(
+            torch.as_tensor(id_rows[rows], dtype=torch.int64, device=device),
+            torch.as_tensor(profile[rows], dtype=torch.float32, device=device),
+        ),
+    )

@@ -31,6 +31,8 @@ from tasks.runtime import apply_threads
 
 __all__ = ["EvalReport", "QualityGateError", "check_gate", "evaluate_model", "quality_gate"]
 
+_SCORE_BLOCK_FLOATS = 1 << 24
+
 Scorer = Callable[[npt.NDArray[np.int64]], torch.Tensor]
 
 
@@ -107,8 +109,12 @@ def evaluate_model(
                 truth.temperature,
             )
         )
+    # Score blocks are (block, n_items) float32 with ~3 temporaries: ~256 MB per block.
+    block = int(np.clip(_SCORE_BLOCK_FLOATS // data.n_items, 1, 1024))
     rankers = {
-        name: evaluate_ranking(fn, users, data.n_items, relevant, exclude, ks=cfg.ks)
+        name: evaluate_ranking(
+            fn, users, data.n_items, relevant, exclude, ks=cfg.ks, block_users=block
+        )
         for name, fn in scorers.items()
     }
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
