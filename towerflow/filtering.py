@@ -1,0 +1,240 @@
+"""Exact seen-item and category filtering for top-k search over a Faiss index.
+
+Two ways to keep ineligible items out of a top-k: Faiss search-time ID selectors, or
+over-fetching and filtering the results. Both are exact; which is faster depends on how
+many items are blocked (bench/loadgen.py measures them), so ``FilteredSearch`` picks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "EMPTY_IDS",
+    "FilterMode",
+    "FilteredSearch",
+    "ItemCatalogue",
+    "ItemFilter",
+    "index_ids",
+    "member",
+]
+
+log = logging.getLogger(__name__)
+
+FilterMode = Literal["auto", "selector", "overfetch"]
+
+EMPTY_IDS: Final = np.empty(0, np.int64)
+# Selector sets larger than this use a bitmap over the ID range when that range is small.
+_BATCH_MAX: Final = 256
+_BITMAP_MAX_BITS: Final = 1 << 26  # 8 MiB of bool mask per request at most
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """The item IDs a request may return: only ``ids`` (``allow``) or all but ``ids``.
+
+    Large sets over a small ID range are a bool ``mask`` over IDs 0..bound-1 instead (a
+    bitmap is cheaper to build than a sorted array or a hash set); otherwise ``ids`` is
+    sorted. ``eligible`` counts the catalogue items the request may return.
+    """
+
+    allow: bool
+    ids: npt.NDArray[np.int64]
+    mask: npt.NDArray[np.bool_] | None
+    eligible: int
+
+    def keep(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """(n,) result IDs -> (n,) mask of valid, eligible ones (-1 = no result)."""
+        if self.mask is None:
+            inside = member(self.ids, ids)
+        else:
+            ok = (ids >= 0) & (ids < len(self.mask))
+            inside = np.zeros(ids.shape, bool)
+            inside[ok] = self.mask[ids[ok]]
+        return (ids >= 0) & (inside if self.allow else ~inside)
+
+    def selectors(self) -> tuple[Any, Any]:
+        """(selector to search with, the inner selector it references; keep both alive)."""
+        # faiss's stubs lack the Python wrappers' array constructors and keyword params.
+        inner: Any
+        if self.mask is None:
+            inner = faiss.IDSelectorBatch(self.ids)
+        else:
+            bits = np.packbits(self.mask, bitorder="little")
+            inner = faiss.IDSelectorBitmap(bits)  # type: ignore[call-arg,arg-type]
+        return (inner if self.allow else faiss.IDSelectorNot(inner)), inner
+
+
+def index_ids(index: faiss.Index) -> npt.NDArray[np.int64] | None:
+    """Every item ID an IDMap or IVF index holds (unsorted), None for other kinds."""
+    if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+        return np.asarray(faiss.vector_to_array(index.id_map), np.int64)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return None
+    lists: Any = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(ivf.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else EMPTY_IDS
+
+
+def member(sorted_ids: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Mask of ``ids`` present in ``sorted_ids``: O(n log m) by binary search."""
+    if len(sorted_ids) == 0:
+        return np.zeros(ids.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.asarray(sorted_ids[pos] == ids)
+
+
+@dataclass(frozen=True)
+class ItemCatalogue:
+    """Sorted item IDs, their categories grouped for filter building, and the ID bound."""
+
+    item_id: npt.NDArray[np.int64]  # (I,) sorted
+    category: npt.NDArray[np.int32]  # (I,)
+    by_category: dict[int, npt.NDArray[np.int64]] = field(init=False, repr=False)
+    id_bound: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ids = self.item_id
+        object.__setattr__(self, "id_bound", int(ids.max()) + 1 if len(ids) else 0)
+        # Sorted item IDs per category: a filter is a union of a few of these arrays.
+        order = np.lexsort((ids, self.category))
+        cats, starts = np.unique(self.category[order], return_index=True)
+        groups = np.split(ids[order], starts[1:])
+        object.__setattr__(
+            self, "by_category", {int(c): g for c, g in zip(cats, groups, strict=True)}
+        )
+
+    def filter(
+        self,
+        seen: npt.NDArray[np.int64],
+        include: list[int] | None,
+        exclude: list[int] | None,
+    ) -> ItemFilter | None:
+        """The request's eligible items (None: all of them)."""
+        n, excluded = len(self.item_id), set(exclude or ())
+        allow = include is not None
+        wanted = sorted(set(include or ()) - excluded) if allow else sorted(excluded)
+        groups = [self.by_category[c] for c in wanted if c in self.by_category]
+        size = sum(len(g) for g in groups)  # categories partition the items: no overlaps
+        # History may name items this version no longer carries; they block nothing.
+        seen = np.unique(seen[member(self.item_id, seen)]) if len(seen) else seen
+        if not len(seen) and size == (n if allow else 0):
+            return None
+        if size + len(seen) > _BATCH_MAX and self.id_bound <= _BITMAP_MAX_BITS:
+            mask = np.zeros(self.id_bound, bool)
+            for g in groups:
+                mask[g] = True
+            hits = int(mask[seen].sum())
+            mask[seen] = not allow
+            eligible = size - hits if allow else n - (size + len(seen) - hits)
+            return ItemFilter(allow, EMPTY_IDS, mask, eligible)
+        if allow:
+            ids = np.sort(np.concatenate(groups)) if groups else EMPTY_IDS
+            ids = ids[~member(seen, ids)]
+        else:
+            ids = np.unique(np.concatenate([*groups, seen]))
+        return ItemFilter(allow, ids, None, len(ids) if allow else n - len(ids))
+
+
+@dataclass(frozen=True)
+class FilteredSearch:
+    """Top-k over ``index`` restricted to an ``ItemFilter``.
+
+    ``mode``: Faiss search-time ID selectors ("selector"), over-fetching then filtering
+    ("overfetch"), or "auto": over-fetch when only a few IDs are blocked (one search of
+    k + blocked is then exact and ~20% faster), selectors otherwise (category filters: up
+    to 5x faster and a flat p99).
+    """
+
+    index: faiss.Index
+    mode: FilterMode = "auto"
+    ivf: Any = field(init=False, repr=False)  # the IVF inside, or None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ivf", faiss.try_extract_index_ivf(self.index))
+
+    def _params(self, sel: Any | None, exhaustive: bool = False) -> Any | None:
+        """Faiss search parameters carrying ``sel``; IVF needs its own type (and keeps its
+        nprobe unless ``exhaustive``, which visits every list)."""
+        ivf = self.ivf
+        if sel is None and not exhaustive:
+            return None
+        if ivf is not None:
+            nprobe = ivf.nlist if exhaustive else ivf.nprobe
+            return faiss.SearchParametersIVF(  # type: ignore[call-arg]
+                sel=sel, nprobe=nprobe, max_codes=ivf.max_codes
+            )
+        return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+
+    def _raw_search(
+        self, vec: npt.NDArray[np.float32], k: int, params: Any | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        scores, ids = self.index.search(vec, k, params=params)
+        return np.asarray(scores[0], np.float32), np.asarray(ids[0], np.int64)
+
+    def search(
+        self, vec: npt.NDArray[np.float32], k: int, flt: ItemFilter | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(k,) scores and item IDs of the best ``k <= eligible`` items; ``vec`` is (1, D)."""
+        if flt is None:
+            scores, ids = self._raw_search(vec, k, self._params(None))
+            return scores[ids >= 0], ids[ids >= 0]
+        few_blocked = not flt.allow and int(self.index.ntotal) - flt.eligible <= _BATCH_MAX
+        if self.mode == "selector" or (self.mode == "auto" and not few_blocked):
+            scores, ids = self._selector_search(vec, k, flt)
+        else:
+            scores, ids = self._overfetch(vec, k, flt)
+        keep = flt.keep(ids)
+        if keep.sum() < k:
+            # A non-exhaustive index (e.g. HNSW) found too few through the selector.
+            scores, ids = self._overfetch(vec, k, flt)
+            keep = flt.keep(ids)
+        return scores[keep][:k], ids[keep][:k]
+
+    def _selector_search(
+        self, vec: npt.NDArray[np.float32], k: int, flt: ItemFilter
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Search with a Faiss ID selector (an IDMap wrapper translates positions to the
+        item IDs the selector tests); falls back to over-fetching where unsupported."""
+        sel, _inner = flt.selectors()
+        try:
+            scores, ids = self._raw_search(vec, k, self._params(sel))
+            if self.ivf is not None and (ids >= 0).sum() < k:
+                # The probed lists held too few eligible items: visit every list.
+                scores, ids = self._raw_search(vec, k, self._params(sel, exhaustive=True))
+        except RuntimeError:
+            log.debug("%s takes no search-time selector", type(self.index).__name__)
+            return self._overfetch(vec, k, flt)
+        return scores, ids
+
+    def _overfetch(
+        self, vec: npt.NDArray[np.float32], k: int, flt: ItemFilter
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Search for more than ``k`` and filter, doubling until ``k`` survive."""
+        n = int(self.index.ntotal)
+        # k + blocked is enough on an exact index (at most `blocked` of the top are lost);
+        # for include filters that bound is loose, so start from the eligible fraction.
+        first = 2 * k * n // max(flt.eligible, 1) if flt.allow else k + n - flt.eligible
+        fetch, exhaustive = min(n, max(first, k)), False
+        while True:
+            scores, ids = self._raw_search(vec, fetch, self._params(None, exhaustive))
+            keep = flt.keep(ids)
+            if keep.sum() >= k:
+                return scores[keep], ids[keep]
+            if fetch < n:
+                fetch = min(n, 2 * fetch)
+            elif self.ivf is not None and not exhaustive:
+                exhaustive = True
+            else:
+                return scores[keep], ids[keep]
