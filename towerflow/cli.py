@@ -1,4 +1,5 @@
-"""The ``towerflow`` command line: run the nightly flow, query, list and roll back versions.
+"""The ``towerflow`` command line: run the nightly flow, query, serve, list and roll back
+versions.
 
 Heavy imports (torch, Prefect) happen inside the commands so ``--help`` stays fast.
 """
@@ -218,6 +219,61 @@ def recommend(
 
 
 @app.command()
+def api(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind [default: 127.0.0.1].", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="TCP port [default: 8000].", show_default=False)
+    ] = None,
+    root: RootOpt = None,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between checks for a new version [default: 0.5].", show_default=False
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch / Faiss threads [default: 1].", show_default=False)
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve recall over HTTP (FastAPI under uvicorn); swaps to each newly published,
+    verified version. Settings also come from TOWERFLOW_API_* variables; options win."""
+    import torch
+    import uvicorn
+    from pydantic import ValidationError
+
+    from model.index import configure_threads
+    from service import ApiSettings, RecallService, create_app
+
+    _setup_logging(verbose=log_level.lower() in {"info", "debug", "trace"})
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "poll_interval_s": poll_interval,
+        "threads": threads,
+    }
+    try:
+        settings = ApiSettings(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as e:
+        raise _fail(f"invalid api settings:\n{e}") from None
+    # Requests run in parallel on uvicorn's thread pool; one thread per op avoids
+    # oversubscribing the cores (torch and Faiss each bring an OpenMP runtime).
+    torch.set_num_threads(settings.threads)
+    configure_threads(settings.threads)
+    service = RecallService(_store(root), poll_interval_s=settings.poll_interval_s)
+    uvicorn.run(
+        create_app(service, settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        access_log=access_log,
+    )
+
+
+@app.command()
 def versions(root: RootOpt = None, as_json: JsonOpt = False) -> None:
     """List published versions, newest first; '*' marks CURRENT."""
     infos = _store(root).list_versions()
@@ -257,3 +313,89 @@ def rollback(
         typer.echo(json.dumps({"previous": before, "current": version}))
     else:
         typer.echo(f"CURRENT: {before} -> {version}")
+
+
+@app.command()
+def bench(
+    scale: Annotated[
+        str, typer.Option(help="Synthetic data scale: tiny, small, medium, large.")
+    ] = "small",
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Results JSON; the markdown table is written next to it (.md) "
+            "[default: bench/results/bench-<scale>.json].",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="torch / Faiss threads [default: all cores].", show_default=False),
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per side.")] = 3,
+    gen_repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Data generation runs [default: repeats; 1 at medium and large].",
+            show_default=False,
+        ),
+    ] = None,
+    index_repeats: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Index builds per side [default: repeats; 1 at large].", show_default=False
+        ),
+    ] = None,
+    train_steps: Annotated[int, typer.Option(min=1, help="Steps per training run.")] = 200,
+    ann_epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Epochs of the model behind the online figures [default: by scale].",
+            show_default=False,
+        ),
+    ] = None,
+    ann_max_examples: Annotated[
+        int | None,
+        typer.Option(min=2, help="Cap on that model's examples per epoch.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the data, models and samples.")] = 0,
+    e2e: Annotated[
+        bool, typer.Option("--e2e/--no-e2e", help="Also time `towerflow run` (long at large).")
+    ] = True,
+) -> None:
+    """Benchmark each step next to the bare library; print and save the markdown table."""
+    from pydantic import ValidationError
+
+    _setup_logging(verbose=True)
+    try:
+        from bench.suite import BenchConfig, run_suite, write_results
+    except ModuleNotFoundError as e:
+        if e.name != "bench":
+            raise
+        raise _fail(
+            "the 'bench' package is not importable: run `python -m towerflow bench` from the "
+            "repository root (or install a build whose packages include 'bench*')"
+        ) from None
+    try:
+        cfg = BenchConfig(
+            scale=scale,
+            seed=seed,
+            threads=threads,
+            repeats=repeats,
+            gen_repeats=gen_repeats,
+            index_repeats=index_repeats,
+            train_steps=train_steps,
+            ann_epochs=ann_epochs,
+            ann_max_examples=ann_max_examples,
+            e2e=e2e,
+        )
+    except ValidationError as e:
+        raise _fail(f"invalid bench options:\n{e}") from None
+    results = run_suite(cfg)
+    path = json_path or Path("bench") / "results" / f"bench-{scale}.json"
+    md_path, text = write_results(results, path)
+    typer.echo(text)
+    typer.echo(f"wrote {path} and {md_path}")

@@ -1,0 +1,1 @@
+"""Benchmarks run on purpose (``python -m bench.<name>``), never as timed tests."""

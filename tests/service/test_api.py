@@ -1,0 +1,204 @@
+"""The recall API over real HTTP (uvicorn on 127.0.0.1): answers equal the in-process
+recall, every bad input is a 4xx with a JSON reason, and no version means 503."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service import ApiSettings, RecallService, create_app
+from service.schemas import RecallResponse
+from storage import Layout, VersionStore
+from tests.conftest import Published
+from tests.service.conftest import serve
+from towerflow.recall import Recaller
+
+
+@pytest.fixture(scope="module")
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def recaller(live_service: RecallService) -> Recaller:
+    r = live_service.recaller
+    assert r is not None
+    return r
+
+
+REQUESTS: list[dict[str, Any]] = [
+    {"k": 10},
+    {"k": 25, "exclude_seen": False},
+    {"k": 15, "include_categories": [1, 2]},
+    {"k": 15, "exclude_categories": [0, 3], "exclude_seen": True},
+    {"k": 5, "profile": [0.5, -1.0, 0.25, 2.0]},
+]
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("extra", REQUESTS, ids=lambda r: ",".join(r))
+def test_http_answers_equal_the_in_process_recall(
+    client: httpx.Client, recaller: Recaller, extra: dict[str, Any]
+) -> None:
+    for user in recaller.tables.user_id[::50].tolist():
+        response = client.post("/v1/recall", json={"user_id": user, **extra})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        local = recaller.recall(
+            user,
+            extra.get("profile"),
+            extra["k"],
+            exclude_seen=extra.get("exclude_seen", True),
+            include_categories=extra.get("include_categories"),
+            exclude_categories=extra.get("exclude_categories"),
+        )
+        RecallResponse.model_validate(body)  # the documented shape
+        assert body["version"] == local.version_id
+        assert body["known_user"] is True
+        assert body["items"] == [
+            {"item_id": r.item_id, "score": r.score, "category": r.category} for r in local.items
+        ]
+
+
+@pytest.mark.prefect
+def test_anonymous_profile_request(client: httpx.Client, recaller: Recaller) -> None:
+    profile = [0.1, 0.2, -0.3, 0.4]
+    body = client.post("/v1/recall", json={"profile": profile, "k": 7}).json()
+    local = recaller.recall(None, profile, 7)
+    assert body["known_user"] is False and body["user_id"] is None
+    assert [x["item_id"] for x in body["items"]] == [r.item_id for r in local.items]
+    unknown = client.post("/v1/recall", json={"user_id": 10**15, "profile": profile, "k": 7})
+    assert unknown.status_code == 200 and unknown.json()["items"] == body["items"]
+
+
+@pytest.mark.prefect
+def test_health_and_version(client: httpx.Client, published: Published) -> None:
+    health = client.get("/v1/health")
+    assert health.status_code == 200
+    h = health.json()
+    assert h["status"] == "ok" and h["version"] == published.version_id
+    assert h["current_in_store"] == published.version_id and h["last_rejection"] is None
+    v = client.get("/v1/version").json()
+    assert v["version"] == published.version_id
+    assert (v["item_count"], v["user_count"], v["embedding_dim"], v["profile_dim"]) == (
+        600,
+        400,
+        64,
+        4,
+    )
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/recall", "/v1/health", "/v1/version"} <= set(schema["paths"])
+    assert "/v1/items" not in schema["paths"]
+
+
+BAD: list[tuple[str, Any, int, str]] = [
+    ("k zero", {"user_id": 1, "k": 0}, 422, "greater than or equal to 1"),
+    ("k over max", {"user_id": 1, "k": 1001}, 422, "less than or equal to 1000"),
+    ("k over catalogue", {"user_id": 1, "k": 601}, 400, "catalogue size"),
+    ("k float", {"user_id": 1, "k": 2.5}, 422, "valid integer"),
+    ("k string", {"user_id": 1, "k": "5"}, 422, "valid integer"),
+    ("user string", {"user_id": "1"}, 422, "valid integer"),
+    ("user bool", {"user_id": True}, 422, "valid integer"),
+    ("user too big", {"user_id": 2**70}, 422, "less than or equal to"),
+    ("unknown user", {"user_id": 987654321}, 404, "not in version"),
+    ("nobody", {"k": 3}, 422, "user_id, a profile"),
+    ("short profile", {"profile": [1.0, 2.0]}, 400, "must have 4 values"),
+    ("long profile", {"user_id": 1, "profile": [0.0] * 5}, 400, "must have 4 values"),
+    ("profile strings", {"profile": ["a", "b", "c", "d"]}, 422, "valid number"),
+    ("profile nested", {"profile": [[1.0]] * 4}, 422, "valid number"),
+    ("profile huge", {"profile": [1e300] * 4}, 400, "finite"),
+    ("profile overflow", {"profile": [3e38] * 4}, 400, "out of range"),
+    ("extra field", {"user_id": 1, "bogus": 1}, 422, "Extra inputs"),
+    ("empty include", {"user_id": 1, "include_categories": []}, 422, "at least 1"),
+    ("category string", {"user_id": 1, "exclude_categories": ["x"]}, 422, "valid integer"),
+    ("exclude_seen string", {"user_id": 1, "exclude_seen": "yes"}, 422, "valid boolean"),
+    ("not an object", [1, 2, 3], 422, "dictionary"),
+    ("null body", None, 422, "Field required"),
+]
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize(
+    ("body", "status", "reason"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_json_is_a_4xx_with_a_reason(
+    client: httpx.Client, body: Any, status: int, reason: str
+) -> None:
+    response = client.post("/v1/recall", json=body)
+    assert response.status_code == status, response.text
+    assert reason in response.text
+
+
+RAW: list[tuple[str, bytes, dict[str, str], int]] = [
+    ("NaN literal", b'{"profile": [NaN, 1, 2, 3]}', {}, 422),
+    ("Infinity literal", b'{"user_id": 1, "profile": [Infinity, 1, 2, 3]}', {}, 422),
+    ("1e999", b'{"profile": [1e999, 1, 2, 3]}', {}, 422),
+    ("truncated", b'{"user_id": 1', {}, 422),
+    ("not json", b"user_id=1", {"content-type": "application/x-www-form-urlencoded"}, 422),
+    ("empty", b"", {}, 422),
+    ("huge int", b'{"user_id": ' + b"9" * 5000 + b"}", {}, 400),
+]
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize(
+    ("content", "headers", "status"), [r[1:] for r in RAW], ids=[r[0] for r in RAW]
+)
+def test_malformed_bodies_are_a_4xx_with_json(
+    client: httpx.Client, content: bytes, headers: dict[str, str], status: int
+) -> None:
+    h = {"content-type": "application/json", **headers}
+    response = client.post("/v1/recall", content=content, headers=h)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+@pytest.mark.prefect
+def test_oversized_bodies_get_413_with_or_without_content_length(client: httpx.Client) -> None:
+    big = b'{"user_id": 1, "k": 5, "pad": "' + b"x" * 10_000 + b'"}'
+    declared = client.post("/v1/recall", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "8192 bytes" in declared.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 1000):
+            yield big[i : i + 1000]
+
+    streamed = client.post(
+        "/v1/recall", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 413
+    # The server keeps answering afterwards.
+    assert client.post("/v1/recall", json={"user_id": 1, "k": 3}).status_code == 200
+
+
+@pytest.mark.prefect
+def test_recall_on_the_event_loop_answers_the_same(
+    published: Published, client: httpx.Client
+) -> None:
+    service = RecallService(VersionStore(Layout(published.root)))
+    settings = ApiSettings(recall_on_event_loop=True)
+    body = {"user_id": 7, "k": 12, "exclude_categories": [1]}
+    with serve(create_app(service, settings)) as url:
+        inline = httpx.post(f"{url}/v1/recall", json=body)
+    assert inline.status_code == 200
+    assert inline.json() == client.post("/v1/recall", json=body).json()
+
+
+def test_no_published_version_means_503_with_a_reason(tmp_path: Path) -> None:
+    service = RecallService(VersionStore(Layout(tmp_path / "empty")), poll_interval_s=0.05)
+    with serve(create_app(service)) as url, httpx.Client(base_url=url) as c:
+        health = c.get("/v1/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        assert "no published version" in health.json()["reason"]
+        recall = c.post("/v1/recall", json={"user_id": 1})
+        assert recall.status_code == 503 and "no published version" in recall.json()["detail"]
+        assert c.get("/v1/version").status_code == 503
+        # Bad input is still a 4xx, not a 503.
+        assert c.post("/v1/recall", json={"k": "x"}).status_code == 422
