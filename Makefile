@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-slow check lint format clean
+.PHONY: install run test test-slow check lint format clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Every figure of bench/suite.py side by side with the bare library, at the default scale;
+# JSON + markdown under bench/results/ (git-ignored). `python -m` puts the repository root on
+# sys.path, so the bench package need not be installed. Extra options: BENCH_ARGS="--no-e2e".
+bench: install
+	$(BIN)/python -m towerflow bench --scale small --json bench/results/bench-small.json $(BENCH_ARGS)
+
 check: lint
-	$(BIN)/mypy model storage tasks flows towerflow
+	$(BIN)/mypy model storage tasks flows towerflow service bench
 	$(MAKE) test
 
 clean:
