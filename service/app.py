@@ -94,7 +94,13 @@ async def recall(body: RecallRequest, request: Request) -> Response:
         "user_id": body.user_id,
         "known_user": result.known_user,
         "items": [
-            {"item_id": r.item_id, "score": r.score, "category": r.category} for r in result.items
+            {"item_id": i, "score": sc, "category": c}
+            for i, sc, c in zip(
+                result.item_ids.tolist(),
+                result.scores.tolist(),
+                result.categories.tolist(),
+                strict=True,
+            )
         ],
     }
     return Response(json.dumps(answer, allow_nan=False), media_type="application/json")

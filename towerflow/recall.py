@@ -7,6 +7,7 @@ reference assignment and a request never mixes a model with another version's in
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Final
@@ -16,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.features import IdVocab
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import Manifest, VersionFiles, VersionStore, load_index
 from tasks.dataio import (
@@ -86,11 +86,29 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class RecallResult:
-    """The items of one request, best first, and the version that answered it."""
+    """The items of one request, best first, and the version that answered it.
+
+    Kept as arrays: building 100 Python objects per request cost more than the search
+    itself on small catalogues; ``items`` builds them on first use.
+    """
 
     version_id: str
-    items: list[Recommendation]
+    item_ids: npt.NDArray[np.int64]  # (n,) best first
+    scores: npt.NDArray[np.float32]  # (n,) cosine similarity
+    categories: npt.NDArray[np.int32]  # (n,)
     known_user: bool  # False: embedded through the unknown-ID bucket (row 0)
+
+    @functools.cached_property
+    def items(self) -> list[Recommendation]:
+        return [
+            Recommendation(i, s, c)
+            for i, s, c in zip(
+                self.item_ids.tolist(),
+                self.scores.tolist(),
+                self.categories.tolist(),
+                strict=True,
+            )
+        ]
 
 
 def _is_int(x: object) -> bool:
@@ -115,12 +133,10 @@ class Recaller:
     history: History
     manifest: Manifest | None = None
     filter_mode: FilterMode = "auto"
-    _users: IdVocab = field(init=False, repr=False, compare=False)
     _catalogue: ItemCatalogue = field(init=False, repr=False, compare=False)
     _searcher: FilteredSearch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_users", IdVocab(self.tables.user_id))
         object.__setattr__(
             self, "_catalogue", ItemCatalogue(self.tables.item_id, self.tables.category)
         )
@@ -265,15 +281,12 @@ class Recaller:
         flt = self._catalogue.filter(seen, include_categories, exclude_categories)
         k_eff = k if flt is None else min(k, flt.eligible)
         if k_eff == 0:
-            return RecallResult(self.version_id, [], known)
+            return RecallResult(
+                self.version_id, EMPTY_IDS, np.empty(0, np.float32), np.empty(0, np.int32), known
+            )
         scores, ids = self._searcher.search(np.ascontiguousarray(vec, np.float32), k_eff, flt)
-        pos = np.searchsorted(self.tables.item_id, ids)
-        cats = self.tables.category[pos]
-        items = [
-            Recommendation(int(i), float(s), int(c))
-            for i, s, c in zip(ids.tolist(), scores.tolist(), cats.tolist(), strict=True)
-        ]
-        return RecallResult(self.version_id, items, known)
+        cats = self.tables.category[np.searchsorted(self.tables.item_id, ids)]
+        return RecallResult(self.version_id, ids, scores, cats, known)
 
     # -- request pieces -------------------------------------------------------------------
 
@@ -281,7 +294,10 @@ class Recaller:
         """Row of ``user_id`` in the users table, or -1 (also for IDs outside int64)."""
         if not _INT64_MIN <= user_id <= _INT64_MAX:
             return -1
-        return int(self._users.rows([user_id])[0]) - 1
+        # One scalar binary search: the per-request hot path, no temporary arrays.
+        ids = self.tables.user_id
+        i = int(ids.searchsorted(user_id))
+        return i if i < len(ids) and ids[i] == user_id else -1
 
     def _user_inputs(
         self, user_id: int | None, profile: npt.ArrayLike | None
