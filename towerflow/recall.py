@@ -285,7 +285,7 @@ class Recaller:
                 self.version_id, EMPTY_IDS, np.empty(0, np.float32), np.empty(0, np.int32), known
             )
         scores, ids = self._searcher.search(np.ascontiguousarray(vec, np.float32), k_eff, flt)
-        cats = self.tables.category[np.searchsorted(self.tables.item_id, ids)]
+        cats = self._catalogue.categories_of(ids)
         return RecallResult(self.version_id, ids, scores, cats, known)
 
     # -- request pieces -------------------------------------------------------------------
