@@ -16,14 +16,10 @@ import torch.nn.functional as F
 
 from model.config import TrainConfig
 from model.features import FeatureTables
+from model.index import default_train_size
 from model.towers import TwoTower
 
 __all__ = ["bare_embed_items", "direct_faiss_build", "plain_train"]
-
-# faiss's k-means keeps at most this many points per centroid, so the pipeline samples
-# 256 * nlist rows to train IVF (65,536 otherwise); the direct build uses the same rows.
-_POINTS_PER_CENTROID = 256
-_NON_IVF_TRAIN = 65_536
 
 
 def plain_train(
@@ -102,9 +98,9 @@ def direct_faiss_build(
     """
     n, d = vectors.shape
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.try_extract_index_ivf(index)
     if not index.is_trained:
-        size = min(n, _POINTS_PER_CENTROID * int(ivf.nlist) if ivf is not None else _NON_IVF_TRAIN)
+        # The pipeline's sample size and rows, so both sides train on the same points.
+        size = min(n, default_train_size(index))
         rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
         index.train(vectors[rows])
     if not isinstance(index, faiss.IndexIVF):

@@ -109,14 +109,7 @@ def prepare(raw: SyntheticData) -> tuple[Prepared, dict[str, Any]]:
         split = temporal_split(data.inter_ts, _VAL_FRAC, _TEST_FRAC)
         vocab = Vocabulary.from_training(data, split.train)
         tables = vocab.feature_tables(data)
-        spec = TowerSpec(
-            tower=TowerConfig(),
-            n_users=vocab.n_users,
-            n_items=vocab.n_items,
-            n_categories=data.n_categories,
-            profile_dim=data.profile.shape[1],
-            content_dim=data.content.shape[1],
-        )
+        spec = vocab.tower_spec(data, TowerConfig())
         users = vocab.user_id_row[data.inter_user[split.train]]
         items = vocab.item_id_row[data.inter_item[split.train]]
         seconds = time.perf_counter() - start

@@ -27,7 +27,7 @@ from bench.e2e import end_to_end
 from bench.measure import RSS_METHOD, PeakRss, calibrate_gemm, read_threads, set_threads
 from bench.recall_path import recall_path
 from bench.report import render_markdown
-from model.synthetic import SCALES
+from model.synthetic import SCALES, check_scale
 
 __all__ = ["BenchConfig", "run_suite", "write_results"]
 
@@ -79,9 +79,7 @@ class BenchConfig(BaseModel):
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, v: str) -> str:
-        if v not in SCALES:
-            raise ValueError(f"unknown scale {v!r}; choose one of {sorted(SCALES)}")
-        return v
+        return check_scale(v)
 
     @property
     def generation_runs(self) -> int:

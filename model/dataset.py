@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from model.config import TowerConfig, TowerSpec
 from model.features import FeatureTables, IdVocab
 from model.metrics import CsrSets
 
@@ -147,6 +148,17 @@ class Vocabulary:
     @property
     def n_items(self) -> int:
         return int(self.item_id_row.max(initial=0))
+
+    def tower_spec(self, data: Dataset, tower: TowerConfig) -> TowerSpec:
+        """The model shape for this vocabulary and the dataset's feature sizes."""
+        return TowerSpec(
+            tower=tower,
+            n_users=self.n_users,
+            n_items=self.n_items,
+            n_categories=data.n_categories,
+            profile_dim=data.profile.shape[1],
+            content_dim=data.content.shape[1],
+        )
 
     def feature_tables(self, data: Dataset) -> FeatureTables:
         """Training features indexed by ID row (row 0 zero)."""

@@ -17,6 +17,7 @@ import numpy.typing as npt
 __all__ = [
     "build_index",
     "configure_threads",
+    "default_train_size",
     "index_metric_name",
     "search",
     "set_search_params",
@@ -71,7 +72,8 @@ def _supports_add_with_ids(index: faiss.Index) -> bool:
     return False
 
 
-def _default_train_size(index: faiss.Index) -> int:
+def default_train_size(index: faiss.Index) -> int:
+    """Rows ``build_index`` trains an untrained index on by default (before capping at n)."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return _POINTS_PER_CENTROID * int(ivf.nlist)
@@ -121,7 +123,7 @@ def build_index(
 
     started = time.perf_counter()
     if not index.is_trained:
-        size = min(n, train_sample if train_sample is not None else _default_train_size(index))
+        size = min(n, train_sample if train_sample is not None else default_train_size(index))
         ivf = faiss.try_extract_index_ivf(index)
         if size < 1 or (ivf is not None and size < ivf.nlist):
             raise ValueError(

@@ -22,6 +22,7 @@ __all__ = [
     "ScaleName",
     "SyntheticConfig",
     "SyntheticData",
+    "check_scale",
     "generate",
     "oracle_scores",
     "synthetic_config",
@@ -103,10 +104,16 @@ SCALES: dict[str, SyntheticConfig] = {
 }
 
 
-def synthetic_config(scale: str, **overrides: object) -> SyntheticConfig:
-    """The named scale's config with field overrides applied (validated)."""
+def check_scale(scale: str) -> str:
+    """``scale`` if it names a scale, else ValueError listing the scales."""
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
+    return scale
+
+
+def synthetic_config(scale: str, **overrides: object) -> SyntheticConfig:
+    """The named scale's config with field overrides applied (validated)."""
+    check_scale(scale)
     return SyntheticConfig.model_validate({**SCALES[scale].model_dump(), **overrides})
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.config import TowerConfig, TrainConfig
-from model.synthetic import SCALES
+from model.synthetic import SCALES, check_scale
 
 __all__ = ["DataConfig", "EvalConfig", "IndexConfig", "NightlyConfig", "RuntimeConfig"]
 
@@ -36,9 +36,7 @@ class DataConfig(BaseModel):
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, v: str) -> str:
-        if v not in SCALES:
-            raise ValueError(f"unknown scale {v!r}; choose one of {sorted(SCALES)}")
-        return v
+        return check_scale(v)
 
 
 class EvalConfig(BaseModel):

@@ -8,7 +8,7 @@ import numpy as np
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from model.config import TowerConfig, TowerSpec, TrainConfig
+from model.config import TowerConfig, TrainConfig
 from model.dataset import Dataset, Split, Vocabulary, temporal_split
 from model.train import EpochStats, init_model, train
 from storage import Layout, VersionStore, save_model, snapshot_path
@@ -65,14 +65,7 @@ def train_model(
     split = temporal_split(data.inter_ts, data_cfg.val_frac, data_cfg.test_frac)
     vocab = Vocabulary.from_training(data, split.train)
     tables = vocab.feature_tables(data)
-    spec = TowerSpec(
-        tower=tower_cfg,
-        n_users=vocab.n_users,
-        n_items=vocab.n_items,
-        n_categories=data.n_categories,
-        profile_dim=data.profile.shape[1],
-        content_dim=data.content.shape[1],
-    )
+    spec = vocab.tower_spec(data, tower_cfg)
     model = init_model(spec, train_cfg.seed)
     model.fit_feature_scaling(tables.user_profile[1:], tables.item_content[1:])
 

@@ -105,14 +105,7 @@ def world() -> World:
     )  # fmt: skip
     split = temporal_split(data.inter_ts, 0.1, 0.1)
     vocab = Vocabulary.from_training(data, split.train)
-    spec = TowerSpec(
-        tower=TOWER,
-        n_users=vocab.n_users,
-        n_items=vocab.n_items,
-        n_categories=data.n_categories,
-        profile_dim=data.profile.shape[1],
-        content_dim=data.content.shape[1],
-    )
+    spec = vocab.tower_spec(data, TOWER)
     return World(raw, data, split, vocab, vocab.feature_tables(data), spec)
 
 
