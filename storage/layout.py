@@ -49,6 +49,7 @@ class VersionFiles:
     ITEMS: Final = "items.parquet"
     USERS: Final = "users.parquet"
     HISTORY: Final = "history.parquet"
+    RECENT: Final = "recent.parquet"
     INDEX: Final = "index.faiss"
     METRICS: Final = "metrics.json"
     MANIFEST: Final = "manifest.json"

@@ -17,11 +17,14 @@ __all__ = [
     "INTERACTIONS",
     "ITEMS",
     "ITEM_EMBEDDINGS",
+    "ITEM_IDS",
     "TRUTH_ITEMS",
     "TRUTH_USERS",
     "USERS",
+    "USER_IDS",
     "VERSION_HISTORY",
     "VERSION_ITEMS",
+    "VERSION_RECENT",
     "VERSION_USERS",
 ]
 
@@ -132,6 +135,34 @@ VERSION_HISTORY: Final = TableSpec(
     ),
 )
 
+# Imported snapshots: stored int64 ID -> the raw ID of the source data (an integer literal
+# or any string). One row per stored ID; identity when every raw ID was an integer.
+USER_IDS: Final = TableSpec(
+    "user_ids",
+    (
+        ColumnSpec("id", pa.int64()),
+        ColumnSpec("raw_id", pa.string()),
+    ),
+)
+
+ITEM_IDS: Final = TableSpec(
+    "item_ids",
+    (
+        ColumnSpec("id", pa.int64()),
+        ColumnSpec("raw_id", pa.string()),
+    ),
+)
+
+# Each user's latest items (item IDs, most recent first), what a user tower with the
+# behaviour-history feature reads online. Only in versions whose model has the feature.
+VERSION_RECENT: Final = TableSpec(
+    "recent",
+    (
+        ColumnSpec("user_id", pa.int64()),
+        ColumnSpec("items", pa.list_(pa.int64())),
+    ),
+)
+
 ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     USERS,
     ITEMS,
@@ -144,4 +175,7 @@ ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     VERSION_USERS,
     VERSION_ITEMS,
     VERSION_HISTORY,
+    VERSION_RECENT,
+    USER_IDS,
+    ITEM_IDS,
 )

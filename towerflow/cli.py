@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
+from towerflow.cli_import import import_command
+
 if TYPE_CHECKING:
     from storage import VersionInfo, VersionStore
     from tasks.config import NightlyConfig
@@ -399,3 +401,7 @@ def bench(
     md_path, text = write_results(results, path)
     typer.echo(text)
     typer.echo(f"wrote {path} and {md_path}")
+
+
+# `towerflow import`: real interaction logs into a data snapshot (its own module: many options).
+app.command("import")(import_command)

@@ -1,0 +1,248 @@
+"""Import real interaction logs (plus optional user / item attribute tables) as an immutable
+data snapshot in the synthetic generator's format, so training and evaluation read it with
+``tasks.dataio.load_dataset`` unchanged; adds the stored-ID -> raw-ID maps
+(user_ids.parquet, item_ids.parquet) and the import report (in snapshot.json).
+
+Conversion rules live in ``tasks.import_convert``; this module names, writes and commits
+the snapshot, and reads the ID maps back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+from prefect import task
+from pydantic import BaseModel
+
+from storage import (
+    CATEGORIES,
+    INTERACTIONS,
+    ITEM_IDS,
+    ITEMS,
+    USER_IDS,
+    USERS,
+    Layout,
+    SnapshotFiles,
+    begin_snapshot,
+    commit_snapshot,
+    read_json,
+    read_table,
+    sha256_file,
+    snapshot_exists,
+    snapshot_path,
+    vectors_to_arrow,
+    write_json,
+    write_table,
+)
+from storage.rawlog import RawReadError
+from tasks.import_config import AttributeSource, ImportConfig, InteractionSource
+from tasks.import_convert import ImportedData, build_import
+from tasks.import_report import DataImportError, FileReport, ImportReport, Role
+from tasks.refs import SnapshotRef
+
+__all__ = [
+    "IMPORTER_VERSION",
+    "DataImportError",
+    "FileReport",
+    "IdMap",
+    "ImportReport",
+    "ImportResult",
+    "import_data",
+    "import_snapshot_id",
+    "input_checksums",
+    "load_id_map",
+    "run_import",
+]
+
+log = logging.getLogger(__name__)
+ObjArray = npt.NDArray[np.object_]
+
+IMPORTER_VERSION: Final = 1  # bump when the same inputs would convert differently
+
+
+class ImportResult(BaseModel):
+    """The committed snapshot, its report, and whether an identical one was reused."""
+
+    ref: SnapshotRef
+    report: ImportReport
+    reused: bool
+
+
+def _sources(cfg: ImportConfig) -> dict[Role, InteractionSource | AttributeSource]:
+    out: dict[Role, InteractionSource | AttributeSource] = {"interactions": cfg.interactions}
+    if cfg.items is not None:
+        out["items"] = cfg.items
+    if cfg.users is not None:
+        out["users"] = cfg.users
+    return out
+
+
+def input_checksums(cfg: ImportConfig) -> dict[Role, str]:
+    """sha256 of every input file, by role; `RawReadError` names a missing one."""
+    sums: dict[Role, str] = {}
+    for role, src in _sources(cfg).items():
+        if not Path(src.path).is_file():
+            raise RawReadError(f"{src.path}: {role} file not found")
+        sums[role] = sha256_file(Path(src.path))
+    return sums
+
+
+def import_snapshot_id(cfg: ImportConfig, checksums: dict[Role, str]) -> str:
+    """``<name>-<digest>``: the same config and file contents name the same snapshot,
+    wherever the files lie (paths are replaced by their checksums before hashing)."""
+    doc = cfg.model_dump(mode="json")
+    for role, sha in checksums.items():
+        doc[role]["path"] = sha
+    blob = json.dumps({"importer": IMPORTER_VERSION, "config": doc}, sort_keys=True)
+    return f"{cfg.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _write(folder: Path, data: ImportedData, meta: dict[str, Any]) -> None:
+    tables = {
+        USERS: {"user_id": data.user_id, "profile": vectors_to_arrow(data.profile)},
+        ITEMS: {
+            "item_id": data.item_id,
+            "category": data.category,
+            "content": vectors_to_arrow(data.content),
+        },
+        CATEGORIES: {
+            "category": np.arange(len(data.category_names), dtype=np.int32),
+            "name": data.category_names,
+        },
+        INTERACTIONS: {
+            "user_id": data.inter_user,
+            "item_id": data.inter_item,
+            "timestamp": data.inter_ts,
+        },
+        USER_IDS: {"id": data.user_id, "raw_id": pa.array(data.user_raw, pa.string())},
+        ITEM_IDS: {"id": data.item_id, "raw_id": pa.array(data.item_raw, pa.string())},
+    }
+    files = {}
+    for spec, columns in tables.items():
+        write_table(folder / spec.file_name, pa.table(columns), spec)
+        files[spec.file_name] = sha256_file(folder / spec.file_name)
+    write_json(folder / SnapshotFiles.MANIFEST, {**meta, "files": files})
+
+
+def _ref(layout: Layout, snapshot_id: str, report: ImportReport) -> SnapshotRef:
+    return SnapshotRef(
+        root=str(layout.root),
+        snapshot_id=snapshot_id,
+        n_users=report.n_users,
+        n_items=report.n_items,
+        n_interactions=report.n_interactions,
+    )
+
+
+def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
+    """Import ``cfg``'s files as a snapshot under ``layout`` (or reuse the identical one).
+
+    All-or-nothing: the tables are written into a private staging folder and committed by
+    one rename; any failure (including strict-mode `DataImportError`, raised before anything
+    is written) leaves no snapshot and no staging folder behind.
+    """
+    checksums = input_checksums(cfg)
+    snapshot_id = import_snapshot_id(cfg, checksums)
+    if snapshot_exists(layout, snapshot_id):
+        meta = read_json(snapshot_path(layout, snapshot_id) / SnapshotFiles.MANIFEST)
+        report = ImportReport.model_validate(meta["report"])
+        log.info("reusing imported snapshot %s", snapshot_id)
+        return ImportResult(ref=_ref(layout, snapshot_id, report), report=report, reused=True)
+    data = build_import(cfg, checksums)
+    meta = {
+        "snapshot_id": snapshot_id,
+        "source": "import",
+        "importer_version": IMPORTER_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "inputs": {
+            role: {"file": src.path, "sha256": checksums[role]}
+            for role, src in _sources(cfg).items()
+        },
+        "counts": {
+            "users": data.report.n_users,
+            "items": data.report.n_items,
+            "interactions": data.report.n_interactions,
+            "categories": data.report.n_categories,
+        },
+        "report": data.report.model_dump(mode="json"),
+    }
+    staging = begin_snapshot(layout, snapshot_id)
+    try:
+        _write(staging, data, meta)
+        commit_snapshot(layout, snapshot_id, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("imported snapshot %s: %s", snapshot_id, meta["counts"])
+    return ImportResult(
+        ref=_ref(layout, snapshot_id, data.report), report=data.report, reused=False
+    )
+
+
+def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
+    # Bad data or a missing file fails the same way every time; only I/O hiccups retry.
+    return not isinstance(state.data, (ValueError, FileNotFoundError))
+
+
+@task(
+    name="import-data", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient
+)
+def import_data(root: str, cfg: ImportConfig) -> SnapshotRef:
+    """Import ``cfg``'s files as a data snapshot under ``root`` (reused when identical)."""
+    result = run_import(Layout(Path(root)), cfg)
+    # The module logger (not get_run_logger) so ``import_data.fn`` also runs outside a flow;
+    # Prefect forwards it when "tasks" is among PREFECT_LOGGING_EXTRA_LOGGERS.
+    log.info(
+        "%s data snapshot %s: %d users, %d items, %d interactions",
+        "reusing" if result.reused else "imported",
+        result.ref.snapshot_id,
+        result.ref.n_users,
+        result.ref.n_items,
+        result.ref.n_interactions,
+    )
+    return result.ref
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """Stored int64 IDs of one entity and the raw IDs they stand for (n, sorted by ID)."""
+
+    ids: npt.NDArray[np.int64]  # (n,)
+    raw: ObjArray  # (n,) text
+
+    def raw_to_id(self) -> dict[str, int]:
+        return dict(zip(self.raw.tolist(), self.ids.tolist(), strict=True))
+
+    def id_to_raw(self) -> dict[int, str]:
+        return dict(zip(self.ids.tolist(), self.raw.tolist(), strict=True))
+
+    def to_ids(self, raw_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """(m,) raw IDs -> (m,) stored IDs, -1 where unknown."""
+        lookup = self.raw_to_id()
+        return np.array([lookup.get(str(r), -1) for r in raw_ids], np.int64)
+
+    def to_raw(self, ids: npt.ArrayLike) -> list[str]:
+        """(m,) stored IDs -> m raw IDs; `KeyError` names the first unknown one."""
+        lookup = self.id_to_raw()
+        return [lookup[int(i)] for i in np.asarray(ids, np.int64)]
+
+
+def load_id_map(folder: Path, entity: Literal["user", "item"]) -> IdMap:
+    """The ID map of an imported snapshot folder (user_ids.parquet / item_ids.parquet)."""
+    spec = USER_IDS if entity == "user" else ITEM_IDS
+    table = read_table(folder / spec.file_name, spec).sort_by("id")
+    return IdMap(
+        table.column("id").to_numpy(), np.array(table.column("raw_id").to_pylist(), object)
+    )
