@@ -2,7 +2,8 @@
 
 Owns how every scorer (two-tower model, popularity baseline, oracle) is evaluated: the
 caller supplies full score rows for blocks of users, this module masks each user's
-history, ranks all items and computes recall / NDCG / hit rate against held-out sets.
+history, ranks all items and computes recall / NDCG / hit rate (plus MRR, precision and
+the catalogue metrics of ``model.ranking``) against held-out sets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from model.ranking import (
+    beyond_accuracy_metrics,
+    check_item_popularity,
+    precision_at_k,
+    reciprocal_rank,
+)
 
 __all__ = [
     "DEFAULT_KS",
@@ -258,7 +266,8 @@ def ranking_metrics(
     relevant: CsrSets,
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, float]:
-    """Mean recall / NDCG / hit rate at each cut-off over users with a relevant item.
+    """Mean recall / NDCG / hit rate / MRR / precision at each cut-off over users with a
+    relevant item.
 
     Args:
         topk: `(n, K) int64` ranked item rows, `-1` for empty slots, `K >= max(ks)`.
@@ -267,7 +276,8 @@ def ranking_metrics(
         ks: cut-offs.
 
     Returns:
-        `{"recall@k": .., "ndcg@k": .., "hit_rate@k": .. for k in ks, "n_users": n_eval}`.
+        `{"recall@k", "ndcg@k", "hit_rate@k", "mrr@k", "precision@k" for k in ks,
+        "n_users": n_eval}` (see `model.ranking` for MRR and precision).
         Users with an empty relevant set are excluded from every mean and from `n_users`.
     """
     ks = _check_ks(ks)
@@ -284,6 +294,8 @@ def ranking_metrics(
         out[f"recall@{k}"] = float(m.recall.mean())
         out[f"ndcg@{k}"] = float(m.ndcg.mean())
         out[f"hit_rate@{k}"] = float(m.hit_rate.mean())
+        out[f"mrr@{k}"] = float(reciprocal_rank(hits, k).mean())
+        out[f"precision@{k}"] = float(precision_at_k(hits, k).mean())
     out["n_users"] = int(keep.sum())
     return out
 
@@ -389,8 +401,10 @@ def evaluate_ranking(
     exclude: CsrSets,
     ks: Sequence[int] = DEFAULT_KS,
     block_users: int = 1024,
+    item_popularity: npt.ArrayLike | None = None,
 ) -> dict[str, float]:
-    """Full-ranking evaluation of one scorer: masked top-`max(ks)` then `ranking_metrics`.
+    """Full-ranking evaluation of one scorer: masked top-`max(ks)`, `ranking_metrics` and
+    the catalogue metrics of `model.ranking.beyond_accuracy_metrics`.
 
     Args:
         score_block_fn: see `full_ranking_topk`.
@@ -401,9 +415,12 @@ def evaluate_ranking(
         exclude: items masked per user row (history seen at training time).
         ks: cut-offs.
         block_users: users scored per block.
+        item_popularity: `(n_items,)` training-interaction counts; adds `avg_pop@k` and
+            `avg_pop_norm@k`.
 
     Returns:
-        The `ranking_metrics` dict, including `n_users` evaluated.
+        The `ranking_metrics` dict plus `coverage@k` (and the popularity keys), `n_users`
+        evaluated last.
     """
     ks = _check_ks(ks)
     rows = _check_rows(user_rows, relevant, "relevant")
@@ -412,9 +429,14 @@ def evaluate_ranking(
     rows = rows[relevant.lengths()[rows] > 0]
     if len(rows) == 0:
         raise ValueError("no user in user_rows has a relevant item: nothing to evaluate")
+    if item_popularity is not None:  # checked before the costly ranking
+        item_popularity = check_item_popularity(item_popularity, n_items)
     started = time.perf_counter()
     topk = full_ranking_topk(score_block_fn, rows, n_items, exclude, max(ks), block_users)
     metrics = ranking_metrics(topk, rows, relevant, ks)
+    n_users = metrics.pop("n_users")
+    metrics |= beyond_accuracy_metrics(topk, ks, n_items, item_popularity)
+    metrics["n_users"] = n_users
     logger.info(
         "evaluated %d users over %d items in %.2f s: %s",
         len(rows),

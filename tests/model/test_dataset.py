@@ -1,4 +1,4 @@
-"""Dataset, temporal split, vocabulary and feature tables: positions vs ID rows on small
+"""Dataset, evaluation splits, vocabulary and feature tables: positions vs ID rows on small
 hand-made cases with non-contiguous, unsorted IDs."""
 
 from __future__ import annotations
@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from model.dataset import Dataset, Vocabulary, temporal_split
+from model.dataset import (
+    Dataset,
+    Split,
+    SplitProtocol,
+    Vocabulary,
+    leave_one_out_split,
+    make_split,
+    random_ratio_split,
+    temporal_split,
+)
 from model.features import FeatureTables, IdVocab, category_rows
 from model.synthetic import generate, synthetic_config
 
@@ -117,6 +126,126 @@ def test_temporal_split_rejects_bad_fractions(val: float, test: float) -> None:
 def test_temporal_split_rejects_no_interactions() -> None:
     with pytest.raises(ValueError, match="zero interactions"):
         temporal_split(np.array([], np.int64), 0.1, 0.1)
+
+
+def _assert_partition(split: Split, n: int) -> None:
+    masks = np.stack([split.train, split.val, split.test])
+    assert masks.shape == (3, n) and masks.dtype == np.bool_
+    np.testing.assert_array_equal(masks.sum(axis=0), np.ones(n))
+
+
+def _per_user_counts(user: np.ndarray, split: Split) -> dict[int, tuple[int, int, int]]:
+    return {
+        int(u): (
+            int(split.train[user == u].sum()),
+            int(split.val[user == u].sum()),
+            int(split.test[user == u].sum()),
+        )
+        for u in np.unique(user)
+    }
+
+
+def test_random_ratio_split_follows_recbole_counts_per_user() -> None:
+    # User u has sizes[u] interactions, shuffled across the input.
+    sizes = [1, 2, 3, 4, 5, 10, 25, 100]
+    rng = np.random.default_rng(0)
+    user = rng.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int64)
+    split = random_ratio_split(user, (0.8, 0.1, 0.1), seed=3)
+    assert split.t_val is None and split.t_test is None and split.protocol == "random_ratio"
+    _assert_partition(split, len(user))
+    # val / test = floor(0.1 n), train the rest; then test, then val, take one from train
+    # when 0 < 0.1 n < 1 and train still holds more than one:
+    # n=1: 1/0/0 (train never emptied); n=2: 2/0/0 -> test bump -> 1/0/1, train=1 stops;
+    # n=3, 4, 5: both bumps -> 1/1/1, 2/1/1, 3/1/1; n=10: 8/1/1; n=25: 21/2/2; n=100: 80/10/10.
+    expected = [(1, 0, 0), (1, 0, 1), (1, 1, 1), (2, 1, 1), (3, 1, 1), (8, 1, 1), (21, 2, 2),
+                (80, 10, 10)]  # fmt: skip
+    assert _per_user_counts(user, split) == dict(enumerate(expected))
+
+
+def test_random_ratio_split_shuffles_within_users_deterministically() -> None:
+    user = np.zeros(1_000, np.int64)  # one user, interactions in input order
+    a = random_ratio_split(user, (8, 1, 1), seed=7)  # ratios are normalised
+    b = random_ratio_split(user, (0.8, 0.1, 0.1), seed=7)
+    c = random_ratio_split(user, (0.8, 0.1, 0.1), seed=8)
+    for x, y in ((a.train, b.train), (a.val, b.val), (a.test, b.test)):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.test, c.test)
+    assert (a.train.sum(), a.val.sum(), a.test.sum()) == (800, 100, 100)
+    # Not the first 800 rows: the held-out rows are spread over the whole input.
+    assert np.flatnonzero(a.test).min() < 500 < np.flatnonzero(a.test).max()
+
+
+def test_random_ratio_split_without_validation() -> None:
+    user = np.repeat(np.arange(50, dtype=np.int64), 10)
+    split = random_ratio_split(user, (0.8, 0.0, 0.2), seed=0)
+    assert not split.val.any()
+    assert set(_per_user_counts(user, split).values()) == {(8, 0, 2)}
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.2), (0.0, 0.5, 0.5), (0.8, 0.2, 0.0), (1, -1, 1)])
+def test_random_ratio_split_rejects_bad_ratios(ratios: tuple[float, float, float]) -> None:
+    with pytest.raises(ValueError, match="bad split ratios"):
+        random_ratio_split(np.zeros(5, np.int64), ratios)
+
+
+def test_leave_one_out_holds_out_each_users_latest_interactions() -> None:
+    # user: 0 0 0 0 | 1 1 | 2 2 2, shuffled in the input; times distinct per user.
+    user = np.array([0, 1, 2, 0, 2, 0, 1, 2, 0], np.int64)
+    ts = np.array([40, 5, 7, 10, 9, 30, 6, 8, 20], np.int64)
+    split = leave_one_out_split(user, ts, seed=0)
+    assert split.t_val is None and split.protocol == "leave_one_out"
+    _assert_partition(split, len(user))
+    # user 0: ts 40 -> test, 30 -> val, 10 and 20 -> train; user 1 has 2 -> all train;
+    # user 2: 9 -> test, 8 -> val, 7 -> train.
+    np.testing.assert_array_equal(np.flatnonzero(split.test), [0, 4])
+    np.testing.assert_array_equal(np.flatnonzero(split.val), [5, 7])
+    np.testing.assert_array_equal(np.flatnonzero(split.train), [1, 2, 3, 6, 8])
+
+
+def test_leave_one_out_never_trains_on_anything_later_than_held_out() -> None:
+    rng = np.random.default_rng(1)
+    user = rng.integers(0, 300, 5_000).astype(np.int64)
+    ts = rng.integers(0, 50, 5_000).astype(np.int64)  # many ties within a user
+    split = leave_one_out_split(user, ts, seed=4)
+    _assert_partition(split, len(user))
+    counts = np.bincount(user)
+    for u in np.unique(user):
+        mine = user == u
+        if counts[u] < 3:
+            assert split.train[mine].all()
+            continue
+        assert split.test[mine].sum() == 1 and split.val[mine].sum() == 1
+        t_test, t_val = ts[mine & split.test][0], ts[mine & split.val][0]
+        assert ts[mine].max() == t_test >= t_val >= ts[mine & split.train].max()
+    again = leave_one_out_split(user, ts, seed=4)
+    np.testing.assert_array_equal(again.test, split.test)
+    np.testing.assert_array_equal(again.val, split.val)
+    # Another seed only reorders tied timestamps: the held-out times stay the same.
+    other = leave_one_out_split(user, ts, seed=5)
+    assert not np.array_equal(other.test, split.test)
+    np.testing.assert_array_equal(np.sort(ts[other.test]), np.sort(ts[split.test]))
+
+
+def test_make_split_dispatches_by_protocol() -> None:
+    rng = np.random.default_rng(2)
+    user = rng.integers(0, 40, 600).astype(np.int64)
+    ts = rng.integers(0, 10**6, 600).astype(np.int64)
+    cases: dict[SplitProtocol, Split] = {
+        "temporal": temporal_split(ts, 0.2, 0.1),
+        "random_ratio": random_ratio_split(user, (0.7, 0.2, 0.1), seed=9),
+        "leave_one_out": leave_one_out_split(user, ts, seed=9),
+    }
+    for protocol, expected in cases.items():
+        got = make_split(
+            protocol, user, ts, val_frac=0.2, test_frac=0.1, ratios=(0.7, 0.2, 0.1), seed=9
+        )
+        assert got.protocol == protocol and got.t_val == expected.t_val
+        for a, b in ((got.train, expected.train), (got.val, expected.val)):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(got.test, expected.test)
+    assert isinstance(cases["temporal"].t_val, int)
+    with pytest.raises(ValueError, match="unknown split protocol"):
+        make_split("bogus", user, ts)  # type: ignore[arg-type]
 
 
 def test_vocabulary_numbers_training_users_and_items_in_position_order() -> None:

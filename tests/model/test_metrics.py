@@ -100,13 +100,22 @@ def test_ranking_metrics_means_and_excludes_empty_users() -> None:
     # ndcg@3 user 2: DCG = 1/log2(4) = 0.5, IDCG = 1 -> 0.5.
     user0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
     assert got["ndcg@3"] == pytest.approx((user0 + 0.5) / 2)
+    # MRR: user 0 hits at rank 0, user 2 first at rank 2 -> @1 mean(1, 0), @3 mean(1, 1/3).
+    assert got["mrr@1"] == pytest.approx(0.5)
+    assert got["mrr@3"] == pytest.approx((1 + 1 / 3) / 2)
+    # Precision@3: 2 of 3 slots for user 0, 1 of 3 for user 2.
+    assert got["precision@3"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert list(got) == [
         "recall@1",
         "ndcg@1",
         "hit_rate@1",
+        "mrr@1",
+        "precision@1",
         "recall@3",
         "ndcg@3",
         "hit_rate@3",
+        "mrr@3",
+        "precision@3",
         "n_users",
     ]
 
