@@ -21,11 +21,13 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     """Train and publish a new version; return its id.
 
     Steps:
-    1. prepare-data: generate (or reuse) the immutable data snapshot.
+    1. prepare-data: generate or import (or reuse) the immutable data snapshot.
     2. begin-version: open a staging folder; remember CURRENT for the compare-and-swap.
-    3. train-model: fit both towers on the training split; stage weights and feature tables.
+    3. train-model: fit both towers on the training split (early stopping on validation
+       when configured); stage weights and feature tables.
     4. embed-items: every item through the item tower (unknown bucket for unseen items).
-    5. evaluate + quality-gate: full-ranking test metrics vs popularity and the oracle;
+    5. evaluate + quality-gate: full-ranking test metrics vs popularity, a classical
+       collaborative filter and (synthetic data) the oracle;
        below the gate the run fails and CURRENT is unchanged.
     6. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
        real user vectors to the Recall@k target vs exact search (below it the run fails).
@@ -36,7 +38,9 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     root, threads = runtime.root, runtime.threads
     snapshot = prepare_data(root, config.data)
     stage = begin_version(root)
-    trained = train_model(snapshot, stage, config.data, config.tower, config.train, threads)
+    trained = train_model(
+        snapshot, stage, config.data, config.tower, config.train, threads, config.evaluation
+    )
     n_items = embed_catalogue(stage, threads)
     report = evaluate_model(snapshot, stage, config.data, config.evaluation, threads)
     quality_gate(report, stage)

@@ -26,6 +26,12 @@ class TowerConfig(BaseModel):
     id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
     category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
     hidden: tuple[int, ...] = Field((128,), description="Hidden layer widths of each tower's MLP.")
+    history_len: int = Field(
+        0,
+        ge=0,
+        description="Behaviour-history feature: the user's last N interacted items, pooled "
+        "through the item tower's ID embedding into the user tower (0 = off).",
+    )
 
 
 class TowerSpec(BaseModel):
@@ -68,6 +74,27 @@ class TrainConfig(BaseModel):
         lt=1,
         description="Probability of replacing an ID with the unknown bucket while training, "
         "so cold users and new items get useful vectors from features alone.",
+    )
+    uniform_negatives: int = Field(
+        0,
+        ge=0,
+        description="Mixed negatives: items sampled uniformly per batch and shared by every "
+        "example, on top of the in-batch negatives (0 = in-batch only).",
+    )
+    hard_negatives: int = Field(
+        0,
+        ge=0,
+        description="Per example, the top-scoring non-positive items of a uniform candidate "
+        "pool added as extra negatives (0 = off).",
+    )
+    hard_negative_pool: int = Field(
+        2048, ge=1, description="Uniform candidates scored per batch to mine hard negatives."
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many epochs without a better validation metric and "
+        "restore the best epoch's weights (None = train all epochs).",
     )
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     device: Device = Field("auto", description="'auto' = CUDA when present, else CPU.")

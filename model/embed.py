@@ -55,9 +55,14 @@ def embed_users(
     model: TwoTower,
     id_rows: npt.NDArray[np.int64],
     profile: npt.NDArray[np.float32],
+    history: npt.NDArray[np.int64] | None = None,
     batch_size: int = 8192,
 ) -> npt.NDArray[np.float32]:
-    """User vectors for (U,) ID rows (0 = unknown) and (U, P) profiles -> (U, D) float32."""
+    """User vectors for (U,) ID rows (0 = unknown), (U, P) profiles and, for a model with
+    the history feature, (U, H) item rows of each user's recent items (0 = none).
+
+    Returns (U, D) float32 in input order.
+    """
     return _batched(
         model,
         len(id_rows),
@@ -65,5 +70,8 @@ def embed_users(
         lambda rows, device: model.forward_user(
             torch.as_tensor(id_rows[rows], dtype=torch.int64, device=device),
             torch.as_tensor(profile[rows], dtype=torch.float32, device=device),
+            None
+            if history is None
+            else torch.as_tensor(history[rows], dtype=torch.int64, device=device),
         ),
     )

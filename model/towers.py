@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from model.config import TowerSpec
 
-__all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower"]
+__all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower", "pool_history"]
 
 UNKNOWN_ROW = 0
 
@@ -49,8 +49,20 @@ class _Standardise(nn.Module):
         return (x - self.mean) / self.std
 
 
+def pool_history(item_embedding: nn.Embedding, history: Tensor) -> Tensor:
+    """Mean of the item-ID embeddings of each user's recent items.
+
+    history: (B, H) int64 item ID rows, 0 = padding (or an item unseen in training) ->
+    (B, id_dim); a user with no history gets zeros.
+    """
+    vecs = item_embedding(history)  # (B, H, id_dim)
+    mask = (history > 0).unsqueeze(-1).to(vecs.dtype)
+    return (vecs * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+
 class UserTower(nn.Module):
-    """user-ID embedding (row 0 = unknown) + standardised profile floats -> MLP -> unit vector."""
+    """user-ID embedding (row 0 = unknown) + standardised profile floats [+ pooled history]
+    -> MLP -> unit vector."""
 
     def __init__(self, spec: TowerSpec) -> None:
         super().__init__()
@@ -58,13 +70,17 @@ class UserTower(nn.Module):
         # sparse=True: only the rows in a batch get gradients (SparseAdam), ~12x faster here.
         self.id_embedding = nn.Embedding(spec.n_users + 1, cfg.id_dim, sparse=True)
         self.profile_norm = _Standardise(spec.profile_dim)
-        self.mlp = _mlp(cfg.id_dim + spec.profile_dim, cfg.hidden, cfg.embedding_dim)
+        history_dim = cfg.id_dim if cfg.history_len > 0 else 0
+        self.mlp = _mlp(cfg.id_dim + spec.profile_dim + history_dim, cfg.hidden, cfg.embedding_dim)
         nn.init.normal_(self.id_embedding.weight, std=0.05)
 
-    def forward(self, id_rows: Tensor, profile: Tensor) -> Tensor:
-        """id_rows: (B,) int64 in [0, n_users]; profile: (B, P) float32 -> (B, D) unit rows."""
-        x = torch.cat([self.id_embedding(id_rows), self.profile_norm(profile)], dim=1)
-        return F.normalize(self.mlp(x), dim=1)
+    def forward(self, id_rows: Tensor, profile: Tensor, pooled: Tensor | None = None) -> Tensor:
+        """id_rows: (B,) int64 in [0, n_users]; profile: (B, P) float32; pooled: (B, id_dim)
+        pooled history when the tower has the feature -> (B, D) unit rows."""
+        parts = [self.id_embedding(id_rows), self.profile_norm(profile)]
+        if pooled is not None:
+            parts.append(pooled)
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
 
 
 class ItemTower(nn.Module):
@@ -109,9 +125,29 @@ class TwoTower(nn.Module):
         self.user_tower.profile_norm.fit(profile)
         self.item_tower.content_norm.fit(content)
 
-    def forward_user(self, id_rows: Tensor, profile: Tensor) -> Tensor:
-        """(B,) int64 rows, (B, P) float32 -> (B, D) L2-normalised user vectors."""
-        return self.user_tower(id_rows, profile)
+    @property
+    def history_len(self) -> int:
+        """Recent items the user tower reads (0 = no history feature)."""
+        return self.spec.tower.history_len
+
+    def forward_user(
+        self, id_rows: Tensor, profile: Tensor, history: Tensor | None = None
+    ) -> Tensor:
+        """(B,) int64 rows, (B, P) float32, (B, H) int64 item rows of the user's last H items
+        (0 = padding; required when ``history_len`` > 0) -> (B, D) L2-normalised vectors.
+
+        The history is pooled through the item tower's ID embedding, so what a user did
+        and what an item is live in one table and train each other.
+        """
+        pooled = None
+        if self.history_len > 0:
+            if history is None:
+                raise ValueError(
+                    f"this model reads the last {self.history_len} items of each user; "
+                    "pass history (B, H) item rows (0 = none)"
+                )
+            pooled = pool_history(self.item_tower.id_embedding, history)
+        return self.user_tower(id_rows, profile, pooled)
 
     def forward_item(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
         """(B,) int64 rows, (B,) int64 category rows, (B, C) float32 -> (B, D) unit vectors."""

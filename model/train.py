@@ -19,30 +19,39 @@ from torch import Tensor
 
 from model.config import TowerSpec, TrainConfig
 from model.features import FeatureTables
-from model.losses import bce_loss, in_batch_softmax_loss, log_sampling_probability
+from model.losses import (
+    bce_loss,
+    log_expected_count,
+    log_sampling_probability,
+    mixed_softmax_loss,
+)
 from model.towers import TwoTower
 
-__all__ = ["EpochStats", "TrainResult", "init_model", "resolve_device", "train"]
+__all__ = ["EpochStats", "TrainResult", "Validator", "init_model", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """One epoch's figures: mean loss, wall seconds and throughput (examples / s)."""
+    """One epoch's figures: mean loss, wall seconds, throughput (examples / s) and the
+    validation metric when early stopping watches one."""
 
     epoch: int
     loss: float
     seconds: float
     examples_per_s: float
+    val_metric: float | None = None
 
 
 @dataclass
 class TrainResult:
-    """Per-epoch history and the device actually used."""
+    """Per-epoch history, the device used and the epoch whose weights the model holds."""
 
     device: str
     epochs: list[EpochStats] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     @property
     def final_loss(self) -> float:
@@ -72,6 +81,95 @@ def _dropout_ids(rows: Tensor, p: float, gen: torch.Generator) -> Tensor:
     return rows.masked_fill(drop, 0)
 
 
+Validator = Callable[[TwoTower], float]
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """Training tensors on the device; rows index the vocabulary (0 = unknown)."""
+
+    users: Tensor  # (N,) int64
+    items: Tensor  # (N,) int64
+    history: Tensor | None  # (N, H) int64 item rows, 0 = padding
+    labels: Tensor | None  # (N,) float32 for bce
+
+
+class _Step:
+    """One optimisation step's loss for a batch of example indices."""
+
+    def __init__(self, model: TwoTower, tables: FeatureTables, data: _Batches, cfg: TrainConfig):
+        self.model, self.tables, self.data, self.cfg = model, tables, data, cfg
+        self.n_items = model.spec.n_items
+        self.log_q: Tensor | None = None
+        if cfg.loss == "softmax" and cfg.logq_correction:
+            counts = torch.bincount(data.items, minlength=self.n_items + 1)
+            self.log_q = log_sampling_probability(counts).to(data.items.device)
+        self.bias = torch.zeros((), device=data.items.device, requires_grad=cfg.loss == "bce")
+
+    def _items(self, rows: Tensor, gen: torch.Generator) -> Tensor:
+        t = self.tables
+        return self.model.forward_item(
+            _dropout_ids(rows, self.cfg.id_dropout, gen),
+            t.item_category_rows[rows],
+            t.item_content[rows],
+        )
+
+    def _correction(self, rows: Tensor, batch: int) -> Tensor | None:
+        if self.log_q is None:
+            return None
+        return log_expected_count(self.log_q[rows], batch, self.cfg.uniform_negatives, self.n_items)
+
+    def _uniform(self, n: int, gen: torch.Generator) -> Tensor:
+        device = self.data.items.device
+        return torch.randint(1, self.n_items + 1, (n,), generator=gen, device=device)
+
+    def _hard(self, u_vec: Tensor, pos: Tensor, gen: torch.Generator) -> Tensor:
+        """(B, H) rows of the top-scoring pool items that are not the example's positive."""
+        pool = self._uniform(self.cfg.hard_negative_pool, gen)
+        with torch.no_grad():
+            t = self.tables
+            pool_vec = self.model.forward_item(
+                pool, t.item_category_rows[pool], t.item_content[pool]
+            )
+            scores = u_vec.detach() @ pool_vec.T
+            scores = scores.masked_fill(pool[None, :] == pos[:, None], float("-inf"))
+            top = scores.topk(min(self.cfg.hard_negatives, len(pool)), dim=1).indices
+        return pool[top]
+
+    def loss(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        cfg, data, t = self.cfg, self.data, self.tables
+        u, i = data.users[idx], data.items[idx]
+        hist = None if data.history is None else data.history[idx]
+        u_vec = self.model.forward_user(
+            _dropout_ids(u, cfg.id_dropout, gen), t.user_profile[u], hist
+        )
+        i_vec = self._items(i, gen)
+        if cfg.loss == "bce":
+            assert data.labels is not None
+            return bce_loss(u_vec, i_vec, data.labels[idx], cfg.temperature, self.bias)
+        b = len(idx)
+        extra = extra_vec = hard = hard_vec = None
+        if cfg.uniform_negatives > 0:
+            extra = self._uniform(cfg.uniform_negatives, gen)
+            extra_vec = self._items(extra, gen)
+        if cfg.hard_negatives > 0:
+            hard = self._hard(u_vec, i, gen)
+            hard_vec = self._items(hard.reshape(-1), gen).reshape(*hard.shape, -1)
+        return mixed_softmax_loss(
+            u_vec,
+            i_vec,
+            i,
+            cfg.temperature,
+            self._correction(i, b),
+            extra_vec,
+            extra,
+            None if extra is None else self._correction(extra, b),
+            hard_vec,
+            hard,
+            None if hard is None else self._correction(hard, b),
+        )
+
+
 def train(
     model: TwoTower,
     tables: FeatureTables,
@@ -80,6 +178,8 @@ def train(
     cfg: TrainConfig,
     labels: npt.NDArray[np.float32] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    history: npt.NDArray[np.int64] | None = None,
+    validate: Validator | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -88,9 +188,13 @@ def train(
         tables: row-indexed user/item features.
         user_rows, item_rows: (N,) int64 vocabulary rows (>= 1) of each training example:
             positives for ``softmax``; impressions for ``bce``.
-        cfg: loss, epochs, batch size, learning rates, temperature, seed, device.
+        cfg: loss, negatives, epochs, batch size, learning rates, temperature, seed, device.
         labels: (N,) float32 click labels, required for ``bce``.
         on_epoch: called after every epoch (progress reporting).
+        history: (N, H) int64 item rows of each example's user's last H items strictly
+            before the example (0 = padding); required when the model has the feature.
+        validate: scores the model on held-out data (higher = better) after every epoch;
+            with ``cfg.early_stopping_patience`` the best epoch's weights are restored.
     """
     if len(user_rows) != len(item_rows):
         raise ValueError(f"user_rows ({len(user_rows)}) and item_rows ({len(item_rows)}) differ")
@@ -98,24 +202,34 @@ def train(
         raise ValueError(f"need at least 2 training examples, got {len(user_rows)}")
     if cfg.loss == "bce" and (labels is None or len(labels) != len(user_rows)):
         raise ValueError("loss 'bce' needs one label per example")
+    if model.history_len > 0 and (
+        history is None or history.shape != (len(user_rows), model.history_len)
+    ):
+        raise ValueError(
+            f"the model reads {model.history_len} history items: history must be "
+            f"({len(user_rows)}, {model.history_len}), got "
+            f"{None if history is None else history.shape}"
+        )
+    if cfg.early_stopping_patience is not None and validate is None:
+        raise ValueError("early stopping needs a validate function")
 
     device = resolve_device(cfg.device)
     # Guard against denormal floats in the backward pass (they slowed steps ~5x here).
     # Process-wide and left on: flushing denormals to zero is harmless for this workload.
     torch.set_flush_denormal(True)
     model.to(device).train()
-    tables = tables.to(device)
-    users = torch.as_tensor(user_rows, dtype=torch.int64, device=device)
-    items = torch.as_tensor(item_rows, dtype=torch.int64, device=device)
-    y = None if labels is None else torch.as_tensor(labels, dtype=torch.float32, device=device)
-
-    log_q: Tensor | None = None
-    if cfg.loss == "softmax" and cfg.logq_correction:
-        counts = torch.bincount(items, minlength=model.spec.n_items + 1)
-        log_q = log_sampling_probability(counts).to(device)
-    bias = torch.zeros((), device=device, requires_grad=cfg.loss == "bce")
-
-    dense = [*model.dense_parameters(), *([bias] if cfg.loss == "bce" else [])]
+    data = _Batches(
+        users=torch.as_tensor(user_rows, dtype=torch.int64, device=device),
+        items=torch.as_tensor(item_rows, dtype=torch.int64, device=device),
+        history=None
+        if history is None or model.history_len == 0
+        else torch.as_tensor(history, dtype=torch.int64, device=device),
+        labels=None
+        if labels is None
+        else torch.as_tensor(labels, dtype=torch.float32, device=device),
+    )
+    step = _Step(model, tables.to(device), data, cfg)
+    dense = [*model.dense_parameters(), *([step.bias] if cfg.loss == "bce" else [])]
     optimisers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr),
         torch.optim.Adam(dense, lr=cfg.lr),
@@ -123,7 +237,8 @@ def train(
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     result = TrainResult(device=str(device))
-    n = len(users)
+    best: tuple[float, dict[str, Tensor]] | None = None
+    n = len(data.users)
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
@@ -132,20 +247,7 @@ def train(
             idx = perm[lo : lo + cfg.batch_size]
             if len(idx) < 2:
                 continue  # a softmax over one example has no negatives
-            u, i = users[idx], items[idx]
-            u_vec = model.forward_user(_dropout_ids(u, cfg.id_dropout, gen), tables.user_profile[u])
-            i_vec = model.forward_item(
-                _dropout_ids(i, cfg.id_dropout, gen),
-                tables.item_category_rows[i],
-                tables.item_content[i],
-            )
-            if cfg.loss == "softmax":
-                loss = in_batch_softmax_loss(
-                    u_vec, i_vec, i, cfg.temperature, None if log_q is None else log_q[i]
-                )
-            else:
-                assert y is not None
-                loss = bce_loss(u_vec, i_vec, y[idx], cfg.temperature, bias)
+            loss = step.loss(idx, gen)
             for opt in optimisers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,17 +256,35 @@ def train(
             total += float(loss.detach())
             steps += 1
         seconds = time.perf_counter() - start
-        stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9))
+        val = None
+        if validate is not None:
+            val = float(validate(model.eval()))
+            model.train()
+        stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9), val)
         result.epochs.append(stats)
         log.info(
-            "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)",
+            "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)%s",
             epoch,
             cfg.epochs,
             stats.loss,
             seconds,
             stats.examples_per_s,
+            "" if val is None else f" validation {val:.4f}",
         )
         if on_epoch is not None:
             on_epoch(stats)
+        if val is not None and (best is None or val > best[0]):
+            best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            result.best_epoch = epoch
+        patience = cfg.early_stopping_patience
+        if (
+            patience is not None
+            and result.best_epoch is not None
+            and epoch - result.best_epoch >= patience
+        ):
+            result.stopped_early = epoch < cfg.epochs
+            break
+    if best is not None and cfg.early_stopping_patience is not None:
+        model.load_state_dict(best[1])
     model.eval()
     return result

@@ -6,12 +6,14 @@ description. Model and training knobs live with the model (``model.config``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.config import TowerConfig, TrainConfig
+from model.dataset import SplitProtocol
 from model.synthetic import SCALES, check_scale
+from tasks.import_config import ImportConfig
 
 __all__ = ["DataConfig", "EvalConfig", "IndexConfig", "NightlyConfig", "RuntimeConfig"]
 
@@ -21,8 +23,13 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: Literal["synthetic"] = Field(
-        "synthetic", description="Data source; 'synthetic' generates a world with ground truth."
+    source: Literal["synthetic", "import"] = Field(
+        "synthetic",
+        description="Data source: 'synthetic' generates a world with ground truth; 'import' "
+        "reads real logs described by `importing`.",
+    )
+    importing: ImportConfig | None = Field(
+        None, description="Files, column mapping and rules of source 'import'."
     )
     scale: str = Field("small", description=f"Synthetic scale, one of {sorted(SCALES)}.")
     seed: int = Field(42, description="Generator seed (same seed + scale = same snapshot).")
@@ -30,13 +37,33 @@ class DataConfig(BaseModel):
         default_factory=dict,
         description="Generator knob overrides, e.g. {'temperature': 0.2, 'popularity_skew': 1.0}.",
     )
-    val_frac: float = Field(0.1, ge=0, lt=1, description="Share of the timeline for validation.")
-    test_frac: float = Field(0.1, gt=0, lt=1, description="Share of the timeline for test.")
+    protocol: SplitProtocol = Field(
+        "temporal",
+        description="Evaluation split: 'temporal' (global time cut), 'random_ratio' (per-user "
+        "random split by `ratios`, RecBole's protocol) or 'leave_one_out' (each user's latest "
+        "interaction is test, the one before validation).",
+    )
+    val_frac: float = Field(
+        0.1, ge=0, lt=1, description="'temporal': share of the timeline for validation."
+    )
+    test_frac: float = Field(
+        0.1, gt=0, lt=1, description="'temporal': share of the timeline for test."
+    )
+    ratios: tuple[float, float, float] = Field(
+        (0.8, 0.1, 0.1), description="'random_ratio': train / validation / test shares per user."
+    )
+    split_seed: int = Field(0, description="Seed of the per-user protocols' shuffles and ties.")
 
     @field_validator("scale")
     @classmethod
     def _known_scale(cls, v: str) -> str:
         return check_scale(v)
+
+    @model_validator(mode="after")
+    def _import_needs_files(self) -> Self:
+        if self.source == "import" and self.importing is None:
+            raise ValueError("source 'import' needs `importing` (files and column mapping)")
+        return self
 
 
 class EvalConfig(BaseModel):
@@ -56,6 +83,29 @@ class EvalConfig(BaseModel):
         description="Publish only if model >= popularity * (1 + lift) on the gate metric.",
     )
     seed: int = Field(0, description="Seed of the evaluated-user sample.")
+    baseline: Literal["auto", "itemknn", "ease", "none"] = Field(
+        "auto",
+        description="Classical collaborative filter evaluated next to the model: EASE when the "
+        "catalogue is small enough for its dense item-item inverse, else ItemKNN ('auto').",
+    )
+    ease_max_items: int = Field(
+        10_000,
+        ge=1,
+        description="'auto' fits EASE up to this many trained items (its dense inverse took "
+        "~2.5 min at 20k items on 2 cores), ItemKNN above.",
+    )
+    baseline_max_items: int = Field(
+        200_000,
+        ge=1,
+        description="Above this many items the classical baseline is skipped (logged).",
+    )
+    validation_metric: str = Field(
+        "recall@50",
+        description="Validation metric early stopping watches (train.early_stopping_patience).",
+    )
+    validation_users: int | None = Field(
+        5000, ge=1, description="Validation users sampled for early stopping (None = all)."
+    )
 
 
 class IndexConfig(BaseModel):

@@ -24,6 +24,7 @@ from storage import (
 )
 from tasks.config import DataConfig
 from tasks.dataio import write_synthetic
+from tasks.importing import run_import
 from tasks.refs import SnapshotRef
 
 __all__ = ["prepare_data", "snapshot_id_for"]
@@ -49,9 +50,22 @@ def _ref(layout: Layout, snapshot_id: str) -> SnapshotRef:
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=[1, 5])
 def prepare_data(root: str, cfg: DataConfig) -> SnapshotRef:
-    """Generate the synthetic snapshot for ``cfg`` unless it is already stored."""
+    """Generate the synthetic snapshot for ``cfg`` unless it is already stored; for source
+    'import', import the configured files (reused when the files are unchanged)."""
     logger = get_run_logger()
     layout = Layout(Path(root))
+    if cfg.source == "import":
+        assert cfg.importing is not None  # DataConfig's validator
+        result = run_import(layout, cfg.importing)
+        logger.info(
+            "%s snapshot %s: %d users, %d items, %d interactions",
+            "reusing imported" if result.reused else "imported",
+            result.ref.snapshot_id,
+            result.ref.n_users,
+            result.ref.n_items,
+            result.ref.n_interactions,
+        )
+        return result.ref
     snapshot_id = snapshot_id_for(cfg)
     if snapshot_exists(layout, snapshot_id):
         logger.info("reusing data snapshot %s", snapshot_id)

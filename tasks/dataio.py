@@ -6,7 +6,7 @@ Plain functions shared by several tasks (no Prefect here): they read and write t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,11 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from model.dataset import Dataset, Vocabulary
+from model.dataset import Dataset, Vocabulary, make_split
+from model.embed import embed_users
 from model.features import category_rows
+from model.history import history_at_end
+from model.pipeline import Prepared, prepare
 from model.synthetic import SyntheticData
 from model.towers import TwoTower, load_two_tower
 from storage import (
@@ -37,14 +40,17 @@ from storage import (
     write_json,
     write_table,
 )
-from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_USERS
+from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_RECENT, VERSION_USERS
+from tasks.config import DataConfig
 
 __all__ = [
     "History",
     "ServingTables",
     "Truth",
+    "embed_served_users",
     "load_dataset",
     "load_impressions",
+    "load_prepared",
     "load_served_model",
     "load_truth",
     "read_embeddings",
@@ -115,6 +121,22 @@ def load_dataset(folder: Path) -> Dataset:
     )
 
 
+def load_prepared(folder: Path, cfg: DataConfig) -> Prepared:
+    """A snapshot's dataset, split by ``cfg``'s protocol, with the training vocabulary and
+    feature tables: the same for every step that reads the snapshot with that config."""
+    data = load_dataset(folder)
+    split = make_split(
+        cfg.protocol,
+        data.inter_user,
+        data.inter_ts,
+        val_frac=cfg.val_frac,
+        test_frac=cfg.test_frac,
+        ratios=cfg.ratios,
+        seed=cfg.split_seed,
+    )
+    return prepare(data, split)
+
+
 def load_impressions(folder: Path) -> pa.Table:
     """The labelled impressions table of a snapshot (for the pointwise BCE mode)."""
     return read_table(folder / IMPRESSIONS.file_name, IMPRESSIONS)
@@ -150,10 +172,18 @@ def load_truth(folder: Path, data: Dataset) -> Truth | None:
     return Truth(user_latent, item_latent, log_pop, float(meta["generator"]["temperature"]))
 
 
-def write_serving_tables(folder: Path, data: Dataset, vocab: Vocabulary) -> None:
+def write_serving_tables(
+    folder: Path, data: Dataset, vocab: Vocabulary, history_len: int = 0
+) -> None:
     """The user, item and history tables a version serves from (with each row's tower ID
-    row; the history holds every interaction of the snapshot, so serving can exclude it)."""
-    seen = data.sets(np.ones(len(data.inter_user), bool))
+    row; the history holds every interaction of the snapshot, so serving can exclude it).
+
+    With the behaviour-history feature (``history_len`` > 0) also recent.parquet: each
+    user's latest ``history_len`` item IDs, most recent first: what the user tower reads
+    online.
+    """
+    everything = np.ones(len(data.inter_user), bool)
+    seen = data.sets(everything)
     has = seen.lengths() > 0
     offsets = np.concatenate([[0], np.cumsum(seen.lengths()[has])]).astype(np.int32)
     write_table(
@@ -168,6 +198,26 @@ def write_serving_tables(folder: Path, data: Dataset, vocab: Vocabulary) -> None
         ),
         VERSION_HISTORY,
     )
+    if history_len > 0:
+        recent = history_at_end(
+            data.inter_user, data.inter_item, data.inter_ts, everything, history_len, data.n_users
+        )
+        lengths = (recent >= 0).sum(axis=1)
+        keep = lengths > 0
+        flat = recent[keep][recent[keep] >= 0]  # row-major: most recent first per user
+        offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int32)
+        write_table(
+            folder / VersionFiles.RECENT,
+            pa.table(
+                {
+                    "user_id": data.user_id[keep],
+                    "items": pa.ListArray.from_arrays(
+                        pa.array(offsets), pa.array(data.item_id[flat])
+                    ),
+                }
+            ),
+            VERSION_RECENT,
+        )
     write_table(
         folder / VersionFiles.USERS,
         pa.table(
@@ -204,16 +254,27 @@ class ServingTables:
     item_id_row: npt.NDArray[np.int64]  # (I,)
     category: npt.NDArray[np.int32]  # (I,)
     content: npt.NDArray[np.float32]  # (I, C)
+    # (U, H) item ID rows of each user's latest H items (0 = none), for models with the
+    # behaviour-history feature; None for models without it.
+    recent: npt.NDArray[np.int64] | None = None
+
+    def user_history(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | None:
+        """(n, H) history rows of users at ``positions`` (-1 = unknown user: no history)."""
+        if self.recent is None:
+            return None
+        rows = self.recent[np.maximum(positions, 0)]
+        return np.where((positions >= 0)[:, None], rows, 0)
 
     def item_category_rows(self, n_categories: int) -> npt.NDArray[np.int64]:
         return category_rows(self.category, n_categories)
 
 
-def read_serving_tables(folder: Path) -> ServingTables:
-    """A version's users.parquet and items.parquet as writable arrays (they feed torch)."""
+def read_serving_tables(folder: Path, history_len: int = 0) -> ServingTables:
+    """A version's users.parquet and items.parquet as writable arrays (they feed torch);
+    with ``history_len`` > 0 also recent.parquet as (U, history_len) item rows."""
     users = read_table(folder / VersionFiles.USERS, VERSION_USERS)
     items = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
-    return ServingTables(
+    tables = ServingTables(
         user_id=_np(users, "user_id").copy(),
         user_id_row=_np(users, "id_row").copy(),
         profile=arrow_to_vectors(users.column("profile"), copy=True),
@@ -222,6 +283,36 @@ def read_serving_tables(folder: Path) -> ServingTables:
         category=_np(items, "category").copy(),
         content=arrow_to_vectors(items.column("content"), copy=True),
     )
+    if history_len == 0:
+        return tables
+    return replace(tables, recent=_read_recent(folder, tables, history_len))
+
+
+def _read_recent(folder: Path, tables: ServingTables, history_len: int) -> npt.NDArray[np.int64]:
+    """recent.parquet -> (U, H) item ID rows aligned with the users table, left-aligned in
+    most recent first, 0-padded; items the version does not carry map to 0."""
+    path = folder / VersionFiles.RECENT
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the model reads each user's last {history_len} items")
+    table = read_table(path, VERSION_RECENT)
+    lists = table.column("items").combine_chunks()
+    lengths = np.diff(lists.offsets.to_numpy().astype(np.int64))
+    if len(lengths) and lengths.max() > history_len:
+        raise ValueError(
+            f"{path}: a user has {lengths.max()} recent items, the model reads {history_len}"
+        )
+    user_pos = np.searchsorted(tables.user_id, _np(table, "user_id"))
+    user_pos = np.minimum(user_pos, len(tables.user_id) - 1)
+    if not np.array_equal(tables.user_id[user_pos], _np(table, "user_id")):
+        raise ValueError(f"{path} names users that are not in {VersionFiles.USERS}")
+    item_ids = lists.values.to_numpy().astype(np.int64)
+    item_pos = np.minimum(np.searchsorted(tables.item_id, item_ids), len(tables.item_id) - 1)
+    known = tables.item_id[item_pos] == item_ids
+    item_rows = np.where(known, tables.item_id_row[item_pos], 0)
+    out = np.zeros((len(tables.user_id), history_len), np.int64)
+    slot = np.arange(len(item_ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[np.repeat(user_pos, lengths), slot] = item_rows
+    return out
 
 
 @dataclass(frozen=True)
@@ -249,6 +340,19 @@ def read_history(folder: Path) -> History:
         user_id=_np(table, "user_id").copy(),
         indptr=items.offsets.to_numpy().astype(np.int64),
         item_ids=items.values.to_numpy().astype(np.int64),
+    )
+
+
+def embed_served_users(
+    model: TwoTower, tables: ServingTables, positions: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float32]:
+    """(n, D) vectors of the users at ``positions`` of a version's users table, as served
+    (stored profile, ID row and, for history models, recent items)."""
+    return embed_users(
+        model,
+        tables.user_id_row[positions],
+        tables.profile[positions],
+        tables.user_history(positions),
     )
 
 

@@ -3,37 +3,39 @@ popularity baseline and (on synthetic data) the oracle that knows the true score
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from model.dataset import temporal_split
-from model.embed import embed_users
+from model.baselines import fit_baseline
 from model.metrics import evaluate_ranking
+from model.pipeline import Prepared, ScoreFn, score_block_users, user_vectors
 from model.synthetic import oracle_scores
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
 from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import (
-    load_dataset,
-    load_served_model,
-    load_truth,
-    read_embeddings,
-    read_serving_tables,
-)
+from tasks.dataio import load_prepared, load_served_model, load_truth, read_embeddings
 from tasks.publish import discard_version
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
 
-__all__ = ["EvalReport", "QualityGateError", "check_gate", "evaluate_model", "quality_gate"]
+__all__ = [
+    "EvalReport",
+    "QualityGateError",
+    "baseline_scorer",
+    "check_gate",
+    "evaluate_model",
+    "quality_gate",
+    "rank_all",
+    "reference_scorers",
+]
 
-_SCORE_BLOCK_FLOATS = 1 << 24
+log = logging.getLogger(__name__)
 
-Scorer = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+_LOGGED = ("recall", "ndcg", "mrr", "coverage")
 
 
 class QualityGateError(RuntimeError):
@@ -41,10 +43,12 @@ class QualityGateError(RuntimeError):
 
 
 class EvalReport(BaseModel):
-    """Metrics per ranker ('model', 'popularity', 'oracle' when known) on the test split."""
+    """Metrics per ranker ('model', 'popularity', the classical baseline ('ease' or
+    'itemknn') and 'oracle' when known) on the test split."""
 
     n_users: int
     n_items: int
+    protocol: str = "temporal"
     rankers: dict[str, dict[str, float]]
     gate_metric: str
     gate_threshold: float
@@ -62,44 +66,74 @@ def check_gate(
     return threshold, rankers["model"][metric] >= threshold
 
 
-@task(name="evaluate")
-def evaluate_model(
-    snapshot: SnapshotRef,
-    stage: StageRef,
-    data_cfg: DataConfig,
+def baseline_scorer(prep: Prepared, cfg: EvalConfig) -> tuple[str, ScoreFn] | None:
+    """The classical collaborative filter ``cfg.baseline`` fitted on the training split, as
+    (its name, a score function); None for 'none' or above ``cfg.baseline_max_items``."""
+    d, train_mask = prep.data, prep.split.train
+    if cfg.baseline == "none":
+        return None
+    if d.n_items > cfg.baseline_max_items:
+        log.info(
+            "classical baseline skipped: %d items > baseline_max_items=%d",
+            d.n_items,
+            cfg.baseline_max_items,
+        )
+        return None
+    fitted = fit_baseline(
+        cfg.baseline,
+        d.inter_user[train_mask],
+        d.inter_item[train_mask],
+        d.n_users,
+        d.n_items,
+        max_items=cfg.ease_max_items,
+    )
+    return fitted.name, lambda rows: torch.from_numpy(fitted.scores(rows))
+
+
+def rank_all(
+    prep: Prepared,
+    scorers: dict[str, ScoreFn],
     cfg: EvalConfig,
-    threads: int | None = None,
-) -> EvalReport:
-    """Rank every item for test users with their train + validation items masked; stage
-    metrics.json with the model, popularity and oracle figures."""
-    logger = get_run_logger()
-    apply_threads(threads)
-    layout = Layout(Path(stage.root))
-    folder = snapshot_path(layout, snapshot.snapshot_id)
-    staging = VersionStore(layout).staging_path(stage.version_id)
-    data = load_dataset(folder)
-    split = temporal_split(data.inter_ts, data_cfg.val_frac, data_cfg.test_frac)
-    relevant, exclude = data.sets(split.test), data.sets(~split.test)
+) -> tuple[int, dict[str, dict[str, float]]]:
+    """Full-ranking test metrics of every scorer over the same (sampled) test users, with
+    each user's training and validation items masked. Returns (users, metrics per name)."""
+    d, split = prep.data, prep.split
+    relevant, exclude = d.sets(split.test), d.sets(~split.test)
     users = np.flatnonzero(relevant.lengths() > 0)
     if cfg.max_users is not None and len(users) > cfg.max_users:
         rng = np.random.default_rng(cfg.seed)
         users = np.sort(rng.choice(users, cfg.max_users, replace=False))
-
-    model = load_served_model(staging)
-    tables = read_serving_tables(staging)
-    item_ids, item_vecs = read_embeddings(staging)
-    if not np.array_equal(item_ids, data.item_id):
-        raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
-    user_vecs = torch.from_numpy(embed_users(model, tables.user_id_row, tables.profile))
-    items_t = torch.from_numpy(item_vecs)
-    popularity = torch.from_numpy(
-        np.bincount(data.inter_item[split.train], minlength=data.n_items).astype(np.float32)
-    )
-    scorers: dict[str, Scorer] = {
-        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
-        "popularity": lambda rows: popularity.expand(len(rows), -1).clone(),
+    popularity = np.bincount(d.inter_item[split.train], minlength=d.n_items)
+    block = score_block_users(d.n_items)
+    rankers = {
+        name: evaluate_ranking(
+            fn,
+            users,
+            d.n_items,
+            relevant,
+            exclude,
+            ks=cfg.ks,
+            block_users=block,
+            item_popularity=popularity,
+        )
+        for name, fn in scorers.items()
     }
-    truth = load_truth(folder, data)
+    return len(users), rankers
+
+
+def reference_scorers(prep: Prepared, folder: Path, cfg: EvalConfig) -> dict[str, ScoreFn]:
+    """Popularity, the classical baseline and (synthetic data) the oracle."""
+    d = prep.data
+    popularity = torch.from_numpy(
+        np.bincount(d.inter_item[prep.split.train], minlength=d.n_items).astype(np.float32)
+    )
+    scorers: dict[str, ScoreFn] = {
+        "popularity": lambda rows: popularity.expand(len(rows), -1).clone()
+    }
+    baseline = baseline_scorer(prep, cfg)
+    if baseline is not None:
+        scorers[baseline[0]] = baseline[1]
+    truth = load_truth(folder, d)
     if truth is not None:
         scorers["oracle"] = lambda rows: torch.from_numpy(
             oracle_scores(
@@ -109,18 +143,45 @@ def evaluate_model(
                 truth.temperature,
             )
         )
-    # Score blocks are (block, n_items) float32 with ~3 temporaries: ~256 MB per block.
-    block = int(np.clip(_SCORE_BLOCK_FLOATS // data.n_items, 1, 1024))
-    rankers = {
-        name: evaluate_ranking(
-            fn, users, data.n_items, relevant, exclude, ks=cfg.ks, block_users=block
-        )
-        for name, fn in scorers.items()
+    return scorers
+
+
+@task(name="evaluate")
+def evaluate_model(
+    snapshot: SnapshotRef,
+    stage: StageRef,
+    data_cfg: DataConfig,
+    cfg: EvalConfig,
+    threads: int | None = None,
+) -> EvalReport:
+    """Rank every item for test users with their train + validation items masked; stage
+    metrics.json with the model, popularity, classical baseline and oracle figures.
+
+    Every ranker learns from the training split only (the model's history feature too),
+    so the comparison is even; validation only steers early stopping.
+    """
+    logger = get_run_logger()
+    apply_threads(threads)
+    layout = Layout(Path(stage.root))
+    folder = snapshot_path(layout, snapshot.snapshot_id)
+    staging = VersionStore(layout).staging_path(stage.version_id)
+    prep = load_prepared(folder, data_cfg)
+    model = load_served_model(staging)
+    item_ids, item_vecs = read_embeddings(staging)
+    if not np.array_equal(item_ids, prep.data.item_id):
+        raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
+    user_vecs = torch.from_numpy(user_vectors(model, prep, prep.split.train))
+    items_t = torch.from_numpy(item_vecs)
+    scorers: dict[str, ScoreFn] = {
+        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
+        **reference_scorers(prep, folder, cfg),
     }
+    n_users, rankers = rank_all(prep, scorers, cfg)
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
     report = EvalReport(
-        n_users=len(users),
-        n_items=data.n_items,
+        n_users=n_users,
+        n_items=prep.data.n_items,
+        protocol=prep.split.protocol,
         rankers=rankers,
         gate_metric=cfg.gate_metric,
         gate_threshold=threshold,
@@ -128,7 +189,11 @@ def evaluate_model(
     )
     write_json(staging / VersionFiles.METRICS, report.model_dump(mode="json"))
     for name, metrics in rankers.items():
-        logger.info("%-10s %s", name, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        logger.info(
+            "%-10s %s",
+            name,
+            "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.split("@")[0] in _LOGGED),
+        )
     return report
 
 

@@ -10,11 +10,15 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from model.ann import default_factory, exact_topk, tune_index
-from model.embed import embed_users
 from model.index import build_index, tune_blas_threshold
 from storage import Layout, VersionFiles, VersionStore, save_index
 from tasks.config import IndexConfig
-from tasks.dataio import load_served_model, read_embeddings, read_serving_tables
+from tasks.dataio import (
+    embed_served_users,
+    load_served_model,
+    read_embeddings,
+    read_serving_tables,
+)
 from tasks.publish import discard_version
 from tasks.refs import IndexSummary, StageRef
 from tasks.runtime import apply_threads
@@ -28,10 +32,11 @@ class IndexRecallError(RuntimeError):
 
 def _user_queries(staging: Path, n: int, seed: int) -> np.ndarray:
     """(q, D) vectors of a seeded sample of the version's users, as served."""
-    tables = read_serving_tables(staging)
+    model = load_served_model(staging)
+    tables = read_serving_tables(staging, model.history_len)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(tables.user_id), min(n, len(tables.user_id)), replace=False))
-    return embed_users(load_served_model(staging), tables.user_id_row[rows], tables.profile[rows])
+    return embed_served_users(model, tables, rows)
 
 
 @task(name="build-index")

@@ -9,11 +9,11 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from model.config import TowerConfig, TrainConfig
-from model.dataset import Dataset, Split, Vocabulary, temporal_split
+from model.pipeline import Prepared, fit
 from model.train import EpochStats, init_model, train
 from storage import Layout, VersionStore, save_model, snapshot_path
-from tasks.config import DataConfig
-from tasks.dataio import load_dataset, load_impressions, write_serving_tables
+from tasks.config import DataConfig, EvalConfig
+from tasks.dataio import load_impressions, load_prepared, write_serving_tables
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
 
@@ -30,19 +30,27 @@ class TrainSummary(BaseModel):
     epoch_loss: list[float]
     epoch_seconds: list[float]
     examples_per_s: float
+    epoch_validation: list[float | None] = []
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
-def _bce_examples(
-    folder: Path, data: Dataset, split: Split, vocab: Vocabulary
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Impressions inside the training window whose user and item the vocabulary knows."""
+def _bce_examples(folder: Path, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Impressions inside the training window whose user and item the vocabulary knows
+    (the pointwise mode needs a global time cut: the temporal protocol)."""
+    if prep.split.t_val is None:
+        raise ValueError(
+            f"loss 'bce' trains on impressions before the validation cut, which only the "
+            f"'temporal' protocol has (got {prep.split.protocol!r})"
+        )
+    data, vocab = prep.data, prep.vocab
     imp = load_impressions(folder)
     ts = imp.column("timestamp").to_numpy()
     u_pos = data.user_positions(imp.column("user_id").to_numpy())
     i_pos = data.item_positions(imp.column("item_id").to_numpy())
     # Position -1 (not in the tables) indexes the last row; the mask below drops those.
     u, i = vocab.user_id_row[u_pos], vocab.item_id_row[i_pos]
-    keep = (ts < split.t_val) & (u_pos >= 0) & (i_pos >= 0) & (u > 0) & (i > 0)
+    keep = (ts < prep.split.t_val) & (u_pos >= 0) & (i_pos >= 0) & (u > 0) & (i > 0)
     labels = imp.column("label").to_numpy()[keep].astype(np.float32)
     return u[keep], i[keep], labels
 
@@ -55,55 +63,71 @@ def train_model(
     tower_cfg: TowerConfig,
     train_cfg: TrainConfig,
     threads: int | None = None,
+    eval_cfg: EvalConfig | None = None,
 ) -> TrainSummary:
-    """Train on the snapshot's training split; stage model.pt/json, users and items tables."""
+    """Train on the snapshot's training split; stage model.pt/json, users and items tables.
+
+    With ``train_cfg.early_stopping_patience`` the validation metric of ``eval_cfg`` is
+    measured after every epoch and the best epoch's weights are kept.
+    """
     logger = get_run_logger()
     apply_threads(threads)
+    eval_cfg = eval_cfg or EvalConfig()
     layout = Layout(Path(stage.root))
     folder = snapshot_path(layout, snapshot.snapshot_id)
-    data = load_dataset(folder)
-    split = temporal_split(data.inter_ts, data_cfg.val_frac, data_cfg.test_frac)
-    vocab = Vocabulary.from_training(data, split.train)
-    tables = vocab.feature_tables(data)
-    spec = vocab.tower_spec(data, tower_cfg)
-    model = init_model(spec, train_cfg.seed)
-    model.fit_feature_scaling(tables.user_profile[1:], tables.item_content[1:])
-
-    labels = None
-    if train_cfg.loss == "bce":
-        users, items, labels = _bce_examples(folder, data, split, vocab)
-    else:
-        users = vocab.user_id_row[data.inter_user[split.train]]
-        items = vocab.item_id_row[data.inter_item[split.train]]
-    logger.info(
-        "training on %d examples (%d known users, %d known items, loss %s)",
-        len(users),
-        spec.n_users,
-        spec.n_items,
-        train_cfg.loss,
-    )
+    prep = load_prepared(folder, data_cfg)
 
     def report(stats: EpochStats) -> None:
         logger.info(
-            "epoch %d/%d: loss %.4f, %.1f s, %.0f examples/s",
+            "epoch %d/%d: loss %.4f, %.1f s, %.0f examples/s%s",
             stats.epoch,
             train_cfg.epochs,
             stats.loss,
             stats.seconds,
             stats.examples_per_s,
+            "" if stats.val_metric is None else f", validation {stats.val_metric:.4f}",
         )
 
-    result = train(model, tables, users, items, train_cfg, labels=labels, on_epoch=report)
+    if train_cfg.loss == "bce":
+        spec = prep.vocab.tower_spec(prep.data, tower_cfg)
+        model = init_model(spec, train_cfg.seed)
+        model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
+        users, items, labels = _bce_examples(folder, prep)
+        if tower_cfg.history_len > 0:
+            raise ValueError("the history feature is trained with loss 'softmax' only")
+        n_examples = len(users)
+        logger.info("training on %d impressions (loss bce)", n_examples)
+        result = train(model, prep.tables, users, items, train_cfg, labels=labels, on_epoch=report)
+    else:
+        n_examples = int(prep.split.train.sum())
+        logger.info(
+            "training on %d interactions (%d known users, %d known items, history %d)",
+            n_examples,
+            prep.vocab.n_users,
+            prep.vocab.n_items,
+            tower_cfg.history_len,
+        )
+        model, result = fit(
+            prep,
+            tower_cfg,
+            train_cfg,
+            validate_metric=eval_cfg.validation_metric,
+            validate_users=eval_cfg.validation_users,
+            on_epoch=report,
+        )
     staging = VersionStore(layout).staging_path(stage.version_id)
-    save_model(staging, model.cpu().state_dict(), spec.model_dump(mode="json"))
-    write_serving_tables(staging, data, vocab)
+    save_model(staging, model.cpu().state_dict(), model.spec.model_dump(mode="json"))
+    write_serving_tables(staging, prep.data, prep.vocab, model.history_len)
     seconds = [e.seconds for e in result.epochs]
     return TrainSummary(
         device=result.device,
-        n_examples=len(users),
-        n_known_users=spec.n_users,
-        n_known_items=spec.n_items,
+        n_examples=n_examples,
+        n_known_users=model.spec.n_users,
+        n_known_items=model.spec.n_items,
         epoch_loss=[e.loss for e in result.epochs],
         epoch_seconds=seconds,
-        examples_per_s=len(users) * len(seconds) / max(sum(seconds), 1e-9),
+        examples_per_s=n_examples * len(seconds) / max(sum(seconds), 1e-9),
+        epoch_validation=[e.val_metric for e in result.epochs],
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
     )

@@ -159,10 +159,11 @@ class Recaller:
         )
         vid = version.version_id
         try:
+            model = load_served_model(version.path)
             recaller = cls(
                 version_id=vid,
-                model=load_served_model(version.path),
-                tables=read_serving_tables(version.path),
+                model=model,
+                tables=read_serving_tables(version.path, model.history_len),
                 index=load_index(version.file(VersionFiles.INDEX)),
                 history=read_history(version.path),
                 manifest=version.manifest,
@@ -267,7 +268,9 @@ class Recaller:
         id_row, prof, known = self._user_inputs(user_id, profile)
         with torch.inference_mode():
             vec = self.model.forward_user(
-                torch.tensor([id_row], dtype=torch.int64), torch.from_numpy(prof)
+                torch.tensor([id_row], dtype=torch.int64),
+                torch.from_numpy(prof),
+                self._user_history(user_id),
             ).numpy()
         # Huge profile values overflow inside the tower: the "unit" vector comes out NaN or
         # zero, which would rank items by noise.
@@ -319,6 +322,17 @@ class Recaller:
         prof = self._validate_profile(profile)
         row = int(self.tables.user_id_row[pos]) if pos >= 0 else UNKNOWN_ROW
         return row, prof, pos >= 0
+
+    def _user_history(self, user_id: int | None) -> torch.Tensor | None:
+        """(1, H) item rows of a known user's latest items for a history model (zeros for
+        unknown or anonymous users); None when the model has no history feature."""
+        recent = self.tables.recent
+        if recent is None:
+            return None
+        pos = -1 if user_id is None else self._user_pos(int(user_id))
+        if pos < 0:
+            return torch.zeros((1, recent.shape[1]), dtype=torch.int64)
+        return torch.from_numpy(recent[pos : pos + 1])
 
     def _validate_profile(self, profile: npt.ArrayLike) -> npt.NDArray[np.float32]:
         try:

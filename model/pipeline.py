@@ -1,0 +1,188 @@
+"""The in-memory recipe shared by the nightly tasks and the ablation: from a dataset and
+its split to training examples, a trained model, and the score function evaluation ranks.
+
+Everything a variant of the model needs (vocabulary, feature tables, the behaviour
+history of every training example, validation for early stopping) is built here once,
+so the nightly run and the ablation table cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from model.config import TowerConfig, TrainConfig
+from model.dataset import Dataset, Split, Vocabulary
+from model.embed import embed_items, embed_users
+from model.features import FeatureTables, category_rows
+from model.history import history_at_end, history_before
+from model.metrics import CsrSets, evaluate_ranking
+from model.towers import TwoTower
+from model.train import EpochStats, TrainResult, init_model, train
+
+__all__ = [
+    "Prepared",
+    "ScoreFn",
+    "fit",
+    "history_rows",
+    "item_vectors",
+    "model_scorer",
+    "prepare",
+    "user_vectors",
+    "validator",
+]
+
+# (b,) user positions -> (b, n_items) scores, higher = better.
+ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+
+# Score blocks are (block, n_items) float32 with a few temporaries: ~256 MB per block.
+_SCORE_BLOCK_FLOATS = 1 << 24
+
+
+def score_block_users(n_items: int) -> int:
+    """Users per full-ranking block so one block stays near 64M floats of temporaries."""
+    return int(np.clip(_SCORE_BLOCK_FLOATS // max(n_items, 1), 1, 1024))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A dataset with its split and the training vocabulary and feature tables."""
+
+    data: Dataset
+    split: Split
+    vocab: Vocabulary
+    tables: FeatureTables
+
+    @property
+    def item_category_rows(self) -> npt.NDArray[np.int64]:
+        """(I,) category embedding rows of every item position."""
+        return category_rows(self.data.category, self.data.n_categories)
+
+
+def prepare(data: Dataset, split: Split) -> Prepared:
+    """Vocabulary from the training split and the row-indexed feature tables."""
+    vocab = Vocabulary.from_training(data, split.train)
+    return Prepared(data, split, vocab, vocab.feature_tables(data))
+
+
+def _to_rows(vocab: Vocabulary, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Item positions (-1 = padding) -> item ID rows (0 = padding or unseen in training)."""
+    rows = vocab.item_id_row[np.maximum(positions, 0)]
+    return np.where(positions >= 0, rows, 0).astype(np.int64)
+
+
+def history_rows(prep: Prepared, mask: npt.NDArray[np.bool_], n_last: int) -> npt.NDArray[np.int64]:
+    """(U, n_last) item rows of every user's latest interactions among ``mask`` (0 = none):
+    the history a user tower sees when scoring after those interactions."""
+    d = prep.data
+    pos = history_at_end(d.inter_user, d.inter_item, d.inter_ts, mask, n_last, d.n_users)
+    return _to_rows(prep.vocab, pos)
+
+
+def training_examples(
+    prep: Prepared, history_len: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64] | None]:
+    """(N,) user rows, (N,) item rows and, with the history feature, (N, H) item rows of
+    each example's user's items strictly before it (never the example or its future)."""
+    d, train_mask = prep.data, prep.split.train
+    users = prep.vocab.user_id_row[d.inter_user[train_mask]]
+    items = prep.vocab.item_id_row[d.inter_item[train_mask]]
+    if history_len == 0:
+        return users, items, None
+    pos = history_before(d.inter_user, d.inter_item, d.inter_ts, train_mask, history_len)
+    return users, items, _to_rows(prep.vocab, pos)
+
+
+def item_vectors(model: TwoTower, prep: Prepared) -> npt.NDArray[np.float32]:
+    """(I, D) vectors of every item position (unseen items through the unknown row)."""
+    return embed_items(model, prep.vocab.item_id_row, prep.item_category_rows, prep.data.content)
+
+
+def user_vectors(
+    model: TwoTower, prep: Prepared, history_mask: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float32]:
+    """(U, D) vectors of every user position; the history feature (if any) reads the
+    interactions selected by ``history_mask``."""
+    history = None
+    if model.history_len > 0:
+        history = history_rows(prep, history_mask, model.history_len)
+    return embed_users(model, prep.vocab.user_id_row, prep.data.profile, history)
+
+
+def model_scorer(model: TwoTower, prep: Prepared, history_mask: npt.NDArray[np.bool_]) -> ScoreFn:
+    """Full score rows (b, I) of the model for user positions (cosine, higher = better)."""
+    users_t = torch.from_numpy(user_vectors(model, prep, history_mask))
+    items_t = torch.from_numpy(item_vectors(model, prep))
+    return lambda rows: users_t[torch.from_numpy(rows)] @ items_t.T
+
+
+def validator(
+    prep: Prepared, metric: str, max_users: int | None, seed: int
+) -> Callable[[TwoTower], float] | None:
+    """Full-ranking ``metric`` (e.g. 'recall@50') on the validation split with training
+    items masked, over a seeded sample of at most ``max_users`` users; None when the
+    split has no validation interactions."""
+    d, split = prep.data, prep.split
+    relevant: CsrSets = d.sets(split.val)
+    exclude: CsrSets = d.sets(split.train)
+    users = np.flatnonzero(relevant.lengths() > 0)
+    if len(users) == 0:
+        return None
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    k = int(metric.split("@")[1])
+
+    def score(model: TwoTower) -> float:
+        fn = model_scorer(model, prep, split.train)
+        metrics = evaluate_ranking(
+            fn,
+            users,
+            d.n_items,
+            relevant,
+            exclude,
+            ks=(k,),
+            block_users=score_block_users(d.n_items),
+        )
+        return float(metrics[metric])
+
+    return score
+
+
+def fit(
+    prep: Prepared,
+    tower_cfg: TowerConfig,
+    train_cfg: TrainConfig,
+    *,
+    validate_metric: str = "recall@50",
+    validate_users: int | None = 5000,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> tuple[TwoTower, TrainResult]:
+    """Build, scale and train a model on the training split (softmax: interactions).
+
+    Validation runs after every epoch when ``train_cfg.early_stopping_patience`` is set
+    (and the split has a validation part); the best epoch's weights are kept.
+    """
+    spec = prep.vocab.tower_spec(prep.data, tower_cfg)
+    model = init_model(spec, train_cfg.seed)
+    model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
+    users, items, history = training_examples(prep, tower_cfg.history_len)
+    validate = None
+    if train_cfg.early_stopping_patience is not None:
+        validate = validator(prep, validate_metric, validate_users, train_cfg.seed)
+        if validate is None:
+            train_cfg = train_cfg.model_copy(update={"early_stopping_patience": None})
+    result = train(
+        model,
+        prep.tables,
+        users,
+        items,
+        train_cfg,
+        on_epoch=on_epoch,
+        history=history,
+        validate=validate,
+    )
+    return model, result
