@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -139,6 +139,12 @@ class ItemKNN:
         rows = _check_user_rows(user_rows, self.x.shape[0])
         return np.asarray((self.x[rows] @ self.weights).toarray(), dtype=np.float32)
 
+    def with_inputs(self, user_pos: npt.ArrayLike, item_pos: npt.ArrayLike) -> ItemKNN:
+        """The same fitted similarities, scoring users from these interactions instead of
+        the training ones (e.g. train + validation, everything known before the test)."""
+        n_users, n_items = self.x.shape
+        return replace(self, x=interaction_matrix(user_pos, item_pos, n_users, n_items))
+
 
 def _top_k_rows(
     co: sp.csr_array, offset: int, norms: npt.NDArray[np.float64], k: int, shrink: float
@@ -216,6 +222,12 @@ class EASE:
             time.perf_counter() - started,
         )
         return cls(x=x, active=active, weights=weights, n_items=n_items)
+
+    def with_inputs(self, user_pos: npt.ArrayLike, item_pos: npt.ArrayLike) -> EASE:
+        """The same fitted weights, scoring users from these interactions instead of the
+        training ones (items outside the fitted ones carry no weight and are dropped)."""
+        full = interaction_matrix(user_pos, item_pos, self.x.shape[0], self.n_items)
+        return replace(self, x=full[:, self.active].tocsr())
 
     def scores(self, user_rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
         """`(b,) int64` user positions -> fresh `(b, n_items) float32` scores."""

@@ -25,6 +25,7 @@ from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, train
 
 __all__ = [
+    "Pointwise",
     "Prepared",
     "ScoreFn",
     "fit",
@@ -32,9 +33,13 @@ __all__ = [
     "item_vectors",
     "model_scorer",
     "prepare",
+    "sampled_pointwise",
     "user_vectors",
     "validator",
 ]
+
+# (N,) user rows, (N,) item rows, (N,) float32 0/1 labels of pointwise (BCE) training.
+Pointwise = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 # (b,) user positions -> (b, n_items) scores, higher = better.
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
@@ -160,16 +165,26 @@ def fit(
     validate_metric: str = "recall@50",
     validate_users: int | None = 5000,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    pointwise: Pointwise | None = None,
 ) -> tuple[TwoTower, TrainResult]:
-    """Build, scale and train a model on the training split (softmax: interactions).
+    """Build, scale and train a model on the training split.
 
+    Loss 'softmax' trains on the training interactions; loss 'bce' on ``pointwise``
+    (user rows, item rows, 0/1 labels), e.g. labelled impressions or sampled negatives.
     Validation runs after every epoch when ``train_cfg.early_stopping_patience`` is set
     (and the split has a validation part); the best epoch's weights are kept.
     """
     spec = prep.vocab.tower_spec(prep.data, tower_cfg)
     model = init_model(spec, train_cfg.seed)
     model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
-    users, items, history = training_examples(prep, tower_cfg.history_len)
+    labels = None
+    if train_cfg.loss == "bce":
+        if pointwise is None or tower_cfg.history_len > 0:
+            raise ValueError("loss 'bce' needs pointwise examples and no history feature")
+        users, items, labels = pointwise
+        history = None
+    else:
+        users, items, history = training_examples(prep, tower_cfg.history_len)
     validate = None
     if train_cfg.early_stopping_patience is not None:
         validate = validator(prep, validate_metric, validate_users, train_cfg.seed)
@@ -181,8 +196,29 @@ def fit(
         users,
         items,
         train_cfg,
+        labels=labels,
         on_epoch=on_epoch,
         history=history,
         validate=validate,
     )
     return model, result
+
+
+def sampled_pointwise(prep: Prepared, negatives: int, seed: int) -> Pointwise:
+    """Pointwise examples without impressions: every training positive (label 1) plus
+    ``negatives`` uniformly drawn known items per positive (label 0; a draw that hits one
+    of the user's training items is dropped)."""
+    users, items, _ = training_examples(prep, 0)
+    rng = np.random.default_rng(seed)
+    neg_users = np.repeat(users, negatives)
+    neg_items = rng.integers(1, prep.vocab.n_items + 1, len(neg_users))
+    # Drop accidental positives: (user row, item row) pairs seen in training.
+    key = users * (prep.vocab.n_items + 1) + items
+    hit = np.isin(neg_users * (prep.vocab.n_items + 1) + neg_items, key)
+    neg_users, neg_items = neg_users[~hit], neg_items[~hit]
+    labels = np.concatenate([np.ones(len(users)), np.zeros(len(neg_users))]).astype(np.float32)
+    return (
+        np.concatenate([users, neg_users]),
+        np.concatenate([items, neg_items]),
+        labels,
+    )

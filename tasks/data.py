@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from model.synthetic import generate, synthetic_config
 from storage import (
@@ -27,7 +28,10 @@ from tasks.dataio import write_synthetic
 from tasks.importing import run_import
 from tasks.refs import SnapshotRef
 
-__all__ = ["prepare_data", "snapshot_id_for"]
+__all__ = ["ensure_snapshot", "prepare_data", "snapshot_id_for"]
+
+# The module logger: Prefect forwards it to the run page (PREFECT_LOGGING_EXTRA_LOGGERS).
+log = logging.getLogger(__name__)
 
 
 def snapshot_id_for(cfg: DataConfig) -> str:
@@ -52,7 +56,12 @@ def _ref(layout: Layout, snapshot_id: str) -> SnapshotRef:
 def prepare_data(root: str, cfg: DataConfig) -> SnapshotRef:
     """Generate the synthetic snapshot for ``cfg`` unless it is already stored; for source
     'import', import the configured files (reused when the files are unchanged)."""
-    logger = get_run_logger()
+    return ensure_snapshot(root, cfg)
+
+
+def ensure_snapshot(root: str, cfg: DataConfig) -> SnapshotRef:
+    """``prepare_data`` without Prefect (the ablation and benchmarks call it directly)."""
+    logger = log
     layout = Layout(Path(root))
     if cfg.source == "import":
         assert cfg.importing is not None  # DataConfig's validator

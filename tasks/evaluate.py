@@ -67,7 +67,8 @@ def check_gate(
 
 
 def baseline_scorer(prep: Prepared, cfg: EvalConfig) -> tuple[str, ScoreFn] | None:
-    """The classical collaborative filter ``cfg.baseline`` fitted on the training split, as
+    """The classical collaborative filter ``cfg.baseline`` fitted on the training split and
+    scoring each user from everything known before the test (train + validation), as
     (its name, a score function); None for 'none' or above ``cfg.baseline_max_items``."""
     d, train_mask = prep.data, prep.split.train
     if cfg.baseline == "none":
@@ -87,7 +88,9 @@ def baseline_scorer(prep: Prepared, cfg: EvalConfig) -> tuple[str, ScoreFn] | No
         d.n_items,
         max_items=cfg.ease_max_items,
     )
-    return fitted.name, lambda rows: torch.from_numpy(fitted.scores(rows))
+    known = ~prep.split.test  # what is known when the test period starts
+    scoring = fitted.with_inputs(d.inter_user[known], d.inter_item[known])
+    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows))
 
 
 def rank_all(
@@ -157,8 +160,9 @@ def evaluate_model(
     """Rank every item for test users with their train + validation items masked; stage
     metrics.json with the model, popularity, classical baseline and oracle figures.
 
-    Every ranker learns from the training split only (the model's history feature too),
-    so the comparison is even; validation only steers early stopping.
+    Every learned ranker fits on the training split only (validation steers early stopping)
+    and reads each user's train + validation interactions as input (the model's history
+    feature, the baseline's user row), so the comparison is even.
     """
     logger = get_run_logger()
     apply_threads(threads)
@@ -170,7 +174,7 @@ def evaluate_model(
     item_ids, item_vecs = read_embeddings(staging)
     if not np.array_equal(item_ids, prep.data.item_id):
         raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
-    user_vecs = torch.from_numpy(user_vectors(model, prep, prep.split.train))
+    user_vecs = torch.from_numpy(user_vectors(model, prep, ~prep.split.test))
     items_t = torch.from_numpy(item_vecs)
     scorers: dict[str, ScoreFn] = {
         "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,

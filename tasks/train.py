@@ -17,7 +17,7 @@ from tasks.dataio import load_impressions, load_prepared, write_serving_tables
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
 
-__all__ = ["TrainSummary", "train_model"]
+__all__ = ["TrainSummary", "impression_examples", "train_model"]
 
 
 class TrainSummary(BaseModel):
@@ -35,7 +35,7 @@ class TrainSummary(BaseModel):
     stopped_early: bool = False
 
 
-def _bce_examples(folder: Path, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def impression_examples(folder: Path, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Impressions inside the training window whose user and item the vocabulary knows
     (the pointwise mode needs a global time cut: the temporal protocol)."""
     if prep.split.t_val is None:
@@ -92,7 +92,7 @@ def train_model(
         spec = prep.vocab.tower_spec(prep.data, tower_cfg)
         model = init_model(spec, train_cfg.seed)
         model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
-        users, items, labels = _bce_examples(folder, prep)
+        users, items, labels = impression_examples(folder, prep)
         if tower_cfg.history_len > 0:
             raise ValueError("the history feature is trained with loss 'softmax' only")
         n_examples = len(users)

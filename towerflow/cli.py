@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
+from towerflow.cli_ablation import evaluate_command
 from towerflow.cli_import import import_command
 
 if TYPE_CHECKING:
@@ -105,15 +106,15 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
         raise ValueError(f"invalid {where}:\n{e}") from e
 
 
-_FAMILIES = ("recall", "ndcg", "hit_rate")
-_RANKERS = ("model", "popularity", "oracle")
+_FAMILIES = ("recall", "ndcg", "hit_rate", "mrr")
+_RANKERS = ("model", "popularity", "ease", "itemknn", "oracle")
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
     """Rankers as rows (model first), metrics as columns grouped by family then K."""
     rankers: dict[str, dict[str, float]] = metrics["rankers"]
     names = sorted(
-        (k for k in next(iter(rankers.values())) if "@" in k),
+        (k for k in next(iter(rankers.values())) if k.split("@")[0] in _FAMILIES),
         key=lambda n: (_FAMILIES.index(n.split("@")[0]), int(n.split("@")[1])),
     )
     order = sorted(rankers, key=lambda r: _RANKERS.index(r) if r in _RANKERS else len(_RANKERS))
@@ -405,3 +406,5 @@ def bench(
 
 # `towerflow import`: real interaction logs into a data snapshot (its own module: many options).
 app.command("import")(import_command)
+# `towerflow evaluate [--ablation]`: train variants on a snapshot, one table with baselines.
+app.command("evaluate")(evaluate_command)

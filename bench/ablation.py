@@ -1,0 +1,202 @@
+"""The ablation: train a ladder of model variants on one split and rank them, next to
+popularity, the classical baseline and (synthetic data) the oracle, in one table.
+
+Every variant reads the same prepared snapshot (same split, vocabulary and features) and
+is evaluated by the same full-ranking code as the nightly run (``tasks.evaluate``), so the
+table answers "what does each training ingredient buy" on equal terms.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.config import TowerConfig, TrainConfig
+from model.pipeline import Pointwise, Prepared, ScoreFn, fit, model_scorer, sampled_pointwise
+from storage import Layout, snapshot_path
+from tasks.config import NightlyConfig
+from tasks.data import ensure_snapshot
+from tasks.dataio import load_prepared
+from tasks.evaluate import rank_all, reference_scorers
+from tasks.runtime import apply_threads
+from tasks.train import impression_examples
+
+__all__ = [
+    "AblationResult",
+    "Variant",
+    "VariantRun",
+    "ladder",
+    "render_table",
+    "run_ablation",
+]
+
+log = logging.getLogger(__name__)
+
+# Sampled negatives per positive for the pointwise variant when there are no impressions.
+_POINTWISE_NEGATIVES = 4
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model variant: overrides of the base tower and training configs."""
+
+    name: str
+    tower: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) -> list[Variant]:
+    """The standard ladder, each rung adding one ingredient to the one before:
+    pointwise BCE (as in the seed) -> in-batch softmax -> + logQ correction -> + mixed
+    (uniform) negatives -> + behaviour history [-> + hard negatives when ``hard`` > 0]."""
+    mixed = {"uniform_negatives": uniform_negatives}
+    rungs = [
+        Variant("bce pointwise", train={"loss": "bce"}),
+        Variant("in-batch softmax", train={"logq_correction": False}),
+        Variant("+ logQ", train={"logq_correction": True}),
+        Variant("+ mixed negatives", train=mixed),
+        Variant("+ history", tower={"history_len": history_len}, train=mixed),
+    ]
+    if hard > 0:
+        rungs.append(
+            Variant(
+                "+ hard negatives",
+                tower={"history_len": history_len},
+                train={**mixed, "hard_negatives": hard},
+            )
+        )
+    return rungs
+
+
+@dataclass(frozen=True)
+class VariantRun:
+    """How one variant trained."""
+
+    name: str
+    seconds: float
+    epochs: int
+    best_epoch: int | None
+    val_metric: float | None
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """Test metrics of every ranker (variants and references) on the same users."""
+
+    snapshot_id: str
+    protocol: str
+    n_users: int
+    n_items: int
+    rankers: dict[str, dict[str, float]]
+    runs: list[VariantRun]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "protocol": self.protocol,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "rankers": self.rankers,
+            "runs": [vars(r) for r in self.runs],
+        }
+
+
+def _pointwise(prep: Prepared, folder: Path, seed: int) -> Pointwise:
+    """Labelled impressions when the snapshot has them and the split has a time cut,
+    else sampled negatives."""
+    if (folder / "impressions.parquet").is_file() and prep.split.t_val is not None:
+        return impression_examples(folder, prep)
+    log.info("no impressions for this split: pointwise variant uses sampled negatives")
+    return sampled_pointwise(prep, _POINTWISE_NEGATIVES, seed)
+
+
+def run_ablation(
+    cfg: NightlyConfig, variants: list[Variant], root: str, threads: int | None = None
+) -> AblationResult:
+    """Prepare ``cfg``'s snapshot under ``root``, train every variant, rank all of them."""
+    apply_threads(threads)
+    snapshot = ensure_snapshot(root, cfg.data)
+    folder = snapshot_path(Layout(Path(root)), snapshot.snapshot_id)
+    prep = load_prepared(folder, cfg.data)
+    scorers: dict[str, ScoreFn] = {}
+    runs: list[VariantRun] = []
+    for variant in variants:
+        tower: TowerConfig = cfg.tower.model_copy(update=variant.tower)
+        train: TrainConfig = cfg.train.model_copy(update=variant.train)
+        pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
+        log.info("training variant %r", variant.name)
+        start = time.perf_counter()
+        model, result = fit(
+            prep,
+            tower,
+            train,
+            validate_metric=cfg.evaluation.validation_metric,
+            validate_users=cfg.evaluation.validation_users,
+            pointwise=pointwise,
+        )
+        seconds = time.perf_counter() - start
+        best = result.best_epoch
+        runs.append(
+            VariantRun(
+                variant.name,
+                seconds,
+                len(result.epochs),
+                best,
+                None if best is None else result.epochs[best - 1].val_metric,
+            )
+        )
+        scorers[variant.name] = model_scorer(model, prep, ~prep.split.test)
+    scorers |= reference_scorers(prep, folder, cfg.evaluation)
+    n_users, rankers = rank_all(prep, scorers, cfg.evaluation)
+    return AblationResult(
+        snapshot.snapshot_id,
+        prep.split.protocol,
+        n_users,
+        prep.data.n_items,
+        rankers,
+        runs,
+    )
+
+
+_COLUMNS = (
+    "recall@10",
+    "recall@50",
+    "ndcg@10",
+    "ndcg@50",
+    "mrr@10",
+    "precision@10",
+    "hit_rate@50",
+    "coverage@50",
+    "avg_pop_norm@50",
+)
+
+
+def render_table(res: AblationResult) -> str:
+    """Markdown: one row per ranker (variants first, then references), the metrics, the
+    share of the oracle's Recall@50 (synthetic data) and training time."""
+    runs = {r.name: r for r in res.runs}
+    oracle = res.rankers.get("oracle", {}).get("recall@50")
+    cols = [c for c in _COLUMNS if c in next(iter(res.rankers.values()))]
+    head = ["ranker", *cols, *(["of oracle R@50"] if oracle else []), "train s", "epochs"]
+    lines = [
+        f"Protocol `{res.protocol}`, snapshot `{res.snapshot_id}`: {res.n_users:,} test users, "
+        f"full ranking over {res.n_items:,} items (train + validation items masked).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, metrics in res.rankers.items():
+        run = runs.get(name)
+        cells = [name, *(f"{metrics[c]:.4f}" for c in cols)]
+        if oracle:
+            cells.append(f"{metrics['recall@50'] / oracle:.1%}")
+        if run is None:
+            cells += ["", ""]
+        else:
+            best = "" if run.best_epoch is None else f" (best {run.best_epoch})"
+            cells += [f"{run.seconds:.0f}", f"{run.epochs}{best}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
