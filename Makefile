@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-slow check lint format clean bench
+.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ format: install
 # sys.path, so the bench package need not be installed. Extra options: BENCH_ARGS="--no-e2e".
 bench: install
 	$(BIN)/python -m towerflow bench --scale small --json bench/results/bench-small.json $(BENCH_ARGS)
+
+# The ablation ladder (towerflow evaluate --ablation) on the default synthetic world and on
+# a MovieLens-format log under the 8:1:1 per-user protocol; tables in bench/results/.
+ablation: install
+	$(BIN)/towerflow evaluate --ablation --out bench/results/ablation-synthetic-small.md $(ABLATION_ARGS)
+
+ablation-movielens: install
+	$(BIN)/python -m bench.movielens_like .towerflow/movielens-like
+	$(BIN)/towerflow evaluate --ablation --config configs/movielens-like.yaml \
+		--out bench/results/ablation-movielens-like.md $(ABLATION_ARGS)
 
 check: lint
 	$(BIN)/mypy model storage tasks flows towerflow service bench

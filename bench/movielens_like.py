@@ -17,12 +17,19 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["GENRES", "MovieLensFiles", "MovieLensLikeConfig", "main", "write_movielens_like"]
+__all__ = [
+    "GENRES",
+    "MovieLensFiles",
+    "MovieLensLikeConfig",
+    "import_config",
+    "main",
+    "write_movielens_like",
+]
 
 log = logging.getLogger("bench.movielens_like")
 
@@ -166,6 +173,39 @@ def write_movielens_like(out_dir: Path, cfg: MovieLensLikeConfig | None = None) 
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+
+
+def import_config(out_dir: Path, min_rating: float = 4.0, k_core: int | None = 5) -> dict[str, Any]:
+    """The ``ImportConfig`` (as a dict) that reads the files written into ``out_dir``:
+    ML-1M's "::" format in latin-1, implicit feedback = rating >= ``min_rating``, genres
+    as multi-hot item features (first genre = category), gender / age / occupation as
+    one-hot user features. Use it as ``data.importing`` with ``data.source: import``."""
+    read = {"sep": "::", "header": False, "encoding": "latin-1"}
+    return {
+        "name": "movielens-like",
+        "interactions": {
+            "path": str(out_dir / "ratings.dat"),
+            "read": {**read, "names": ["user_id", "item_id", "rating", "timestamp"]},
+            "time_col": "timestamp",
+            "rating_col": "rating",
+            "min_rating": min_rating,
+        },
+        "items": {
+            "path": str(out_dir / "movies.dat"),
+            "read": {**read, "names": ["item_id", "title", "genres"]},
+            "key": "item_id",
+            "multi": {"genres": "|"},
+            "category": "genres",
+        },
+        "users": {
+            "path": str(out_dir / "users.dat"),
+            "read": {**read, "names": ["user_id", "gender", "age", "occupation", "zip"]},
+            "key": "user_id",
+            "categorical": ["gender", "age", "occupation"],
+        },
+        "k_core": k_core,
+        "mode": "strict",
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path

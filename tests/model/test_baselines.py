@@ -151,3 +151,17 @@ def test_both_beat_popularity_on_planted_communities() -> None:
     # In-community chance is ~10 of 30 unseen items; popularity reaches ~1 community in 4.
     assert ease > 0.25 and knn > 0.25, (ease, knn, pop)
     assert ease > 2 * pop and knn > 2 * pop, (ease, knn, pop)
+
+
+@pytest.mark.parametrize("kind", ["itemknn", "ease"])
+def test_with_inputs_scores_from_other_interactions_with_the_same_weights(kind: str) -> None:
+    # Fit on items 0-1 co-occurring; then user 1, whose training row is empty, gains item 0
+    # as input (e.g. a validation interaction) and is scored towards item 1.
+    user = np.array([0, 0, 2, 2, 3])
+    item = np.array([0, 1, 0, 1, 2])
+    fitted = fit_baseline(kind, user, item, 4, 3)  # type: ignore[arg-type]
+    assert not fitted.scores(np.array([1])).any()
+    scoring = fitted.with_inputs(np.r_[user, 1], np.r_[item, 0])
+    row = scoring.scores(np.array([1]))[0]
+    assert row[1] > 0 and row[1] > row[2]
+    assert np.array_equal(scoring.scores(np.array([0])), fitted.scores(np.array([0])))
