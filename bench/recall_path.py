@@ -195,7 +195,10 @@ def recall_path(
     n_tune = max(1, min(tune_queries, len(pos) // 2))
     tune_pos, eval_pos = np.sort(pos[:n_tune]), np.sort(pos[n_tune:])
     q_tune, q_eval = _user_vectors(model, prep, tune_pos), _user_vectors(model, prep, eval_pos)
-    tuned = tune_index(index, q_tune, exact_topk(vectors, ids, q_tune, k), k, target_recall)
+    # sweep_after: a few values past the chosen one, for the recall-vs-latency plot.
+    tuned = tune_index(
+        index, q_tune, exact_topk(vectors, ids, q_tune, k), k, target_recall, sweep_after=3
+    )
     exact_eval = exact_topk(vectors, ids, q_eval, k)
     held_out = recall_against(search(index, q_eval, k)[1], exact_eval)
 

@@ -106,7 +106,9 @@ def _online(res: dict[str, Any]) -> list[str]:
         else "exact search, no knob"
     )
     trials = ", ".join(
-        f"{rec['knob']} {int(t[rec['knob']])}: {t['recall']:.3f}" for t in rec["trials"]
+        f"{rec['knob']} {int(t[rec['knob']])}: {t['recall']:.3f}"
+        + (f" @ p50 {t['p50_ms']:.3f} ms" if "p50_ms" in t else "")
+        for t in rec["trials"]
     )
     return [
         f"## Online: top-{rec['k']} from a published version (`{res['index']['factory']}`, {knob})",

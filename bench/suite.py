@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bench import steps
 from bench.e2e import end_to_end
 from bench.measure import RSS_METHOD, PeakRss, calibrate_gemm, read_threads, set_threads
+from bench.plots import recall_latency_plot
 from bench.recall_path import recall_path
 from bench.report import render_markdown
 from model.synthetic import SCALES, check_scale
@@ -201,6 +202,9 @@ def write_results(results: dict[str, Any], json_path: Path) -> tuple[Path, str]:
     # allow_nan=False: a NaN or infinite figure is a bug to see, not JSON to write.
     json_path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
     text = render_markdown(results)
+    plot = recall_latency_plot(results, json_path.with_name(json_path.stem + "-recall-latency.png"))
+    if plot is not None:
+        text += f"\n![Recall vs single-query latency of each tuning trial]({plot.name})\n"
     md_path = json_path.with_suffix(".md")
     md_path.write_text(text)
     return md_path, text

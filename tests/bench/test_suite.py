@@ -215,3 +215,23 @@ def test_end_to_end_times_a_real_nightly_run(tmp_path: Path) -> None:
     assert _positive(e2e["flow_s"]) and e2e["wall_s"] >= e2e["flow_s"]
     assert _positive(e2e["wall_over_flow"]) and e2e["peak_rss_mib"] > 0
     assert e2e["version"].startswith("v")
+
+
+def test_recall_latency_plot_is_a_png_of_the_trials(tmp_path: Path) -> None:
+    from bench.plots import recall_latency_plot
+
+    trials = [
+        {"nprobe": n, "recall": r, "p50_ms": t, "p99_ms": 2 * t}
+        for n, r, t in ((1, 0.6, 0.05), (2, 0.8, 0.07), (4, 0.96, 0.1), (8, 0.99, 0.2))
+    ]
+    results = {
+        "config": {"scale": "medium"},
+        "index": {"factory": "IVF400,Flat"},
+        "recall": {"knob": "nprobe", "knob_value": 4, "k": 100, "target_recall": 0.95,
+                   "trials": trials},
+    }  # fmt: skip
+    path = recall_latency_plot(results, tmp_path / "plot.png")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000  # a rendered figure, not an empty canvas
+    exact = {**results, "recall": {**results["recall"], "knob": None, "trials": []}}
+    assert recall_latency_plot(exact, tmp_path / "none.png") is None
