@@ -40,13 +40,22 @@ from storage import (
     write_json,
     write_table,
 )
-from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_RECENT, VERSION_USERS
+from storage.schemas import (
+    ITEM_IDS,
+    USER_IDS,
+    VERSION_HISTORY,
+    VERSION_ITEMS,
+    VERSION_RECENT,
+    VERSION_USERS,
+)
 from tasks.config import DataConfig
 
 __all__ = [
     "History",
+    "RawIds",
     "ServingTables",
     "Truth",
+    "copy_id_maps",
     "embed_served_users",
     "load_dataset",
     "load_impressions",
@@ -55,6 +64,7 @@ __all__ = [
     "load_truth",
     "read_embeddings",
     "read_history",
+    "read_raw_ids",
     "read_serving_tables",
     "write_embeddings",
     "write_serving_tables",
@@ -353,6 +363,50 @@ def embed_served_users(
         tables.user_id_row[positions],
         tables.profile[positions],
         tables.user_history(positions),
+    )
+
+
+def copy_id_maps(snapshot: Path, staging: Path) -> None:
+    """Give a version its snapshot's raw-ID maps (imported data), so every output of that
+    version can speak the raw IDs the data came with."""
+    for spec in (USER_IDS, ITEM_IDS):
+        if (snapshot / spec.file_name).is_file():
+            write_table(staging / spec.file_name, read_table(snapshot / spec.file_name, spec), spec)
+
+
+@dataclass(frozen=True)
+class RawIds:
+    """Raw IDs (text) of a version's stored int64 user and item IDs, sorted by stored ID."""
+
+    user_id: npt.NDArray[np.int64]  # (U,)
+    user_raw: npt.NDArray[np.object_]  # (U,) str
+    item_id: npt.NDArray[np.int64]  # (I,)
+    item_raw: npt.NDArray[np.object_]  # (I,) str
+
+    def user(self, raw: str) -> int | None:
+        """Stored ID of a raw user ID, or None when the version does not know it."""
+        hits = np.flatnonzero(self.user_raw == raw)
+        return int(self.user_id[hits[0]]) if len(hits) else None
+
+    def items(self, ids: npt.ArrayLike) -> list[str]:
+        """(n,) stored item IDs -> their raw IDs ("" for an ID the map lacks)."""
+        arr = np.asarray(ids, np.int64)
+        pos = np.minimum(np.searchsorted(self.item_id, arr), len(self.item_id) - 1)
+        found = self.item_id[pos] == arr
+        return [str(self.item_raw[p]) if f else "" for p, f in zip(pos, found, strict=True)]
+
+
+def read_raw_ids(folder: Path) -> RawIds | None:
+    """A version's raw-ID maps, or None for data whose IDs are already the raw ones."""
+    if not all((folder / spec.file_name).is_file() for spec in (USER_IDS, ITEM_IDS)):
+        return None
+    users = read_table(folder / USER_IDS.file_name, USER_IDS).sort_by("id")
+    items = read_table(folder / ITEM_IDS.file_name, ITEM_IDS).sort_by("id")
+    return RawIds(
+        user_id=_np(users, "id"),
+        user_raw=np.array(users.column("raw_id").to_pylist(), object),
+        item_id=_np(items, "id"),
+        item_raw=np.array(items.column("raw_id").to_pylist(), object),
     )
 
 

@@ -13,7 +13,7 @@ from model.pipeline import Prepared, fit
 from model.train import EpochStats, init_model, train
 from storage import Layout, VersionStore, save_model, snapshot_path
 from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import load_impressions, load_prepared, write_serving_tables
+from tasks.dataio import copy_id_maps, load_impressions, load_prepared, write_serving_tables
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
 
@@ -118,6 +118,7 @@ def train_model(
     staging = VersionStore(layout).staging_path(stage.version_id)
     save_model(staging, model.cpu().state_dict(), model.spec.model_dump(mode="json"))
     write_serving_tables(staging, prep.data, prep.vocab, model.history_len)
+    copy_id_maps(folder, staging)
     seconds = [e.seconds for e in result.epochs]
     return TrainSummary(
         device=result.device,

@@ -21,6 +21,7 @@ from towerflow.cli_import import import_command
 if TYPE_CHECKING:
     from storage import VersionInfo, VersionStore
     from tasks.config import NightlyConfig
+    from towerflow.recall import Recaller
 
 __all__ = ["app", "load_config"]
 
@@ -187,29 +188,38 @@ def run(
 
 @app.command()
 def recommend(
-    user_id: Annotated[int, typer.Option("--user-id", help="Raw user ID.")],
+    user_id: Annotated[
+        str, typer.Option("--user-id", help="Raw user ID (as in the data, e.g. 42 or 'u-42').")
+    ],
     k: Annotated[int, typer.Option("--k", min=1, help="How many items.")] = 10,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Top-K items for a user from the CURRENT version."""
+    """Top-K items for a user from the CURRENT version (raw IDs in and out)."""
     from storage import NoCurrentVersionError
     from towerflow.recall import Recaller, UnknownUserError
 
     try:
         recaller = Recaller.load(_store(root))
-        recs = recaller.recommend(user_id, k)
+        stored = _stored_user_id(recaller, user_id)
+        recs = recaller.recommend(stored, k)
     except (NoCurrentVersionError, UnknownUserError) as e:
         raise _fail(str(e).strip("'\"")) from None
+    raw = recaller.raw_ids
+    keys = raw.items([r.item_id for r in recs]) if raw else [str(r.item_id) for r in recs]
     if as_json:
         typer.echo(
             json.dumps(
                 {
                     "version": recaller.version_id,
-                    "user_id": user_id,
+                    "user_id": user_id if raw else stored,
                     "items": [
-                        {"item_id": r.item_id, "score": round(r.score, 6), "category": r.category}
-                        for r in recs
+                        {
+                            "item_id": key if raw else r.item_id,
+                            "score": round(r.score, 6),
+                            "category": r.category,
+                        }
+                        for key, r in zip(keys, recs, strict=True)
                     ],
                 }
             )
@@ -217,8 +227,26 @@ def recommend(
         return
     typer.echo(f"version {recaller.version_id}, user {user_id}:")
     typer.echo(f"{'rank':>4}  {'item_id':>10}  {'score':>8}  category")
-    for rank, r in enumerate(recs, 1):
-        typer.echo(f"{rank:>4}  {r.item_id:>10}  {r.score:>8.4f}  {r.category}")
+    for rank, (key, r) in enumerate(zip(keys, recs, strict=True), 1):
+        typer.echo(f"{rank:>4}  {key:>10}  {r.score:>8.4f}  {r.category}")
+
+
+def _stored_user_id(recaller: Recaller, raw: str) -> int:
+    """The stored int64 ID of a raw user ID (through the version's map for imported data
+    whose IDs are not integers); UnknownUserError when there is none."""
+    from towerflow.recall import UnknownUserError
+
+    if recaller.raw_ids is not None:
+        stored = recaller.raw_ids.user(raw)
+        if stored is None:
+            raise UnknownUserError(f"user {raw!r} is not in version {recaller.version_id}")
+        return stored
+    try:
+        return int(raw)
+    except ValueError:
+        raise UnknownUserError(
+            f"user {raw!r} is not in version {recaller.version_id} (its user IDs are integers)"
+        ) from None
 
 
 @app.command()
@@ -408,3 +436,14 @@ def bench(
 app.command("import")(import_command)
 # `towerflow evaluate [--ablation]`: train variants on a snapshot, one table with baselines.
 app.command("evaluate")(evaluate_command)
+
+# New items between nightly runs (towerflow/cli_items.py): send item events, serve the flows.
+from towerflow.cli_items import (  # noqa: E402
+    add_items_command,
+    retire_items_command,
+    serve_command,
+)
+
+app.command("add-items")(add_items_command)
+app.command("retire-items")(retire_items_command)
+app.command("serve")(serve_command)

@@ -21,9 +21,11 @@ from model.towers import UNKNOWN_ROW, TwoTower
 from storage import Manifest, VersionFiles, VersionStore, load_index
 from tasks.dataio import (
     History,
+    RawIds,
     ServingTables,
     load_served_model,
     read_history,
+    read_raw_ids,
     read_serving_tables,
 )
 from towerflow.filtering import (
@@ -132,6 +134,7 @@ class Recaller:
     index: faiss.Index
     history: History
     manifest: Manifest | None = None
+    raw_ids: RawIds | None = None  # imported data with non-integer raw IDs
     filter_mode: FilterMode = "auto"
     _catalogue: ItemCatalogue = field(init=False, repr=False, compare=False)
     _searcher: FilteredSearch = field(init=False, repr=False, compare=False)
@@ -167,6 +170,7 @@ class Recaller:
                 index=load_index(version.file(VersionFiles.INDEX)),
                 history=read_history(version.path),
                 manifest=version.manifest,
+                raw_ids=read_raw_ids(version.path),
             )
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             # Strict state_dict load, schema checks and Faiss read errors all land here.

@@ -3,6 +3,7 @@ the behaviour-history feature, early stopping and EASE; then serving that versio
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,52 @@ def test_history_model_serves_from_the_recent_items(imported_run: Path) -> None:
     item_ids, item_vecs = read_embeddings(VersionStore(Layout(imported_run)).open_current().path)
     expected = item_ids[np.argsort(-(item_vecs @ served.detach().numpy()[0]), kind="stable")[:10]]
     np.testing.assert_array_equal(with_history.item_ids, expected)
+
+
+def test_string_ids_come_back_raw_from_recommend(
+    prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A log whose IDs are strings: stored as dense ints, spoken as the raw strings."""
+    from typer.testing import CliRunner
+
+    from towerflow.cli import app
+
+    files = tmp_path_factory.mktemp("strings")
+    ml = write_movielens_like(files, MovieLensLikeConfig(n_users=150, n_items=120, seed=5))
+    lines = ml.ratings.read_text(encoding="latin-1").splitlines()
+    rows = [line.split("::") for line in lines]
+    log = files / "log.tsv"
+    log.write_text(
+        "user\titem\tts\n" + "".join(f"u-{u}\tsku-{i}\t{t}\n" for u, i, _, t in rows),
+        encoding="utf-8",
+    )
+    root = tmp_path_factory.mktemp("store-strings")
+    importing = {
+        "name": "strings",
+        "interactions": {
+            "path": str(log),
+            "user_col": "user",
+            "item_col": "item",
+            "time_col": "ts",
+        },
+    }
+    nightly(
+        NightlyConfig.model_validate(
+            {
+                "data": {"source": "import", "importing": importing, "protocol": "leave_one_out"},
+                "train": {"epochs": 2},
+                "evaluation": {"baseline": "itemknn", "gate_min_lift": -1.0},
+                "index": {"tune_queries": 20},
+                "runtime": {"storage_root": str(root)},
+            }
+        )
+    )
+    user = rows[0][0]
+    out = CliRunner().invoke(
+        app, ["recommend", "--user-id", f"u-{user}", "--k", "5", "--root", str(root), "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    items = [r["item_id"] for r in json.loads(out.output)["items"]]
+    assert len(items) == 5 and all(i.startswith("sku-") for i in items)
+    missing = CliRunner().invoke(app, ["recommend", "--user-id", "nobody", "--root", str(root)])
+    assert missing.exit_code != 0 and "nobody" in missing.output
