@@ -92,6 +92,7 @@ class AblationResult:
     n_items: int
     rankers: dict[str, dict[str, float]]
     runs: list[VariantRun]
+    baseline_tuning: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +102,7 @@ class AblationResult:
             "n_items": self.n_items,
             "rankers": self.rankers,
             "runs": [vars(r) for r in self.runs],
+            "baseline_tuning": self.baseline_tuning,
         }
 
 
@@ -149,7 +151,8 @@ def run_ablation(
             )
         )
         scorers[variant.name] = model_scorer(model, prep, ~prep.split.test)
-    scorers |= reference_scorers(prep, folder, cfg.evaluation)
+    tuning: dict[str, float] = {}
+    scorers |= reference_scorers(prep, folder, cfg.evaluation, tuning)
     n_users, rankers = rank_all(prep, scorers, cfg.evaluation)
     return AblationResult(
         snapshot.snapshot_id,
@@ -158,6 +161,7 @@ def run_ablation(
         prep.data.n_items,
         rankers,
         runs,
+        tuning,
     )
 
 
@@ -199,4 +203,7 @@ def render_table(res: AblationResult) -> str:
             best = "" if run.best_epoch is None else f" (best {run.best_epoch})"
             cells += [f"{run.seconds:.0f}", f"{run.epochs}{best}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if res.baseline_tuning:
+        tried = ", ".join(f"{k}: {v:.4f}" for k, v in res.baseline_tuning.items())
+        lines += ["", f"Classical baseline regularisation chosen on validation ({tried})."]
     return "\n".join(lines)

@@ -11,9 +11,8 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from model.baselines import fit_baseline
 from model.metrics import evaluate_ranking
-from model.pipeline import Prepared, ScoreFn, score_block_users, user_vectors
+from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, user_vectors
 from model.synthetic import oracle_scores
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
 from tasks.config import DataConfig, EvalConfig
@@ -53,6 +52,7 @@ class EvalReport(BaseModel):
     gate_metric: str
     gate_threshold: float
     gate_passed: bool
+    baseline_tuning: dict[str, float] = {}  # validation metric per baseline candidate
 
 
 def check_gate(
@@ -66,11 +66,14 @@ def check_gate(
     return threshold, rankers["model"][metric] >= threshold
 
 
-def baseline_scorer(prep: Prepared, cfg: EvalConfig) -> tuple[str, ScoreFn] | None:
-    """The classical collaborative filter ``cfg.baseline`` fitted on the training split and
-    scoring each user from everything known before the test (train + validation), as
-    (its name, a score function); None for 'none' or above ``cfg.baseline_max_items``."""
-    d, train_mask = prep.data, prep.split.train
+def baseline_scorer(
+    prep: Prepared, cfg: EvalConfig
+) -> tuple[str, ScoreFn, dict[str, float]] | None:
+    """The classical collaborative filter ``cfg.baseline``, fitted on the training split
+    with its regularisation chosen on validation, scoring each user from everything known
+    before the test (train + validation), as (its name, a score function, validation
+    metric per candidate); None for 'none' or above ``cfg.baseline_max_items``."""
+    d = prep.data
     if cfg.baseline == "none":
         return None
     if d.n_items > cfg.baseline_max_items:
@@ -80,17 +83,17 @@ def baseline_scorer(prep: Prepared, cfg: EvalConfig) -> tuple[str, ScoreFn] | No
             cfg.baseline_max_items,
         )
         return None
-    fitted = fit_baseline(
+    fitted, tuning = tune_baseline(
+        prep,
         cfg.baseline,
-        d.inter_user[train_mask],
-        d.inter_item[train_mask],
-        d.n_users,
-        d.n_items,
+        metric=cfg.validation_metric,
+        max_users=cfg.validation_users,
+        seed=cfg.seed,
         max_items=cfg.ease_max_items,
     )
     known = ~prep.split.test  # what is known when the test period starts
     scoring = fitted.with_inputs(d.inter_user[known], d.inter_item[known])
-    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows))
+    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows)), tuning
 
 
 def rank_all(
@@ -124,8 +127,11 @@ def rank_all(
     return len(users), rankers
 
 
-def reference_scorers(prep: Prepared, folder: Path, cfg: EvalConfig) -> dict[str, ScoreFn]:
-    """Popularity, the classical baseline and (synthetic data) the oracle."""
+def reference_scorers(
+    prep: Prepared, folder: Path, cfg: EvalConfig, tuning: dict[str, float] | None = None
+) -> dict[str, ScoreFn]:
+    """Popularity, the classical baseline and (synthetic data) the oracle; the baseline's
+    validation scores per candidate go into ``tuning`` when given."""
     d = prep.data
     popularity = torch.from_numpy(
         np.bincount(d.inter_item[prep.split.train], minlength=d.n_items).astype(np.float32)
@@ -136,6 +142,8 @@ def reference_scorers(prep: Prepared, folder: Path, cfg: EvalConfig) -> dict[str
     baseline = baseline_scorer(prep, cfg)
     if baseline is not None:
         scorers[baseline[0]] = baseline[1]
+        if tuning is not None:
+            tuning.update(baseline[2])
     truth = load_truth(folder, d)
     if truth is not None:
         scorers["oracle"] = lambda rows: torch.from_numpy(
@@ -176,9 +184,10 @@ def evaluate_model(
         raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
     user_vecs = torch.from_numpy(user_vectors(model, prep, ~prep.split.test))
     items_t = torch.from_numpy(item_vecs)
+    tuning: dict[str, float] = {}
     scorers: dict[str, ScoreFn] = {
         "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
-        **reference_scorers(prep, folder, cfg),
+        **reference_scorers(prep, folder, cfg, tuning),
     }
     n_users, rankers = rank_all(prep, scorers, cfg)
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
@@ -190,6 +199,7 @@ def evaluate_model(
         gate_metric=cfg.gate_metric,
         gate_threshold=threshold,
         gate_passed=passed,
+        baseline_tuning=tuning,
     )
     write_json(staging / VersionFiles.METRICS, report.model_dump(mode="json"))
     for name, metrics in rankers.items():

@@ -151,3 +151,17 @@ def test_sampled_pointwise_has_negatives_that_are_not_training_positives(prep: P
         prep, TOWER, TRAIN.model_copy(update={"loss": "bce"}), pointwise=(users, items, labels)
     )
     assert _recall(prep, model_scorer(model, prep, ~prep.split.test)) > _popularity(prep)
+
+
+@pytest.mark.parametrize("kind", ["ease", "itemknn"])
+def test_baseline_regularisation_is_chosen_on_validation(prep: Prepared, kind: str) -> None:
+    from model.pipeline import tune_baseline, validation_sets
+
+    fitted, scores = tune_baseline(prep, kind, metric="recall@10", max_users=None)  # type: ignore[arg-type]
+    assert fitted.name == kind and len(scores) >= 4
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    sets = validation_sets(prep, None, 0)
+    assert sets is not None
+    users, relevant, exclude = sets
+    got = evaluate_ranking(fitted.scores, users, prep.data.n_items, relevant, exclude, ks=(10,))
+    assert got["recall@10"] == pytest.approx(max(scores.values()))
