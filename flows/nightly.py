@@ -1,4 +1,5 @@
-"""The nightly flow: data -> train -> embed -> evaluate + gate -> index -> publish -> report."""
+"""The nightly flow: data -> train -> embed -> evaluate + gate -> catalogue -> index ->
+publish -> report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tasks.data import prepare_data
 from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
+from tasks.items import merge_catalogue
 from tasks.publish import begin_version, publish_version, resolve_runtime
 from tasks.report import post_report
 from tasks.train import train_model
@@ -29,10 +31,13 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     5. evaluate + quality-gate: full-ranking test metrics vs popularity, a classical
        collaborative filter and (synthetic data) the oracle;
        below the gate the run fails and CURRENT is unchanged.
-    6. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
+    6. merge-catalogue: items created / changed / retired since the snapshot (the item
+       catalogue) folded in, new ones embedded by the new model.
+    7. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
        real user vectors to the Recall@k target vs exact search (below it the run fails).
-    7. publish-version: checksum, fsync, verify, compare-and-swap CURRENT.
-    8. post-report: markdown summary and metrics table artifacts.
+    8. publish-version: fold in catalogue entries that arrived during the run, checksum,
+       fsync, verify, compare-and-swap CURRENT (on a conflict: catch up, retry).
+    9. post-report: markdown summary and metrics table artifacts.
     """
     runtime = resolve_runtime(config.runtime)
     root, threads = runtime.root, runtime.threads
@@ -41,17 +46,13 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     trained = train_model(
         snapshot, stage, config.data, config.tower, config.train, threads, config.evaluation
     )
-    n_items = embed_catalogue(stage, threads)
+    embed_catalogue(stage, threads)
     report = evaluate_model(snapshot, stage, config.data, config.evaluation, threads)
     quality_gate(report, stage)
+    merge_catalogue(stage)
     index = build_item_index(stage, config.index, threads)
     version_id = publish_version(
-        stage,
-        snapshot,
-        config.model_dump(mode="json"),
-        n_items,
-        index,
-        runtime.keep_versions,
+        stage, snapshot, config.model_dump(mode="json"), index, runtime.keep_versions
     )
     post_report(version_id, snapshot, trained, report, index)
     return version_id

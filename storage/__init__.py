@@ -12,6 +12,7 @@ from storage.artifacts import (
     save_model,
     write_json,
 )
+from storage.catalogue import AppendResult, CatalogueChanges, CatalogueLog, ItemUpsert
 from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
@@ -21,7 +22,14 @@ from storage.errors import (
     StorageError,
     VersionNotFoundError,
 )
-from storage.fs import atomic_path, atomic_write_bytes, fsync_dir, fsync_file, sha256_file
+from storage.fs import (
+    atomic_path,
+    atomic_write_bytes,
+    file_lock,
+    fsync_dir,
+    fsync_file,
+    sha256_file,
+)
 from storage.layout import Layout, SnapshotFiles, VersionFiles, validate_id
 from storage.manifest import FileEntry, Lineage, Manifest
 from storage.parquet import (
@@ -51,6 +59,7 @@ from storage.schemas import (
     USER_IDS,
     USERS,
     VERSION_ITEMS,
+    VERSION_TOMBSTONES,
     VERSION_USERS,
 )
 from storage.settings import StorageSettings
@@ -84,11 +93,16 @@ __all__ = [
     "USERS",
     "USER_IDS",
     "VERSION_ITEMS",
+    "VERSION_TOMBSTONES",
     "VERSION_USERS",
+    "AppendResult",
+    "CatalogueChanges",
+    "CatalogueLog",
     "ColumnSpec",
     "CorruptVersionError",
     "Event",
     "FileEntry",
+    "ItemUpsert",
     "Layout",
     "Lineage",
     "Manifest",
@@ -114,6 +128,7 @@ __all__ = [
     "atomic_write_bytes",
     "begin_snapshot",
     "commit_snapshot",
+    "file_lock",
     "fsync_dir",
     "fsync_file",
     "iter_batches",

@@ -6,10 +6,12 @@ at all, whatever instant the process dies.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ __all__ = [
     "TMP_MARKER",
     "atomic_path",
     "atomic_write_bytes",
+    "file_lock",
     "fsync_dir",
     "fsync_file",
     "is_temp_name",
@@ -108,3 +111,31 @@ def newest_mtime(path: Path) -> float:
         except FileNotFoundError:
             continue  # deleted while we looked
     return newest
+
+
+@contextmanager
+def file_lock(path: Path, timeout_s: float = 300.0, poll_s: float = 0.01) -> Iterator[None]:
+    """Hold an exclusive advisory lock (`flock`) on `path` for the `with` block.
+
+    The kernel drops the lock when its holder dies, so a crashed process never leaves the
+    lock taken. Raises `TimeoutError` naming the file after `timeout_s`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: lock still held after {timeout_s} s") from None
+                time.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

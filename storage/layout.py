@@ -3,6 +3,9 @@
 The tree is::
 
     <root>/registry.sqlite                      CURRENT pointer, version rows, audit log
+    <root>/catalogue.sqlite                     item upserts/retirements log (source of truth)
+    <root>/publish.lock                         advisory lock serialising publishers
+    <root>/inbox/<name>                         item batch files referenced by events
     <root>/data/<snapshot_id>/                  immutable data snapshots (parquet + snapshot.json)
     <root>/versions/<version_id>/               immutable published model versions
     <root>/staging/versions/<version_id>/       a version being written, before publish
@@ -53,6 +56,10 @@ class VersionFiles:
     INDEX: Final = "index.faiss"
     METRICS: Final = "metrics.json"
     MANIFEST: Final = "manifest.json"
+    # Item IDs still in the index but retired (indexes without remove_ids, e.g. HNSW).
+    TOMBSTONES: Final = "tombstones.parquet"
+    # The catalogue entries the version includes: {"seq": int, "events": [...]}.
+    CATALOGUE: Final = "catalogue.json"
 
 
 class SnapshotFiles:
@@ -82,6 +89,21 @@ class Layout:
     def registry_db(self) -> Path:
         """SQLite file holding CURRENT, the version rows and the audit log."""
         return self.root / "registry.sqlite"
+
+    @property
+    def catalogue_db(self) -> Path:
+        """SQLite file holding the item catalogue log (`storage.catalogue`)."""
+        return self.root / "catalogue.sqlite"
+
+    @property
+    def publish_lock(self) -> Path:
+        """Lock file publishers hold around read-CURRENT -> build -> compare-and-swap."""
+        return self.root / "publish.lock"
+
+    @property
+    def inbox_dir(self) -> Path:
+        """Folder of item batch files that events reference by path."""
+        return self.root / "inbox"
 
     @property
     def data_dir(self) -> Path:

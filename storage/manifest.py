@@ -51,6 +51,15 @@ class Lineage(BaseModel):
 
     data_snapshot: str | None = Field(description="Data snapshot id it was trained on.")
     parent_version: str | None = Field(description="CURRENT when it was published.")
+    catalogue_seq: int | None = Field(
+        None,
+        ge=0,
+        description="Every item catalogue entry up to this sequence number is included "
+        "(None: built without the catalogue).",
+    )
+    applied_events: tuple[str, ...] = Field(
+        (), description="Catalogue events applied on top of the parent version."
+    )
 
 
 class Manifest(BaseModel):

@@ -25,6 +25,7 @@ __all__ = [
     "VERSION_HISTORY",
     "VERSION_ITEMS",
     "VERSION_RECENT",
+    "VERSION_TOMBSTONES",
     "VERSION_USERS",
 ]
 
@@ -163,6 +164,10 @@ VERSION_RECENT: Final = TableSpec(
     ),
 )
 
+# Retired item IDs a version's index still holds because it cannot remove vectors (HNSW,
+# refined IVF-PQ); recall filters them out at query time.
+VERSION_TOMBSTONES: Final = TableSpec("tombstones", (ColumnSpec("item_id", pa.int64()),))
+
 ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     USERS,
     ITEMS,
@@ -176,6 +181,7 @@ ALL_TABLES: Final[tuple[TableSpec, ...]] = (
     VERSION_ITEMS,
     VERSION_HISTORY,
     VERSION_RECENT,
+    VERSION_TOMBSTONES,
     USER_IDS,
     ITEM_IDS,
 )

@@ -175,12 +175,16 @@ class VersionStore:
         extra: Mapping[str, Any] | None = None,
         required_files: Collection[str] = REQUIRED_FILES,
         hook: Callable[[str], None] | None = None,
+        keep_staging_on_conflict: bool = False,
     ) -> Manifest:
         """Publish the staged version and make it CURRENT if CURRENT is `expected_current`.
 
         Runs the steps of `PUBLISH_STEPS`, calling `hook(step)` after each (tests use it to
         kill the process there). Raises `PublishConflictError` if CURRENT moved meanwhile;
-        the version folder is then removed. Returns the written manifest.
+        the version folder is then removed, or, with `keep_staging_on_conflict`, moved back
+        to staging so the caller can bring it up to date and publish it again (a crash
+        before that move leaves an unregistered folder that `gc` removes).
+        Returns the written manifest.
         """
         step = hook or (lambda _step: None)
         staging = self.staging_path(version_id)
@@ -230,7 +234,11 @@ class VersionStore:
             )
         except PublishConflictError:
             # The transaction rolled back, so this folder was never CURRENT: safe to drop.
-            shutil.rmtree(final)
+            if keep_staging_on_conflict:
+                os.rename(final, staging)
+                fsync_dir(staging.parent)
+            else:
+                shutil.rmtree(final)
             fsync_dir(self.layout.versions_dir)
             raise
         step("committed")

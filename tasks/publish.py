@@ -10,6 +10,8 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from storage import Layout, Lineage, StorageSettings, VersionFiles, VersionStore, read_json
+from tasks.catalogue_apply import ApplySummary, IndexRecipe
+from tasks.catalogue_sync import catch_up_and_publish
 from tasks.config import RuntimeConfig
 from tasks.refs import IndexSummary, SnapshotRef, StageRef
 
@@ -64,28 +66,41 @@ def publish_version(
     stage: StageRef,
     snapshot: SnapshotRef,
     config: dict[str, Any],
-    item_count: int,
     index: IndexSummary,
     keep_versions: int = 5,
 ) -> str:
-    """Checksum, fsync, verify and commit the staged version as CURRENT (compare-and-swap
-    against the CURRENT seen when the run began). Returns the published version id.
+    """Fold in the catalogue entries that arrived during the run (embedded by the new
+    model), then checksum, fsync, verify and commit the staged version as CURRENT
+    (compare-and-swap against the CURRENT seen when the run began; if cold-start versions
+    were published meanwhile, catch up again and publish over the newest). Returns the
+    published version id.
 
     The manifest records the evaluation metrics and the index's measured recall/latency.
     """
     store = VersionStore(Layout(Path(stage.root)), keep_versions=keep_versions)
     staging = store.staging_path(stage.version_id)
     metrics = read_json(staging / VersionFiles.METRICS)
-    manifest = store.publish(
-        stage.version_id,
-        expected_current=stage.parent,
-        config=config,
-        lineage=Lineage(data_snapshot=snapshot.snapshot_id, parent_version=stage.parent),
-        embedding_dim=index.dim,
-        metric="inner_product",
-        item_count=item_count,
-        metrics=metrics,
-        extra={"index": index.model_dump(mode="json")},
-    )
-    get_run_logger().info("published version %s", manifest.version_id)
-    return manifest.version_id
+
+    def publish(expected: str | None, applied: ApplySummary) -> str:
+        return store.publish(
+            stage.version_id,
+            expected_current=expected,
+            config=config,
+            lineage=Lineage(
+                data_snapshot=snapshot.snapshot_id,
+                parent_version=expected,
+                catalogue_seq=applied.seq,
+                applied_events=applied.applied_events,
+            ),
+            embedding_dim=index.dim,
+            metric="inner_product",
+            item_count=applied.n_items,
+            metrics=metrics,
+            extra={"index": index.model_dump(mode="json")},
+            keep_staging_on_conflict=True,
+        ).version_id
+
+    recipe = IndexRecipe(index.factory, index.knob, index.knob_value)
+    version_id = catch_up_and_publish(store, stage.version_id, stage.parent, recipe, publish)
+    get_run_logger().info("published version %s", version_id)
+    return version_id

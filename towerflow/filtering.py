@@ -97,18 +97,24 @@ def member(sorted_ids: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> npt
 
 @dataclass(frozen=True)
 class ItemCatalogue:
-    """Sorted item IDs, their categories grouped for filter building, and the ID bound."""
+    """Sorted item IDs, their categories grouped for filter building, and the ID bound.
+
+    ``tombstones``: retired IDs the index still holds (it cannot remove vectors); every
+    filter blocks them.
+    """
 
     item_id: npt.NDArray[np.int64]  # (I,) sorted
     category: npt.NDArray[np.int32]  # (I,)
+    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)  # (T,) sorted
     by_category: dict[int, npt.NDArray[np.int64]] = field(init=False, repr=False)
     id_bound: int = field(init=False, repr=False)
     # Category of every ID below id_bound (-1: no such item), when that table is small.
     _category_by_id: npt.NDArray[np.int32] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        ids = self.item_id
-        object.__setattr__(self, "id_bound", int(ids.max()) + 1 if len(ids) else 0)
+        ids, tomb = self.item_id, self.tombstones
+        bound = max(int(ids.max()) + 1 if len(ids) else 0, int(tomb.max()) + 1 if len(tomb) else 0)
+        object.__setattr__(self, "id_bound", bound)
         table = None
         if self.id_bound <= _BITMAP_MAX_BITS:
             # A direct lookup: a binary search over 1M sorted IDs costs ~50 us per request
@@ -137,29 +143,32 @@ class ItemCatalogue:
         exclude: list[int] | None,
     ) -> ItemFilter | None:
         """The request's eligible items (None: all of them)."""
-        n, excluded = len(self.item_id), set(exclude or ())
+        n, excluded, tomb = len(self.item_id), set(exclude or ()), self.tombstones
         allow = include is not None
+        # An allow-list names catalogue items only, so it never admits a tombstone.
+        tomb = EMPTY_IDS if allow else tomb
         wanted = sorted(set(include or ()) - excluded) if allow else sorted(excluded)
         groups = [self.by_category[c] for c in wanted if c in self.by_category]
         size = sum(len(g) for g in groups)  # categories partition the items: no overlaps
         # History may name items this version no longer carries; they block nothing.
         seen = np.unique(seen[member(self.item_id, seen)]) if len(seen) else seen
-        if not len(seen) and size == (n if allow else 0):
+        if not len(seen) and not len(tomb) and size == (n if allow else 0):
             return None
-        if size + len(seen) > _BATCH_MAX and self.id_bound <= _BITMAP_MAX_BITS:
+        if size + len(seen) + len(tomb) > _BATCH_MAX and self.id_bound <= _BITMAP_MAX_BITS:
             mask = np.zeros(self.id_bound, bool)
             for g in groups:
                 mask[g] = True
             hits = int(mask[seen].sum())
             mask[seen] = not allow
+            mask[tomb] = True  # exclude mode only (tomb is empty for allow-lists)
             eligible = size - hits if allow else n - (size + len(seen) - hits)
             return ItemFilter(allow, EMPTY_IDS, mask, eligible)
         if allow:
             ids = np.sort(np.concatenate(groups)) if groups else EMPTY_IDS
             ids = ids[~member(seen, ids)]
         else:
-            ids = np.unique(np.concatenate([*groups, seen]))
-        return ItemFilter(allow, ids, None, len(ids) if allow else n - len(ids))
+            ids = np.unique(np.concatenate([*groups, seen, tomb]))
+        return ItemFilter(allow, ids, None, len(ids) if allow else n - (len(ids) - len(tomb)))
 
 
 @dataclass(frozen=True)

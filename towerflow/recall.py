@@ -19,6 +19,7 @@ import torch
 
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import Manifest, VersionFiles, VersionStore, load_index
+from tasks.catalogue_apply import read_tombstones
 from tasks.dataio import (
     History,
     RawIds,
@@ -136,12 +137,17 @@ class Recaller:
     manifest: Manifest | None = None
     raw_ids: RawIds | None = None  # imported data with non-integer raw IDs
     filter_mode: FilterMode = "auto"
+    # (T,) sorted retired IDs the index still holds (indexes without remove_ids); every
+    # request filters them out.
+    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)
     _catalogue: ItemCatalogue = field(init=False, repr=False, compare=False)
     _searcher: FilteredSearch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "_catalogue", ItemCatalogue(self.tables.item_id, self.tables.category)
+            self,
+            "_catalogue",
+            ItemCatalogue(self.tables.item_id, self.tables.category, self.tombstones),
         )
         object.__setattr__(self, "_searcher", FilteredSearch(self.index, self.filter_mode))
 
@@ -171,6 +177,7 @@ class Recaller:
                 history=read_history(version.path),
                 manifest=version.manifest,
                 raw_ids=read_raw_ids(version.path),
+                tombstones=read_tombstones(version.path),
             )
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             # Strict state_dict load, schema checks and Faiss read errors all land here.
@@ -181,17 +188,22 @@ class Recaller:
     def check(self) -> None:
         """Sanity checks run before a version may serve; raises ``VersionRejectedError``.
 
-        Index size == items table == manifest item count; index dim == model embedding dim
-        == manifest; profiles fit the user tower; the index holds the table's item IDs;
-        probe queries (plain and filtered) return k finite results.
+        Index size == items table (+ tombstones) == manifest item count (+ tombstones);
+        index dim == model embedding dim == manifest; profiles fit the user tower; the
+        index holds the table's item IDs and the tombstones; probe queries (plain and
+        filtered) return k finite results.
         """
         n, d, m = self.n_items, int(self.model.spec.tower.embedding_dim), self.manifest
         m_items, m_dim = (m.item_count, m.embedding_dim) if m is not None else (n, d)
-        held = index_ids(self.index)
+        held, n_tomb = index_ids(self.index), len(self.tombstones)
+        expected_ids = np.union1d(self.tables.item_id, self.tombstones) if n_tomb else None
         problems = [
             message
             for bad, message in (
-                (self.index.ntotal != n, f"index ntotal {self.index.ntotal} != {n} items"),
+                (
+                    self.index.ntotal != n + n_tomb,
+                    f"index ntotal {self.index.ntotal} != {n} items + {n_tomb} tombstones",
+                ),
                 (m_items != n, f"manifest item_count {m_items} != {n} items"),
                 (self.index.d != d, f"index dim {self.index.d} != model embedding dim {d}"),
                 (m_dim != d, f"manifest embedding_dim {m_dim} != model embedding dim {d}"),
@@ -202,8 +214,11 @@ class Recaller:
                 ),
                 (n == 0 or len(self.tables.user_id) == 0, "no items or no users"),
                 (
-                    held is not None and not np.array_equal(np.sort(held), self.tables.item_id),
-                    "the index's item IDs differ from the items table",
+                    held is not None
+                    and not np.array_equal(
+                        np.sort(held), self.tables.item_id if expected_ids is None else expected_ids
+                    ),
+                    "the index's item IDs differ from the items table (and tombstones)",
                 ),
             )
             if bad

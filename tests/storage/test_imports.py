@@ -37,6 +37,7 @@ def test_all_is_explicit_and_resolvable() -> None:
     public = {n for n in vars(storage) if not n.startswith("_")}
     submodules = {
         "artifacts",
+        "catalogue",
         "errors",
         "fs",
         "layout",

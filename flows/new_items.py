@@ -1,0 +1,69 @@
+"""The new-items flow: make created, changed or retired items retrievable in seconds,
+between nightly rebuilds. Triggered by `towerflow.items.created` / `.retired` events."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.runtime import flow_run
+from pydantic import BaseModel
+
+from tasks.config import RuntimeConfig
+from tasks.items import publish_catalogue, record_items
+from tasks.items_validation import ItemsBatch
+from tasks.publish import resolve_runtime
+
+__all__ = ["NewItemsResult", "new_items"]
+
+
+class NewItemsResult(BaseModel):
+    """What one run did: the event's item counts and CURRENT afterwards."""
+
+    event_id: str
+    duplicate: bool
+    accepted: int
+    rejected: int
+    version_id: str
+
+
+@flow(name="new-items", log_prints=False)
+def new_items(
+    event_id: str | None = None,
+    operation: Literal["create", "retire"] = "create",
+    items: list[Any] | None = None,
+    path: str | None = None,
+    storage_root: str | None = None,
+) -> NewItemsResult:
+    """Apply one items event (at-least-once delivery: repeats are no-ops).
+
+    Args:
+        event_id: idempotency key (the event's id); None = this flow run's id (a manual
+            run: no deduplication across runs).
+        operation: 'create' upserts items (a known ID with new content replaces its
+            vector), 'retire' takes them out of results.
+        items: inline items, `{"item_id", "category", "content"}` objects (create) or IDs
+            (retire); small batches.
+        path: a parquet / JSON / CSV file of items instead (large batches); relative
+            paths are under the store's inbox/.
+        storage_root: artifact store root; None = TOWERFLOW_ROOT or ./.towerflow.
+
+    Steps:
+    1. record-items: validate each item (rejections and reasons -> `items-rejected`
+       artifact), append the valid ones to the item catalogue: acknowledged.
+    2. publish-catalogue: CURRENT + the catalogue entries it lacks -> new version (new
+       items embedded by CURRENT's model through the unknown-ID bucket, index edited in
+       place), compare-and-swap CURRENT with bounded retries.
+    """
+    runtime = resolve_runtime(RuntimeConfig(storage_root=storage_root))
+    event_id = event_id or f"flow-run-{flow_run.get_id()}"
+    batch = ItemsBatch(event_id=event_id, operation=operation, items=items, path=path)
+    recorded = record_items(runtime.root, batch)
+    version_id = publish_catalogue(runtime.root, runtime.keep_versions)
+    return NewItemsResult(
+        event_id=event_id,
+        duplicate=recorded.duplicate,
+        accepted=recorded.accepted,
+        rejected=recorded.rejected,
+        version_id=version_id,
+    )

@@ -1,0 +1,245 @@
+"""Apply item catalogue changes to a version folder (staging only): embed upserted items
+with the folder's model, rewrite its items and embeddings tables, edit its index.
+
+Plain functions, no Prefect. A folder records the catalogue entries it includes in
+`catalogue.json` (`{"seq": S, "applied_events": [...]}`); changes must start where the
+folder stops (`changes.after == S`), so entries are applied exactly once and in order.
+Files are replaced atomically, never written in place: staging folders hold hard links
+to the parent version's files, which must stay intact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from model.embed import embed_items
+from model.features import category_rows
+from model.incremental import RebuildRequired, edit_index
+from model.index import build_index, set_search_params
+from storage import (
+    VERSION_ITEMS,
+    VERSION_TOMBSTONES,
+    CatalogueChanges,
+    VersionFiles,
+    arrow_to_vectors,
+    load_index,
+    read_json,
+    read_table,
+    save_index,
+    vectors_to_arrow,
+    write_json,
+    write_table,
+)
+from tasks.dataio import load_served_model, read_embeddings, write_embeddings
+
+__all__ = [
+    "ApplySummary",
+    "IndexRecipe",
+    "apply_changes",
+    "read_catalogue_state",
+    "read_tombstones",
+    "write_catalogue_state",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexRecipe:
+    """How to rebuild a folder's index when it cannot be edited in place (an upsert of a
+    held item on an index without `remove_ids`)."""
+
+    factory: str
+    knob: str | None = None
+    knob_value: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> IndexRecipe:
+        """From an `IndexSummary` dump (a manifest's `extra["index"]`)."""
+        return cls(summary["factory"], summary.get("knob"), summary.get("knob_value"))
+
+
+@dataclass(frozen=True)
+class ApplySummary:
+    """The folder after `apply_changes`: I items served, T tombstones, entries up to seq."""
+
+    seq: int
+    applied_events: tuple[str, ...]
+    n_items: int
+    upserted: int
+    retired: int
+    tombstones: int
+    rebuilt_index: bool
+
+
+def read_catalogue_state(folder: Path) -> tuple[int, tuple[str, ...]]:
+    """(seq included, events applied on top of the parent); (0, ()) when absent."""
+    path = folder / VersionFiles.CATALOGUE
+    if not path.is_file():
+        return 0, ()
+    data = read_json(path)
+    return int(data["seq"]), tuple(data["applied_events"])
+
+
+def write_catalogue_state(folder: Path, seq: int, applied_events: Sequence[str]) -> None:
+    write_json(
+        folder / VersionFiles.CATALOGUE, {"seq": seq, "applied_events": list(applied_events)}
+    )
+
+
+def read_tombstones(folder: Path) -> npt.NDArray[np.int64]:
+    """(T,) sorted retired IDs the folder's index still holds (empty when none)."""
+    path = folder / VersionFiles.TOMBSTONES
+    if not path.is_file():
+        return np.empty(0, np.int64)
+    ids = read_table(path, VERSION_TOMBSTONES).column("item_id").to_numpy()
+    return np.sort(ids.astype(np.int64))
+
+
+def _write_tombstones(folder: Path, ids: npt.NDArray[np.int64]) -> None:
+    path = folder / VersionFiles.TOMBSTONES
+    if len(ids) == 0:
+        path.unlink(missing_ok=True)
+        return
+    write_table(path, pa.table({"item_id": ids}), VERSION_TOMBSTONES)
+
+
+def _member(sorted_ids: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    if len(sorted_ids) == 0:
+        return np.zeros(ids.shape, bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.asarray(sorted_ids[pos] == ids)
+
+
+def apply_changes(
+    folder: Path, changes: CatalogueChanges, recipe: IndexRecipe | None
+) -> ApplySummary:
+    """Bring `folder` (items.parquet, item_embeddings.parquet, model, and index.faiss when
+    present) from catalogue entry `changes.after` to `changes.upto`.
+
+    Upserted items are embedded by the folder's model: an item the model was trained on
+    keeps its ID row, any other goes through the unknown-ID row 0; a category outside the
+    model's table goes through the unknown-category row. Retired items leave the tables,
+    and the index (or become tombstones where the index cannot remove vectors).
+    """
+    seq, applied = read_catalogue_state(folder)
+    if changes.after != seq:
+        raise ValueError(
+            f"{folder} includes catalogue entries up to {seq}; changes start at {changes.after}"
+        )
+    table = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
+    item_id = table.column("item_id").to_numpy()
+    id_row = table.column("id_row").to_numpy()
+    category = table.column("category").to_numpy()
+    content = arrow_to_vectors(table.column("content"))
+    emb_ids, vectors = read_embeddings(folder)
+    if not np.array_equal(emb_ids, item_id):
+        raise ValueError(f"{folder}: item_embeddings and items list different IDs")
+
+    up_ids, up_vecs = changes.upsert_id, np.zeros((0, vectors.shape[1]), np.float32)
+    if len(up_ids):
+        model = load_served_model(folder)
+        if changes.upsert_content.shape[1] != model.spec.content_dim:
+            raise ValueError(
+                f"catalogue items have {changes.upsert_content.shape[1]} content values, the "
+                f"model in {folder} reads {model.spec.content_dim}"
+            )
+        pos = np.minimum(np.searchsorted(item_id, up_ids), max(len(item_id) - 1, 0))
+        known = _member(item_id, up_ids)
+        up_rows = np.where(known, id_row[pos] if len(item_id) else 0, 0).astype(np.int64)
+        up_vecs = embed_items(
+            model,
+            up_rows,
+            category_rows(changes.upsert_category, model.spec.n_categories),
+            np.ascontiguousarray(changes.upsert_content, np.float32),
+        )
+    else:
+        up_rows = np.empty(0, np.int64)
+
+    up_content = changes.upsert_content if len(up_ids) else content[:0]
+    keep = ~_member(np.union1d(up_ids, changes.retired_id), item_id)
+    new_ids = np.concatenate([item_id[keep], up_ids])
+    order = np.argsort(new_ids, kind="stable")
+    new_ids = new_ids[order]
+    new_vectors = np.concatenate([vectors[keep], up_vecs])[order]
+    write_table(
+        folder / VersionFiles.ITEMS,
+        pa.table(
+            {
+                "item_id": new_ids,
+                "id_row": np.concatenate([id_row[keep], up_rows])[order],
+                "category": np.concatenate([category[keep], changes.upsert_category])[order],
+                "content": vectors_to_arrow(np.concatenate([content[keep], up_content])[order]),
+            }
+        ),
+        VERSION_ITEMS,
+    )
+    write_embeddings(folder, new_ids, new_vectors)
+
+    tombstones, rebuilt = read_tombstones(folder), False
+    index_path = folder / VersionFiles.INDEX
+    if index_path.is_file():
+        tombstones, rebuilt = _edit_index(
+            index_path, item_id, tombstones, changes, up_vecs, new_ids, new_vectors, recipe
+        )
+        _write_tombstones(folder, tombstones)
+    events = (*applied, *changes.event_ids)
+    write_catalogue_state(folder, changes.upto, events)
+    retired = int(_member(item_id, changes.retired_id).sum())
+    log.info(
+        "applied catalogue (%d, %d]: %d upserted, %d retired, %d items, %d tombstones%s",
+        changes.after,
+        changes.upto,
+        len(up_ids),
+        retired,
+        len(new_ids),
+        len(tombstones),
+        ", index rebuilt" if rebuilt else "",
+    )
+    return ApplySummary(
+        changes.upto, events, len(new_ids), len(up_ids), retired, len(tombstones), rebuilt
+    )
+
+
+def _edit_index(
+    path: Path,
+    old_ids: npt.NDArray[np.int64],
+    tombstones: npt.NDArray[np.int64],
+    changes: CatalogueChanges,
+    up_vecs: npt.NDArray[np.float32],
+    new_ids: npt.NDArray[np.int64],
+    new_vectors: npt.NDArray[np.float32],
+    recipe: IndexRecipe | None,
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """Edit (or rebuild) the index file; returns (tombstones, rebuilt?)."""
+    index = load_index(path)
+    held = np.union1d(old_ids, tombstones)
+    try:
+        edit = edit_index(index, held, tombstones, changes.upsert_id, up_vecs, changes.retired_id)
+    except RebuildRequired as e:
+        if recipe is None:
+            raise ValueError(f"{path}: {e}, and no index recipe was given") from e
+        log.warning("%s; rebuilding %s over %d items", e, recipe.factory, len(new_ids))
+        save_index(path, _rebuild(recipe, new_ids, new_vectors))
+        return np.empty(0, np.int64), True
+    save_index(path, index)
+    return edit.tombstones, False
+
+
+def _rebuild(
+    recipe: IndexRecipe, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]
+) -> faiss.Index:
+    index = build_index(vectors, ids, recipe.factory, seed=recipe.seed)
+    if recipe.knob is not None and recipe.knob_value is not None:
+        set_search_params(index, **{recipe.knob: recipe.knob_value})
+    return index

@@ -1,0 +1,218 @@
+"""Publishing versions that include the item catalogue: the cold-start sync (CURRENT +
+new catalogue entries -> a new version) and the nightly's catch-up before it publishes.
+
+Plain functions, no Prefect. The protocol that keeps every acknowledged item served:
+
+- Every version records `catalogue_seq` S in its lineage: it includes every catalogue
+  entry up to S (`tasks.catalogue_apply` applies entries exactly once, in order).
+- A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it stages P's files
+  (hard links), applies entries (S_P, H] with P's model and publishes with a
+  compare-and-swap expecting P. Acknowledged entries are <= the head of any later read,
+  so the next successful publish after an ack includes it.
+- The nightly builds from the whole catalogue at its start, then, right before
+  publishing, folds in the entries that arrived meanwhile (embedded by its *new* model).
+- Publishers hold `Layout.publish_lock` from reading CURRENT to the compare-and-swap, so
+  cooperating publishers queue instead of livelocking; the compare-and-swap stays the
+  guarantee (a rollback or a stale nightly loses the race and retries on the newer
+  state, it never overwrites it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from storage import (
+    REQUIRED_FILES,
+    CatalogueLog,
+    Layout,
+    Lineage,
+    Manifest,
+    NoCurrentVersionError,
+    PublishConflictError,
+    PublishedVersion,
+    VersionStore,
+    file_lock,
+)
+from tasks.catalogue_apply import (
+    ApplySummary,
+    IndexRecipe,
+    apply_changes,
+    read_catalogue_state,
+    write_catalogue_state,
+)
+
+__all__ = [
+    "SyncResult",
+    "catch_up_and_publish",
+    "require_current",
+    "stage_child",
+    "sync_current",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS: Final = 20
+LOCK_TIMEOUT_S: Final = 600.0
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """CURRENT after a sync; `published` is False when it already held every entry."""
+
+    version_id: str
+    published: bool
+    seq: int
+    applied_events: tuple[str, ...]
+    n_items: int
+    attempts: int
+
+
+def stage_child(store: VersionStore, parent: PublishedVersion) -> tuple[str, Path]:
+    """A staging folder holding `parent`'s files (hard links; copies across devices) and
+    its catalogue position; returns (version id, folder)."""
+    version_id = store.new_version_id()
+    staging = store.begin(version_id)
+    for name in parent.manifest.files:
+        src, dst = parent.path / name, staging / name
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    seq = parent.manifest.lineage.catalogue_seq or 0
+    write_catalogue_state(staging, seq, ())
+    return version_id, staging
+
+
+def _publish_child(
+    store: VersionStore,
+    version_id: str,
+    parent: Manifest,
+    applied: ApplySummary,
+    expected: str | None,
+) -> Manifest:
+    extra = dict(parent.extra)
+    extra["coldstart"] = {"upserted": applied.upserted, "retired": applied.retired}
+    return store.publish(
+        version_id,
+        expected_current=expected,
+        config=parent.config,
+        lineage=Lineage(
+            data_snapshot=parent.lineage.data_snapshot,
+            parent_version=parent.version_id,
+            catalogue_seq=applied.seq,
+            applied_events=applied.applied_events,
+        ),
+        embedding_dim=parent.embedding_dim,
+        metric=parent.metric,
+        item_count=applied.n_items,
+        metrics=parent.metrics,
+        extra=extra,
+        required_files=REQUIRED_FILES,
+    )
+
+
+def sync_current(
+    layout: Layout,
+    keep_versions: int = 5,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> SyncResult:
+    """Publish CURRENT + every catalogue entry it lacks (no-op when it lacks none).
+
+    Raises `NoCurrentVersionError` before the first nightly (the entries stay in the
+    catalogue and the first nightly includes them).
+    """
+    store = VersionStore(layout, keep_versions=keep_versions)
+    catalogue = CatalogueLog(layout.catalogue_db)
+    for attempt in range(1, max_attempts + 1):
+        with file_lock(layout.publish_lock, lock_timeout_s):
+            parent = require_current(store)
+            seq = parent.manifest.lineage.catalogue_seq or 0
+            changes = catalogue.changes(seq)
+            if changes.empty:
+                return SyncResult(
+                    parent.version_id, False, seq, (), parent.manifest.item_count, attempt
+                )
+            version_id, staging = stage_child(store, parent)
+            try:
+                summary = parent.manifest.extra.get("index")
+                recipe = IndexRecipe.from_summary(summary) if summary else None
+                applied = apply_changes(staging, changes, recipe)
+                _publish_child(store, version_id, parent.manifest, applied, parent.version_id)
+            except PublishConflictError as e:
+                # A publisher outside the lock (e.g. a rollback) moved CURRENT: start over
+                # from the newer state.
+                log.warning("sync attempt %d lost the race: %s", attempt, e)
+                continue
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            log.info(
+                "published %s = %s + catalogue (%d, %d]",
+                version_id,
+                parent.version_id,
+                seq,
+                applied.seq,
+            )
+            return SyncResult(
+                version_id, True, applied.seq, applied.applied_events, applied.n_items, attempt
+            )
+    raise RuntimeError(f"CURRENT kept moving: no sync after {max_attempts} attempts")
+
+
+def catch_up_and_publish(
+    store: VersionStore,
+    version_id: str,
+    expected: str | None,
+    recipe: IndexRecipe,
+    publish: Callable[[str | None, ApplySummary], str],
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> str:
+    """Fold the catalogue entries that arrived since the staged version read it, then
+    `publish(expected, applied)` (a `VersionStore.publish` with
+    `keep_staging_on_conflict=True`, returning the version id); on a conflict retry on
+    the CURRENT that won. Returns the published id.
+
+    For builds that do not derive from CURRENT's files (the nightly): the staged version
+    is complete on its own, so publishing it over a newer CURRENT loses nothing once it
+    includes every entry that CURRENT includes.
+    """
+    staging = store.staging_path(version_id)
+    catalogue = CatalogueLog(store.layout.catalogue_db)
+    with file_lock(store.layout.publish_lock, lock_timeout_s):
+        for attempt in range(1, max_attempts + 1):
+            seq, _ = read_catalogue_state(staging)
+            applied = apply_changes(staging, catalogue.changes(seq), recipe)
+            try:
+                return publish(expected, applied)
+            except PublishConflictError as e:
+                log.warning(
+                    "attempt %d: CURRENT moved from %s to %s while %s was built; "
+                    "catching up and publishing over %s",
+                    attempt,
+                    e.expected,
+                    e.actual,
+                    version_id,
+                    e.actual,
+                )
+                expected = e.actual
+    raise RuntimeError(f"CURRENT kept moving: {version_id} not published in {max_attempts} tries")
+
+
+def require_current(store: VersionStore) -> PublishedVersion:
+    """CURRENT, opened without checksums; a clear error before the first nightly."""
+    try:
+        return store.open_current(verify=False)
+    except NoCurrentVersionError as e:
+        raise NoCurrentVersionError(
+            f"{e}: new items need a model; run the nightly flow once first"
+        ) from None

@@ -1,0 +1,42 @@
+"""The new-items path without Prefect: validate, append (acknowledge), sync CURRENT."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from storage import CatalogueLog, Layout, VersionStore
+from tasks.catalogue_sync import SyncResult, sync_current
+from tasks.dataio import read_embeddings
+from tasks.items_validation import validate_retirements, validate_upserts
+from tests.items.conftest import CONTENT_DIM
+from towerflow.filtering import index_ids
+from towerflow.recall import Recaller
+
+
+def create(layout: Layout, event_id: str, raw: list[object]) -> SyncResult:
+    valid = validate_upserts(raw, CONTENT_DIM, 1000)
+    CatalogueLog(layout.catalogue_db).append_upserts(event_id, valid.upserts)
+    return sync_current(layout)
+
+
+def retire(layout: Layout, event_id: str, ids: list[int]) -> SyncResult:
+    valid = validate_retirements(ids, 1000)
+    CatalogueLog(layout.catalogue_db).append_retirements(event_id, valid.retire_ids)
+    return sync_current(layout)
+
+
+def held_ids(recaller: Recaller) -> npt.NDArray[np.int64]:
+    ids = index_ids(recaller.index)
+    assert ids is not None
+    return np.sort(ids)
+
+
+def top1_for_own_vector(store: VersionStore, recaller: Recaller, item_id: int) -> int:
+    """Best match for the item's stored embedding, searched as requests are (tombstones
+    filtered): the item itself when it is served exactly once with that vector."""
+    ids, vecs = read_embeddings(store.open_version(recaller.version_id).path)
+    vec = np.ascontiguousarray(vecs[np.searchsorted(ids, item_id)][None])
+    flt = recaller._catalogue.filter(np.empty(0, np.int64), None, None)
+    _, found = recaller._searcher.search(vec, 1, flt)
+    return int(found[0])
