@@ -46,3 +46,77 @@ def test_invalid_parameters_are_rejected() -> None:
     flow = load_flow_from_entrypoint(str(ROOT / nightly["entrypoint"]))
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"config": {"data": {"scale": "galactic"}}})
+
+
+def _render(parameters: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """Render trigger parameters as the server's RunDeployment action does."""
+    import copy
+    from uuid import uuid4
+
+    from prefect.server.events.actions import RunDeployment
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.types._datetime import now
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    event = ReceivedEvent(
+        occurred=now("UTC"),
+        event="towerflow.items.created",
+        resource={"prefect.resource.id": "towerflow.items.test"},
+        payload=payload,
+        id=uuid4(),
+    )
+    params = copy.deepcopy(parameters)
+    RunDeployment._upgrade_v1_templates(params)
+    ctx = HydrationContext(render_jinja=True, raise_on_error=True, jinja_context={"event": event})
+    rendered = hydrate(params, ctx)
+    assert isinstance(rendered, dict), rendered
+    rendered["__event_id"] = str(event.id)
+    return rendered
+
+
+def _new_items_triggers() -> list[dict[str, Any]]:
+    (new_items,) = [d for d in _deployments() if d["name"] == "new-items"]
+    assert new_items["entrypoint"] == "flows/new_items.py:new_items"
+    return new_items["triggers"]
+
+
+def test_new_items_triggers_listen_for_created_and_retired_events() -> None:
+    triggers = _new_items_triggers()
+    assert [t["expect"] for t in triggers] == [
+        ["towerflow.items.created"],
+        ["towerflow.items.retired"],
+    ]
+    assert [t["parameters"]["operation"] for t in triggers] == ["create", "retire"]
+    for t in triggers:
+        assert t["type"] == "event" and t["match"]["prefect.resource.id"] == "towerflow.items.*"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"event_id": "e-1", "items": [{"item_id": 1, "category": 2, "content": [0.5, 1.0]}]},
+        {"event_id": "e-2", "path": "/store/inbox/e-2.parquet"},
+        {"items": [3, 4]},  # no event_id: the Prefect event's id stands in
+        {},  # every key missing: still renders (the flow then rejects it with a reason)
+    ],
+    ids=["inline", "file", "no-event-id", "empty"],
+)
+def test_trigger_templates_render_typed_values_even_with_missing_keys(
+    payload: dict[str, Any],
+) -> None:
+    flow = load_flow_from_entrypoint(str(ROOT / "flows/new_items.py:new_items"))
+    for trigger in _new_items_triggers():
+        rendered = _render(trigger["parameters"], payload)
+        event_id = rendered.pop("__event_id")
+        assert rendered["event_id"] == payload.get("event_id", event_id)
+        assert rendered["items"] == payload.get("items")  # lists keep their types
+        assert rendered["path"] == payload.get("path")
+        validated = flow.validate_parameters(rendered)
+        assert validated["operation"] == trigger["parameters"]["operation"]
+
+
+def test_an_unguarded_template_fails_to_render_on_a_missing_key() -> None:
+    # Why every template carries `default(...)`: without it a missing key is an error,
+    # which the server reports only as a failed automation action.
+    with pytest.raises(Exception, match=r"[Uu]ndefined"):
+        _render({"path": "{{ event.payload.path }}"}, {})

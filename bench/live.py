@@ -1,0 +1,152 @@
+"""A real Prefect server on 127.0.0.1 and `towerflow serve` as subprocesses, with private
+state (PREFECT_HOME in a temp dir), for the end-to-end items tests and the freshness
+benchmark. Every process is started in its own session and its group killed on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["LiveServer", "live_prefect", "prefect_env", "served", "wait_for"]
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prefect_env(home: Path, api_url: str | None) -> dict[str, str]:
+    """Environment of every process that talks to the live server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    }
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def wait_for(
+    what: str, check: Any, timeout_s: float, proc: subprocess.Popen[Any] | None = None
+) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` on timeout
+    (or when `proc` died, with its output)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        try:
+            value = check()
+        except (httpx.HTTPError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _stop(proc: subprocess.Popen[Any], timeout_s: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)  # the group we started: the process and its children
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class LiveServer:
+    """A running `prefect server start`: its API URL and a small REST client."""
+
+    def __init__(self, api_url: str, home: Path) -> None:
+        self.api_url = api_url
+        self.home = home
+        self.env = prefect_env(home, api_url)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(f"{self.api_url}{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def flow_runs(self, deployment: str) -> list[dict[str, Any]]:
+        return list(
+            self.post(
+                "/flow_runs/filter", {"deployments": {"name": {"any_": [deployment]}}, "limit": 200}
+            )
+        )
+
+    def artifacts(self, key: str) -> list[dict[str, Any]]:
+        return list(self.post("/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}}))
+
+
+@contextmanager
+def live_prefect(home: Path, log: Path) -> Iterator[LiveServer]:
+    """`prefect server start` on a free loopback port; yields once /api/health answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=prefect_env(home, None),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            f"the Prefect server (log {log})",
+            lambda: httpx.get(f"{api_url}/health", timeout=2).status_code == 200,
+            120,
+            proc,
+        )
+        yield LiveServer(api_url, home)
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def served(server: LiveServer, root: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`towerflow serve --root root`; yields once both new-items automations exist."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "towerflow"), "serve", "--root", str(root)],
+            env=server.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def ready() -> bool:
+            autos = server.post("/automations/filter", {})
+            triggers = {e for a in autos for e in a["trigger"].get("expect", [])}
+            return {"towerflow.items.created", "towerflow.items.retired"} <= triggers
+
+        wait_for(f"`towerflow serve` to register its triggers (log {log})", ready, 120, proc)
+        time.sleep(1.0)  # the runner's first poll
+        yield proc
+    finally:
+        _stop(proc)

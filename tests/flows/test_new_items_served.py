@@ -1,0 +1,177 @@
+"""End to end through a real Prefect server: `towerflow serve` runs the new-items
+deployment on its event trigger; `towerflow add-items` sends the event; the new item is
+recommended to a user who likes its category. A redelivered event changes nothing; a
+malformed one is rejected with its reasons and leaves the index as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bench.live import BIN, LiveServer, live_prefect, served, wait_for
+from model.embed import embed_items
+from model.features import category_rows
+from storage import Layout, VersionStore
+from tasks.dataio import embed_served_users
+from tests.conftest import Published
+from towerflow.filtering import index_ids
+from towerflow.recall import Recaller
+
+pytestmark = pytest.mark.prefect
+
+Live = tuple[LiveServer, Path]
+
+
+@pytest.fixture(scope="module")
+def live(published: Published, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A copy of the session's published store, served by a live server."""
+    work = tmp_path_factory.mktemp("served")
+    root = work / "store"
+    shutil.copytree(published.root, root)
+    with (
+        live_prefect(work / "prefect-home", work / "server.log") as server,
+        served(server, root, work / "serve.log"),
+    ):
+        yield server, root
+
+
+def _cli(server: LiveServer, *args: str, timeout_s: float = 120) -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(BIN / "towerflow"), *args],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, f"towerflow {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _emit(server: LiveServer, name: str, payload: dict[str, Any]) -> None:
+    """Send a raw event with a fresh Prefect id (a producer's retry, or a bad producer)."""
+    code = (
+        "import json, sys, uuid\n"
+        "from prefect.events import emit_event\n"
+        "from prefect.events.worker import EventsWorker\n"
+        "emit_event(sys.argv[1], resource={'prefect.resource.id': 'towerflow.items.test'},"
+        " payload=json.loads(sys.argv[2]), id=uuid.uuid4())\n"
+        "EventsWorker.drain_all(timeout=30)\n"
+    )
+    subprocess.run(
+        [str(BIN / "python"), "-c", code, name, json.dumps(payload)],
+        env=server.env,
+        check=True,
+        timeout=60,
+    )
+
+
+def _finished_runs(server: LiveServer, event_id: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in server.flow_runs("new-items")
+        if r["parameters"].get("event_id") == event_id
+        and r["state_type"] in {"COMPLETED", "FAILED", "CRASHED"}
+    ]
+
+
+def _pick_user_and_item(root: Path) -> tuple[int, dict[str, Any]]:
+    """A user whose most frequent category is c, and a typical new item of category c
+    (mean content of c's items) that the served model puts in that user's top 10."""
+    rec = Recaller.load(VersionStore(Layout(root)))
+    t, model = rec.tables, rec.model
+    n_cat = model.spec.n_categories
+    best: tuple[float, int, int] | None = None
+    for c in range(n_cat):
+        content = t.content[t.category == c].mean(axis=0, keepdims=True).astype(np.float32)
+        vec = embed_items(model, np.zeros(1, np.int64), category_rows([c], n_cat), content)[0]
+        for pos in range(0, len(t.user_id), 4):
+            user = int(t.user_id[pos])
+            seen = rec.history.items_of(user)
+            cats = t.category[np.searchsorted(t.item_id, seen)]
+            if len(cats) == 0 or np.bincount(cats).argmax() != c:
+                continue
+            user_vec = embed_served_users(model, t, np.array([pos]))[0]
+            tenth = float(rec.recall(user, k=10, exclude_seen=False).scores[-1])
+            margin = float(user_vec @ vec) - tenth
+            if best is None or margin > best[0]:
+                best = (margin, user, c)
+    assert best is not None and best[0] > 0, f"no user ranks a typical new item top 10: {best}"
+    _, user, c = best
+    content = t.content[t.category == c].mean(axis=0)
+    new_id = int(t.item_id.max()) + 1000
+    return user, {"item_id": new_id, "category": c, "content": [float(v) for v in content]}
+
+
+def _held(root: Path) -> list[int]:
+    ids = index_ids(Recaller.load(VersionStore(Layout(root))).index)
+    assert ids is not None
+    return sorted(ids.tolist())
+
+
+def test_event_makes_a_new_item_recommended_and_a_redelivery_changes_nothing(
+    live: Live, tmp_path: Path
+) -> None:
+    server, root = live
+    user, new_item = _pick_user_and_item(root)
+    items_file = tmp_path / "items.json"
+    items_file.write_text(json.dumps([new_item]))
+    event_id = str(uuid.uuid4())
+    sent = _cli(
+        server, "add-items", str(items_file), "--root", str(root), "--event-id", event_id,
+        "--wait", "90",
+    )  # fmt: skip
+    assert sent["sent"] == "inline" and sent["version"] == VersionStore(Layout(root)).current()
+    recs = _cli(
+        server, "recommend", "--root", str(root), "--user-id", str(user), "--k", "10", "--json"
+    )
+    assert new_item["item_id"] in [r["item_id"] for r in recs["items"]], (recs, new_item)
+
+    # The same event again, as a redelivery would bring it (a new Prefect event id).
+    version = VersionStore(Layout(root)).current()
+    _emit(server, "towerflow.items.created", {"event_id": event_id, "items": [new_item]})
+    wait_for(f"the redelivered event {event_id}'s second run", lambda: len(
+        _finished_runs(server, event_id)) >= 2, 90)  # fmt: skip
+    assert {r["state_type"] for r in _finished_runs(server, event_id)} == {"COMPLETED"}
+    assert VersionStore(Layout(root)).current() == version
+    assert _held(root).count(new_item["item_id"]) == 1
+
+
+def test_malformed_payload_is_rejected_with_reasons_and_the_index_is_unchanged(
+    live: Live,
+) -> None:
+    server, root = live
+    store = VersionStore(Layout(root))
+    version, held = store.current(), _held(root)
+    event_id = f"bad-{uuid.uuid4()}"
+    bad = [
+        {"item_id": 5_000_001, "category": 1, "content": ["NaN"] * 8},
+        {"item_id": 5_000_002, "category": 1},
+        {"item_id": "x", "category": 1, "content": [0.0] * 8},
+    ]
+    _emit(server, "towerflow.items.created", {"event_id": event_id, "items": bad})
+    (run,) = wait_for(f"the run of {event_id}", lambda: _finished_runs(server, event_id), 90)
+    assert run["state_type"] == "COMPLETED"
+    (artifact,) = [a for a in server.artifacts("items-rejected") if a["flow_run_id"] == run["id"]]
+    rows = artifact["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    reasons = {row["position"]: row["reason"] for row in rows}
+    assert "content[0] must be a number" in reasons[0]
+    assert "missing field(s): content" in reasons[1]
+    assert "item_id must be an integer" in reasons[2]
+    assert store.current() == version and _held(root) == held
+
+    # A payload that names neither items nor a file: the run fails, saying why.
+    _emit(server, "towerflow.items.created", {"event_id": "empty-payload"})
+    (run,) = wait_for(
+        "the empty payload's run", lambda: _finished_runs(server, "empty-payload"), 90
+    )
+    assert run["state_type"] == "FAILED" and "exactly one" in run["state"]["message"]
+    assert store.current() == version

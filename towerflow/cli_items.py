@@ -1,0 +1,261 @@
+"""`towerflow add-items`, `retire-items` and `serve`: send item events to a running Prefect
+server (or apply them in-process with `--now`), and serve the deployments that react.
+
+An items event is `towerflow.items.created` / `towerflow.items.retired` on resource
+`towerflow.items.cli`, payload `{"event_id", "items": [...]}` for small batches or
+`{"event_id", "path": "<store>/inbox/<event_id>.<ext>"}` (the file copied into the store)
+for large ones. The Prefect event id is derived from the event id (uuid5), so re-sending
+the same event id is deduplicated twice over: by the server and by the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import typer
+
+__all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
+
+_EVENTS: Final = {"create": "towerflow.items.created", "retire": "towerflow.items.retired"}
+_RESOURCE: Final = {"prefect.resource.id": "towerflow.items.cli"}
+# Under Prefect's 1.5 MB event limit with room for the envelope.
+_MAX_INLINE_BYTES: Final = 1_000_000
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root",
+        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
+        show_default=False,
+    ),
+]
+NowOpt = Annotated[
+    bool, typer.Option("--now", help="Run the new-items flow in-process instead of sending.")
+]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        help="Seconds to wait until CURRENT includes the event (0: return once sent).",
+    ),
+]
+EventIdOpt = Annotated[
+    str | None,
+    typer.Option("--event-id", help="Idempotency key [default: a new UUID].", show_default=False),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def _root(root: Path | None) -> Path:
+    from storage import StorageSettings
+
+    return (root or StorageSettings().root).expanduser().resolve()
+
+
+def prefect_event_id(event_id: str) -> uuid.UUID:
+    """The Prefect event id for an items event id (the same id for the same event)."""
+    try:
+        return uuid.UUID(event_id)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"towerflow:{event_id}")
+
+
+def emit_items_event(
+    operation: str, event_id: str, payload: dict[str, Any], flush: bool = True
+) -> None:
+    """Send one items event to the server at PREFECT_API_URL; with `flush`, return once
+    it is sent (else Prefect's events worker sends it in the background, and at exit)."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    sent = emit_event(
+        _EVENTS[operation],
+        resource=_RESOURCE,
+        payload={"event_id": event_id, **payload},
+        id=prefect_event_id(event_id),
+    )
+    if sent is None:
+        raise RuntimeError("Prefect events are disabled here (PREFECT_API_URL, settings)")
+    if flush:
+        EventsWorker.drain_all(timeout=30)
+
+
+def _payload(root: Path, event_id: str, file: Path | None, items: list[Any]) -> dict[str, Any]:
+    """Inline items when small, else a copy of `file` in the store's inbox."""
+    from storage import Layout, atomic_path
+    from tasks.items_validation import MAX_INLINE_ITEMS
+
+    inline = json.dumps(items, default=str)
+    if file is None or (len(items) <= MAX_INLINE_ITEMS and len(inline) <= _MAX_INLINE_BYTES):
+        return {"items": items}
+    target = Layout(root).inbox_dir / f"{event_id}{file.suffix.lower()}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(file, tmp)
+    return {"path": str(target)}
+
+
+def _wait(root: Path, event_id: str, timeout_s: float) -> dict[str, Any]:
+    """Poll until the event is acknowledged and CURRENT includes it."""
+    from storage import CatalogueLog, Layout, VersionStore
+
+    layout = Layout(root)
+    catalogue, store = CatalogueLog(layout.catalogue_db), VersionStore(layout)
+    start = time.monotonic()
+    acked_s: float | None = None
+    while time.monotonic() - start < timeout_s:
+        seq = catalogue.event_seq(event_id)
+        if seq is not None:
+            acked_s = acked_s or time.monotonic() - start
+            current = store.current()
+            if current is not None:
+                lineage = store.open_version(current, verify=False).manifest.lineage
+                if (lineage.catalogue_seq or 0) >= seq:
+                    return {
+                        "acknowledged_s": acked_s,
+                        "published_s": time.monotonic() - start,
+                        "version": current,
+                    }
+        time.sleep(0.05)
+    raise TimeoutError(
+        f"event {event_id} not {'published' if acked_s else 'acknowledged'} within "
+        f"{timeout_s} s (is `towerflow serve` running against this server and store?)"
+    )
+
+
+def _send(
+    operation: Literal["create", "retire"],
+    root: Path,
+    event_id: str,
+    items: list[Any],
+    file: Path | None,
+    now: bool,
+    wait: float,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"event_id": event_id, "operation": operation, "items": len(items)}
+    if now:
+        from flows.new_items import new_items
+        from towerflow.cli import _PREFECT_DEFAULTS
+
+        for key, value in _PREFECT_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        inline = file is None or len(items) <= 500
+        result = new_items(
+            event_id=event_id,
+            operation=operation,
+            items=items if inline else None,
+            path=None if inline else str(file.resolve()) if file else None,
+            storage_root=str(root),
+        )
+        return out | result.model_dump()
+    from towerflow.serving import check_server
+
+    check_server(os.environ.get("PREFECT_API_URL"))
+    payload = _payload(root, event_id, file, items)
+    emit_items_event(operation, event_id, payload)
+    out["sent"] = "path" if "path" in payload else "inline"
+    if wait > 0:
+        out |= _wait(root, event_id, wait)
+    return out
+
+
+def add_items_command(
+    file: Annotated[Path, typer.Argument(help="Items: .parquet, .json or .csv.")],
+    root: RootOpt = None,
+    now: NowOpt = False,
+    wait: WaitOpt = 0.0,
+    event_id: EventIdOpt = None,
+) -> None:
+    """Add (or update) items: send a towerflow.items.created event, or apply it with --now.
+
+    Items have `item_id`, `category` and `content` (the model's content floats; CSV:
+    `content` as a JSON list or columns content_0..). Prints a JSON summary.
+    """
+    from tasks.items_validation import read_items_file
+
+    try:
+        items = read_items_file(file)
+        out = _send("create", _root(root), event_id or str(uuid.uuid4()), items, file, now, wait)
+    except (ValueError, RuntimeError, TimeoutError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(out))
+
+
+def retire_items_command(
+    item_ids: Annotated[list[int], typer.Argument(help="Item IDs to take out of results.")],
+    root: RootOpt = None,
+    now: NowOpt = False,
+    wait: WaitOpt = 0.0,
+    event_id: EventIdOpt = None,
+) -> None:
+    """Retire items: send a towerflow.items.retired event, or apply it with --now."""
+    try:
+        out = _send(
+            "retire", _root(root), event_id or str(uuid.uuid4()), list(item_ids), None, now, wait
+        )
+    except (ValueError, RuntimeError, TimeoutError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(json.dumps(out))
+
+
+def _default_prefect_yaml() -> Path:
+    here = Path.cwd() / "prefect.yaml"
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+def serve_command(
+    root: RootOpt = None,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefect-yaml",
+            help="Deployments to serve [default: ./prefect.yaml, else the project's].",
+            show_default=False,
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Serve only these deployments (repeatable)."),
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between polls for runs to start.")
+    ] = 0.25,
+) -> None:
+    """Serve the deployments of prefect.yaml (nightly on its cron, new-items on its event
+    triggers) against the server at PREFECT_API_URL, with no work pool or worker.
+
+    Each flow run is a child process; an event's run starts within about
+    `--poll-interval` of the trigger firing (Prefect's default poll is 10 s).
+    """
+    from towerflow.cli import _PREFECT_DEFAULTS, _setup_logging
+    from towerflow.serving import check_server, deployments_from_yaml
+
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Flow runs are subprocesses of this process: they find the store through the env.
+    os.environ["TOWERFLOW_ROOT"] = str(_root(root))
+    _setup_logging(verbose=True)
+    try:
+        check_server(os.environ.get("PREFECT_API_URL"))
+        spec_path = prefect_yaml or _default_prefect_yaml()
+        deployments = deployments_from_yaml(spec_path, only)
+    except (RuntimeError, ValueError) as e:
+        raise _fail(str(e)) from None
+    from prefect import serve
+
+    # Not a logger: outside a flow run Prefect's API log handler warns about every record.
+    typer.echo(
+        f"serving {[d.name for d in deployments]} from store {os.environ['TOWERFLOW_ROOT']}",
+        err=True,
+    )
+    serve(*deployments, query_seconds=poll_interval)
