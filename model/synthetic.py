@@ -82,6 +82,17 @@ class SyntheticConfig(BaseModel):
         "an item the user clicks are dropped).",
     )
     days: int = Field(28, ge=1, description="Length of the interaction window in days.")
+    new_item_frac: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="Share of items held back as new: all their interactions fall in the last "
+        "`new_item_window` of the timeline, so a temporal split sees them only at test time "
+        "(cold-start evaluation from content alone).",
+    )
+    new_item_window: float = Field(
+        0.1, gt=0, le=1, description="Tail of the timeline in which held-back items appear."
+    )
     candidate_cap: int = Field(
         50_000,
         ge=100,
@@ -117,6 +128,28 @@ def synthetic_config(scale: str, **overrides: object) -> SyntheticConfig:
     return SyntheticConfig.model_validate({**SCALES[scale].model_dump(), **overrides})
 
 
+def _hold_back(
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+    i_rows: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.bool_], int]:
+    """Pick ``new_item_frac`` of the items as new and move their interactions (in place in
+    ``ts``) into the last ``new_item_window`` of the timeline. Returns the (I,) new-item
+    mask and the release time (unix seconds). Draws nothing when no item is held back, so
+    such configs generate exactly what they did before the knob existed."""
+    n_new = round(cfg.new_item_frac * cfg.n_items)
+    is_new = np.zeros(cfg.n_items, bool)
+    window = cfg.days * 86_400
+    release = _START_TS + window - int(cfg.new_item_window * window)
+    if n_new == 0:
+        return is_new, release
+    is_new[rng.choice(cfg.n_items, n_new, replace=False)] = True
+    late = is_new[i_rows]
+    ts[late] = rng.integers(release, _START_TS + window, int(late.sum()), dtype=np.int64)
+    return is_new, release
+
+
 @dataclass(frozen=True)
 class SyntheticData:
     """Everything the generator emits; rows of the user/item arrays align with their IDs.
@@ -140,6 +173,7 @@ class SyntheticData:
     user_latent: npt.NDArray[np.float32]  # (U, L) hidden preference
     item_latent: npt.NDArray[np.float32]  # (I, L) hidden item vector
     log_popularity: npt.NDArray[np.float32]  # (I,) hidden popularity prior
+    held_back: npt.NDArray[np.bool_]  # (I,) items whose interactions all come after release
 
 
 def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -248,6 +282,7 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     u_rows, i_rows = _sample_interactions(cfg, rng, user_latent, item_latent, log_pop)
     window = cfg.days * 86_400
     ts = _START_TS + rng.integers(0, window, len(u_rows), dtype=np.int64)
+    is_new, release = _hold_back(cfg, rng, i_rows, ts)
     order = np.argsort(ts, kind="stable")
     u_rows, i_rows, ts = u_rows[order], i_rows[order], ts[order]
 
@@ -260,6 +295,8 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     # pointwise training never sees contradictory labels for a (user, item) pair.
     clicked = u_rows * cfg.n_items + i_rows
     fresh = ~np.isin(u_rows[neg_src] * cfg.n_items + neg_items, clicked)
+    # Nobody is shown a held-back item before it exists.
+    fresh &= ~(is_new[neg_items] & (ts[neg_src] < release))
     neg_items, neg_src = neg_items[fresh], neg_src[fresh]
     n_neg = len(neg_items)
     imp_user = np.concatenate([u_rows, u_rows[neg_src]])
@@ -292,4 +329,5 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
         user_latent=user_latent,
         item_latent=item_latent,
         log_popularity=log_pop,
+        held_back=is_new,
     )

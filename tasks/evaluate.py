@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
+from model.cold_start import (
+    category_popularity,
+    cold_start_items,
+    cold_start_metrics,
+    user_category_affinity,
+)
 from model.metrics import evaluate_ranking
 from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, user_vectors
 from model.synthetic import oracle_scores
@@ -53,6 +60,9 @@ class EvalReport(BaseModel):
     gate_threshold: float
     gate_passed: bool
     baseline_tuning: dict[str, float] = {}  # validation metric per baseline candidate
+    # Items first seen at test time, ranked among themselves from content alone: n_items,
+    # n_users and metrics of the model, random and category-popularity rankers.
+    cold_start: dict[str, Any] | None = None
 
 
 def check_gate(
@@ -157,6 +167,31 @@ def reference_scorers(
     return scorers
 
 
+def cold_start_report(
+    prep: Prepared, user_vecs: torch.Tensor, item_vecs: torch.Tensor, cfg: EvalConfig
+) -> dict[str, Any] | None:
+    """Cold-start metrics (see ``model.cold_start``) of the model's (U, D) user and (I, D)
+    item vectors, next to random and category-popularity rankers; None without new items."""
+    d, split = prep.data, prep.split
+    new = cold_start_items(d.inter_item, split.train, split.test, d.n_items)
+    if len(new) == 0:
+        return None
+    new_vecs = item_vecs[torch.from_numpy(new)]
+    cats = d.category.astype(np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    cat_pop = torch.from_numpy(category_popularity(cats, d.inter_item, split.train, new))
+    affinity = user_category_affinity(cats, d.inter_user, d.inter_item, ~split.test, new, d.n_users)
+    scorers = {
+        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ new_vecs.T,
+        "random": lambda rows: rng.random((len(rows), len(new)), dtype=np.float32),
+        "category popularity": lambda rows: cat_pop.expand(len(rows), -1).clone(),
+        "user's categories": affinity,
+    }
+    return cold_start_metrics(
+        scorers, d.inter_user, d.inter_item, split.test, new, d.n_users, d.n_items, cfg.ks
+    )
+
+
 @task(name="evaluate")
 def evaluate_model(
     snapshot: SnapshotRef,
@@ -190,6 +225,7 @@ def evaluate_model(
         **reference_scorers(prep, folder, cfg, tuning),
     }
     n_users, rankers = rank_all(prep, scorers, cfg)
+    cold = cold_start_report(prep, user_vecs, items_t, cfg)
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
     report = EvalReport(
         n_users=n_users,
@@ -200,6 +236,7 @@ def evaluate_model(
         gate_threshold=threshold,
         gate_passed=passed,
         baseline_tuning=tuning,
+        cold_start=cold,
     )
     write_json(staging / VersionFiles.METRICS, report.model_dump(mode="json"))
     for name, metrics in rankers.items():

@@ -54,7 +54,23 @@ def render_summary(
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    cold = report.cold_start
+    if cold:
+        lines += [
+            "",
+            f"## Cold start ({cold['n_items']:,} items first seen at test time, ranked among "
+            f"themselves for {cold['n_users']:,} users from content features alone)",
+            "",
+            "| ranker | " + " | ".join(_COLD_COLUMNS) + " |",
+            "|" + "---|" * (len(_COLD_COLUMNS) + 1),
+        ]
+        for name, metrics in cold["rankers"].items():
+            cells = [f"{metrics[c]:.4f}" if c in metrics else "" for c in _COLD_COLUMNS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+_COLD_COLUMNS = ("recall@10", "recall@50", "ndcg@10", "ndcg@50", "hit_rate@10")
 
 
 @task(name="post-report")

@@ -108,7 +108,16 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
 
 
 _FAMILIES = ("recall", "ndcg", "hit_rate", "mrr")
-_RANKERS = ("model", "popularity", "ease", "itemknn", "oracle")
+_RANKERS = (
+    "model",
+    "popularity",
+    "ease",
+    "itemknn",
+    "oracle",
+    "random",
+    "category popularity",
+    "user's categories",
+)
 
 
 def _metrics_table(metrics: dict[str, Any]) -> str:
@@ -120,10 +129,11 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     )
     order = sorted(rankers, key=lambda r: _RANKERS.index(r) if r in _RANKERS else len(_RANKERS))
     width = max(len(n) for n in names) + 2
-    lines = ["ranker".ljust(12) + "".join(n.rjust(width) for n in names)]
+    first = max(12, *(len(r) + 2 for r in rankers))
+    lines = ["ranker".ljust(first) + "".join(n.rjust(width) for n in names)]
     for ranker in order:
         values = rankers[ranker]
-        lines.append(ranker.ljust(12) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
+        lines.append(ranker.ljust(first) + "".join(f"{values[n]:.4f}".rjust(width) for n in names))
     return "\n".join(lines)
 
 
@@ -184,6 +194,13 @@ def run(
     typer.echo(f"\nmodel {gate}: {model / max(rankers['popularity'][gate], 1e-12):.2f}x popularity")
     if "oracle" in rankers:
         typer.echo(f"model {gate}: {model / max(rankers['oracle'][gate], 1e-12):.0%} of the oracle")
+    cold = metrics.get("cold_start")
+    if cold:
+        typer.echo(
+            f"\ncold start: {cold['n_items']} items first seen at test time, ranked among "
+            f"themselves for {cold['n_users']} users (content features only):"
+        )
+        typer.echo(_metrics_table({"rankers": cold["rankers"]}))
 
 
 @app.command()

@@ -47,6 +47,15 @@ def test_run_publishes_a_complete_version_that_beats_popularity(published: Publi
     assert rankers["oracle"]["recall@50"] >= rankers["model"]["recall@50"] * 0.9
 
 
+def test_run_reports_cold_start_recall_of_held_back_items(published: Published) -> None:
+    cold = published.output["metrics"]["cold_start"]
+    assert cold["n_items"] >= 5 and cold["n_users"] >= 50
+    rankers = cold["rankers"]
+    assert set(rankers) == {"model", "random", "category popularity", "user's categories"}
+    # From content alone the model ranks the new arrivals well above chance.
+    assert rankers["model"]["ndcg@10"] > 1.5 * rankers["random"]["ndcg@10"]
+
+
 def test_run_posts_summary_and_metrics_artifacts(published: Published) -> None:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(

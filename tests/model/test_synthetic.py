@@ -54,7 +54,7 @@ def test_same_config_same_world_and_seed_changes_it() -> None:
     small = synthetic_config("tiny", n_users=50, n_items=120)
     a, b = _arrays(generate(small)), _arrays(generate(small))
     c = _arrays(generate(small.model_copy(update={"seed": small.seed + 1})))
-    assert a.keys() == b.keys() and len(a) == 15
+    assert a.keys() == b.keys() and len(a) == 16
     for name in a:
         assert a[name].dtype == b[name].dtype, name
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
