@@ -229,7 +229,7 @@ def tune_baseline(
 # Candidates tried on validation: EASE's l2 (Steck's range for ML-20M-sized data is
 # 100..1000; small or popularity-heavy data can want less or more) and ItemKNN's k.
 _EASE_L2 = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
-_KNN_K = (20, 50, 100, 200)
+_KNN_K = (50, 100, 200, 400)
 
 
 def fit(
