@@ -86,9 +86,9 @@ class SyntheticConfig(BaseModel):
         0.02,
         ge=0,
         lt=1,
-        description="Share of items held back as new: all their interactions fall in the last "
-        "`new_item_window` of the timeline, so a temporal split sees them only at test time "
-        "(cold-start evaluation from content alone).",
+        description="Share of items held back as new: they exist only in the last "
+        "`new_item_window` of the timeline (earlier interactions with them are dropped), so "
+        "a temporal split sees them only at test time (cold-start evaluation).",
     )
     new_item_window: float = Field(
         0.1, gt=0, le=1, description="Tail of the timeline in which held-back items appear."
@@ -133,21 +133,22 @@ def _hold_back(
     rng: np.random.Generator,
     i_rows: npt.NDArray[np.int64],
     ts: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.bool_], int]:
-    """Pick ``new_item_frac`` of the items as new and move their interactions (in place in
-    ``ts``) into the last ``new_item_window`` of the timeline. Returns the (I,) new-item
-    mask and the release time (unix seconds). Draws nothing when no item is held back, so
-    such configs generate exactly what they did before the knob existed."""
+) -> tuple[npt.NDArray[np.bool_], int, npt.NDArray[np.bool_]]:
+    """Pick ``new_item_frac`` of the items as new: they exist only from the release time
+    (the last ``new_item_window`` of the timeline) on, so their earlier interactions are
+    dropped and their demand after release is the natural one (not a compressed burst).
+
+    Returns the (I,) new-item mask, the release time (unix seconds) and the (N,) mask of
+    interactions to keep. Draws nothing when no item is held back, so such configs
+    generate exactly what they did before the knob existed."""
     n_new = round(cfg.new_item_frac * cfg.n_items)
     is_new = np.zeros(cfg.n_items, bool)
     window = cfg.days * 86_400
     release = _START_TS + window - int(cfg.new_item_window * window)
     if n_new == 0:
-        return is_new, release
+        return is_new, release, np.ones(len(i_rows), bool)
     is_new[rng.choice(cfg.n_items, n_new, replace=False)] = True
-    late = is_new[i_rows]
-    ts[late] = rng.integers(release, _START_TS + window, int(late.sum()), dtype=np.int64)
-    return is_new, release
+    return is_new, release, ~(is_new[i_rows] & (ts < release))
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class SyntheticData:
     user_latent: npt.NDArray[np.float32]  # (U, L) hidden preference
     item_latent: npt.NDArray[np.float32]  # (I, L) hidden item vector
     log_popularity: npt.NDArray[np.float32]  # (I,) hidden popularity prior
-    held_back: npt.NDArray[np.bool_]  # (I,) items whose interactions all come after release
+    held_back: npt.NDArray[np.bool_]  # (I,) items that exist only from the release time on
 
 
 def _normalise(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -282,7 +283,8 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     u_rows, i_rows = _sample_interactions(cfg, rng, user_latent, item_latent, log_pop)
     window = cfg.days * 86_400
     ts = _START_TS + rng.integers(0, window, len(u_rows), dtype=np.int64)
-    is_new, release = _hold_back(cfg, rng, i_rows, ts)
+    is_new, release, keep = _hold_back(cfg, rng, i_rows, ts)
+    u_rows, i_rows, ts = u_rows[keep], i_rows[keep], ts[keep]
     order = np.argsort(ts, kind="stable")
     u_rows, i_rows, ts = u_rows[order], i_rows[order], ts[order]
 
