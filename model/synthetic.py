@@ -106,7 +106,10 @@ class SyntheticConfig(BaseModel):
 
 
 SCALES: dict[str, SyntheticConfig] = {
-    "tiny": SyntheticConfig(n_users=400, n_items=600, n_categories=8, interactions_per_user=30.0),
+    # tiny holds back 5% of its items: 2% of 600 is too few new items to measure.
+    "tiny": SyntheticConfig(
+        n_users=400, n_items=600, n_categories=8, interactions_per_user=30.0, new_item_frac=0.05
+    ),
     "small": SyntheticConfig(),
     "medium": SyntheticConfig(n_users=50_000, n_items=100_000, n_categories=100),
     "large": SyntheticConfig(

@@ -49,11 +49,12 @@ def test_run_publishes_a_complete_version_that_beats_popularity(published: Publi
 
 def test_run_reports_cold_start_recall_of_held_back_items(published: Published) -> None:
     cold = published.output["metrics"]["cold_start"]
-    assert cold["n_items"] >= 5 and cold["n_users"] >= 50
+    assert cold["n_items"] >= 10 and cold["n_users"] >= 20
     rankers = cold["rankers"]
     assert set(rankers) == {"model", "random", "category popularity", "user's categories"}
-    # From content alone the model ranks the new arrivals well above chance.
-    assert rankers["model"]["ndcg@10"] > 1.5 * rankers["random"]["ndcg@10"]
+    # From content alone the model ranks the new arrivals well above chance (measured at
+    # tiny: Recall@10 0.97 vs random 0.44).
+    assert rankers["model"]["recall@10"] > 1.5 * rankers["random"]["recall@10"]
 
 
 def test_run_posts_summary_and_metrics_artifacts(published: Published) -> None:
