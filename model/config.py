@@ -26,6 +26,12 @@ class TowerConfig(BaseModel):
     id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
     category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
     hidden: tuple[int, ...] = Field((128,), description="Hidden layer widths of each tower's MLP.")
+    id_init_std: float = Field(
+        0.05,
+        ge=0,
+        description="Standard deviation of the initial ID embeddings (0 = zeros: an ID with "
+        "few interactions then stays close to its features instead of random noise).",
+    )
     history_len: int = Field(
         0,
         ge=0,

@@ -72,7 +72,7 @@ class UserTower(nn.Module):
         self.profile_norm = _Standardise(spec.profile_dim)
         history_dim = cfg.id_dim if cfg.history_len > 0 else 0
         self.mlp = _mlp(cfg.id_dim + spec.profile_dim + history_dim, cfg.hidden, cfg.embedding_dim)
-        nn.init.normal_(self.id_embedding.weight, std=0.05)
+        nn.init.normal_(self.id_embedding.weight, std=cfg.id_init_std)
 
     def forward(self, id_rows: Tensor, profile: Tensor, pooled: Tensor | None = None) -> Tensor:
         """id_rows: (B,) int64 in [0, n_users]; profile: (B, P) float32; pooled: (B, id_dim)
@@ -95,7 +95,7 @@ class ItemTower(nn.Module):
         self.content_norm = _Standardise(spec.content_dim)
         in_dim = cfg.id_dim + cfg.category_dim + spec.content_dim
         self.mlp = _mlp(in_dim, cfg.hidden, cfg.embedding_dim)
-        nn.init.normal_(self.id_embedding.weight, std=0.05)
+        nn.init.normal_(self.id_embedding.weight, std=cfg.id_init_std)
 
     def forward(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
         """id_rows, category_rows: (B,) int64; content: (B, C) float32 -> (B, D) unit rows."""
