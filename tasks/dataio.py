@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ from storage import (
     TRUTH_USERS,
     USERS,
     SnapshotFiles,
+    TableSpec,
     VersionFiles,
     arrow_to_vectors,
     load_model,
@@ -54,6 +55,7 @@ __all__ = [
     "History",
     "RawIds",
     "ServingTables",
+    "SnapshotData",
     "Truth",
     "copy_id_maps",
     "embed_served_users",
@@ -66,6 +68,7 @@ __all__ = [
     "read_history",
     "read_raw_ids",
     "read_serving_tables",
+    "snapshot_tables",
     "write_embeddings",
     "write_serving_tables",
     "write_synthetic",
@@ -76,9 +79,24 @@ def _np(table: pa.Table, name: str) -> npt.NDArray[Any]:
     return table.column(name).to_numpy()
 
 
-def write_synthetic(folder: Path, data: SyntheticData, meta: dict[str, Any]) -> None:
-    """Write every generator output as a table of the snapshot folder, then snapshot.json."""
-    tables = {
+class SnapshotData(Protocol):
+    """What every snapshot source (generator, importer) provides, aligned by row."""
+
+    user_id: npt.NDArray[np.int64]  # (U,)
+    profile: npt.NDArray[np.float32]  # (U, P)
+    item_id: npt.NDArray[np.int64]  # (I,)
+    category: npt.NDArray[np.int32]  # (I,)
+    content: npt.NDArray[np.float32]  # (I, C)
+    category_names: list[str]  # (n_categories,)
+    inter_user: npt.NDArray[np.int64]  # (N,) user IDs
+    inter_item: npt.NDArray[np.int64]  # (N,) item IDs
+    inter_ts: npt.NDArray[np.int64]  # (N,) unix seconds
+
+
+def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
+    """The columns of the four tables every snapshot has: users, items, categories and
+    interactions (sources add their own, e.g. impressions or ID maps)."""
+    return {
         USERS: {"user_id": data.user_id, "profile": vectors_to_arrow(data.profile)},
         ITEMS: {
             "item_id": data.item_id,
@@ -94,6 +112,13 @@ def write_synthetic(folder: Path, data: SyntheticData, meta: dict[str, Any]) -> 
             "item_id": data.inter_item,
             "timestamp": data.inter_ts,
         },
+    }
+
+
+def write_synthetic(folder: Path, data: SyntheticData, meta: dict[str, Any]) -> None:
+    """Write every generator output as a table of the snapshot folder, then snapshot.json."""
+    tables = {
+        **snapshot_tables(data),
         IMPRESSIONS: {
             "user_id": data.imp_user,
             "item_id": data.imp_item,

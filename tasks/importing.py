@@ -26,12 +26,8 @@ from prefect import task
 from pydantic import BaseModel
 
 from storage import (
-    CATEGORIES,
-    INTERACTIONS,
     ITEM_IDS,
-    ITEMS,
     USER_IDS,
-    USERS,
     Layout,
     SnapshotFiles,
     begin_snapshot,
@@ -41,11 +37,11 @@ from storage import (
     sha256_file,
     snapshot_exists,
     snapshot_path,
-    vectors_to_arrow,
     write_json,
     write_table,
 )
 from storage.rawlog import RawReadError
+from tasks.dataio import snapshot_tables
 from tasks.import_config import AttributeSource, ImportConfig, InteractionSource
 from tasks.import_convert import ImportedData, build_import
 from tasks.import_report import DataImportError, FileReport, ImportReport, Role
@@ -110,21 +106,7 @@ def import_snapshot_id(cfg: ImportConfig, checksums: dict[Role, str]) -> str:
 
 def _write(folder: Path, data: ImportedData, meta: dict[str, Any]) -> None:
     tables = {
-        USERS: {"user_id": data.user_id, "profile": vectors_to_arrow(data.profile)},
-        ITEMS: {
-            "item_id": data.item_id,
-            "category": data.category,
-            "content": vectors_to_arrow(data.content),
-        },
-        CATEGORIES: {
-            "category": np.arange(len(data.category_names), dtype=np.int32),
-            "name": data.category_names,
-        },
-        INTERACTIONS: {
-            "user_id": data.inter_user,
-            "item_id": data.inter_item,
-            "timestamp": data.inter_ts,
-        },
+        **snapshot_tables(data),
         USER_IDS: {"id": data.user_id, "raw_id": pa.array(data.user_raw, pa.string())},
         ITEM_IDS: {"id": data.item_id, "raw_id": pa.array(data.item_raw, pa.string())},
     }
