@@ -82,15 +82,26 @@ def _np(table: pa.Table, name: str) -> npt.NDArray[Any]:
 class SnapshotData(Protocol):
     """What every snapshot source (generator, importer) provides, aligned by row."""
 
-    user_id: npt.NDArray[np.int64]  # (U,)
-    profile: npt.NDArray[np.float32]  # (U, P)
-    item_id: npt.NDArray[np.int64]  # (I,)
-    category: npt.NDArray[np.int32]  # (I,)
-    content: npt.NDArray[np.float32]  # (I, C)
-    category_names: list[str]  # (n_categories,)
-    inter_user: npt.NDArray[np.int64]  # (N,) user IDs
-    inter_item: npt.NDArray[np.int64]  # (N,) item IDs
-    inter_ts: npt.NDArray[np.int64]  # (N,) unix seconds
+    # Read-only (frozen dataclasses satisfy it). Shapes: (U,), (U, P), (I,), (I,), (I, C),
+    # n_categories names, then (N,) user IDs, item IDs and unix seconds.
+    @property
+    def user_id(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def profile(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def item_id(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def category(self) -> npt.NDArray[np.int32]: ...
+    @property
+    def content(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def category_names(self) -> list[str]: ...
+    @property
+    def inter_user(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def inter_item(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def inter_ts(self) -> npt.NDArray[np.int64]: ...
 
 
 def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
