@@ -49,7 +49,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def _new_item(root: Path, item_id: int, rng: np.random.Generator) -> dict[str, Any]:
     from storage import Layout, VersionStore
-    from tasks.dataio import read_serving_tables
+    from tasks.versionio import read_serving_tables
 
     tables = read_serving_tables(VersionStore(Layout(root)).open_current(verify=False).path)
     c = int(rng.integers(tables.category.max() + 1))

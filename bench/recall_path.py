@@ -22,7 +22,7 @@ from model.embed import embed_users
 from model.index import search, tune_blas_threshold
 from model.towers import TwoTower
 from storage import Layout, Lineage, VersionFiles, VersionStore, save_index, save_model
-from tasks.dataio import write_embeddings, write_serving_tables
+from tasks.versionio import write_embeddings, write_serving_tables
 from towerflow.recall import Recaller
 
 __all__ = ["publish_version", "recall_path"]

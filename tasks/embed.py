@@ -9,9 +9,9 @@ from prefect import get_run_logger, task
 
 from model.embed import embed_items
 from storage import Layout, VersionStore
-from tasks.dataio import load_served_model, read_serving_tables, write_embeddings
 from tasks.refs import StageRef
 from tasks.runtime import apply_threads
+from tasks.versionio import load_served_model, read_serving_tables, write_embeddings
 
 __all__ = ["embed_catalogue"]
 

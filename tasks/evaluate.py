@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from pydantic import BaseModel
 
 from model.cold_start import (
+    NewItemScores,
     category_popularity,
     cold_start_items,
     cold_start_metrics,
@@ -23,10 +24,11 @@ from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, 
 from model.synthetic import oracle_scores
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
 from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import load_prepared, load_served_model, load_truth, read_embeddings
+from tasks.dataio import load_prepared, load_truth
 from tasks.publish import discard_version
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
+from tasks.versionio import load_served_model, read_embeddings
 
 __all__ = [
     "EvalReport",
@@ -181,7 +183,7 @@ def cold_start_report(
     rng = np.random.default_rng(cfg.seed)
     cat_pop = torch.from_numpy(category_popularity(cats, d.inter_item, split.train, new))
     affinity = user_category_affinity(cats, d.inter_user, d.inter_item, ~split.test, new, d.n_users)
-    scorers = {
+    scorers: dict[str, NewItemScores] = {
         "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ new_vecs.T,
         "random": lambda rows: rng.random((len(rows), len(new)), dtype=np.float32),
         "category popularity": lambda rows: cat_pop.expand(len(rows), -1).clone(),

@@ -13,15 +13,15 @@ from model.ann import default_factory, exact_topk, tune_index
 from model.index import build_index, tune_blas_threshold
 from storage import Layout, VersionFiles, VersionStore, save_index
 from tasks.config import IndexConfig
-from tasks.dataio import (
+from tasks.publish import discard_version
+from tasks.refs import IndexSummary, StageRef
+from tasks.runtime import apply_threads
+from tasks.versionio import (
     embed_served_users,
     load_served_model,
     read_embeddings,
     read_serving_tables,
 )
-from tasks.publish import discard_version
-from tasks.refs import IndexSummary, StageRef
-from tasks.runtime import apply_threads
 
 __all__ = ["IndexRecallError", "IndexSummary", "build_item_index"]
 

@@ -13,9 +13,10 @@ from model.pipeline import Prepared, fit
 from model.train import EpochStats, init_model, train
 from storage import Layout, VersionStore, save_model, snapshot_path
 from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import copy_id_maps, load_impressions, load_prepared, write_serving_tables
+from tasks.dataio import load_impressions, load_prepared
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
+from tasks.versionio import copy_id_maps, write_serving_tables
 
 __all__ = ["TrainSummary", "impression_examples", "train_model"]
 

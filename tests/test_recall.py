@@ -17,7 +17,7 @@ import torch
 
 from model.index import build_index
 from storage import CorruptVersionError, Layout, VersionFiles, VersionStore
-from tasks.dataio import read_embeddings
+from tasks.versionio import read_embeddings
 from tests.conftest import Published
 from towerflow.recall import (
     FilterMode,

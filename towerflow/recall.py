@@ -20,7 +20,7 @@ import torch
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import Manifest, VersionFiles, VersionStore, load_index
 from tasks.catalogue_apply import read_tombstones
-from tasks.dataio import (
+from tasks.versionio import (
     History,
     RawIds,
     ServingTables,

@@ -19,7 +19,7 @@ from model.features import category_rows
 from storage import CatalogueLog, ItemUpsert, Layout, VersionStore
 from tasks.catalogue_sync import sync_current
 from tasks.config import NightlyConfig
-from tasks.dataio import read_embeddings
+from tasks.versionio import read_embeddings
 from tests.conftest import Published
 from towerflow.filtering import index_ids
 from towerflow.recall import Recaller

@@ -20,7 +20,7 @@ from bench.live import BIN, LiveServer, live_prefect, served, wait_for
 from model.embed import embed_items
 from model.features import category_rows
 from storage import Layout, VersionStore
-from tasks.dataio import embed_served_users
+from tasks.versionio import embed_served_users
 from tests.conftest import Published
 from towerflow.filtering import index_ids
 from towerflow.recall import Recaller

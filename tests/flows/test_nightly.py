@@ -11,9 +11,9 @@ from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, read_table
 from storage.schemas import VERSION_ITEMS
 from tasks.config import IndexConfig, NightlyConfig
-from tasks.dataio import read_embeddings
 from tasks.evaluate import QualityGateError
 from tasks.index import IndexRecallError
+from tasks.versionio import read_embeddings
 from tests.conftest import Published
 
 pytestmark = pytest.mark.prefect

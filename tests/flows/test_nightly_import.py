@@ -14,7 +14,7 @@ from bench.movielens_like import MovieLensLikeConfig, import_config, write_movie
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, read_json
 from tasks.config import NightlyConfig
-from tasks.dataio import read_embeddings
+from tasks.versionio import read_embeddings
 from towerflow.recall import Recaller
 
 pytestmark = pytest.mark.prefect

@@ -7,8 +7,8 @@ import numpy.typing as npt
 
 from storage import CatalogueLog, Layout, VersionStore
 from tasks.catalogue_sync import SyncResult, sync_current
-from tasks.dataio import read_embeddings
 from tasks.items_validation import validate_retirements, validate_upserts
+from tasks.versionio import read_embeddings
 from tests.items.conftest import CONTENT_DIM
 from towerflow.filtering import index_ids
 from towerflow.recall import Recaller
