@@ -21,6 +21,7 @@ from model.metrics import CsrSets, evaluate_ranking
 
 __all__ = [
     "ColdStart",
+    "NewItemScores",
     "category_popularity",
     "cold_start_items",
     "cold_start_metrics",
