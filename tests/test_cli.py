@@ -16,7 +16,9 @@ from towerflow.cli import app, load_config
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["run", "recommend", "versions", "rollback"])
+@pytest.mark.parametrize(
+    "command", ["run", "recommend", "versions", "rollback", "evaluate", "import"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -106,3 +108,36 @@ def test_versions_and_rollback(published: Published, tmp_path: Path) -> None:
     assert missing.exit_code == 1
     assert "v-does-not-exist" in missing.stderr
     assert store.current() == published.version_id
+
+
+def test_evaluate_ablation_prints_one_table_with_every_variant_and_baseline(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "ablation.md"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", "--ablation", "--scale", "tiny", "--epochs", "1", "--root",
+            str(tmp_path / "store"), "--uniform-negatives", "32", "--history-len", "4",
+            "--hard", "2", "--out", str(out), "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.output)
+    expected = {
+        "bce pointwise", "in-batch softmax", "+ logQ", "+ mixed negatives", "+ history",
+        "+ hard negatives", "popularity", "ease", "oracle",
+    }  # fmt: skip
+    assert set(res["rankers"]) == expected
+    assert all(0.0 <= r["recall@50"] <= 1.0 for r in res["rankers"].values())
+    # The trained variants beat popularity; the table and its JSON were written.
+    assert res["rankers"]["+ logQ"]["recall@50"] > res["rankers"]["popularity"]["recall@50"]
+    table = out.read_text()
+    assert "| + history |" in table and "of oracle R@50" in table
+    assert json.loads(out.with_suffix(".json").read_text())["protocol"] == "temporal"
+
+
+def test_evaluate_rejects_a_bad_protocol(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--protocol", "sideways", "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "protocol" in result.output
