@@ -59,6 +59,14 @@ def _service(request: Request) -> RecallService:
     return service
 
 
+def _stored_user(recaller: Recaller, key: str) -> int:
+    """The stored ID of a raw (text) user ID; UnknownUserError (404) when there is none."""
+    stored = None if recaller.raw_ids is None else recaller.raw_ids.user(key)
+    if stored is None:
+        raise UnknownUserError(f"user {key!r} is not in version {recaller.version_id}")
+    return stored
+
+
 def _serving(request: Request) -> Recaller:
     recaller = _service(request).recaller  # read once: the whole request uses this version
     if recaller is None:
@@ -74,9 +82,10 @@ def _serving(request: Request) -> Recaller:
 )
 async def recall(body: RecallRequest, request: Request) -> Response:
     recaller = _serving(request)
+    user_id = body.user_id if body.user_key is None else _stored_user(recaller, body.user_key)
     call = functools.partial(
         recaller.recall,
-        body.user_id,
+        user_id,
         body.profile,
         body.k,
         exclude_seen=body.exclude_seen,
@@ -89,19 +98,23 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     result = call() if settings.recall_on_event_loop else await run_in_threadpool(call)
     # Serialised here rather than through a returned model: FastAPI would validate it again
     # (on another thread hop); the shape is RecallResponse, checked by the tests.
+    items = [
+        {"item_id": i, "score": sc, "category": c}
+        for i, sc, c in zip(
+            result.item_ids.tolist(),
+            result.scores.tolist(),
+            result.categories.tolist(),
+            strict=True,
+        )
+    ]
+    if recaller.raw_ids is not None:
+        for item, raw in zip(items, recaller.raw_ids.items(result.item_ids), strict=True):
+            item["raw_item_id"] = raw
     answer = {
         "version": result.version_id,
-        "user_id": body.user_id,
+        "user_id": user_id,
         "known_user": result.known_user,
-        "items": [
-            {"item_id": i, "score": sc, "category": c}
-            for i, sc, c in zip(
-                result.item_ids.tolist(),
-                result.scores.tolist(),
-                result.categories.tolist(),
-                strict=True,
-            )
-        ],
+        "items": items,
     }
     return Response(json.dumps(answer, allow_nan=False), media_type="application/json")
 

@@ -41,6 +41,11 @@ class RecallRequest(BaseModel):
         description="Raw user ID. Unknown users need a profile; they are embedded through "
         "the unknown-ID bucket.",
     )
+    user_key: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        None,
+        description="Raw user ID as text, for versions of imported data whose IDs are not "
+        "integers (instead of user_id).",
+    )
     profile: Annotated[list[float], Field(max_length=4096)] | None = Field(
         None,
         description="Live profile floats (length = the version's profile size). Without a "
@@ -60,8 +65,10 @@ class RecallRequest(BaseModel):
 
     @model_validator(mode="after")
     def _someone(self) -> RecallRequest:
-        if self.user_id is None and self.profile is None:
-            raise ValueError("give a user_id, a profile, or both")
+        if self.user_id is not None and self.user_key is not None:
+            raise ValueError("give user_id or user_key, not both")
+        if self.user_id is None and self.user_key is None and self.profile is None:
+            raise ValueError("give a user_id, a profile, or both (user_key for text user IDs)")
         return self
 
 
@@ -69,6 +76,9 @@ class RecommendedItem(BaseModel):
     item_id: int
     score: float = Field(description="Cosine similarity of user and item vectors.")
     category: int
+    raw_item_id: str | None = Field(
+        None, description="The item's raw ID, for versions of data with non-integer IDs."
+    )
 
 
 class RecallResponse(BaseModel):

@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from bench.movielens_like import MovieLensLikeConfig, import_config, write_movielens_like
 from flows.nightly import nightly
+from service import ApiSettings, RecallService, create_app
 from storage import Layout, VersionFiles, VersionStore, read_json
 from tasks.config import NightlyConfig
 from tasks.versionio import read_embeddings
+from tests.service.conftest import serve
+from towerflow.cli import app
 from towerflow.recall import Recaller
 
 pytestmark = pytest.mark.prefect
@@ -81,10 +86,6 @@ def test_string_ids_come_back_raw_from_recommend(
     prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A log whose IDs are strings: stored as dense ints, spoken as the raw strings."""
-    from typer.testing import CliRunner
-
-    from towerflow.cli import app
-
     files = tmp_path_factory.mktemp("strings")
     ml = write_movielens_like(files, MovieLensLikeConfig(n_users=150, n_items=120, seed=5))
     lines = ml.ratings.read_text(encoding="latin-1").splitlines()
@@ -124,3 +125,13 @@ def test_string_ids_come_back_raw_from_recommend(
     assert len(items) == 5 and all(i.startswith("sku-") for i in items)
     missing = CliRunner().invoke(app, ["recommend", "--user-id", "nobody", "--root", str(root)])
     assert missing.exit_code != 0 and "nobody" in missing.output
+
+    # The HTTP API speaks them too: user_key in, raw_item_id out.
+    service = RecallService(VersionStore(Layout(root)))
+    assert service.refresh()
+    with serve(create_app(service, ApiSettings())) as url:
+        body = {"user_key": f"u-{user}", "k": 5, "exclude_seen": False}
+        answer = httpx.post(f"{url}/v1/recall", json=body, timeout=30).json()
+        assert [i["raw_item_id"] for i in answer["items"]] == items
+        unknown = httpx.post(f"{url}/v1/recall", json={"user_key": "nobody"}, timeout=30)
+        assert unknown.status_code == 404 and "nobody" in unknown.text
