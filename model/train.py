@@ -153,6 +153,9 @@ class _Step:
             extra = self._uniform(cfg.uniform_negatives, gen)
             extra_vec = self._items(extra, gen)
         if cfg.hard_negatives > 0:
+            # Mined, not sampled: no proposal to correct for exactly; they get the same
+            # expected-count correction as any candidate, so a popular hard negative is
+            # not pushed down twice.
             hard = self._hard(u_vec, i, gen)
             hard_vec = self._items(hard.reshape(-1), gen).reshape(*hard.shape, -1)
         return mixed_softmax_loss(
