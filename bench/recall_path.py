@@ -87,13 +87,14 @@ def _single_user_latency(
     repeats: int,
 ) -> dict[str, Any]:
     """p50 / p99 ms per round of: the full path, bare ``index.search`` on the precomputed
-    vector, and the user tower alone (batch 1); medians over rounds. The three calls for a
-    user run back to back, so they see the same machine state."""
+    vector, the user tower alone (batch 1), and bare tower + bare search (the full path's
+    floor); medians over rounds. The calls for a user run back to back, so they see the
+    same machine state."""
     index, model = recaller.index, recaller.model
 
-    def tower(j: int) -> None:
+    def tower(j: int) -> torch.Tensor:
         with torch.inference_mode():
-            model.forward_user(
+            return model.forward_user(
                 torch.tensor([int(id_rows[j])], dtype=torch.int64),
                 torch.from_numpy(profiles[j : j + 1]),
             )
@@ -102,6 +103,8 @@ def _single_user_latency(
         "full": lambda j: recaller.recommend(int(user_ids[j]), k),
         "bare": lambda j: index.search(vecs[j : j + 1], k),
         "tower": tower,
+        # The floor of the full path: bare tower forward, then bare Faiss search.
+        "tower_search": lambda j: index.search(tower(j).numpy(), k),
     }
     for j in range(min(_LATENCY_WARMUP, len(user_ids))):
         for call in calls.values():
@@ -125,6 +128,8 @@ def _single_user_latency(
         }
     out["p50_ratio"] = ratio(out["full"]["p50_ms"], out["bare"]["p50_ms"])
     out["p99_ratio"] = ratio(out["full"]["p99_ms"], out["bare"]["p99_ms"])
+    out["p50_ratio_tower_search"] = ratio(out["full"]["p50_ms"], out["tower_search"]["p50_ms"])
+    out["p99_ratio_tower_search"] = ratio(out["full"]["p99_ms"], out["tower_search"]["p99_ms"])
     return out
 
 

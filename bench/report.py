@@ -122,6 +122,16 @@ def _online(res: dict[str, Any]) -> list[str]:
         f"{_n(lat['bare']['p99_ms'])} ms | {_x(lat['p99_ratio'])} |",
         f"| of which user tower alone (batch 1), p50 / p99 | {_n(lat['tower']['p50_ms'])} / "
         f"{_n(lat['tower']['p99_ms'])} ms | - | - |",
+        *(
+            [
+                f"| vs bare user tower + bare `index.search`, p50 / p99 | "
+                f"{_n(lat['full']['p50_ms'])} / {_n(lat['full']['p99_ms'])} ms | "
+                f"{_n(lat['tower_search']['p50_ms'])} / {_n(lat['tower_search']['p99_ms'])} ms | "
+                f"{_x(lat['p50_ratio_tower_search'])} / {_x(lat['p99_ratio_tower_search'])} |"
+            ]
+            if "tower_search" in lat
+            else []
+        ),
         f"| batched QPS ({bat['queries']:,} users, one call; ours = `model.index.search`) | "
         f"{_n(bat['ours']['qps'])} | {_n(bat['bare']['qps'])} | {_x(bat['qps_ratio'])} "
         "throughput |",
