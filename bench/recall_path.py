@@ -100,7 +100,8 @@ def _single_user_latency(
             )
 
     calls = {
-        "full": lambda j: recaller.recommend(int(user_ids[j]), k),
+        # What the HTTP service calls: tower + search + ID mapping + categories, as arrays.
+        "full": lambda j: recaller.recall(int(user_ids[j]), k=k, exclude_seen=False),
         "bare": lambda j: index.search(vecs[j : j + 1], k),
         "tower": tower,
         # The floor of the full path: bare tower forward, then bare Faiss search.
@@ -165,10 +166,10 @@ def _batched(
 def _full_path_ids(
     recaller: Recaller, user_ids: npt.NDArray[np.int64], k: int
 ) -> npt.NDArray[np.int64]:
-    """(q, k) item IDs ``Recaller.recommend`` returns, -1 padded."""
+    """(q, k) item IDs ``Recaller.recall`` returns (seen items included), -1 padded."""
     out = np.full((len(user_ids), k), -1, np.int64)
     for j, uid in enumerate(user_ids):
-        got = [r.item_id for r in recaller.recommend(int(uid), k)]
+        got = recaller.recall(int(uid), k=k, exclude_seen=False).item_ids
         out[j, : len(got)] = got
     return out
 

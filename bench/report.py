@@ -113,7 +113,7 @@ def _online(res: dict[str, Any]) -> list[str]:
     return [
         f"## Online: top-{rec['k']} from a published version (`{res['index']['factory']}`, {knob})",
         "",
-        "| figure | full path (`Recaller.recommend`) | bare `index.search` | ratio |",
+        "| figure | full path (`Recaller.recall`) | bare `index.search` | ratio |",
         "|---|---|---|---|",
         f"| single-user latency p50 ({lat['users']:,} users x {lat['rounds']} rounds) | "
         f"{_n(lat['full']['p50_ms'])} ms | {_n(lat['bare']['p50_ms'])} ms | "
@@ -142,7 +142,7 @@ def _online(res: dict[str, Any]) -> list[str]:
         "|---|---|",
         f"| tuning users ({rec['tune_queries']:,}) | {rec['recall_tune_set']:.4f} |",
         f"| held-out users ({rec['eval_queries']:,}), tuned index | {rec['recall_held_out']:.4f} |",
-        f"| held-out users, through `Recaller.recommend` | {rec['recall_full_path']:.4f} |",
+        f"| held-out users, through `Recaller.recall` | {rec['recall_full_path']:.4f} |",
         "",
         f"Tuning trials ({rec['knob'] or 'none'}: recall): {trials or 'exact index'}. "
         f"Faiss BLAS threshold {rec['blas_threshold']} (`tune_blas_threshold`, as the "
