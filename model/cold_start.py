@@ -17,7 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.metrics import CsrSets, evaluate_ranking
+from model.metrics import evaluate_ranking
+from model.sets import CsrSets
 
 __all__ = [
     "ColdStart",

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from model.config import TowerConfig, TowerSpec
 from model.features import FeatureTables, IdVocab
 from model.history import history_at_end, history_before, user_time_order
-from model.metrics import CsrSets
+from model.sets import CsrSets
 
 __all__ = [
     "Dataset",

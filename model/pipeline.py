@@ -23,7 +23,8 @@ from model.dataset import Dataset, Split, Vocabulary
 from model.embed import embed_items, embed_users
 from model.features import FeatureTables, category_rows
 from model.history import history_at_end, history_before
-from model.metrics import CsrSets, evaluate_ranking
+from model.metrics import evaluate_ranking
+from model.sets import CsrSets
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, train
 

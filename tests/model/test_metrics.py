@@ -11,13 +11,13 @@ import torch
 
 from model import metrics
 from model.metrics import (
-    CsrSets,
     evaluate_ranking,
     full_ranking_topk,
     hit_matrix,
     per_user_metrics,
     ranking_metrics,
 )
+from model.sets import CsrSets
 
 
 def _sets(rows: list[list[int]]) -> CsrSets:

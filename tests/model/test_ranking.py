@@ -8,7 +8,7 @@ import numpy.typing as npt
 import pytest
 
 from model import ranking
-from model.metrics import CsrSets, evaluate_ranking, hit_matrix
+from model.metrics import evaluate_ranking, hit_matrix
 from model.ranking import (
     average_popularity,
     beyond_accuracy_metrics,
@@ -16,6 +16,7 @@ from model.ranking import (
     precision_at_k,
     reciprocal_rank,
 )
+from model.sets import CsrSets
 
 # Three users over 5 items. Relevant: user 0 {1, 3}, user 1 {0}, user 2 {2}.
 TOPK = np.array([[3, 0, 1], [2, 1, 0], [0, 1, 2]], np.int64)
