@@ -20,7 +20,7 @@ import hashlib
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -28,6 +28,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from storage._sqlite import connect, transaction
 from storage.manifest import utc_now_iso
 
 __all__ = [
@@ -125,19 +126,9 @@ class CatalogueLog:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        with closing(conn):
-            # WAL lets readers (nightly folding, syncs) run while a producer appends; FULL
-            # fsyncs the WAL at every commit, so an acknowledged append survives power loss.
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            if not self._schema_ready:
-                with _transaction(conn):
-                    for stmt in _SCHEMA:
-                        conn.execute(stmt)
-                self._schema_ready = True
+        schema = () if self._schema_ready else _SCHEMA
+        with connect(self.path, self.busy_timeout_s, schema, wal=True) as conn:
+            self._schema_ready = True
             yield conn
 
     def _readable(self) -> bool:
@@ -177,7 +168,7 @@ class CatalogueLog:
         if not event_id:
             raise ValueError("event_id must be a non-empty string")
         now = utc_now_iso()
-        with self._connect() as conn, _transaction(conn):
+        with self._connect() as conn, transaction(conn):
             if conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
                 log.info("event %s was already applied: no-op", event_id)
                 return AppendResult(event_id, True, (), (), _head(conn))
@@ -247,7 +238,7 @@ class CatalogueLog:
         `(after, upto]`. `changes(0)` is the whole catalogue."""
         if not self._readable():
             return _changes(after, max(after, upto or 0), [], ())
-        with self._connect() as conn, _transaction(conn, "BEGIN"):
+        with self._connect() as conn, transaction(conn, "BEGIN"):
             end = _head(conn) if upto is None else upto
             rows = conn.execute(
                 "SELECT item_id, op, category, content FROM entries WHERE seq IN ("
@@ -289,17 +280,3 @@ def _changes(
 def _head(conn: sqlite3.Connection) -> int:
     row = conn.execute("SELECT MAX(seq) FROM entries").fetchone()
     return int(row[0] or 0)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
-    # IMMEDIATE for writers (the write lock up front); a plain BEGIN gives readers one
-    # consistent snapshot across several SELECTs.
-    conn.execute(begin)
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

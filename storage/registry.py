@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from storage._sqlite import connect, transaction
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
 
@@ -82,19 +83,9 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves
-        # so the write lock is taken up front instead of on upgrade (which can deadlock).
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-        with closing(conn):
-            # FULL: the journal is fsynced at commit, so a committed CURRENT survives power loss.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            if not self._schema_ready:
-                with _transaction(conn):
-                    for stmt in _SCHEMA:
-                        conn.execute(stmt)
-                self._schema_ready = True
+        schema = () if self._schema_ready else _SCHEMA
+        with connect(self.path, self.busy_timeout_s, schema, wal=False) as conn:
+            self._schema_ready = True
             yield conn
 
     def _readable(self) -> bool:
@@ -151,7 +142,7 @@ class Registry:
         """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
         transaction: either both happen or neither. Raises `PublishConflictError`."""
         row = VersionRow(version_id, created_at, utc_now_iso(), expected, data_snapshot)
-        with self._connect() as conn, _transaction(conn):
+        with self._connect() as conn, transaction(conn):
             conn.execute(
                 "INSERT INTO versions (version_id, created_at, published_at, parent, "
                 "data_snapshot) VALUES (?, ?, ?, ?, ?)",
@@ -168,7 +159,7 @@ class Registry:
         Raises `VersionNotFoundError` if `new` is not registered (checked in the same
         transaction, so a concurrent prune cannot slip in) or `PublishConflictError`.
         """
-        with self._connect() as conn, _transaction(conn):
+        with self._connect() as conn, transaction(conn):
             if (
                 conn.execute("SELECT 1 FROM versions WHERE version_id = ?", (new,)).fetchone()
                 is None
@@ -184,7 +175,7 @@ class Registry:
         The CURRENT check is inside the DELETE, so a concurrent rollback to this version
         either commits first (and the row stays) or finds the row gone.
         """
-        with self._connect() as conn, _transaction(conn):
+        with self._connect() as conn, transaction(conn):
             cur = conn.execute(
                 "DELETE FROM versions WHERE version_id = ? AND version_id IS NOT "
                 "(SELECT version_id FROM current WHERE id = 1)",
@@ -194,19 +185,6 @@ class Registry:
                 return False
             _event(conn, "prune", version_id, None)
         return True
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        # SQLite may already have rolled back on some errors (e.g. disk full).
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _current(conn: sqlite3.Connection) -> str | None:
