@@ -153,7 +153,7 @@ def run_ablation(
         scorers[variant.name] = model_scorer(model, prep, ~prep.split.test)
     tuning: dict[str, float] = {}
     scorers |= reference_scorers(prep, folder, cfg.evaluation, tuning)
-    n_users, rankers = rank_all(prep, scorers, cfg.evaluation)
+    n_users, rankers, _ = rank_all(prep, scorers, cfg.evaluation)
     return AblationResult(
         snapshot.snapshot_id,
         prep.split.protocol,

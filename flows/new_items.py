@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from tasks.config import RuntimeConfig
 from tasks.items import publish_catalogue, record_items
+from tasks.items_report import post_items_report
 from tasks.items_validation import ItemsBatch
 from tasks.publish import resolve_runtime
 
@@ -27,7 +28,13 @@ class NewItemsResult(BaseModel):
     version_id: str
 
 
-@flow(name="new-items", log_prints=False)
+def run_name() -> str:
+    """Readable flow run names: `new-items-<operation>-<event id>`."""
+    p = flow_run.parameters
+    return f"new-items-{p.get('operation', 'create')}-{p.get('event_id') or 'manual'}"
+
+
+@flow(name="new-items", flow_run_name=run_name, log_prints=False)
 def new_items(
     event_id: str | None = None,
     operation: Literal["create", "retire"] = "create",
@@ -54,12 +61,15 @@ def new_items(
     2. publish-catalogue: CURRENT + the catalogue entries it lacks -> new version (new
        items embedded by CURRENT's model through the unknown-ID bucket, index edited in
        place), compare-and-swap CURRENT with bounded retries.
+    3. report-items: the `items-report` artifact (inserted / updated / unchanged /
+       rejected counts, rejection reasons, CURRENT afterwards).
     """
     runtime = resolve_runtime(RuntimeConfig(storage_root=storage_root))
     event_id = event_id or f"flow-run-{flow_run.get_id()}"
     batch = ItemsBatch(event_id=event_id, operation=operation, items=items, path=path)
     recorded = record_items(runtime.root, batch)
     version_id = publish_catalogue(runtime.root, runtime.keep_versions)
+    post_items_report(recorded, version_id)
     return NewItemsResult(
         event_id=event_id,
         duplicate=recorded.duplicate,

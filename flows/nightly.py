@@ -3,7 +3,10 @@ publish -> report."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import flow
+from prefect.runtime import flow_run
 
 from tasks.config import NightlyConfig
 from tasks.data import prepare_data
@@ -11,14 +14,22 @@ from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
 from tasks.items import merge_catalogue
-from tasks.publish import begin_version, publish_version, resolve_runtime
-from tasks.report import post_report
+from tasks.publish import begin_version, exclusive_nightly, publish_version, resolve_runtime
+from tasks.report import post_report, report_failures, stage_report
 from tasks.train import train_model
 
 __all__ = ["nightly"]
 
 
-@flow(name="nightly", log_prints=False)
+def run_name() -> str:
+    """Readable flow run names: `nightly-<source>-<scale>-<UTC date-time>`."""
+    cfg = flow_run.parameters.get("config")
+    config = cfg if isinstance(cfg, NightlyConfig) else NightlyConfig.model_validate(cfg or {})
+    data = config.data
+    return f"nightly-{data.source}-{data.scale}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="nightly", flow_run_name=run_name, log_prints=False)
 def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     """Train and publish a new version; return its id.
 
@@ -35,24 +46,30 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
        catalogue) folded in, new ones embedded by the new model.
     7. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
        real user vectors to the Recall@k target vs exact search (below it the run fails).
-    8. publish-version: fold in catalogue entries that arrived during the run, checksum,
+    8. stage-report: metric history and plots (loss, Recall@K vs K, history) staged.
+    9. publish-version: fold in catalogue entries that arrived during the run, checksum,
        fsync, verify, compare-and-swap CURRENT (on a conflict: catch up, retry).
-    9. post-report: markdown summary and metrics table artifacts.
+    10. post-report: `nightly-report` (markdown + plots), `nightly-metrics` (table) and
+        `nightly-report-file` (HTML) artifacts.
+    Two nightly runs on one store never overlap (the second fails at once); a run that
+    fails still posts `nightly-report` with the reason.
     """
     runtime = resolve_runtime(config.runtime)
     root, threads = runtime.root, runtime.threads
-    snapshot = prepare_data(root, config.data)
-    stage = begin_version(root)
-    trained = train_model(
-        snapshot, stage, config.data, config.tower, config.train, threads, config.evaluation
-    )
-    embed_catalogue(stage, threads)
-    report = evaluate_model(snapshot, stage, config.data, config.evaluation, threads)
-    quality_gate(report, stage)
-    merge_catalogue(stage)
-    index = build_item_index(stage, config.index, threads)
-    version_id = publish_version(
-        stage, snapshot, config.model_dump(mode="json"), index, runtime.keep_versions
-    )
-    post_report(version_id, snapshot, trained, report, index)
+    with exclusive_nightly(root, f"flow run {flow_run.get_name()}"), report_failures(root):
+        snapshot = prepare_data(root, config.data)
+        stage = begin_version(root)
+        trained = train_model(
+            snapshot, stage, config.data, config.tower, config.train, threads, config.evaluation
+        )
+        embed_catalogue(stage, threads)
+        report = evaluate_model(snapshot, stage, config.data, config.evaluation, threads)
+        quality_gate(report, stage)
+        merge_catalogue(stage)
+        index = build_item_index(stage, config.index, threads)
+        stage_report(stage, snapshot, trained, report, config.evaluation.validation_metric)
+        version_id = publish_version(
+            stage, snapshot, config.model_dump(mode="json"), index, runtime.keep_versions
+        )
+        post_report(version_id, root)
     return version_id

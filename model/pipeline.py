@@ -242,6 +242,7 @@ def fit(
     validate_users: int | None = 5000,
     on_epoch: Callable[[EpochStats], None] | None = None,
     pointwise: Pointwise | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> tuple[TwoTower, TrainResult]:
     """Build, scale and train a model on the training split.
 
@@ -249,6 +250,7 @@ def fit(
     (user rows, item rows, 0/1 labels), e.g. labelled impressions or sampled negatives.
     Validation runs after every epoch when ``train_cfg.early_stopping_patience`` is set
     (and the split has a validation part); the best epoch's weights are kept.
+    ``on_epoch`` / ``on_step``: progress callbacks, see ``model.train.train``.
     """
     spec = prep.vocab.tower_spec(prep.data, tower_cfg)
     model = init_model(spec, train_cfg.seed)
@@ -276,6 +278,7 @@ def fit(
         on_epoch=on_epoch,
         history=history,
         validate=validate,
+        on_step=on_step,
     )
     return model, result
 

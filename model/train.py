@@ -183,6 +183,7 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     history: npt.NDArray[np.int64] | None = None,
     validate: Validator | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place.
 
@@ -198,6 +199,8 @@ def train(
             before the example (0 = padding); required when the model has the feature.
         validate: scores the model on held-out data (higher = better) after every epoch;
             with ``cfg.early_stopping_patience`` the best epoch's weights are restored.
+        on_step: ``(epoch, step, steps_per_epoch)`` about 50 times per epoch and after its
+            last step (progress bars; steps count from 1).
     """
     if len(user_rows) != len(item_rows):
         raise ValueError(f"user_rows ({len(user_rows)}) and item_rows ({len(item_rows)}) differ")
@@ -242,6 +245,9 @@ def train(
     result = TrainResult(device=str(device))
     best: tuple[float, dict[str, Tensor]] | None = None
     n = len(data.users)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    # ~50 progress calls per epoch: frequent enough for a bar, too rare to cost anything.
+    every = max(1, steps_per_epoch // 50)
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
@@ -258,6 +264,10 @@ def train(
                 opt.step()
             total += float(loss.detach())
             steps += 1
+            if on_step is not None and steps % every == 0:
+                on_step(epoch, steps, steps_per_epoch)
+        if on_step is not None:
+            on_step(epoch, steps_per_epoch, steps_per_epoch)
         seconds = time.perf_counter() - start
         val = None
         if validate is not None:

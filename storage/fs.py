@@ -114,11 +114,15 @@ def newest_mtime(path: Path) -> float:
 
 
 @contextmanager
-def file_lock(path: Path, timeout_s: float = 300.0, poll_s: float = 0.01) -> Iterator[None]:
+def file_lock(
+    path: Path, timeout_s: float = 300.0, poll_s: float = 0.01, owner: str | None = None
+) -> Iterator[None]:
     """Hold an exclusive advisory lock (`flock`) on `path` for the `with` block.
 
     The kernel drops the lock when its holder dies, so a crashed process never leaves the
-    lock taken. Raises `TimeoutError` naming the file after `timeout_s`.
+    lock taken. With `owner` (e.g. "flow run X, pid N"), the holder writes it into the
+    file, and a waiter that gives up names it. Raises `TimeoutError` naming the file (and
+    the holder) after `timeout_s`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,11 +135,27 @@ def file_lock(path: Path, timeout_s: float = 300.0, poll_s: float = 0.01) -> Ite
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: lock still held after {timeout_s} s") from None
+                    holder = _read_owner(path) if owner is not None else ""
+                    raise TimeoutError(
+                        f"{path}: lock still held after {timeout_s} s"
+                        + (f" by {holder}" if holder else "")
+                    ) from None
                 time.sleep(poll_s)
+        if owner is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner.encode(), 0)
         try:
             yield
         finally:
+            if owner is not None:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _read_owner(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:200]
+    except OSError:
+        return ""

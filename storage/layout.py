@@ -60,6 +60,14 @@ class VersionFiles:
     TOMBSTONES: Final = "tombstones.parquet"
     # The catalogue entries the version includes: {"seq": int, "events": [...]}.
     CATALOGUE: Final = "catalogue.json"
+    # The run report's inputs and plots (optional: versions built outside the nightly
+    # flow have none). training.json: per-epoch loss / validation / seconds;
+    # metrics_history.json: headline test metrics of this version and its nightly ancestors.
+    TRAINING: Final = "training.json"
+    METRICS_HISTORY: Final = "metrics_history.json"
+    PLOT_LOSS: Final = "plot_loss.png"
+    PLOT_RECALL_AT_K: Final = "plot_recall_at_k.png"
+    PLOT_HISTORY: Final = "plot_metric_history.png"
 
 
 class SnapshotFiles:
@@ -99,6 +107,16 @@ class Layout:
     def publish_lock(self) -> Path:
         """Lock file publishers hold around read-CURRENT -> build -> compare-and-swap."""
         return self.root / "publish.lock"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Standalone HTML run reports (`<version>.html`), regenerable from the versions."""
+        return self.root / "reports"
+
+    @property
+    def nightly_lock(self) -> Path:
+        """Lock file a nightly run holds from start to end: two never overlap."""
+        return self.root / "nightly.lock"
 
     @property
     def inbox_dir(self) -> Path:

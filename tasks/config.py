@@ -72,6 +72,10 @@ class EvalConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     ks: tuple[int, ...] = Field((10, 50, 100), description="Cut-offs K of Recall/NDCG/HitRate@K.")
+    curve_ks: tuple[int, ...] = Field(
+        (1, 5, 10, 20, 50, 100, 200),
+        description="Cut-offs of the Recall@K-vs-K curve in the report (capped at the catalogue).",
+    )
     max_users: int | None = Field(
         20_000,
         ge=1,

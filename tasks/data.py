@@ -27,6 +27,7 @@ from tasks.config import DataConfig
 from tasks.dataio import write_synthetic
 from tasks.importing import run_import
 from tasks.refs import SnapshotRef
+from tasks.retry import IO_RETRY
 
 __all__ = ["ensure_snapshot", "prepare_data", "snapshot_id_for"]
 
@@ -52,7 +53,7 @@ def _ref(layout: Layout, snapshot_id: str) -> SnapshotRef:
     )
 
 
-@task(name="prepare-data", retries=2, retry_delay_seconds=[1, 5])
+@task(name="prepare-data", **IO_RETRY)
 def prepare_data(root: str, cfg: DataConfig) -> SnapshotRef:
     """Generate the synthetic snapshot for ``cfg`` unless it is already stored; for source
     'import', import the configured files (reused when the files are unchanged)."""

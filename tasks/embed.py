@@ -5,18 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 
 from model.embed import embed_items
 from storage import Layout, VersionStore
+from tasks.progress import StepProgress
 from tasks.refs import StageRef
+from tasks.retry import IO_RETRY
 from tasks.runtime import apply_threads
 from tasks.versionio import load_served_model, read_serving_tables, write_embeddings
 
 __all__ = ["embed_catalogue"]
 
 
-@task(name="embed-items")
+@task(name="embed-items", **IO_RETRY)
 def embed_catalogue(stage: StageRef, threads: int | None = None, batch_size: int = 8192) -> int:
     """Write item_embeddings.parquet for every item of the staged catalogue; returns the count.
 
@@ -28,14 +31,25 @@ def embed_catalogue(stage: StageRef, threads: int | None = None, batch_size: int
     staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
     model = load_served_model(staging)
     items = read_serving_tables(staging)
-    start = time.perf_counter()
-    vectors = embed_items(
-        model,
-        items.item_id_row,
-        items.item_category_rows(model.spec.n_categories),
-        items.content,
-        batch_size=batch_size,
+    n = len(items.item_id)
+    progress = StepProgress(
+        "embed-progress", f"Embedding {n:,} items for version {stage.version_id}", n, "items"
     )
+    categories = items.item_category_rows(model.spec.n_categories)
+    vectors = np.empty((n, int(model.spec.tower.embedding_dim)), np.float32)
+    # ~20 progress updates; chunks are whole batches so batching is unchanged.
+    chunk = max(batch_size, -(-n // 20 // batch_size) * batch_size)
+    start = time.perf_counter()
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        vectors[lo:hi] = embed_items(
+            model,
+            items.item_id_row[lo:hi],
+            categories[lo:hi],
+            items.content[lo:hi],
+            batch_size=batch_size,
+        )
+        progress.update(hi)
     seconds = time.perf_counter() - start
     write_embeddings(staging, items.item_id, vectors)
     logger.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from tasks.versionio import load_served_model, read_embeddings
 __all__ = [
     "EvalReport",
     "QualityGateError",
+    "Ranked",
     "baseline_scorer",
     "check_gate",
     "evaluate_model",
@@ -65,6 +66,8 @@ class EvalReport(BaseModel):
     # Items first seen at test time, ranked among themselves from content alone: n_items,
     # n_users and metrics of the model, random and category-popularity rankers.
     cold_start: dict[str, Any] | None = None
+    # Recall@K per ranker at EvalConfig.curve_ks (the report's Recall@K-vs-K plot).
+    recall_curve: dict[str, dict[int, float]] = {}
 
 
 def check_gate(
@@ -108,13 +111,23 @@ def baseline_scorer(
     return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows)), tuning
 
 
-def rank_all(
-    prep: Prepared,
-    scorers: dict[str, ScoreFn],
-    cfg: EvalConfig,
-) -> tuple[int, dict[str, dict[str, float]]]:
+class Ranked(NamedTuple):
+    """``rank_all``'s result: users evaluated, metrics per ranker at ``EvalConfig.ks`` and
+    each ranker's Recall@K at ``EvalConfig.curve_ks`` (the report's curve)."""
+
+    n_users: int
+    rankers: dict[str, dict[str, float]]
+    curves: dict[str, dict[int, float]]
+
+
+def _at_k(key: str) -> int | None:
+    return int(key.split("@")[1]) if "@" in key else None
+
+
+def rank_all(prep: Prepared, scorers: dict[str, ScoreFn], cfg: EvalConfig) -> Ranked:
     """Full-ranking test metrics of every scorer over the same (sampled) test users, with
-    each user's training and validation items masked. Returns (users, metrics per name)."""
+    each user's training and validation items masked. One ranking per scorer serves both
+    the metrics at ``cfg.ks`` and the Recall@K curve."""
     d, split = prep.data, prep.split
     relevant, exclude = d.sets(split.test), d.sets(~split.test)
     users = np.flatnonzero(relevant.lengths() > 0)
@@ -123,20 +136,24 @@ def rank_all(
         users = np.sort(rng.choice(users, cfg.max_users, replace=False))
     popularity = np.bincount(d.inter_item[split.train], minlength=d.n_items)
     block = score_block_users(d.n_items)
-    rankers = {
-        name: evaluate_ranking(
+    curve_ks = sorted({k for k in cfg.curve_ks if k <= d.n_items})
+    all_ks = tuple(sorted(set(cfg.ks) | set(curve_ks)))
+    rankers: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[int, float]] = {}
+    for name, fn in scorers.items():
+        metrics = evaluate_ranking(
             fn,
             users,
             d.n_items,
             relevant,
             exclude,
-            ks=cfg.ks,
+            ks=all_ks,
             block_users=block,
             item_popularity=popularity,
         )
-        for name, fn in scorers.items()
-    }
-    return len(users), rankers
+        rankers[name] = {k: v for k, v in metrics.items() if _at_k(k) in (None, *cfg.ks)}
+        curves[name] = {k: metrics[f"recall@{k}"] for k in curve_ks}
+    return Ranked(len(users), rankers, curves)
 
 
 def reference_scorers(
@@ -226,7 +243,7 @@ def evaluate_model(
         "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
         **reference_scorers(prep, folder, cfg, tuning),
     }
-    n_users, rankers = rank_all(prep, scorers, cfg)
+    n_users, rankers, curves = rank_all(prep, scorers, cfg)
     cold = cold_start_report(prep, user_vecs, items_t, cfg)
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
     report = EvalReport(
@@ -239,6 +256,7 @@ def evaluate_model(
         gate_passed=passed,
         baseline_tuning=tuning,
         cold_start=cold,
+        recall_curve=curves,
     )
     write_json(staging / VersionFiles.METRICS, report.model_dump(mode="json"))
     for name, metrics in rankers.items():

@@ -46,6 +46,7 @@ from tasks.import_config import AttributeSource, ImportConfig, InteractionSource
 from tasks.import_convert import ImportedData, build_import
 from tasks.import_report import DataImportError, FileReport, ImportReport, Role
 from tasks.refs import SnapshotRef
+from tasks.retry import IO_RETRY
 
 __all__ = [
     "IMPORTER_VERSION",
@@ -173,14 +174,8 @@ def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
     )
 
 
-def _retry_transient(task_: Any, task_run: Any, state: Any) -> bool:
-    # Bad data or a missing file fails the same way every time; only I/O hiccups retry.
-    return not isinstance(state.data, (ValueError, FileNotFoundError))
-
-
-@task(
-    name="import-data", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=_retry_transient
-)
+# Bad data or a missing file fails the same way every time; only I/O hiccups retry.
+@task(name="import-data", **IO_RETRY)
 def import_data(root: str, cfg: ImportConfig) -> SnapshotRef:
     """Import ``cfg``'s files as a data snapshot under ``root`` (reused when identical)."""
     result = run_import(Layout(Path(root)), cfg)

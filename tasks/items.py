@@ -4,15 +4,26 @@ into a nightly build."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+import numpy.typing as npt
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel
 
 from model.config import TowerSpec
-from storage import CatalogueLog, Layout, VersionFiles, VersionStore, read_json
+from storage import (
+    VERSION_ITEMS,
+    CatalogueLog,
+    Layout,
+    VersionFiles,
+    VersionStore,
+    read_json,
+    read_table,
+)
 from tasks.catalogue_apply import apply_changes, write_catalogue_state
 from tasks.catalogue_sync import require_current, sync_current
 from tasks.items_validation import (
@@ -25,6 +36,7 @@ from tasks.items_validation import (
     validate_upserts,
 )
 from tasks.refs import StageRef
+from tasks.retry import IO_RETRY
 
 __all__ = [
     "REJECTIONS_ARTIFACT",
@@ -49,6 +61,9 @@ class RecordSummary(BaseModel):
     rejected: int
     changed: int  # accepted items whose catalogue state changed (others were identical)
     head: int  # catalogue head after the append
+    inserted: int = 0  # changed items CURRENT did not hold (creates)
+    updated: int = 0  # changed items CURRENT held (creates: new content; retires: removed)
+    reasons: dict[str, int] = {}  # rejection reason -> items, most frequent first (<= 20)
 
 
 def _batch_path(root: Path, path: str) -> Path:
@@ -85,7 +100,7 @@ def _post_rejections(batch: ItemsBatch, validated: Validated) -> None:
     )
 
 
-@task(name="record-items")
+@task(name="record-items", **IO_RETRY)
 def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
     """Validate the batch (against CURRENT's model for creates), post the rejected items
     with their reasons as the `items-rejected` artifact, and append the valid ones to the
@@ -106,6 +121,7 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
             head=head,
         )
     validated = _validate(Path(root), batch)
+    reasons = Counter(r.reason for r in validated.rejected).most_common(20)
     if validated.rejected:
         _post_rejections(batch, validated)
         for r in validated.rejected[:20]:
@@ -116,6 +132,7 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
     else:
         result = catalogue.append_upserts(batch.event_id, validated.upserts)
         accepted = len(validated.upserts)
+    held = int(np.isin(np.asarray(result.changed, np.int64), _current_item_ids(Path(root))).sum())
     logger.info(
         "event %s: %d of %d items accepted (%d changed), %d rejected; catalogue head %d",
         batch.event_id,
@@ -134,10 +151,20 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
         rejected=len(validated.rejected),
         changed=len(result.changed),
         head=result.head,
+        inserted=0 if batch.operation == "retire" else len(result.changed) - held,
+        updated=held,
+        reasons=dict(reasons),
     )
 
 
-@task(name="publish-catalogue")
+def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
+    """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
+    current = require_current(VersionStore(Layout(root)))
+    items = read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, columns=["item_id"])
+    return np.asarray(items.column("item_id").to_numpy(), np.int64)
+
+
+@task(name="publish-catalogue", **IO_RETRY)
 def publish_catalogue(root: str, keep_versions: int = 5) -> str:
     """Publish CURRENT + the catalogue entries it lacks (embedded with CURRENT's model),
     compare-and-swap with bounded retries; returns CURRENT's id afterwards."""
@@ -153,7 +180,7 @@ def publish_catalogue(root: str, keep_versions: int = 5) -> str:
     return result.version_id
 
 
-@task(name="merge-catalogue")
+@task(name="merge-catalogue", **IO_RETRY)
 def merge_catalogue(stage: StageRef) -> int:
     """Fold the whole item catalogue (as of now) into the staged nightly build: created
     and changed items are embedded by the new model, retired ones dropped. Returns the

@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from storage import Layout, Lineage, StorageSettings, VersionFiles, VersionStore, read_json
+from storage import (
+    Layout,
+    Lineage,
+    StorageSettings,
+    VersionFiles,
+    VersionStore,
+    file_lock,
+    read_json,
+)
+from storage.manifest import utc_now_iso
 from tasks.catalogue_apply import ApplySummary, IndexRecipe
 from tasks.catalogue_sync import catch_up_and_publish
 from tasks.config import RuntimeConfig
 from tasks.refs import IndexSummary, SnapshotRef, StageRef
+from tasks.retry import IO_RETRY
 
-__all__ = ["Runtime", "begin_version", "discard_version", "publish_version", "resolve_runtime"]
+__all__ = [
+    "OverlappingRunError",
+    "Runtime",
+    "begin_version",
+    "discard_version",
+    "exclusive_nightly",
+    "publish_version",
+    "resolve_runtime",
+]
 
 
 _ABANDONED_AFTER_S = 6 * 3600.0
@@ -41,7 +62,29 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
     )
 
 
-@task(name="begin-version")
+class OverlappingRunError(RuntimeError):
+    """Another nightly run holds the store's nightly lock."""
+
+
+@contextmanager
+def exclusive_nightly(root: str, run: str) -> Iterator[None]:
+    """Hold the store's nightly lock for the ``with`` block; if another nightly run holds
+    it, fail at once naming that run (two overlapping rebuilds would double the load and
+    race for CURRENT). The kernel frees the lock of a crashed run."""
+    owner = f"{run} (pid {os.getpid()}, since {utc_now_iso()})"
+    lock = Layout(Path(root)).nightly_lock
+    try:
+        with file_lock(lock, timeout_s=0, owner=owner):
+            yield
+    except TimeoutError as e:
+        if lock.name not in str(e):
+            raise  # raised inside the block, not by the lock
+        raise OverlappingRunError(
+            f"another nightly run is in progress on {root}: {e}; this run did nothing"
+        ) from None
+
+
+@task(name="begin-version", **IO_RETRY)
 def begin_version(root: str) -> StageRef:
     """Open a staging folder for a new version; remember CURRENT as the expected parent."""
     store = VersionStore(Layout(Path(root)))
@@ -61,7 +104,7 @@ def discard_version(stage: StageRef) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-@task(name="publish-version")
+@task(name="publish-version", **IO_RETRY)
 def publish_version(
     stage: StageRef,
     snapshot: SnapshotRef,

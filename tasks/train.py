@@ -11,9 +11,10 @@ from pydantic import BaseModel
 from model.config import TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit
 from model.train import EpochStats, init_model, train
-from storage import Layout, VersionStore, save_model, snapshot_path
+from storage import Layout, VersionFiles, VersionStore, save_model, snapshot_path, write_json
 from tasks.config import DataConfig, EvalConfig
 from tasks.dataio import load_impressions, load_prepared
+from tasks.progress import StepProgress
 from tasks.refs import SnapshotRef, StageRef
 from tasks.runtime import apply_threads
 from tasks.versionio import copy_id_maps, write_serving_tables
@@ -77,6 +78,16 @@ def train_model(
     layout = Layout(Path(stage.root))
     folder = snapshot_path(layout, snapshot.snapshot_id)
     prep = load_prepared(folder, data_cfg)
+    progress = StepProgress(
+        "train-progress",
+        f"Training version {stage.version_id}: {train_cfg.epochs} epoch(s) (early stopping "
+        "may end it sooner)",
+        total=train_cfg.epochs,
+        unit="epochs",
+    )
+
+    def step(epoch: int, done: int, per_epoch: int) -> None:
+        progress.update(epoch - 1 + done / max(per_epoch, 1))
 
     def report(stats: EpochStats) -> None:
         logger.info(
@@ -98,7 +109,16 @@ def train_model(
             raise ValueError("the history feature is trained with loss 'softmax' only")
         n_examples = len(users)
         logger.info("training on %d impressions (loss bce)", n_examples)
-        result = train(model, prep.tables, users, items, train_cfg, labels=labels, on_epoch=report)
+        result = train(
+            model,
+            prep.tables,
+            users,
+            items,
+            train_cfg,
+            labels=labels,
+            on_epoch=report,
+            on_step=step,
+        )
     else:
         n_examples = int(prep.split.train.sum())
         logger.info(
@@ -115,13 +135,15 @@ def train_model(
             validate_metric=eval_cfg.validation_metric,
             validate_users=eval_cfg.validation_users,
             on_epoch=report,
+            on_step=step,
         )
+    progress.update(train_cfg.epochs, force=True)  # early stopping ends before the last epoch
     staging = VersionStore(layout).staging_path(stage.version_id)
     save_model(staging, model.cpu().state_dict(), model.spec.model_dump(mode="json"))
     write_serving_tables(staging, prep.data, prep.vocab, model.history_len)
     copy_id_maps(folder, staging)
     seconds = [e.seconds for e in result.epochs]
-    return TrainSummary(
+    summary = TrainSummary(
         device=result.device,
         n_examples=n_examples,
         n_known_users=model.spec.n_users,
@@ -133,3 +155,6 @@ def train_model(
         best_epoch=result.best_epoch,
         stopped_early=result.stopped_early,
     )
+    # Kept with the version: the report's loss curve (`towerflow report`) reads it.
+    write_json(staging / VersionFiles.TRAINING, summary.model_dump(mode="json"))
+    return summary

@@ -141,3 +141,32 @@ def test_evaluate_rejects_a_bad_protocol(tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "--protocol", "sideways", "--root", str(tmp_path)])
     assert result.exit_code == 2
     assert "protocol" in result.output
+
+
+def test_report_writes_one_self_contained_html_file(published: Published, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "report.html"
+    result = runner.invoke(
+        app, ["report", published.version_id, "--root", str(published.root), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out.resolve())
+    html = out.read_text()
+    assert f"Nightly run: published <code>{published.version_id}</code>" in html
+    for heading in ("Training", "Quality", "Cold start", "Index", "History"):
+        assert f"<h2>{heading}</h2>" in html, heading
+    assert html.count('<img src="data:image/png;base64,') == 3
+    assert "<link" not in html and "<script" not in html  # nothing to fetch
+
+
+def test_report_defaults_to_current_under_the_store(published: Published) -> None:
+    result = runner.invoke(app, ["report", "--root", str(published.root)])
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip().splitlines()[-1])
+    current = VersionStore(Layout(published.root)).current()
+    assert path == Layout(published.root).reports_dir / f"{current}.html" and path.is_file()
+
+
+def test_report_of_an_unknown_version_is_a_clear_error(published: Published) -> None:
+    result = runner.invoke(app, ["report", "v-nope", "--root", str(published.root)])
+    assert result.exit_code == 1
+    assert "cannot read the report of v-nope" in result.output

@@ -17,6 +17,7 @@ import yaml
 
 from towerflow.cli_ablation import evaluate_command
 from towerflow.cli_import import import_command
+from towerflow.cli_report import report_command
 
 if TYPE_CHECKING:
     from storage import VersionInfo, VersionStore
@@ -174,11 +175,18 @@ def run(
 
     import time
 
+    from prefect import tags
+
     from flows.nightly import nightly
     from storage import VersionFiles, read_json
+    from towerflow.progress import progress_bars
 
     start = time.perf_counter()
-    version_id = nightly(cfg)
+    with (
+        tags("towerflow", "nightly", "cli", f"scale-{cfg.data.scale}"),
+        progress_bars(enabled=not as_json),
+    ):
+        version_id = nightly(cfg)
     seconds = time.perf_counter() - start
     store = _store(Path(cfg.runtime.storage_root) if cfg.runtime.storage_root else root)
     metrics = read_json(store.open_version(version_id).file(VersionFiles.METRICS))
@@ -453,6 +461,7 @@ def bench(
 app.command("import")(import_command)
 # `towerflow evaluate [--ablation]`: train variants on a snapshot, one table with baselines.
 app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 # New items between nightly runs (towerflow/cli_items.py): send item events, serve the flows.
 from towerflow.cli_items import (  # noqa: E402

@@ -8,13 +8,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.nightly import nightly
-from storage import Layout, VersionFiles, VersionStore, read_table
+from storage import Layout, VersionFiles, VersionStore, read_json, read_table
 from storage.schemas import VERSION_ITEMS
 from tasks.config import IndexConfig, NightlyConfig
 from tasks.evaluate import QualityGateError
 from tasks.index import IndexRecallError
 from tasks.versionio import read_embeddings
 from tests.conftest import Published
+from tests.flows.test_nightly_reports import artifacts
 
 pytestmark = pytest.mark.prefect
 
@@ -57,18 +58,18 @@ def test_run_reports_cold_start_recall_of_held_back_items(published: Published) 
     assert rankers["model"]["recall@10"] > 1.5 * rankers["random"]["recall@10"]
 
 
-def test_run_posts_summary_and_metrics_artifacts(published: Published) -> None:
+def test_run_posts_report_and_metrics_artifacts(published: Published) -> None:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["nightly-summary", "nightly-metrics"])
+                key=ArtifactFilterKey(any_=["nightly-report", "nightly-metrics"])
             )
         )
     # Keyed artifacts keep one version per run; other tests run the flow too.
-    assert {a.key for a in found} == {"nightly-summary", "nightly-metrics"}
-    summaries = [str(a.data) for a in found if a.key == "nightly-summary"]
-    (summary,) = [s for s in summaries if published.version_id in s]
-    assert "| model |" in summary and "| popularity |" in summary
+    assert {a.key for a in found} == {"nightly-report", "nightly-metrics"}
+    reports = [str(a.data) for a in found if a.key == "nightly-report"]
+    (report,) = [s for s in reports if f"published `{published.version_id}`" in s]
+    assert "| model |" in report and "| popularity |" in report
 
 
 def test_failed_quality_gate_leaves_current_unchanged(published: Published) -> None:
@@ -81,6 +82,10 @@ def test_failed_quality_gate_leaves_current_unchanged(published: Published) -> N
     staged_after = sorted(p.name for p in Layout(published.root).staging_versions_dir.iterdir())
     assert staged_after == staged_before  # the rejected version's staging folder is gone
     assert [v.version_id for v in store.list_versions()] == [before]
+    # The run's report says why nothing was published and what keeps serving.
+    failures = [str(a.data) for a in artifacts("nightly-report") if "NOT published" in str(a.data)]
+    md = next(f for f in failures if "QualityGateError: quality gate failed" in f)
+    assert f"CURRENT is unchanged: `{before}` keeps serving." in md
 
 
 def test_index_below_its_recall_target_is_not_published(published: Published) -> None:
@@ -120,3 +125,9 @@ def test_second_run_reuses_the_snapshot_and_chains_lineage(
     ids2, vecs2 = read_embeddings(store.open_version(second).path)
     np.testing.assert_array_equal(ids1, ids2)
     np.testing.assert_allclose(vecs1, vecs2, atol=1e-5)
+    # The second version's report compares with the first and extends its metric history.
+    history = read_json(store.open_version(second).file(VersionFiles.METRICS_HISTORY))
+    assert [h["version_id"] for h in history] == [first, second]
+    (md,) = [str(a.data) for a in artifacts("nightly-report") if f"`{second}`" in str(a.data)]
+    assert f"Change vs the previous published version `{first}`" in md
+    assert "| model metric | previous | this run | change |" in md
