@@ -82,6 +82,12 @@ def _finished_runs(server: LiveServer, event_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def _report(server: LiveServer, run: dict[str, Any]) -> str:
+    """The `items-report` markdown of one flow run."""
+    (artifact,) = [a for a in server.artifacts("items-report") if a["flow_run_id"] == run["id"]]
+    return str(artifact["data"])
+
+
 def _pick_user_and_item(root: Path) -> tuple[int, dict[str, Any]]:
     """A user whose most frequent category is c, and a typical new item of category c
     (mean content of c's items) that the served model puts in that user's top 10."""
@@ -139,9 +145,15 @@ def test_event_makes_a_new_item_recommended_and_a_redelivery_changes_nothing(
     _emit(server, "towerflow.items.created", {"event_id": event_id, "items": [new_item]})
     wait_for(f"the redelivered event {event_id}'s second run", lambda: len(
         _finished_runs(server, event_id)) >= 2, 90)  # fmt: skip
-    assert {r["state_type"] for r in _finished_runs(server, event_id)} == {"COMPLETED"}
+    runs = _finished_runs(server, event_id)
+    assert {r["state_type"] for r in runs} == {"COMPLETED"}
     assert VersionStore(Layout(root)).current() == version
     assert _held(root).count(new_item["item_id"]) == 1
+    # Each run is named after its event and reports what it did in `items-report`.
+    assert {r["name"] for r in runs} == {f"new-items-create-{event_id}"}
+    reports = [_report(server, r) for r in runs]
+    assert sum("| inserted (new items) | 1 |" in md for md in reports) == 1
+    assert sum("**Duplicate**" in md for md in reports) == 1
 
 
 def test_malformed_payload_is_rejected_with_reasons_and_the_index_is_unchanged(
@@ -167,6 +179,9 @@ def test_malformed_payload_is_rejected_with_reasons_and_the_index_is_unchanged(
     assert "missing field(s): content" in reasons[1]
     assert "item_id must be an integer" in reasons[2]
     assert store.current() == version and _held(root) == held
+    md = _report(server, run)
+    assert "| rejected | 3 |" in md and "| inserted (new items) | 0 |" in md
+    assert "missing field(s): content" in md
 
     # A payload that names neither items nor a file: the run fails, saying why.
     _emit(server, "towerflow.items.created", {"event_id": "empty-payload"})
