@@ -26,6 +26,15 @@ def test_nightly_deployment_is_scheduled_with_an_explicit_timezone() -> None:
     assert nightly["work_pool"]["name"]
 
 
+def test_nightly_runs_never_overlap() -> None:
+    from towerflow.serving import deployments_from_yaml
+
+    (nightly,) = [d for d in _deployments() if d["name"] == "nightly"]
+    assert nightly["concurrency_limit"] == 1
+    (served,) = deployments_from_yaml(ROOT / "prefect.yaml", ["nightly"])
+    assert served.concurrency_limit == 1 and set(served.tags) >= {"towerflow", "nightly"}
+
+
 def test_pull_step_sets_the_working_directory() -> None:
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     steps = [next(iter(step)) for step in spec["pull"]]
