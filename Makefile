@@ -10,7 +10,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens
+.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens \
+	browser ui
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,24 @@ run: install
 	$(BIN)/towerflow run
 	$(BIN)/towerflow recommend --user-id 1 --k 10
 
-test: install
+# Debian's Chromium, which the Prefect UI browser test (tests/ui) drives through Playwright
+# (never `playwright install`: no browser downloads here). About 25 s the first time, as root
+# with no prompt (CI has no stdin). Without root or apt it only warns: the test then skips,
+# except under CI, where this fails instead.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the UI test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium >/dev/null && test -x $(CHROMIUM); \
+	else \
+		echo "warning: $(CHROMIUM) is missing and apt-get cannot run here (not root?): install" \
+			"Debian's chromium (the UI test skips without it; under CI it fails)" >&2; \
+		test -z "$$CI"; \
+	fi
+
+test: install browser
 	$(BIN)/pytest -m "not slow"
 
 test-slow: install
@@ -37,6 +55,12 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The Prefect UI (http://127.0.0.1:4200, UI_ARGS="--port N" for another port) with the
+# deployments of prefect.yaml served against it; Ctrl-C stops both. Reuses a Prefect server
+# already answering on that port.
+ui: install
+	$(BIN)/towerflow serve --ui $(UI_ARGS)
 
 # Every figure of bench/suite.py side by side with the bare library, at the default scale;
 # JSON + markdown under bench/results/ (git-ignored). `python -m` puts the repository root on

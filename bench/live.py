@@ -1,11 +1,11 @@
-"""A real Prefect server on 127.0.0.1 and `towerflow serve` as subprocesses, with private
-state (PREFECT_HOME in a temp dir), for the end-to-end items tests and the freshness
-benchmark. Every process is started in its own session and its group killed on exit."""
+"""A real Prefect server on 127.0.0.1 and `towerflow serve` (or `towerflow serve --ui`, which
+starts its own server) as subprocesses, with private state (PREFECT_HOME in a temp dir), for
+the end-to-end items and UI tests and the freshness benchmark. Every process is started in
+its own session and its group killed on exit."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +17,17 @@ from typing import Any
 
 import httpx
 
-__all__ = ["LiveServer", "live_prefect", "prefect_env", "served", "wait_for"]
+from towerflow.serving import local_prefect_server, stop_process_group
+
+__all__ = [
+    "LiveServer",
+    "free_port",
+    "live_prefect",
+    "prefect_env",
+    "served",
+    "served_ui",
+    "wait_for",
+]
 
 BIN = Path(sys.executable).parent
 
@@ -62,21 +72,6 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def _stop(proc: subprocess.Popen[Any], timeout_s: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)  # the group we started: the process and its children
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 class LiveServer:
     """A running `prefect server start`: its API URL and a small REST client."""
 
@@ -84,6 +79,11 @@ class LiveServer:
         self.api_url = api_url
         self.home = home
         self.env = prefect_env(home, api_url)
+
+    @property
+    def ui_url(self) -> str:
+        """Where the server's UI is (its API URL without `/api`)."""
+        return self.api_url.removesuffix("/api")
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         response = httpx.post(f"{self.api_url}{path}", json=body, timeout=10)
@@ -103,28 +103,12 @@ class LiveServer:
 
 @contextmanager
 def live_prefect(home: Path, log: Path) -> Iterator[LiveServer]:
-    """`prefect server start` on a free loopback port; yields once /api/health answers."""
-    home.mkdir(parents=True, exist_ok=True)
+    """`prefect server start` (API and UI) on a free loopback port; yields once /api/health
+    answers."""
     port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=prefect_env(home, None),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for(
-            f"the Prefect server (log {log})",
-            lambda: httpx.get(f"{api_url}/health", timeout=2).status_code == 200,
-            120,
-            proc,
-        )
-        yield LiveServer(api_url, home)
-    finally:
-        _stop(proc)
+    # Never reuse: a server that happens to answer there has someone else's state.
+    with local_prefect_server(port, log, env=prefect_env(home, None), reuse=False) as server:
+        yield LiveServer(server.api_url, home)
 
 
 @contextmanager
@@ -149,4 +133,32 @@ def served(server: LiveServer, root: Path, log: Path) -> Iterator[subprocess.Pop
         time.sleep(1.0)  # the runner's first poll
         yield proc
     finally:
-        _stop(proc)
+        stop_process_group(proc)
+
+
+@contextmanager
+def served_ui(
+    home: Path, root: Path, log: Path
+) -> Iterator[tuple[LiveServer, subprocess.Popen[bytes]]]:
+    """`towerflow serve --ui` on a free loopback port (it starts its own Prefect server);
+    yields the server and the serve process once the deployments are registered."""
+    port = free_port()
+    server = LiveServer(f"http://127.0.0.1:{port}/api", home)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "towerflow"), "serve", "--ui", "--port", str(port), "--root", str(root)],
+            env=prefect_env(home, None),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def ready() -> bool:
+            names = {d["name"] for d in server.post("/deployments/filter", {})}
+            return {"nightly", "new-items"} <= names
+
+        wait_for(f"`towerflow serve --ui` to serve its deployments (log {log})", ready, 150, proc)
+        yield server, proc
+    finally:
+        stop_process_group(proc)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -213,6 +215,34 @@ def _default_prefect_yaml() -> Path:
     return here if here.is_file() else Path(__file__).resolve().parents[1] / "prefect.yaml"
 
 
+UiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ui",
+        help="Start a local Prefect server with its UI on 127.0.0.1:--port (or reuse the "
+        "one answering there) and serve against it; Ctrl-C stops both.",
+    ),
+]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the --ui server.")]
+
+
+def _server_log() -> Path:
+    """Where `serve --ui` keeps the server's output: beside its database."""
+    home = os.environ.get("PREFECT_HOME") or "~/.prefect"
+    return Path(home).expanduser() / "towerflow-ui-server.log"
+
+
+def _exit_on_sigterm(stack: ExitStack) -> None:
+    """Turn SIGTERM into SystemExit until Prefect's runner installs its own (graceful)
+    handler: Python's default would kill us without stopping the server we started. The
+    previous handler is back when `stack` closes."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, handler))
+
+
 def serve_command(
     root: RootOpt = None,
     prefect_yaml: Annotated[
@@ -230,32 +260,54 @@ def serve_command(
     poll_interval: Annotated[
         float, typer.Option(min=0.05, help="Seconds between polls for runs to start.")
     ] = 0.25,
+    ui: UiOpt = False,
+    port: PortOpt = 4200,
 ) -> None:
     """Serve the deployments of prefect.yaml (nightly on its cron, new-items on its event
     triggers) against the server at PREFECT_API_URL, with no work pool or worker.
 
     Each flow run is a child process; an event's run starts within about
     `--poll-interval` of the trigger firing (Prefect's default poll is 10 s).
+
+    With --ui, the server is a local `prefect server start` that stops with this command.
     """
     from towerflow.cli import _PREFECT_DEFAULTS, _setup_logging
-    from towerflow.serving import check_server, deployments_from_yaml
+    from towerflow.serving import check_server, deployments_from_yaml, local_prefect_server
 
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # Our own log lines outside flow runs (the server starting, stopping) stay local,
+    # instead of a warning each that Prefect's API log handler cannot send them.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Flow runs are subprocesses of this process: they find the store through the env.
     os.environ["TOWERFLOW_ROOT"] = str(_root(root))
     _setup_logging(verbose=True)
-    try:
-        check_server(os.environ.get("PREFECT_API_URL"))
-        spec_path = prefect_yaml or _default_prefect_yaml()
-        deployments = deployments_from_yaml(spec_path, only)
-    except (RuntimeError, ValueError) as e:
-        raise _fail(str(e)) from None
-    from prefect import serve
+    with ExitStack() as stack:
+        if ui:
+            _exit_on_sigterm(stack)
+            try:
+                server = stack.enter_context(local_prefect_server(port, _server_log()))
+            except RuntimeError as e:
+                raise _fail(str(e)) from None
+            previous = os.environ.get("PREFECT_API_URL")
+            if previous and previous.rstrip("/") != server.api_url:
+                typer.echo(f"--ui: PREFECT_API_URL={previous} ignored", err=True)
+            # Before Prefect is imported: its settings are read from the env once.
+            os.environ["PREFECT_API_URL"] = server.api_url
+            started = f"server log {server.log}" if server.log else "a server already running"
+            typer.echo(f"Prefect UI: {server.url} ({started})", err=True)
+        try:
+            check_server(os.environ.get("PREFECT_API_URL"))
+            spec_path = prefect_yaml or _default_prefect_yaml()
+            deployments = deployments_from_yaml(spec_path, only)
+        except (RuntimeError, ValueError) as e:
+            raise _fail(str(e)) from None
+        from prefect import serve
 
-    # Not a logger: outside a flow run Prefect's API log handler warns about every record.
-    typer.echo(
-        f"serving {[d.name for d in deployments]} from store {os.environ['TOWERFLOW_ROOT']}",
-        err=True,
-    )
-    serve(*deployments, query_seconds=poll_interval)
+        # Not a logger: outside a flow run Prefect's API log handler warns about every record.
+        typer.echo(
+            f"serving {[d.name for d in deployments]} from store {os.environ['TOWERFLOW_ROOT']}",
+            err=True,
+        )
+        # Returns on Ctrl-C or SIGTERM (the runner's handler), then the server stops.
+        serve(*deployments, query_seconds=poll_interval)
