@@ -28,7 +28,7 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 def artifacts(*keys: str) -> list[Artifact]:
     with get_client(sync_client=True) as client:
         return list(
-            client.readartifacts(
+            client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys)))
             )
         )
