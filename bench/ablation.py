@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tasks.config import NightlyConfig
 from tasks.data import ensure_snapshot
 from tasks.dataio import load_prepared
 from tasks.evaluate import rank_all, reference_scorers
+from tasks.progress import StepProgress
 from tasks.runtime import apply_threads
 from tasks.train import impression_examples
 
@@ -115,6 +117,15 @@ def _pointwise(prep: Prepared, folder: Path, seed: int) -> Pointwise:
     return sampled_pointwise(prep, _POINTWISE_NEGATIVES, seed)
 
 
+def _epoch_fraction(progress: StepProgress) -> Callable[[int, int, int], None]:
+    """``on_step`` callback reporting epochs done (fractional) to ``progress``."""
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        progress.update(epoch - 1 + step / max(steps, 1))
+
+    return on_step
+
+
 def run_ablation(
     cfg: NightlyConfig, variants: list[Variant], root: str, threads: int | None = None
 ) -> AblationResult:
@@ -130,6 +141,10 @@ def run_ablation(
         train: TrainConfig = cfg.train.model_copy(update=variant.train)
         pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
         log.info("training variant %r", variant.name)
+        # A bar per variant in `towerflow evaluate` (towerflow.progress), a log line elsewhere.
+        progress = StepProgress(
+            f"{variant.name}-progress", variant.name, total=train.epochs, unit="epochs"
+        )
         start = time.perf_counter()
         model, result = fit(
             prep,
@@ -138,7 +153,9 @@ def run_ablation(
             validate_metric=cfg.evaluation.validation_metric,
             validate_users=cfg.evaluation.validation_users,
             pointwise=pointwise,
+            on_step=_epoch_fraction(progress),
         )
+        progress.update(train.epochs, force=True)
         seconds = time.perf_counter() - start
         best = result.best_epoch
         runs.append(

@@ -59,6 +59,7 @@ def evaluate_command(
     from bench.ablation import Variant, ladder, render_table, run_ablation
     from storage import StorageSettings
     from towerflow.cli import load_config
+    from towerflow.progress import progress_bars
 
     overrides = {
         "data.scale": scale,
@@ -77,7 +78,8 @@ def evaluate_command(
         or root
         or StorageSettings().root
     )
-    result = run_ablation(cfg, variants, store_root, threads or cfg.runtime.threads)
+    with progress_bars(enabled=not as_json):
+        result = run_ablation(cfg, variants, store_root, threads or cfg.runtime.threads)
     table = render_table(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
