@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -15,17 +15,32 @@ __all__ = ["embed_items", "embed_users"]
 
 
 def _batched(
-    model: TwoTower, n: int, batch_size: int, forward: Callable[[slice, torch.device], Tensor]
+    model: TwoTower,
+    inputs: Sequence[Tensor],
+    batch_size: int,
+    forward: Callable[..., Tensor],
 ) -> npt.NDArray[np.float32]:
-    """Run ``forward(rows, device)`` over row slices of ``batch_size``; (n, D) float32."""
+    """Run ``forward`` over row slices of ``batch_size`` of the CPU ``inputs`` (equal
+    lengths n), each moved to the model's device; returns (n, D) float32.
+
+    The loop is a plain inference loop: the inputs are wrapped once and sliced as
+    tensors, and each batch is copied (``Tensor.copy_``) into one torch buffer that is
+    returned as a numpy view. The earlier np.empty buffer filled by numpy copies was ~10%
+    slower at 1M items and erratic: numpy asks for transparent huge pages for large
+    arrays, and first-touching 256 MB of them took 0.45-1.3 s here.
+    """
     device = next(model.parameters()).device
-    out = np.empty((n, model.spec.tower.embedding_dim), np.float32)
+    n = len(inputs[0])
     model.eval()
     with torch.inference_mode():
+        out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
         for lo in range(0, n, batch_size):
-            rows = slice(lo, lo + batch_size)
-            out[rows] = forward(rows, device).cpu().numpy()
-    return out
+            hi = lo + batch_size
+            batch = [t[lo:hi] for t in inputs]
+            if device.type != "cpu":
+                batch = [t.to(device) for t in batch]  # one batch on the device at a time
+            out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
+    return out.numpy()
 
 
 def embed_items(
@@ -39,16 +54,13 @@ def embed_items(
 
     Returns (I, D) float32, L2-normalised, in input order. Runs on the model's device.
     """
-    return _batched(
-        model,
-        len(id_rows),
-        batch_size,
-        lambda rows, device: model.forward_item(
-            torch.as_tensor(id_rows[rows], dtype=torch.int64, device=device),
-            torch.as_tensor(category_rows[rows], dtype=torch.int64, device=device),
-            torch.as_tensor(content[rows], dtype=torch.float32, device=device),
-        ),
-    )
+    # as_tensor shares the arrays' memory when they already have these dtypes.
+    inputs = [
+        torch.as_tensor(id_rows, dtype=torch.int64),
+        torch.as_tensor(category_rows, dtype=torch.int64),
+        torch.as_tensor(content, dtype=torch.float32),
+    ]
+    return _batched(model, inputs, batch_size, model.forward_item)
 
 
 def embed_users(
@@ -63,15 +75,10 @@ def embed_users(
 
     Returns (U, D) float32 in input order.
     """
-    return _batched(
-        model,
-        len(id_rows),
-        batch_size,
-        lambda rows, device: model.forward_user(
-            torch.as_tensor(id_rows[rows], dtype=torch.int64, device=device),
-            torch.as_tensor(profile[rows], dtype=torch.float32, device=device),
-            None
-            if history is None
-            else torch.as_tensor(history[rows], dtype=torch.int64, device=device),
-        ),
-    )
+    inputs = [
+        torch.as_tensor(id_rows, dtype=torch.int64),
+        torch.as_tensor(profile, dtype=torch.float32),
+    ]
+    if history is not None:
+        inputs.append(torch.as_tensor(history, dtype=torch.int64))
+    return _batched(model, inputs, batch_size, model.forward_user)
