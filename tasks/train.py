@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from model.config import TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit
-from model.train import EpochStats, init_model, train
+from model.train import EpochStats
 from storage import Layout, VersionFiles, VersionStore, save_model, snapshot_path, write_json
 from tasks.config import DataConfig, EvalConfig
 from tasks.dataio import load_impressions, load_prepared
@@ -100,25 +100,13 @@ def train_model(
             "" if stats.val_metric is None else f", validation {stats.val_metric:.4f}",
         )
 
+    pointwise = None
     if train_cfg.loss == "bce":
-        spec = prep.vocab.tower_spec(prep.data, tower_cfg)
-        model = init_model(spec, train_cfg.seed)
-        model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
-        users, items, labels = impression_examples(folder, prep)
         if tower_cfg.history_len > 0:
             raise ValueError("the history feature is trained with loss 'softmax' only")
-        n_examples = len(users)
+        pointwise = impression_examples(folder, prep)
+        n_examples = len(pointwise[0])
         logger.info("training on %d impressions (loss bce)", n_examples)
-        result = train(
-            model,
-            prep.tables,
-            users,
-            items,
-            train_cfg,
-            labels=labels,
-            on_epoch=report,
-            on_step=step,
-        )
     else:
         n_examples = int(prep.split.train.sum())
         logger.info(
@@ -128,15 +116,16 @@ def train_model(
             prep.vocab.n_items,
             tower_cfg.history_len,
         )
-        model, result = fit(
-            prep,
-            tower_cfg,
-            train_cfg,
-            validate_metric=eval_cfg.validation_metric,
-            validate_users=eval_cfg.validation_users,
-            on_epoch=report,
-            on_step=step,
-        )
+    model, result = fit(
+        prep,
+        tower_cfg,
+        train_cfg,
+        validate_metric=eval_cfg.validation_metric,
+        validate_users=eval_cfg.validation_users,
+        on_epoch=report,
+        pointwise=pointwise,
+        on_step=step,
+    )
     progress.update(train_cfg.epochs, force=True)  # early stopping ends before the last epoch
     staging = VersionStore(layout).staging_path(stage.version_id)
     save_model(staging, model.cpu().state_dict(), model.spec.model_dump(mode="json"))
