@@ -17,6 +17,7 @@ import yaml
 
 from towerflow.cli_ablation import evaluate_command
 from towerflow.cli_import import import_command
+from towerflow.cli_options import JsonOpt, RootOpt
 from towerflow.cli_report import report_command
 
 if TYPE_CHECKING:
@@ -33,15 +34,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--root",
-        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 # Prefect defaults that matter offline and on small machines (see README): no telemetry,
 # and room for the temporary server's cold start. The environment still wins.

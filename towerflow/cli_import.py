@@ -14,22 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
+from towerflow.cli_options import JsonOpt, RootOpt
+
 if TYPE_CHECKING:
     from tasks.import_config import ImportConfig
     from tasks.importing import ImportResult
 
 __all__ = ["build_config", "import_command"]
-
-# Defined here rather than imported from towerflow.cli, which imports this module.
-_RootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--root",
-        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
-        show_default=False,
-    ),
-]
-_JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
 def _opt(help: str, default: str | None = None, metavar: str | None = None) -> Any:
@@ -247,8 +238,8 @@ def import_command(
         ),
     ] = None,
     name: Annotated[str | None, _opt("Snapshot id prefix.", "import")] = None,
-    root: _RootOpt = None,
-    as_json: _JsonOpt = False,
+    root: RootOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Import an interaction log (and attribute tables) as an immutable data snapshot."""
     options = dict(locals())

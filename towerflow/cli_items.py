@@ -22,6 +22,8 @@ from typing import Annotated, Any, Final, Literal
 
 import typer
 
+from towerflow.cli_options import RootOpt
+
 __all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
 
 _EVENTS: Final = {"create": "towerflow.items.created", "retire": "towerflow.items.retired"}
@@ -29,14 +31,6 @@ _RESOURCE: Final = {"prefect.resource.id": "towerflow.items.cli"}
 # Under Prefect's 1.5 MB event limit with room for the envelope.
 _MAX_INLINE_BYTES: Final = 1_000_000
 
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--root",
-        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
-        show_default=False,
-    ),
-]
 NowOpt = Annotated[
     bool, typer.Option("--now", help="Run the new-items flow in-process instead of sending.")
 ]

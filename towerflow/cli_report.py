@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from towerflow.cli_options import RootOpt
+
 __all__ = ["report_command"]
 
 
@@ -28,14 +30,7 @@ def report_command(
             show_default=False,
         ),
     ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            "--root",
-            help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
-            show_default=False,
-        ),
-    ] = None,
+    root: RootOpt = None,
 ) -> None:
     """Write a version's run report as one HTML file and print its path."""
     from storage import Layout, StorageSettings, VersionStore, atomic_write_bytes
