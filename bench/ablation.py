@@ -52,21 +52,25 @@ class Variant:
 
 def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) -> list[Variant]:
     """The standard ladder, each rung adding one ingredient to the one before:
-    pointwise BCE (as in the seed) -> in-batch softmax -> + logQ correction -> + mixed
-    (uniform) negatives -> + behaviour history [-> + hard negatives when ``hard`` > 0]."""
+    pointwise BCE (as in the seed) -> in-batch softmax -> + logQ correction -> + item bias
+    (the learned per-item offset slot) -> + mixed (uniform) negatives -> + behaviour
+    history [-> + hard negatives when ``hard`` > 0]."""
+    plain = {"item_bias": False}
     mixed = {"uniform_negatives": uniform_negatives}
+    history = {"history_len": history_len}
     rungs = [
-        Variant("bce pointwise", train={"loss": "bce"}),
-        Variant("in-batch softmax", train={"logq_correction": False}),
-        Variant("+ logQ", train={"logq_correction": True}),
-        Variant("+ mixed negatives", train=mixed),
-        Variant("+ history", tower={"history_len": history_len}, train=mixed),
+        Variant("bce pointwise", tower=plain, train={"loss": "bce"}),
+        Variant("in-batch softmax", tower=plain, train={"logq_correction": False}),
+        Variant("+ logQ", tower=plain, train={"logq_correction": True}),
+        Variant("+ item bias", tower={"item_bias": True}, train={"logq_correction": True}),
+        Variant("+ mixed negatives", tower={"item_bias": True}, train=mixed),
+        Variant("+ history", tower={"item_bias": True, **history}, train=mixed),
     ]
     if hard > 0:
         rungs.append(
             Variant(
                 "+ hard negatives",
-                tower={"history_len": history_len},
+                tower={"item_bias": True, **history},
                 train={**mixed, "hard_negatives": hard},
             )
         )

@@ -22,7 +22,12 @@ class TowerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    embedding_dim: int = Field(64, ge=2, description="Output vector size of both towers.")
+    embedding_dim: int = Field(
+        64,
+        ge=3,
+        description="Output vector size of both towers (with item_bias: embedding_dim - 1 "
+        "unit-vector dims plus the bias slot).",
+    )
     id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
     category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
     hidden: tuple[int, ...] = Field((128,), description="Hidden layer widths of each tower's MLP.")
@@ -31,6 +36,13 @@ class TowerConfig(BaseModel):
         ge=0,
         description="Standard deviation of the initial ID embeddings (0 = zeros: an ID with "
         "few interactions then stays close to its features instead of random noise).",
+    )
+    item_bias: bool = Field(
+        True,
+        description="Learned per-item score offset (popularity) in the last vector slot: "
+        "item [unit vector, b], user [unit vector, 1], so the index's inner product is "
+        "cosine + b and popularity need not be squeezed into the cosine. Models saved "
+        "before the field existed load with it off.",
     )
     history_len: int = Field(
         0,

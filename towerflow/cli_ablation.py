@@ -24,8 +24,8 @@ def evaluate_command(
         bool,
         typer.Option(
             "--ablation",
-            help="Train the ladder: bce pointwise, in-batch softmax, + logQ, + mixed "
-            "negatives, + history (and + hard negatives with --hard).",
+            help="Train the ladder: bce pointwise, in-batch softmax, + logQ, + item bias, "
+            "+ mixed negatives, + history (and + hard negatives with --hard).",
         ),
     ] = False,
     config: Annotated[

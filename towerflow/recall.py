@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
-# Bounds of a user vector's squared norm: |v| within 1 -+ 1e-3 of a unit vector.
+# Bounds of a user vector's squared norm, relative to the model's (1, or 2 with the
+# item-bias slot): |v| within 1 -+ 1e-3 of what the tower emits.
 _UNIT_SQ_LOW: Final = (1.0 - 1e-3) ** 2
 _UNIT_SQ_HIGH: Final = (1.0 + 1e-3) ** 2
 
@@ -344,9 +345,10 @@ class Recaller:
         with torch.inference_mode():
             vec = self.model.forward_user(id_row, prof, history).numpy()
         # Huge profile values overflow inside the tower: the "unit" vector comes out NaN or
-        # zero, which would rank items by noise. |v|^2 within (1 -+ 1e-3)^2 is |v| within
-        # 1 -+ 1e-3; vdot on the (1, D) row is ~1 us cheaper than np.linalg.norm.
-        if not _UNIT_SQ_LOW < float(np.vdot(vec, vec)) < _UNIT_SQ_HIGH:
+        # zero, which would rank items by noise. |v|^2 within (1 -+ 1e-3)^2 of the model's
+        # squared norm; vdot on the (1, D) row is ~1 us cheaper than np.linalg.norm.
+        norm_sq = float(np.vdot(vec, vec)) / self.model.user_norm_sq
+        if not _UNIT_SQ_LOW < norm_sq < _UNIT_SQ_HIGH:
             raise InvalidRequestError("profile values are out of range: no usable user vector")
         seen = (
             self.history.items_of(int(user_id))
