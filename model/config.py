@@ -81,7 +81,9 @@ class TrainConfig(BaseModel):
         1e-2, gt=0, description="SparseAdam learning rate of the ID embedding tables."
     )
     temperature: float = Field(
-        0.15, gt=0, description="Softmax temperature on cosine scores (lower = sharper)."
+        0.15,
+        gt=0,
+        description="Softmax temperature dividing the inner-product scores (lower = sharper).",
     )
     logq_correction: bool = Field(
         True, description="Subtract log sampling probability of in-batch negatives."

@@ -52,7 +52,8 @@ def embed_items(
 ) -> npt.NDArray[np.float32]:
     """Item vectors for (I,) ID rows (0 = unknown), (I,) category rows, (I, C) content.
 
-    Returns (I, D) float32, L2-normalised, in input order. Runs on the model's device.
+    Returns (I, D) float32 in input order: L2-normalised, or with the item-bias slot unit
+    in the first D - 1 dims and the offset in the last. Runs on the model's device.
     """
     # as_tensor shares the arrays' memory when they already have these dtypes.
     inputs = [

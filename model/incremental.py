@@ -66,7 +66,7 @@ def edit_index(
         held: (H,) sorted IDs the index holds.
         tombstones: (T,) sorted IDs among `held` that are retired (filtered at search).
         upsert_ids: (n,) unique IDs to insert or replace; (n, D) `upsert_vectors`,
-            L2-normalised float32.
+            float32 item-tower outputs.
         retire_ids: (m,) IDs to take out of results; IDs not held are ignored.
 
     Returns the counts and the new tombstone list (always empty for indexes that remove).

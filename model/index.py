@@ -92,7 +92,8 @@ def build_index(
     """Build an inner-product index holding `embeddings` under their real item IDs.
 
     Args:
-        embeddings: `(n, d) float32`, L2-normalised so inner product is cosine; other
+        embeddings: `(n, d) float32` item-tower outputs (searched by inner product:
+            the cosine, plus the item's offset with the bias slot); other
             dtypes / orders are converted. NaN, inf and empty input are rejected.
         ids: `(n,) int64` unique, non-negative item IDs returned by `search`.
         factory: `faiss.index_factory` string, e.g. "Flat", "IVF1024,Flat", "HNSW32".

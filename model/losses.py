@@ -42,11 +42,11 @@ def in_batch_softmax_loss(
     """Mean cross-entropy of each user against every item of the batch.
 
     Args:
-        user_vecs: (B, D) unit user vectors; row b's positive is item b.
-        item_vecs: (B, D) unit item vectors.
+        user_vecs: (B, D) user vectors; row b's positive is item b.
+        item_vecs: (B, D) item vectors.
         item_rows: (B,) int64 item rows; equal rows at other positions are accidental hits
             (the same item as another example's positive) and are masked out, not negatives.
-        temperature: divides the cosine scores.
+        temperature: divides the inner-product scores.
         log_q: (B,) log sampling probability of each in-batch item, or None for no correction.
     Returns:
         Scalar loss.
@@ -93,10 +93,10 @@ def mixed_softmax_loss(
     """Sampled softmax over in-batch, shared extra (uniform) and per-example hard negatives.
 
     Args:
-        user_vecs: (B, D) unit user vectors; row b's positive is item b.
-        item_vecs: (B, D) unit vectors of the batch's positives (also in-batch negatives).
+        user_vecs: (B, D) user vectors; row b's positive is item b.
+        item_vecs: (B, D) vectors of the batch's positives (also in-batch negatives).
         item_rows: (B,) int64 item rows of the positives.
-        temperature: divides the cosine scores.
+        temperature: divides the inner-product scores.
         correction: (B,) value subtracted from each in-batch candidate's logit (logQ), or None.
         extra_vecs, extra_rows, extra_correction: (M, D), (M,), (M,) negatives shared by
             every example (e.g. uniformly sampled items).
@@ -132,9 +132,9 @@ def bce_loss(
     """Pointwise binary cross-entropy on (user, item, click) impressions.
 
     Args:
-        user_vecs, item_vecs: (B, D) unit vectors of each impression's user and item.
+        user_vecs, item_vecs: (B, D) vectors of each impression's user and item.
         labels: (B,) float32 in {0, 1}.
-        temperature: divides the cosine; bias: scalar learnable offset (calibrates the
+        temperature: divides the inner product; bias: scalar learnable offset (calibrates the
             click rate; it does not change the ranking).
     """
     logits = (user_vecs * item_vecs).sum(dim=1) / temperature + bias

@@ -128,7 +128,8 @@ def user_vectors(
 
 
 def model_scorer(model: TwoTower, prep: Prepared, history_mask: npt.NDArray[np.bool_]) -> ScoreFn:
-    """Full score rows (b, I) of the model for user positions (cosine, higher = better)."""
+    """Full score rows (b, I) of the model for user positions (inner product, higher =
+    better)."""
     users_t = torch.from_numpy(user_vectors(model, prep, history_mask))
     items_t = torch.from_numpy(item_vectors(model, prep))
     return lambda rows: users_t[torch.from_numpy(rows)] @ items_t.T

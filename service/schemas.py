@@ -74,7 +74,10 @@ class RecallRequest(BaseModel):
 
 class RecommendedItem(BaseModel):
     item_id: int
-    score: float = Field(description="Cosine similarity of user and item vectors.")
+    score: float = Field(
+        description="Inner product of user and item vectors: their cosine, plus the item's "
+        "learned offset when the model has the item-bias slot."
+    )
     category: int
     raw_item_id: str | None = Field(
         None, description="The item's raw ID, for versions of data with non-integer IDs."

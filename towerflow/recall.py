@@ -87,7 +87,7 @@ class VersionRejectedError(Exception):
 @dataclass(frozen=True)
 class Recommendation:
     item_id: int
-    score: float  # cosine similarity (inner product of unit vectors)
+    score: float  # inner product of user and item vectors (cosine + item offset)
     category: int
 
 
@@ -101,7 +101,7 @@ class RecallResult:
 
     version_id: str
     item_ids: npt.NDArray[np.int64]  # (n,) best first
-    scores: npt.NDArray[np.float32]  # (n,) cosine similarity
+    scores: npt.NDArray[np.float32]  # (n,) inner products (cosine + item offset)
     categories: npt.NDArray[np.int32]  # (n,)
     known_user: bool  # False: embedded through the unknown-ID bucket (row 0)
 
