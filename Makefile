@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens \
+.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens ceiling \
 	browser ui
 
 $(STAMP): pyproject.toml
@@ -77,6 +77,11 @@ ablation-movielens: install
 	$(BIN)/python -m bench.movielens_like .towerflow/movielens-like
 	$(BIN)/towerflow evaluate --ablation --config configs/movielens-like.yaml \
 		--out bench/results/ablation-movielens-like.md $(ABLATION_ARGS)
+
+# Information ceilings on the default synthetic world (bench/ceiling.py): the oracle, and
+# models handed the true item (or user) vectors that learn only the other side.
+ceiling: install
+	$(BIN)/python -m bench.ceiling --scale small --out bench/results/ceiling-synthetic-small.md
 
 check: lint
 	$(BIN)/mypy model storage tasks flows towerflow service bench
