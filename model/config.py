@@ -38,11 +38,12 @@ class TowerConfig(BaseModel):
         "few interactions then stays close to its features instead of random noise).",
     )
     item_bias: bool = Field(
-        True,
+        False,
         description="Learned per-item score offset (popularity) in the last vector slot: "
         "item [unit vector, b], user [unit vector, 1], so the index's inner product is "
-        "cosine + b and popularity need not be squeezed into the cosine. Models saved "
-        "before the field existed load with it off.",
+        "cosine + b and popularity need not be squeezed into the cosine. Better recall "
+        "where popularity matters, but an IVF index then needs far more probes (top items "
+        "spread over every cluster): for Flat indexes and small catalogues.",
     )
     history_len: int = Field(
         0,

@@ -9,8 +9,10 @@ last slot carries a learned per-item offset instead (item ``[v, b]``, user ``[u,
 Why the bias: interactions follow taste *and* popularity. Unit vectors bound every score
 to [-1, 1] / temperature, and squeezing a popularity range into that costs cosine
 resolution; a free offset per item holds popularity beside the cosine (measured on the
-default synthetic world: Recall@50 +1.5 points of the oracle's, README "Retrieval
-quality").
+default synthetic world: Recall@50 from 83.2% to 84.8% of the oracle's, README "Real data,
+evaluation protocols and the ablation"). Off by default: popular items then rank high
+from every region of the space, so an IVF index must probe most of its lists to find the
+top items (1M items, IVF4000: Recall@100 0.91 at nprobe 512 vs 0.97 at nprobe 8 without).
 """
 
 from __future__ import annotations
@@ -198,10 +200,7 @@ class TwoTower(nn.Module):
 def load_two_tower(config: dict[str, object], state_dict: dict[str, Tensor]) -> TwoTower:
     """Rebuild a saved model from its JSON config (a ``TowerSpec``) and weights, strictly.
 
-    A config saved before ``item_bias`` existed describes a model without the slot."""
-    tower = config.get("tower")
-    if isinstance(tower, dict) and "item_bias" not in tower:
-        config = {**config, "tower": {**tower, "item_bias": False}}
+    A config saved before ``item_bias`` existed gets the field's default: no slot."""
     model = TwoTower(TowerSpec.model_validate(config))
     model.load_state_dict(state_dict, strict=True)
     return model.eval()

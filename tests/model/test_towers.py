@@ -21,8 +21,8 @@ SPEC = TowerSpec(
     profile_dim=2,
     content_dim=3,
 )
-# The same model without the item-bias slot: every output a unit vector.
-PLAIN = SPEC.model_copy(update={"tower": SPEC.tower.model_copy(update={"item_bias": False})})
+# The same model with the item-bias slot.
+BIASED = SPEC.model_copy(update={"tower": SPEC.tower.model_copy(update={"item_bias": True})})
 
 
 def _user_batch(gen: torch.Generator, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +48,14 @@ def _trained_like_model(seed: int = 3) -> TwoTower:
 
 
 def test_outputs_have_shape_b_by_d_and_unit_norm() -> None:
-    model = init_model(PLAIN, 0).eval()
+    model = init_model(SPEC, 0).eval()
+    assert not SPEC.tower.item_bias  # the default: plain unit vectors
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         users = model.forward_user(*_user_batch(gen, 11))
         items = model.forward_item(*_item_batch(gen, 13))
-    assert users.shape == (11, PLAIN.tower.embedding_dim)
-    assert items.shape == (13, PLAIN.tower.embedding_dim)
+    assert users.shape == (11, SPEC.tower.embedding_dim)
+    assert items.shape == (13, SPEC.tower.embedding_dim)
     assert users.dtype == items.dtype == torch.float32
     torch.testing.assert_close(users.norm(dim=1), torch.ones(11))
     torch.testing.assert_close(items.norm(dim=1), torch.ones(13))
@@ -62,14 +63,14 @@ def test_outputs_have_shape_b_by_d_and_unit_norm() -> None:
 
 
 def test_item_bias_slot_makes_the_inner_product_cosine_plus_item_offset() -> None:
-    model = init_model(SPEC, 0).eval()
+    model = init_model(BIASED, 0).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         # Give the bias output a visible spread (a fresh layer's last output is near 0).
         model.item_tower.mlp[-1].bias[-1] = 0.7
         users = model.forward_user(*_user_batch(gen, 11))
         items = model.forward_item(*_item_batch(gen, 13))
-    d = SPEC.tower.embedding_dim
+    d = BIASED.tower.embedding_dim
     assert users.shape == (11, d) and items.shape == (13, d)
     # User: a unit vector in the first D - 1 dims and exactly 1 in the slot.
     torch.testing.assert_close(users[:, :-1].norm(dim=1), torch.ones(11))
@@ -102,7 +103,7 @@ def test_unknown_row_zero_is_a_real_row_and_tables_hold_n_plus_one_rows() -> Non
         model.forward_item(torch.tensor([SPEC.n_items]), torch.tensor([SPEC.n_categories]), content)
     for vec in (cold_user, new_item):
         assert torch.isfinite(vec).all()
-        torch.testing.assert_close(vec[:, :-1].norm(dim=1), torch.ones(1))
+        torch.testing.assert_close(vec.norm(dim=1), torch.ones(1))
     assert not torch.equal(cold_user, known_user)
     # ... and one past them does not: the tables have exactly n + 1 rows.
     with pytest.raises(IndexError):
@@ -161,8 +162,8 @@ def test_load_two_tower_rebuilds_identical_model_through_json() -> None:
 
 
 def test_config_saved_before_the_bias_slot_loads_as_a_model_without_it() -> None:
-    old = init_model(PLAIN, 4).eval()
-    config = json.loads(json.dumps(PLAIN.model_dump(mode="json")))
+    old = init_model(SPEC, 4).eval()
+    config = json.loads(json.dumps(SPEC.model_dump(mode="json")))
     del config["tower"]["item_bias"]  # what versions written before the field hold
     loaded = load_two_tower(config, old.state_dict())
     assert loaded.spec.tower.item_bias is False
@@ -172,7 +173,7 @@ def test_config_saved_before_the_bias_slot_loads_as_a_model_without_it() -> None
         assert torch.equal(loaded.forward_user(*users), old.forward_user(*users))
     # A bias model's weights do not fit such a config: shapes differ, strict load says so.
     with pytest.raises(RuntimeError, match="size mismatch"):
-        load_two_tower(config, init_model(SPEC, 4).state_dict())
+        load_two_tower(config, init_model(BIASED, 4).state_dict())
 
 
 def test_load_two_tower_is_strict() -> None:

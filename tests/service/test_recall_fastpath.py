@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from model.embed import embed_items
+from model.train import init_model
 from storage import Layout, VersionStore
 from tests.conftest import Published
 from towerflow.filtering import EMPTY_IDS, FilteredSearch, ItemCatalogue, member
-from towerflow.recall import Recaller
+from towerflow.recall import InvalidRequestError, Recaller
 
 pytestmark = pytest.mark.prefect
 
@@ -145,3 +146,37 @@ def test_embed_items_returns_a_writable_array_equal_to_a_plain_forward(
     assert vecs.shape == plain.shape and vecs.dtype == np.float32
     assert vecs.flags.writeable and vecs.flags.c_contiguous
     np.testing.assert_allclose(vecs, plain, rtol=0, atol=1e-6)
+
+
+def test_a_model_with_the_item_bias_slot_serves_cosine_plus_offset(recaller: Recaller) -> None:
+    """User vectors of a bias-slot model have |v|^2 = 2: the overflow guard must accept them
+    (and still reject an overflowing profile), and recall ranks by cosine + item offset."""
+    spec = recaller.model.spec
+    biased_spec = spec.model_copy(
+        update={"tower": spec.tower.model_copy(update={"item_bias": True})}
+    )
+    model = init_model(biased_spec, 5).eval()
+    with torch.no_grad():
+        model.item_tower.mlp[-1].bias[-1] = 0.4  # offsets away from 0 so they matter
+    t = recaller.tables
+    vecs = embed_items(model, t.item_id_row, t.item_category_rows(spec.n_categories), t.content)
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(vecs.shape[1]))
+    index.add_with_ids(vecs, t.item_id)
+    served = dataclasses.replace(recaller, model=model, index=index)
+    assert model.user_norm_sq == 2.0
+    for pos in range(0, len(t.user_id), 41):
+        got = served.recall(int(t.user_id[pos]), k=15, exclude_seen=False)
+        scores, ids = _floor(served, pos, 15)
+        np.testing.assert_array_equal(got.item_ids, ids)
+        np.testing.assert_array_equal(got.scores, scores)
+        # The score is the cosine of the unit parts plus the item's offset.
+        with torch.inference_mode():
+            user = model.forward_user(
+                torch.tensor([int(t.user_id_row[pos])]), torch.from_numpy(t.profile[pos : pos + 1])
+            ).numpy()[0]
+        items = vecs[np.searchsorted(t.item_id, ids)]
+        np.testing.assert_allclose(
+            got.scores, items[:, :-1] @ user[:-1] + items[:, -1], rtol=1e-5, atol=1e-5
+        )
+    with pytest.raises(InvalidRequestError, match="out of range"):
+        served.recall(None, [3e38] * spec.profile_dim, k=5)
