@@ -24,7 +24,7 @@ class TowerConfig(BaseModel):
 
     embedding_dim: int = Field(
         64,
-        ge=3,
+        ge=2,
         description="Output vector size of both towers (with item_bias: embedding_dim - 1 "
         "unit-vector dims plus the bias slot).",
     )
