@@ -28,11 +28,11 @@ from model.metrics import evaluate_ranking
 from model.pipeline import Prepared, ScoreFn, score_block_users
 from model.synthetic import oracle_scores
 from storage import Layout, snapshot_path
-from tasks.config import DataConfig, NightlyConfig
+from core.config import DataConfig, NightlyConfig
 from tasks.data import ensure_snapshot
-from tasks.dataio import Truth, load_prepared, load_truth
+from core.dataio import Truth, load_prepared, load_truth
 from tasks.evaluate import rank_all
-from tasks.runtime import apply_threads
+from core.threads import apply_threads
 
 __all__ = [
     "ITEMS_SPEC",

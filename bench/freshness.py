@@ -49,7 +49,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def _new_item(root: Path, item_id: int, rng: np.random.Generator) -> dict[str, Any]:
     from storage import Layout, VersionStore
-    from tasks.versionio import read_serving_tables
+    from core.versionio import read_serving_tables
 
     tables = read_serving_tables(VersionStore(Layout(root)).open_current(verify=False).path)
     c = int(rng.integers(tables.category.max() + 1))
@@ -101,7 +101,7 @@ def _measure(
 
 def _emitter(server: LiveServer) -> Callable[[str, dict[str, Any]], None]:
     os.environ.update(server.env)  # before Prefect reads its settings
-    from towerflow.cli_items import emit_items_event
+    from cli.items import emit_items_event
 
     def send(event_id: str, item: dict[str, Any]) -> None:
         # A long-lived producer: the events worker keeps its connection open.
@@ -122,8 +122,8 @@ def _in_process(root: Path) -> Callable[[str, dict[str, Any]], None]:
 def _core(root: Path) -> Callable[[str, dict[str, Any]], None]:
     from model.config import TowerSpec
     from storage import CatalogueLog, Layout, VersionFiles, VersionStore, read_json
-    from tasks.catalogue_sync import sync_current
-    from tasks.items_validation import validate_upserts
+    from core.catalogue_sync import sync_current
+    from core.items_validation import validate_upserts
 
     layout = Layout(root)
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = (args.root or work / "store").resolve()
     results: dict[str, Any] = {"events_per_path": args.events, "root": str(root)}
     with live_prefect(work / "prefect-home", work / "server.log") as server:
-        from towerflow.recall import Recaller  # noqa: F401  (warm imports before timing)
+        from core.recall import Recaller  # noqa: F401  (warm imports before timing)
 
         if args.root is None:
             _train(root, server.env)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from towerflow.serving import local_prefect_server, stop_process_group
+from cli.deployments import local_prefect_server, stop_process_group
 
 __all__ = [
     "LiveServer",

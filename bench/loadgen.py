@@ -149,7 +149,7 @@ def run_in_process(
 
     from model.index import configure_threads
     from storage import Layout, VersionStore
-    from towerflow.recall import FilterMode, Recaller
+    from core.recall import FilterMode, Recaller
 
     torch.set_num_threads(threads)
     configure_threads(threads)

@@ -22,8 +22,8 @@ from model.embed import embed_users
 from model.index import search, tune_blas_threshold
 from model.towers import TwoTower
 from storage import Layout, Lineage, VersionFiles, VersionStore, save_index, save_model
-from tasks.versionio import write_embeddings, write_serving_tables
-from towerflow.recall import Recaller
+from core.versionio import write_embeddings, write_serving_tables
+from core.recall import Recaller
 
 __all__ = ["publish_version", "recall_path"]
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Cheap comparisons repeat until each side has about this many seconds of samples.
 _MIN_TOTAL_S = 2.0
-# The pipeline's defaults (tasks.config.DataConfig): the same temporal split.
+# The pipeline's defaults (core.config.DataConfig): the same temporal split.
 _VAL_FRAC, _TEST_FRAC = 0.1, 0.1
 
 

@@ -9,10 +9,10 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from tasks.config import RuntimeConfig
+from core.config import RuntimeConfig
 from tasks.items import publish_catalogue, record_items
 from tasks.items_report import post_items_report
-from tasks.items_validation import ItemsBatch
+from core.items_validation import ItemsBatch
 from tasks.publish import resolve_runtime
 
 __all__ = ["NewItemsResult", "new_items"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.config import NightlyConfig
+from core.config import NightlyConfig
 from tasks.data import prepare_data
 from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate

@@ -31,7 +31,7 @@ from service.schemas import (
 )
 from service.settings import ApiSettings
 from service.state import RecallService
-from towerflow.recall import InvalidRequestError, Recaller, UnknownUserError
+from core.recall import InvalidRequestError, Recaller, UnknownUserError
 
 __all__ = ["create_app"]
 

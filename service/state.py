@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from storage import VersionStore
-from towerflow.recall import Recaller
+from core.recall import Recaller
 
 __all__ = ["RecallService", "Rejection", "ServiceStatus"]
 

@@ -5,7 +5,7 @@ One SQLite file (`Layout.catalogue_db`, WAL, `synchronous=FULL`). Every append i
 `BEGIN IMMEDIATE` transaction that records the event id and the item entries together,
 so after a crash an event is either wholly in the log or absent. An item is
 *acknowledged* once `append_upserts` / `append_retirements` returned: it is then on disk
-and every version published later includes it (see `tasks.catalogue_sync`).
+and every version published later includes it (see `core.catalogue_sync`).
 
 Idempotency: an event id already in the log is a no-op (events are delivered at least
 once), and so is an upsert whose category and content equal the item's latest entry, or a

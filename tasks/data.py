@@ -23,10 +23,10 @@ from storage import (
     snapshot_exists,
     snapshot_path,
 )
-from tasks.config import DataConfig
-from tasks.dataio import write_synthetic
+from core.config import DataConfig
+from core.dataio import write_synthetic
 from tasks.importing import run_import
-from tasks.refs import SnapshotRef
+from core.refs import SnapshotRef
 from tasks.retry import IO_RETRY
 
 __all__ = ["ensure_snapshot", "prepare_data", "snapshot_id_for"]

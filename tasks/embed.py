@@ -11,10 +11,10 @@ from prefect import get_run_logger, task
 from model.embed import embed_items
 from storage import Layout, VersionStore
 from tasks.progress import StepProgress
-from tasks.refs import StageRef
+from core.refs import StageRef
 from tasks.retry import IO_RETRY
-from tasks.runtime import apply_threads
-from tasks.versionio import load_served_model, read_serving_tables, write_embeddings
+from core.threads import apply_threads
+from core.versionio import load_served_model, read_serving_tables, write_embeddings
 
 __all__ = ["embed_catalogue"]
 

@@ -23,12 +23,12 @@ from model.metrics import evaluate_ranking
 from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, user_vectors
 from model.synthetic import oracle_scores
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
-from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import load_prepared, load_truth
+from core.config import DataConfig, EvalConfig
+from core.dataio import load_prepared, load_truth
 from tasks.publish import discard_version
-from tasks.refs import SnapshotRef, StageRef
-from tasks.runtime import apply_threads
-from tasks.versionio import load_served_model, read_embeddings
+from core.refs import SnapshotRef, StageRef
+from core.threads import apply_threads
+from core.versionio import load_served_model, read_embeddings
 
 __all__ = [
     "EvalReport",

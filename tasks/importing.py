@@ -1,9 +1,9 @@
 """Import real interaction logs (plus optional user / item attribute tables) as an immutable
 data snapshot in the synthetic generator's format, so training and evaluation read it with
-``tasks.dataio.load_dataset`` unchanged; adds the stored-ID -> raw-ID maps
+``core.dataio.load_dataset`` unchanged; adds the stored-ID -> raw-ID maps
 (user_ids.parquet, item_ids.parquet) and the import report (in snapshot.json).
 
-Conversion rules live in ``tasks.import_convert``; this module names, writes and commits
+Conversion rules live in ``core.import_convert``; this module names, writes and commits
 the snapshot, and reads the ID maps back.
 """
 
@@ -41,11 +41,11 @@ from storage import (
     write_table,
 )
 from storage.rawlog import RawReadError
-from tasks.dataio import snapshot_tables
-from tasks.import_config import AttributeSource, ImportConfig, InteractionSource
-from tasks.import_convert import ImportedData, build_import
-from tasks.import_report import DataImportError, FileReport, ImportReport, Role
-from tasks.refs import SnapshotRef
+from core.dataio import snapshot_tables
+from core.import_config import AttributeSource, ImportConfig, InteractionSource
+from core.import_convert import ImportedData, build_import
+from core.import_report import DataImportError, FileReport, ImportReport, Role
+from core.refs import SnapshotRef
 from tasks.retry import IO_RETRY
 
 __all__ = [

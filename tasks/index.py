@@ -12,11 +12,11 @@ from prefect import get_run_logger, task
 from model.ann import default_factory, exact_topk, tune_index
 from model.index import build_index, tune_blas_threshold
 from storage import Layout, VersionFiles, VersionStore, save_index
-from tasks.config import IndexConfig
+from core.config import IndexConfig
 from tasks.publish import discard_version
-from tasks.refs import IndexSummary, StageRef
-from tasks.runtime import apply_threads
-from tasks.versionio import (
+from core.refs import IndexSummary, StageRef
+from core.threads import apply_threads
+from core.versionio import (
     embed_served_users,
     load_served_model,
     read_embeddings,

@@ -24,9 +24,9 @@ from storage import (
     read_json,
     read_table,
 )
-from tasks.catalogue_apply import apply_changes, write_catalogue_state
-from tasks.catalogue_sync import require_current, sync_current
-from tasks.items_validation import (
+from core.catalogue_apply import apply_changes, write_catalogue_state
+from core.catalogue_sync import require_current, sync_current
+from core.items_validation import (
     MAX_FILE_ITEMS,
     MAX_INLINE_ITEMS,
     ItemsBatch,
@@ -35,7 +35,7 @@ from tasks.items_validation import (
     validate_retirements,
     validate_upserts,
 )
-from tasks.refs import StageRef
+from core.refs import StageRef
 from tasks.retry import IO_RETRY
 
 __all__ = [

@@ -2,7 +2,7 @@
 run page in the UI, updated in place) and a log record the CLI turns into a progress bar.
 
 The log record carries ``record.towerflow_progress = ProgressEvent(...)``; any process that
-runs a flow in-process (``towerflow run``) can render it (see ``towerflow.progress``).
+runs a flow in-process (``towerflow run``) can render it (see ``cli.progress``).
 Updates are throttled, so a step may call ``update`` as often as it likes.
 """
 
@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 
 __all__ = ["PROGRESS_ATTR", "ProgressEvent", "StepProgress"]
 
-log = logging.getLogger("towerflow.progress")
+log = logging.getLogger("cli.progress")
 
 PROGRESS_ATTR = "towerflow_progress"
 

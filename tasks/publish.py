@@ -22,10 +22,10 @@ from storage import (
     read_json,
 )
 from storage.manifest import utc_now_iso
-from tasks.catalogue_apply import ApplySummary, IndexRecipe
-from tasks.catalogue_sync import catch_up_and_publish
-from tasks.config import RuntimeConfig
-from tasks.refs import IndexSummary, SnapshotRef, StageRef
+from core.catalogue_apply import ApplySummary, IndexRecipe
+from core.catalogue_sync import catch_up_and_publish
+from core.config import RuntimeConfig
+from core.refs import IndexSummary, SnapshotRef, StageRef
 from tasks.retry import IO_RETRY
 
 __all__ = [

@@ -27,9 +27,9 @@ from prefect.artifacts import (
 from storage import Layout, VersionFiles, VersionStore, atomic_write_bytes, write_json
 from storage.manifest import utc_now_iso
 from tasks.evaluate import EvalReport
-from tasks.plots import history_plot, loss_plot, recall_curve_plot
-from tasks.refs import SnapshotRef, StageRef
-from tasks.report_data import (
+from core.plots import history_plot, loss_plot, recall_curve_plot
+from core.refs import SnapshotRef, StageRef
+from core.report_data import (
     HISTORY_LIMIT,
     ReportInputs,
     history_entry,
@@ -37,7 +37,7 @@ from tasks.report_data import (
     parent_history,
     report_sections,
 )
-from tasks.report_render import data_uri, to_html, to_markdown
+from core.report_render import data_uri, to_html, to_markdown
 from tasks.retry import IO_RETRY
 from tasks.train import TrainSummary
 

@@ -12,12 +12,12 @@ from model.config import TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit
 from model.train import EpochStats
 from storage import Layout, VersionFiles, VersionStore, save_model, snapshot_path, write_json
-from tasks.config import DataConfig, EvalConfig
-from tasks.dataio import load_impressions, load_prepared
+from core.config import DataConfig, EvalConfig
+from core.dataio import load_impressions, load_prepared
 from tasks.progress import StepProgress
-from tasks.refs import SnapshotRef, StageRef
-from tasks.runtime import apply_threads
-from tasks.versionio import copy_id_maps, write_serving_tables
+from core.refs import SnapshotRef, StageRef
+from core.threads import apply_threads
+from core.versionio import copy_id_maps, write_serving_tables
 
 __all__ = ["TrainSummary", "impression_examples", "train_model"]
 

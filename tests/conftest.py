@@ -43,7 +43,7 @@ def published(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("store")
     from typer.testing import CliRunner
 
-    from towerflow.cli import app
+    from cli.app import app
 
     result = CliRunner().invoke(
         app, ["run", "--scale", "tiny", "--epochs", "4", "--root", str(root), "--json"]

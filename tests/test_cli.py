@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from storage import Layout, VersionFiles, VersionStore, read_table
 from storage.schemas import VERSION_ITEMS
 from tests.conftest import Published
-from towerflow.cli import app, load_config
+from cli.app import app, load_config
 
 runner = CliRunner()
 

@@ -1,5 +1,5 @@
 """`towerflow import` conversion: real-format files become a snapshot that
-``tasks.dataio.load_dataset`` reads unchanged, with features, ID maps and a report that
+``core.dataio.load_dataset`` reads unchanged, with features, ID maps and a report that
 accounts for every row; strict mode writes nothing."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import CATEGORIES, Layout, SnapshotFiles, list_snapshots, read_json, read_table
-from tasks.dataio import load_dataset, load_truth
-from tasks.import_config import ImportConfig
-from tasks.import_convert import UNKNOWN_CATEGORY, assign_ids, k_core_mask
+from core.dataio import load_dataset, load_truth
+from core.import_config import ImportConfig
+from core.import_convert import UNKNOWN_CATEGORY, assign_ids, k_core_mask
 from tasks.importing import (
     DataImportError,
     ImportResult,

@@ -127,7 +127,7 @@ def test_import_scanner_sees_every_form_of_import() -> None:
         "from ..storage import layout\n"
         "from . import sibling\n"
         "def lazy():\n"
-        "    import towerflow.cli\n"
+        "    import cli.app\n"
         "    importlib.import_module('tasks.train')\n"
         "    __import__('model')\n"
     )
@@ -140,9 +140,9 @@ def test_import_scanner_sees_every_form_of_import() -> None:
         (4, "model"),  # relative: model.sub.mod -> ..  = model
         (5, "model.storage"),  # a sibling package, not the top-level storage
         (6, "model.sub"),
-        (8, "towerflow.cli"),
+        (8, "cli.app"),
         (9, "tasks.train"),
         (10, "model"),
     ]
     flagged = {name for _, name in found if _top_level(name) in FORBIDDEN["model"]}
-    assert flagged == {"prefect", "prefect.logging", "storage.fs", "towerflow.cli", "tasks.train"}
+    assert flagged == {"prefect", "prefect.logging", "storage.fs", "cli.app", "tasks.train"}

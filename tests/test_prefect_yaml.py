@@ -27,7 +27,7 @@ def test_nightly_deployment_is_scheduled_with_an_explicit_timezone() -> None:
 
 
 def test_nightly_runs_never_overlap() -> None:
-    from towerflow.serving import deployments_from_yaml
+    from cli.deployments import deployments_from_yaml
 
     (nightly,) = [d for d in _deployments() if d["name"] == "nightly"]
     assert nightly["concurrency_limit"] == 1

@@ -17,9 +17,9 @@ import torch
 
 from model.index import build_index
 from storage import CorruptVersionError, Layout, VersionFiles, VersionStore
-from tasks.versionio import read_embeddings
+from core.versionio import read_embeddings
 from tests.conftest import Published
-from towerflow.recall import (
+from core.recall import (
     FilterMode,
     InvalidRequestError,
     Recaller,

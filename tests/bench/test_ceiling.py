@@ -21,7 +21,7 @@ from bench.ceiling import (
     run_ceiling,
 )
 from bench.movielens_like import MovieLensLikeConfig, import_config, write_movielens_like
-from tasks.config import DataConfig, NightlyConfig
+from core.config import DataConfig, NightlyConfig
 
 TINY = NightlyConfig(data=DataConfig(scale="tiny"))
 EPOCHS = 4  # enough to clear the margins below (~5 s on 2 cores)

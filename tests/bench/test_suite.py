@@ -19,7 +19,7 @@ from bench.baselines import direct_faiss_build
 from bench.measure import PeakRss, interleave
 from bench.suite import BenchConfig, run_suite, write_results
 from model.index import build_index, search, set_search_params
-from towerflow.cli import app
+from cli.app import app
 
 TINY = BenchConfig(
     scale="tiny",

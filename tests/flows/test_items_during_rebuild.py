@@ -17,12 +17,12 @@ from flows.nightly import nightly
 from model.embed import embed_items
 from model.features import category_rows
 from storage import CatalogueLog, ItemUpsert, Layout, VersionStore
-from tasks.catalogue_sync import sync_current
-from tasks.config import NightlyConfig
-from tasks.versionio import read_embeddings
+from core.catalogue_sync import sync_current
+from core.config import NightlyConfig
+from core.versionio import read_embeddings
 from tests.conftest import Published
-from towerflow.filtering import index_ids
-from towerflow.recall import Recaller
+from core.filtering import index_ids
+from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

@@ -20,10 +20,10 @@ from bench.live import BIN, LiveServer, live_prefect, served, wait_for
 from model.embed import embed_items
 from model.features import category_rows
 from storage import Layout, VersionStore
-from tasks.versionio import embed_served_users
+from core.versionio import embed_served_users
 from tests.conftest import Published
-from towerflow.filtering import index_ids
-from towerflow.recall import Recaller
+from core.filtering import index_ids
+from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

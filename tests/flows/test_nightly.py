@@ -10,10 +10,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, read_json, read_table
 from storage.schemas import VERSION_ITEMS
-from tasks.config import IndexConfig, NightlyConfig
+from core.config import IndexConfig, NightlyConfig
 from tasks.evaluate import QualityGateError
 from tasks.index import IndexRecallError
-from tasks.versionio import read_embeddings
+from core.versionio import read_embeddings
 from tests.conftest import Published
 from tests.flows.test_nightly_reports import artifacts
 

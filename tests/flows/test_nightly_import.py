@@ -16,11 +16,11 @@ from bench.movielens_like import MovieLensLikeConfig, import_config, write_movie
 from flows.nightly import nightly
 from service import ApiSettings, RecallService, create_app
 from storage import Layout, VersionFiles, VersionStore, read_json
-from tasks.config import NightlyConfig
-from tasks.versionio import read_embeddings
+from core.config import NightlyConfig
+from core.versionio import read_embeddings
 from tests.service.conftest import serve
-from towerflow.cli import app
-from towerflow.recall import Recaller
+from cli.app import app
+from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

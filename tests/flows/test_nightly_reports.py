@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import Artifact
 
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, file_lock, read_json
-from tasks.config import NightlyConfig
+from core.config import NightlyConfig
 from tasks.publish import OverlappingRunError
 from tests.conftest import Published
 

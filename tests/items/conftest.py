@@ -28,7 +28,7 @@ from storage import (
     write_table,
 )
 from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_USERS
-from tasks.versionio import write_embeddings
+from core.versionio import write_embeddings
 
 N_ITEMS, N_USERS, N_CATEGORIES, CONTENT_DIM, PROFILE_DIM = 60, 20, 5, 8, 4
 SPEC = TowerSpec(

@@ -6,12 +6,12 @@ import numpy as np
 import numpy.typing as npt
 
 from storage import CatalogueLog, Layout, VersionStore
-from tasks.catalogue_sync import SyncResult, sync_current
-from tasks.items_validation import validate_retirements, validate_upserts
-from tasks.versionio import read_embeddings
+from core.catalogue_sync import SyncResult, sync_current
+from core.items_validation import validate_retirements, validate_upserts
+from core.versionio import read_embeddings
 from tests.items.conftest import CONTENT_DIM
-from towerflow.filtering import index_ids
-from towerflow.recall import Recaller
+from core.filtering import index_ids
+from core.recall import Recaller
 
 
 def create(layout: Layout, event_id: str, raw: list[object]) -> SyncResult:

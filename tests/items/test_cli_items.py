@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from storage import CatalogueLog
 from tests.items.conftest import N_ITEMS, MakeStore, item
 from tests.items.helpers import held_ids
-from towerflow.cli import app
-from towerflow.cli_items import prefect_event_id
-from towerflow.recall import Recaller
-from towerflow.serving import deployments_from_yaml
+from cli.app import app
+from cli.items import prefect_event_id
+from core.recall import Recaller
+from cli.deployments import deployments_from_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _restore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands set Prefect defaults in os.environ (as `towerflow run` does); undo
     them after each test so later tests' logging is unaffected."""
-    from towerflow.cli import _PREFECT_DEFAULTS
+    from cli.app import _PREFECT_DEFAULTS
 
     for key in [*_PREFECT_DEFAULTS, "TOWERFLOW_ROOT"]:
         # setenv records the prior value (or its absence) for teardown, delenv alone does not.

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from storage import CatalogueLog, Layout, NoCurrentVersionError, VersionStore
-from tasks.catalogue_apply import read_tombstones
-from tasks.catalogue_sync import sync_current
+from core.catalogue_apply import read_tombstones
+from core.catalogue_sync import sync_current
 from tests.items.conftest import N_ITEMS, MakeStore, item
 from tests.items.helpers import create, held_ids, retire, top1_for_own_vector
-from towerflow.recall import Recaller
+from core.recall import Recaller
 
 
 def test_created_items_are_published_embedded_and_retrievable(make_store: MakeStore) -> None:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from tasks.items_validation import (
+from core.items_validation import (
     ItemsBatch,
     read_items_file,
     validate_retirements,

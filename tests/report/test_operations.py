@@ -15,7 +15,7 @@ from storage import Layout, file_lock
 from tasks.progress import PROGRESS_ATTR, ProgressEvent, StepProgress
 from tasks.publish import OverlappingRunError, exclusive_nightly
 from tasks.retry import IO_RETRY, is_transient
-from towerflow.progress import ProgressBarHandler
+from cli.progress import ProgressBarHandler
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_io_retry_backs_off_exponentially() -> None:
 def test_step_progress_outside_a_run_logs_throttled_events(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="towerflow.progress")
+    caplog.set_level(logging.DEBUG, logger="cli.progress")
     progress = StepProgress("train-progress", "t", total=4, unit="epochs", min_interval_s=60)
     for done in (0.5, 1.0, 1.5):  # inside the interval: dropped
         progress.update(done)
@@ -63,7 +63,7 @@ def test_progress_bar_handler_makes_one_bar_per_step() -> None:
     handler = ProgressBarHandler(progress)
     for step, done, total in (("train-progress", 1, 4), ("embed-progress", 10, 600),
                               ("train-progress", 3, 4)):  # fmt: skip
-        record = logging.LogRecord("towerflow.progress", logging.DEBUG, "", 0, "", (), None)
+        record = logging.LogRecord("cli.progress", logging.DEBUG, "", 0, "", (), None)
         setattr(record, PROGRESS_ATTR, ProgressEvent(step, done, total, "u"))
         handler.emit(record)
     handler.emit(logging.LogRecord("x", logging.INFO, "", 0, "plain", (), None))  # ignored

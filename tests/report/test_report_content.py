@@ -9,10 +9,10 @@ from storage import VersionFiles
 from tasks.evaluate import EvalReport
 from tasks.items import RecordSummary
 from tasks.items_report import render_items_report
-from tasks.plots import history_plot, loss_plot, recall_curve_plot
-from tasks.refs import IndexSummary
-from tasks.report_data import ReportInputs, history_entry, report_sections
-from tasks.report_render import to_html, to_markdown
+from core.plots import history_plot, loss_plot, recall_curve_plot
+from core.refs import IndexSummary
+from core.report_data import ReportInputs, history_entry, report_sections
+from core.report_render import to_html, to_markdown
 from tasks.train import TrainSummary
 
 _PNG = b"\x89PNG\r\n\x1a\n"

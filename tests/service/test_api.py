@@ -15,7 +15,7 @@ from service.schemas import RecallResponse
 from storage import Layout, VersionStore
 from tests.conftest import Published
 from tests.service.conftest import serve
-from towerflow.recall import Recaller
+from core.recall import Recaller
 
 
 @pytest.fixture(scope="module")

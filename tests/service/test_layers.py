@@ -21,7 +21,7 @@ MODULES = [
     "service.schemas",
     "service.settings",
     "service.state",
-    "towerflow.recall",
+    "core.recall",
 ]
 
 
@@ -46,7 +46,7 @@ def test_no_service_file_imports_prefect_flows_or_the_cli() -> None:
     for path in sorted((REPO / "service").rglob("*.py")):
         module = ".".join(path.relative_to(REPO).with_suffix("").parts)
         for line, name in imports_of(path.read_text(encoding="utf-8"), module):
-            if name.split(".")[0] in {"prefect", "flows"} or name == "towerflow.cli":
+            if name.split(".")[0] in {"prefect", "flows"} or name == "cli.app":
                 bad.append(f"{path.name}:{line}: {name}")
     assert bad == []
 

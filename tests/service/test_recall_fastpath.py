@@ -15,8 +15,8 @@ from model.embed import embed_items
 from model.train import init_model
 from storage import Layout, VersionStore
 from tests.conftest import Published
-from towerflow.filtering import EMPTY_IDS, FilteredSearch, ItemCatalogue, member
-from towerflow.recall import InvalidRequestError, Recaller
+from core.filtering import EMPTY_IDS, FilteredSearch, ItemCatalogue, member
+from core.recall import InvalidRequestError, Recaller
 
 pytestmark = pytest.mark.prefect
 

@@ -13,7 +13,7 @@ import numpy as np
 from model.index import build_index
 from storage import Lineage, VersionFiles, VersionStore, read_json, save_index
 from storage.manifest import read_manifest
-from tasks.versionio import read_embeddings
+from core.versionio import read_embeddings
 
 __all__ = ["Variant", "publish_variant"]
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from bench.live import free_port
 from towerflow import serving
-from towerflow.cli import app
-from towerflow.serving import local_prefect_server, probe_server
+from cli.app import app
+from cli.deployments import local_prefect_server, probe_server
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -18,12 +18,12 @@ from typing import Any
 from model.config import TowerConfig, TrainConfig
 from model.pipeline import Pointwise, Prepared, ScoreFn, fit, model_scorer, sampled_pointwise
 from storage import Layout, snapshot_path
-from tasks.config import NightlyConfig
+from core.config import NightlyConfig
 from tasks.data import ensure_snapshot
-from tasks.dataio import load_prepared
+from core.dataio import load_prepared
 from tasks.evaluate import rank_all, reference_scorers
 from tasks.progress import StepProgress
-from tasks.runtime import apply_threads
+from core.threads import apply_threads
 from tasks.train import impression_examples
 
 __all__ = [
@@ -145,7 +145,7 @@ def run_ablation(
         train: TrainConfig = cfg.train.model_copy(update=variant.train)
         pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
         log.info("training variant %r", variant.name)
-        # A bar per variant in `towerflow evaluate` (towerflow.progress), a log line elsewhere.
+        # A bar per variant in `towerflow evaluate` (cli.progress), a log line elsewhere.
         progress = StepProgress(
             f"{variant.name}-progress", variant.name, total=train.epochs, unit="epochs"
         )

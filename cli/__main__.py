@@ -1,5 +1,5 @@
 """`python -m towerflow` = the `towerflow` console script."""
 
-from towerflow.cli import app
+from cli.app import app
 
 app()

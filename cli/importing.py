@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
-from towerflow.cli_options import JsonOpt, RootOpt
+from cli.options import JsonOpt, RootOpt
 
 if TYPE_CHECKING:
-    from tasks.import_config import ImportConfig
+    from core.import_config import ImportConfig
     from tasks.importing import ImportResult
 
 __all__ = ["build_config", "import_command"]
@@ -73,7 +73,7 @@ def build_config(options: dict[str, Any], config: Path | None) -> ImportConfig:
     ``mode`` may override the file). Raises ValueError naming what is wrong."""
     from pydantic import ValidationError
 
-    from tasks.import_config import ImportConfig
+    from core.import_config import ImportConfig
 
     mode = options.pop("mode")
     given = sorted(k for k, v in options.items() if v is not None)

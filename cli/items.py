@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final, Literal
 
 import typer
 
-from towerflow.cli_options import RootOpt
+from cli.options import RootOpt
 
 __all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
 
@@ -89,7 +89,7 @@ def emit_items_event(
 def _payload(root: Path, event_id: str, file: Path | None, items: list[Any]) -> dict[str, Any]:
     """Inline items when small, else a copy of `file` in the store's inbox."""
     from storage import Layout, atomic_path
-    from tasks.items_validation import MAX_INLINE_ITEMS
+    from core.items_validation import MAX_INLINE_ITEMS
 
     inline = json.dumps(items, default=str)
     if file is None or (len(items) <= MAX_INLINE_ITEMS and len(inline) <= _MAX_INLINE_BYTES):
@@ -141,7 +141,7 @@ def _send(
     out: dict[str, Any] = {"event_id": event_id, "operation": operation, "items": len(items)}
     if now:
         from flows.new_items import new_items
-        from towerflow.cli import _PREFECT_DEFAULTS
+        from cli.app import _PREFECT_DEFAULTS
 
         for key, value in _PREFECT_DEFAULTS.items():
             os.environ.setdefault(key, value)
@@ -154,7 +154,7 @@ def _send(
             storage_root=str(root),
         )
         return out | result.model_dump()
-    from towerflow.serving import check_server
+    from cli.deployments import check_server
 
     check_server(os.environ.get("PREFECT_API_URL"))
     payload = _payload(root, event_id, file, items)
@@ -177,7 +177,7 @@ def add_items_command(
     Items have `item_id`, `category` and `content` (the model's content floats; CSV:
     `content` as a JSON list or columns content_0..). Prints a JSON summary.
     """
-    from tasks.items_validation import read_items_file
+    from core.items_validation import read_items_file
 
     try:
         items = read_items_file(file)
@@ -265,8 +265,8 @@ def serve_command(
 
     With --ui, the server is a local `prefect server start` that stops with this command.
     """
-    from towerflow.cli import _PREFECT_DEFAULTS, _setup_logging
-    from towerflow.serving import check_server, deployments_from_yaml, local_prefect_server
+    from cli.app import _PREFECT_DEFAULTS, _setup_logging
+    from cli.deployments import check_server, deployments_from_yaml, local_prefect_server
 
     for key, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)

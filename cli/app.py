@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
-from towerflow.cli_ablation import evaluate_command
-from towerflow.cli_import import import_command
-from towerflow.cli_options import JsonOpt, RootOpt
-from towerflow.cli_report import report_command
+from cli.evaluate import evaluate_command
+from cli.importing import import_command
+from cli.options import JsonOpt, RootOpt
+from cli.report import report_command
 
 if TYPE_CHECKING:
     from storage import VersionInfo, VersionStore
-    from tasks.config import NightlyConfig
-    from towerflow.recall import Recaller
+    from core.config import NightlyConfig
+    from core.recall import Recaller
 
 __all__ = ["app", "load_config"]
 
@@ -74,7 +74,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
     """
     from pydantic import ValidationError
 
-    from tasks.config import NightlyConfig
+    from core.config import NightlyConfig
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -171,7 +171,7 @@ def run(
 
     from flows.nightly import nightly
     from storage import VersionFiles, read_json
-    from towerflow.progress import progress_bars
+    from cli.progress import progress_bars
 
     start = time.perf_counter()
     with (
@@ -214,7 +214,7 @@ def recommend(
 ) -> None:
     """Top-K items for a user from the CURRENT version (raw IDs in and out)."""
     from storage import NoCurrentVersionError
-    from towerflow.recall import Recaller, UnknownUserError
+    from core.recall import Recaller, UnknownUserError
 
     try:
         recaller = Recaller.load(_store(root))
@@ -251,7 +251,7 @@ def recommend(
 def _stored_user_id(recaller: Recaller, raw: str) -> int:
     """The stored int64 ID of a raw user ID (through the version's map for imported data
     whose IDs are not integers); UnknownUserError when there is none."""
-    from towerflow.recall import UnknownUserError
+    from core.recall import UnknownUserError
 
     if recaller.raw_ids is not None:
         stored = recaller.raw_ids.user(raw)
@@ -455,8 +455,8 @@ app.command("import")(import_command)
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
 
-# New items between nightly runs (towerflow/cli_items.py): send item events, serve the flows.
-from towerflow.cli_items import (  # noqa: E402
+# New items between nightly runs (cli/items.py): send item events, serve the flows.
+from cli.items import (  # noqa: E402
     add_items_command,
     retire_items_command,
     serve_command,

@@ -1,6 +1,6 @@
 """What a published version holds, as the model and the service read it: serving tables
 (users, items, recent items), interaction history, raw-ID maps, the model and the item
-embeddings. Plain functions (no Prefect); the snapshot side lives in ``tasks.dataio``.
+embeddings. Plain functions (no Prefect); the snapshot side lives in ``core.dataio``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Options shared by the ``towerflow`` commands (kept apart so command modules that
-``towerflow.cli`` imports can use them without a circular import)."""
+``cli.app`` imports can use them without a circular import)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ new catalogue entries -> a new version) and the nightly's catch-up before it pub
 Plain functions, no Prefect. The protocol that keeps every acknowledged item served:
 
 - Every version records `catalogue_seq` S in its lineage: it includes every catalogue
-  entry up to S (`tasks.catalogue_apply` applies entries exactly once, in order).
+  entry up to S (`core.catalogue_apply` applies entries exactly once, in order).
 - A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it stages P's files
   (hard links), applies entries (S_P, H] with P's model and publishes with a
   compare-and-swap expecting P. Acknowledged entries are <= the head of any later read,
@@ -39,7 +39,7 @@ from storage import (
     VersionStore,
     file_lock,
 )
-from tasks.catalogue_apply import (
+from core.catalogue_apply import (
     ApplySummary,
     IndexRecipe,
     apply_changes,

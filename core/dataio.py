@@ -34,7 +34,7 @@ from storage import (
     write_json,
     write_table,
 )
-from tasks.config import DataConfig
+from core.config import DataConfig
 
 __all__ = [
     "SnapshotData",

@@ -39,7 +39,7 @@ from storage import (
     write_json,
     write_table,
 )
-from tasks.versionio import load_served_model, read_embeddings, write_embeddings
+from core.versionio import load_served_model, read_embeddings, write_embeddings
 
 __all__ = [
     "ApplySummary",

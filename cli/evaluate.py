@@ -56,10 +56,10 @@ def evaluate_command(
 ) -> None:
     """Train and rank on a snapshot, print one table with popularity, the classical
     baseline and (synthetic data) the oracle; publish nothing."""
-    from bench.ablation import Variant, ladder, render_table, run_ablation
+    from core.ablation import Variant, ladder, render_table, run_ablation
     from storage import StorageSettings
-    from towerflow.cli import load_config
-    from towerflow.progress import progress_bars
+    from cli.app import load_config
+    from cli.progress import progress_bars
 
     overrides = {
         "data.scale": scale,

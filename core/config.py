@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from model.config import TowerConfig, TrainConfig
 from model.dataset import SplitProtocol
 from model.synthetic import SCALES, check_scale
-from tasks.import_config import ImportConfig
+from core.import_config import ImportConfig
 
 __all__ = ["DataConfig", "EvalConfig", "IndexConfig", "NightlyConfig", "RuntimeConfig"]
 

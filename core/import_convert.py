@@ -29,8 +29,8 @@ from storage.rawlog import (
     read_raw_table,
     split_multi,
 )
-from tasks.import_config import AttributeSource, ImportConfig, InteractionSource, TableRead
-from tasks.import_report import DataImportError, ImportReport, Role, RowTracker
+from core.import_config import AttributeSource, ImportConfig, InteractionSource, TableRead
+from core.import_report import DataImportError, ImportReport, Role, RowTracker
 
 __all__ = ["UNKNOWN_CATEGORY", "ImportedData", "assign_ids", "build_import", "k_core_mask"]
 

@@ -1,5 +1,5 @@
 """What a run report says, independent of how it is shown: the inputs (gathered from a
-staged or published version) and the report's sections, which ``tasks.report_render``
+staged or published version) and the report's sections, which ``core.report_render``
 turns into the run's markdown artifact and ``towerflow report``'s HTML.
 
 Every byte read here goes through ``storage``; nothing here talks to Prefect.
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from storage import PublishedVersion, VersionFiles, VersionStore, read_json
 from storage.errors import StorageError
 from tasks.evaluate import EvalReport
-from tasks.refs import IndexSummary
+from core.refs import IndexSummary
 from tasks.train import TrainSummary
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from towerflow.cli_options import RootOpt
+from cli.options import RootOpt
 
 __all__ = ["report_command"]
 
@@ -37,8 +37,8 @@ def report_command(
     from storage.errors import StorageError
     from storage.manifest import utc_now_iso
     from tasks.report import write_html_report
-    from tasks.report_data import load_version_report, report_sections
-    from tasks.report_render import to_html
+    from core.report_data import load_version_report, report_sections
+    from core.report_render import to_html
 
     resolved = (root or StorageSettings().root).expanduser().resolve()
     layout = Layout(resolved)

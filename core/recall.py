@@ -19,8 +19,8 @@ import torch
 
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import Manifest, VersionFiles, VersionStore, load_index
-from tasks.catalogue_apply import read_tombstones
-from tasks.versionio import (
+from core.catalogue_apply import read_tombstones
+from core.versionio import (
     History,
     RawIds,
     ServingTables,
@@ -29,7 +29,7 @@ from tasks.versionio import (
     read_raw_ids,
     read_serving_tables,
 )
-from towerflow.filtering import (
+from core.filtering import (
     EMPTY_IDS,
     FilteredSearch,
     FilterMode,

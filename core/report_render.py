@@ -8,7 +8,7 @@ import html
 import re
 from collections.abc import Callable, Mapping
 
-from tasks.report_data import PLOTS, Section
+from core.report_data import PLOTS, Section
 
 __all__ = ["data_uri", "to_html", "to_markdown"]
 
