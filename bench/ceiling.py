@@ -23,16 +23,16 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from core.config import DataConfig, NightlyConfig
+from core.dataio import Truth, load_prepared, load_truth
+from core.evaluation import rank_all
+from core.snapshots import ensure_snapshot
+from core.threads import apply_threads
 from model.losses import mixed_softmax_loss
 from model.metrics import evaluate_ranking
 from model.pipeline import Prepared, ScoreFn, score_block_users
 from model.synthetic import oracle_scores
 from storage import Layout, snapshot_path
-from core.config import DataConfig, NightlyConfig
-from tasks.data import ensure_snapshot
-from core.dataio import Truth, load_prepared, load_truth
-from tasks.evaluate import rank_all
-from core.threads import apply_threads
 
 __all__ = [
     "ITEMS_SPEC",

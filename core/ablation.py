@@ -2,7 +2,7 @@
 popularity, the classical baseline and (synthetic data) the oracle, in one table.
 
 Every variant reads the same prepared snapshot (same split, vocabulary and features) and
-is evaluated by the same full-ranking code as the nightly run (``tasks.evaluate``), so the
+is evaluated by the same full-ranking code as the nightly run (``core.evaluation``), so the
 table answers "what does each training ingredient buy" on equal terms.
 """
 
@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import NightlyConfig
+from core.dataio import load_prepared
+from core.evaluation import rank_all, reference_scorers
+from core.progress import Progress
+from core.snapshots import ensure_snapshot
+from core.threads import apply_threads
+from core.training import impression_examples
 from model.config import TowerConfig, TrainConfig
 from model.pipeline import Pointwise, Prepared, ScoreFn, fit, model_scorer, sampled_pointwise
 from storage import Layout, snapshot_path
-from core.config import NightlyConfig
-from tasks.data import ensure_snapshot
-from core.dataio import load_prepared
-from tasks.evaluate import rank_all, reference_scorers
-from tasks.progress import StepProgress
-from core.threads import apply_threads
-from tasks.train import impression_examples
 
 __all__ = [
     "AblationResult",
@@ -121,7 +121,7 @@ def _pointwise(prep: Prepared, folder: Path, seed: int) -> Pointwise:
     return sampled_pointwise(prep, _POINTWISE_NEGATIVES, seed)
 
 
-def _epoch_fraction(progress: StepProgress) -> Callable[[int, int, int], None]:
+def _epoch_fraction(progress: Progress) -> Callable[[int, int, int], None]:
     """``on_step`` callback reporting epochs done (fractional) to ``progress``."""
 
     def on_step(epoch: int, step: int, steps: int) -> None:
@@ -146,7 +146,7 @@ def run_ablation(
         pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
         log.info("training variant %r", variant.name)
         # A bar per variant in `towerflow evaluate` (cli.progress), a log line elsewhere.
-        progress = StepProgress(
+        progress = Progress(
             f"{variant.name}-progress", variant.name, total=train.epochs, unit="epochs"
         )
         start = time.perf_counter()

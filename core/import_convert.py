@@ -1,6 +1,6 @@
 """Conversion of raw import files into snapshot arrays: parse and validate the log and the
 attribute tables, filter by rule, assign stored IDs, encode features. Pure: reads the input
-files, writes nothing (``tasks.importing`` writes the snapshot).
+files, writes nothing (``core.importing`` writes the snapshot).
 
 Choices: an exact duplicate (user, item, time) row is dropped, kept once and counted
 ('duplicate'); repeat interactions at other times are kept. Entities that appear only in
@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from core.import_config import AttributeSource, ImportConfig, InteractionSource, TableRead
+from core.import_report import DataImportError, ImportReport, Role, RowTracker
 from storage.rawlog import (
     RawTable,
     parse_floats,
@@ -29,8 +31,6 @@ from storage.rawlog import (
     read_raw_table,
     split_multi,
 )
-from core.import_config import AttributeSource, ImportConfig, InteractionSource, TableRead
-from core.import_report import DataImportError, ImportReport, Role, RowTracker
 
 __all__ = ["UNKNOWN_CATEGORY", "ImportedData", "assign_ids", "build_import", "k_core_mask"]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.evaluation import EvalReport
+from core.refs import IndexSummary
+from core.training import TrainSummary
 from storage import PublishedVersion, VersionFiles, VersionStore, read_json
 from storage.errors import StorageError
-from tasks.evaluate import EvalReport
-from core.refs import IndexSummary
-from tasks.train import TrainSummary
 
 __all__ = [
     "HISTORY_LIMIT",

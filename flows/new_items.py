@@ -10,10 +10,9 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from core.config import RuntimeConfig
-from tasks.items import publish_catalogue, record_items
-from tasks.items_report import post_items_report
 from core.items_validation import ItemsBatch
-from tasks.publish import resolve_runtime
+from core.lifecycle import resolve_runtime
+from tasks.items import post_items_report, publish_catalogue, record_items
 
 __all__ = ["NewItemsResult", "new_items"]
 

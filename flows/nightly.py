@@ -9,12 +9,13 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from core.config import NightlyConfig
+from core.lifecycle import exclusive_nightly, resolve_runtime
 from tasks.data import prepare_data
 from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
 from tasks.items import merge_catalogue
-from tasks.publish import begin_version, exclusive_nightly, publish_version, resolve_runtime
+from tasks.publish import begin_version, publish_version
 from tasks.report import post_report, report_failures, stage_report
 from tasks.train import train_model
 

@@ -1,202 +1,55 @@
-"""Item catalogue steps: record an items event (validate, report rejections, append =
-acknowledge), publish CURRENT + the catalogue entries it lacks, and fold the catalogue
-into a nightly build."""
+"""Item catalogue steps: record an items event (validate, post rejections, append =
+acknowledge), publish CURRENT + the catalogue entries it lacks, fold the catalogue into a
+nightly build, and post what an event did."""
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
-from typing import Final
-
-import numpy as np
-import numpy.typing as npt
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from model.config import TowerSpec
-from storage import (
-    VERSION_ITEMS,
-    CatalogueLog,
-    Layout,
-    VersionFiles,
-    VersionStore,
-    read_json,
-    read_table,
-)
-from core.catalogue_apply import apply_changes, write_catalogue_state
-from core.catalogue_sync import require_current, sync_current
-from core.items_validation import (
-    MAX_FILE_ITEMS,
-    MAX_INLINE_ITEMS,
-    ItemsBatch,
-    Validated,
-    read_items_file,
-    validate_retirements,
-    validate_upserts,
-)
+from core import items
+from core.items import RecordSummary
+from core.items_report import ITEMS_ARTIFACT, REJECTIONS_ARTIFACT, render_items_report
+from core.items_validation import ItemsBatch, Validated
 from core.refs import StageRef
 from tasks.retry import IO_RETRY
 
-__all__ = [
-    "REJECTIONS_ARTIFACT",
-    "RecordSummary",
-    "merge_catalogue",
-    "publish_catalogue",
-    "record_items",
-]
-
-REJECTIONS_ARTIFACT: Final = "items-rejected"
-_MAX_ARTIFACT_ROWS: Final = 1000
-
-
-class RecordSummary(BaseModel):
-    """What `record-items` did with one event."""
-
-    event_id: str
-    operation: str
-    duplicate: bool
-    received: int
-    accepted: int
-    rejected: int
-    changed: int  # accepted items whose catalogue state changed (others were identical)
-    head: int  # catalogue head after the append
-    inserted: int = 0  # changed items CURRENT did not hold (creates)
-    updated: int = 0  # changed items CURRENT held (creates: new content; retires: removed)
-    reasons: dict[str, int] = {}  # rejection reason -> items, most frequent first (<= 20)
-
-
-def _batch_path(root: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Layout(root).inbox_dir / p
-
-
-def _validate(root: Path, batch: ItemsBatch) -> Validated:
-    raw = batch.items if batch.items is not None else None
-    if raw is None:
-        assert batch.path is not None  # ItemsBatch's validator
-        raw = read_items_file(_batch_path(root, batch.path))
-    limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
-    if batch.operation == "retire":
-        return validate_retirements(raw, limit)
-    current = require_current(VersionStore(Layout(root)))
-    spec = TowerSpec.model_validate(read_json(current.file(VersionFiles.MODEL_CONFIG)))
-    return validate_upserts(raw, spec.content_dim, limit)
+__all__ = ["merge_catalogue", "post_items_report", "publish_catalogue", "record_items"]
 
 
 def _post_rejections(batch: ItemsBatch, validated: Validated) -> None:
-    rows = [
-        {"position": r.position, "item_id": r.item_id, "reason": r.reason}
-        for r in validated.rejected[:_MAX_ARTIFACT_ROWS]
-    ]
-    more = len(validated.rejected) - len(rows)
-    create_table_artifact(
-        key=REJECTIONS_ARTIFACT,
-        table=rows,
-        description=(
-            f"event {batch.event_id} ({batch.operation}): {len(validated.rejected)} of "
-            f"{validated.received} items rejected" + (f", first {len(rows)} shown" if more else "")
-        ),
-    )
+    rows, description = items.rejection_table(batch, validated)
+    create_table_artifact(key=REJECTIONS_ARTIFACT, table=rows, description=description)
 
 
 @task(name="record-items", **IO_RETRY)
 def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
-    """Validate the batch (against CURRENT's model for creates), post the rejected items
-    with their reasons as the `items-rejected` artifact, and append the valid ones to the
-    catalogue: once this returns they are acknowledged. A repeated event is a no-op."""
-    logger = get_run_logger()
-    catalogue = CatalogueLog(Layout(Path(root)).catalogue_db)
-    if catalogue.has_event(batch.event_id):
-        logger.info("event %s was already recorded: nothing to do", batch.event_id)
-        head = catalogue.head()
-        return RecordSummary(
-            event_id=batch.event_id,
-            operation=batch.operation,
-            duplicate=True,
-            received=0,
-            accepted=0,
-            rejected=0,
-            changed=0,
-            head=head,
-        )
-    validated = _validate(Path(root), batch)
-    reasons = Counter(r.reason for r in validated.rejected).most_common(20)
-    if validated.rejected:
-        _post_rejections(batch, validated)
-        for r in validated.rejected[:20]:
-            logger.warning("rejected item %s (position %d): %s", r.item_id, r.position, r.reason)
-    if batch.operation == "retire":
-        result = catalogue.append_retirements(batch.event_id, validated.retire_ids)
-        accepted = len(validated.retire_ids)
-    else:
-        result = catalogue.append_upserts(batch.event_id, validated.upserts)
-        accepted = len(validated.upserts)
-    held = int(np.isin(np.asarray(result.changed, np.int64), _current_item_ids(Path(root))).sum())
-    logger.info(
-        "event %s: %d of %d items accepted (%d changed), %d rejected; catalogue head %d",
-        batch.event_id,
-        accepted,
-        validated.received,
-        len(result.changed),
-        len(validated.rejected),
-        result.head,
-    )
-    return RecordSummary(
-        event_id=batch.event_id,
-        operation=batch.operation,
-        duplicate=result.duplicate,
-        received=validated.received,
-        accepted=accepted,
-        rejected=len(validated.rejected),
-        changed=len(result.changed),
-        head=result.head,
-        inserted=0 if batch.operation == "retire" else len(result.changed) - held,
-        updated=held,
-        reasons=dict(reasons),
-    )
-
-
-def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
-    """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
-    current = require_current(VersionStore(Layout(root)))
-    items = read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, columns=["item_id"])
-    return np.asarray(items.column("item_id").to_numpy(), np.int64)
+    """``core.items.record_items``, posting the rejected items with their reasons as the
+    `items-rejected` artifact. Once this returns the valid items are acknowledged."""
+    return items.record_items(root, batch, logger=get_run_logger(), on_rejected=_post_rejections)
 
 
 @task(name="publish-catalogue", **IO_RETRY)
 def publish_catalogue(root: str, keep_versions: int = 5) -> str:
-    """Publish CURRENT + the catalogue entries it lacks (embedded with CURRENT's model),
-    compare-and-swap with bounded retries; returns CURRENT's id afterwards."""
-    result = sync_current(Layout(Path(root)), keep_versions)
-    get_run_logger().info(
-        "%s %s: catalogue up to %d, %d items (attempt %d)",
-        "published" if result.published else "CURRENT is up to date:",
-        result.version_id,
-        result.seq,
-        result.n_items,
-        result.attempts,
-    )
-    return result.version_id
+    """``core.items.publish_catalogue``: CURRENT + the catalogue entries it lacks; returns
+    CURRENT's id afterwards."""
+    return items.publish_catalogue(root, keep_versions, logger=get_run_logger())
 
 
 @task(name="merge-catalogue", **IO_RETRY)
 def merge_catalogue(stage: StageRef) -> int:
-    """Fold the whole item catalogue (as of now) into the staged nightly build: created
-    and changed items are embedded by the new model, retired ones dropped. Returns the
-    item count. Entries that arrive later are folded in by publish-version."""
-    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-    write_catalogue_state(staging, 0, ())
-    changes = CatalogueLog(Layout(Path(stage.root)).catalogue_db).changes(0)
-    applied = apply_changes(staging, changes, recipe=None)
-    # Built from the whole catalogue, not on top of its parent: only the entries folded in
-    # at publish time count as applied events.
-    write_catalogue_state(staging, applied.seq, ())
-    get_run_logger().info(
-        "catalogue up to %d folded in: %d items upserted, %d retired, %d items",
-        applied.seq,
-        applied.upserted,
-        applied.retired,
-        applied.n_items,
+    """``core.items.merge_catalogue``: fold the whole catalogue into the staged nightly
+    build; returns the item count."""
+    return items.merge_catalogue(stage, logger=get_run_logger())
+
+
+@task(name="report-items", **IO_RETRY)
+def post_items_report(recorded: RecordSummary, version_id: str) -> str:
+    """Post `items-report` for this event; returns its markdown."""
+    markdown = render_items_report(recorded, version_id)
+    create_markdown_artifact(
+        key=ITEMS_ARTIFACT,
+        markdown=markdown,
+        description=f"items event {recorded.event_id}: {recorded.operation}",
     )
-    return applied.n_items
+    return markdown

@@ -1,107 +1,22 @@
-"""Version life cycle steps: open a staging folder, publish it atomically, or discard it."""
+"""Version life cycle steps: open a staging folder and publish it atomically."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from pydantic import BaseModel
 
-from storage import (
-    Layout,
-    Lineage,
-    StorageSettings,
-    VersionFiles,
-    VersionStore,
-    file_lock,
-    read_json,
-)
-from storage.manifest import utc_now_iso
-from core.catalogue_apply import ApplySummary, IndexRecipe
-from core.catalogue_sync import catch_up_and_publish
-from core.config import RuntimeConfig
+from core import lifecycle
 from core.refs import IndexSummary, SnapshotRef, StageRef
 from tasks.retry import IO_RETRY
 
-__all__ = [
-    "OverlappingRunError",
-    "Runtime",
-    "begin_version",
-    "discard_version",
-    "exclusive_nightly",
-    "publish_version",
-    "resolve_runtime",
-]
-
-
-_ABANDONED_AFTER_S = 6 * 3600.0
-
-
-class Runtime(BaseModel):
-    """RuntimeConfig with every default resolved."""
-
-    root: str
-    keep_versions: int
-    threads: int | None
-
-
-def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
-    """Fill unset storage fields from the environment (TOWERFLOW_ROOT, TOWERFLOW_KEEP_VERSIONS,
-    else ./.towerflow and 5); the root becomes absolute so every task agrees on it."""
-    env = StorageSettings()
-    root = Path(cfg.storage_root) if cfg.storage_root else env.root
-    return Runtime(
-        root=str(root.expanduser().resolve()),
-        keep_versions=cfg.keep_versions or env.keep_versions,
-        threads=cfg.threads,
-    )
-
-
-class OverlappingRunError(RuntimeError):
-    """Another nightly run holds the store's nightly lock."""
-
-
-@contextmanager
-def exclusive_nightly(root: str, run: str) -> Iterator[None]:
-    """Hold the store's nightly lock for the ``with`` block; if another nightly run holds
-    it, fail at once naming that run (two overlapping rebuilds would double the load and
-    race for CURRENT). The kernel frees the lock of a crashed run."""
-    owner = f"{run} (pid {os.getpid()}, since {utc_now_iso()})"
-    lock = Layout(Path(root)).nightly_lock
-    try:
-        with file_lock(lock, timeout_s=0, owner=owner):
-            yield
-    except TimeoutError as e:
-        if lock.name not in str(e):
-            raise  # raised inside the block, not by the lock
-        raise OverlappingRunError(
-            f"another nightly run is in progress on {root}: {e}; this run did nothing"
-        ) from None
+__all__ = ["begin_version", "publish_version"]
 
 
 @task(name="begin-version", **IO_RETRY)
 def begin_version(root: str) -> StageRef:
-    """Open a staging folder for a new version; remember CURRENT as the expected parent."""
-    store = VersionStore(Layout(Path(root)))
-    # Leftovers of crashed or failed runs; a folder idle this long has no live writer.
-    for path in store.gc(min_age_s=_ABANDONED_AFTER_S):
-        get_run_logger().info("removed abandoned %s", path)
-    parent = store.current()
-    version_id = store.new_version_id()
-    store.begin(version_id)
-    get_run_logger().info("building version %s on top of %s", version_id, parent)
-    return StageRef(root=root, version_id=version_id, parent=parent)
-
-
-def discard_version(stage: StageRef) -> None:
-    """Delete a staged version that will not be published (e.g. it failed the gate)."""
-    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-    shutil.rmtree(staging, ignore_errors=True)
+    """``core.lifecycle.begin_version``: a staging folder on top of CURRENT."""
+    return lifecycle.begin_version(root, logger=get_run_logger())
 
 
 @task(name="publish-version", **IO_RETRY)
@@ -112,38 +27,8 @@ def publish_version(
     index: IndexSummary,
     keep_versions: int = 5,
 ) -> str:
-    """Fold in the catalogue entries that arrived during the run (embedded by the new
-    model), then checksum, fsync, verify and commit the staged version as CURRENT
-    (compare-and-swap against the CURRENT seen when the run began; if cold-start versions
-    were published meanwhile, catch up again and publish over the newest). Returns the
-    published version id.
-
-    The manifest records the evaluation metrics and the index's measured recall/latency.
-    """
-    store = VersionStore(Layout(Path(stage.root)), keep_versions=keep_versions)
-    staging = store.staging_path(stage.version_id)
-    metrics = read_json(staging / VersionFiles.METRICS)
-
-    def publish(expected: str | None, applied: ApplySummary) -> str:
-        return store.publish(
-            stage.version_id,
-            expected_current=expected,
-            config=config,
-            lineage=Lineage(
-                data_snapshot=snapshot.snapshot_id,
-                parent_version=expected,
-                catalogue_seq=applied.seq,
-                applied_events=applied.applied_events,
-            ),
-            embedding_dim=index.dim,
-            metric="inner_product",
-            item_count=applied.n_items,
-            metrics=metrics,
-            extra={"index": index.model_dump(mode="json")},
-            keep_staging_on_conflict=True,
-        ).version_id
-
-    recipe = IndexRecipe(index.factory, index.knob, index.knob_value)
-    version_id = catch_up_and_publish(store, stage.version_id, stage.parent, recipe, publish)
-    get_run_logger().info("published version %s", version_id)
-    return version_id
+    """``core.lifecycle.publish_version``: catch up with the catalogue, then compare-and-swap
+    CURRENT; returns the published version id."""
+    return lifecycle.publish_version(
+        stage, snapshot, config, index, keep_versions, logger=get_run_logger()
+    )

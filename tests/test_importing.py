@@ -16,10 +16,9 @@ from storage import CATEGORIES, Layout, SnapshotFiles, list_snapshots, read_json
 from core.dataio import load_dataset, load_truth
 from core.import_config import ImportConfig
 from core.import_convert import UNKNOWN_CATEGORY, assign_ids, k_core_mask
-from tasks.importing import (
+from core.importing import (
     DataImportError,
     ImportResult,
-    import_data,
     import_snapshot_id,
     input_checksums,
     load_id_map,
@@ -198,7 +197,7 @@ def test_parquet_with_labels_keeps_positives_and_row_order_time(tmp_path: Path) 
     cfg = ImportConfig.model_validate(
         {"interactions": {"path": str(path), "label_col": "clicked"}, "name": "clicks"}
     )
-    result = import_data.fn(str(tmp_path / "store"), cfg)  # the Prefect task, no server
+    result = run_import(Layout(tmp_path / "store"), cfg).ref
     assert result.snapshot_id.startswith("clicks-") and result.n_interactions == 4
     folder = Layout(tmp_path / "store").snapshot_dir(result.snapshot_id)
     data = load_dataset(folder)

@@ -7,13 +7,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from core.config import IndexConfig, NightlyConfig
+from core.evaluation import QualityGateError
+from core.indexing import IndexRecallError
+from core.versionio import read_embeddings
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, read_json, read_table
 from storage.schemas import VERSION_ITEMS
-from core.config import IndexConfig, NightlyConfig
-from tasks.evaluate import QualityGateError
-from tasks.index import IndexRecallError
-from core.versionio import read_embeddings
 from tests.conftest import Published
 from tests.flows.test_nightly_reports import artifacts
 

@@ -14,10 +14,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import Artifact
 
+from core.config import NightlyConfig
+from core.lifecycle import OverlappingRunError
 from flows.nightly import nightly
 from storage import Layout, VersionFiles, VersionStore, file_lock, read_json
-from core.config import NightlyConfig
-from tasks.publish import OverlappingRunError
 from tests.conftest import Published
 
 pytestmark = pytest.mark.prefect

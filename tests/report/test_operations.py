@@ -11,11 +11,12 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from storage import Layout, file_lock
-from tasks.progress import PROGRESS_ATTR, ProgressEvent, StepProgress
-from tasks.publish import OverlappingRunError, exclusive_nightly
-from tasks.retry import IO_RETRY, is_transient
 from cli.progress import ProgressBarHandler
+from core.lifecycle import OverlappingRunError, exclusive_nightly
+from core.progress import PROGRESS_ATTR, PROGRESS_LOGGER, ProgressEvent
+from storage import Layout, file_lock
+from tasks.progress import StepProgress
+from tasks.retry import IO_RETRY, is_transient
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_io_retry_backs_off_exponentially() -> None:
 def test_step_progress_outside_a_run_logs_throttled_events(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="cli.progress")
+    caplog.set_level(logging.DEBUG, logger=PROGRESS_LOGGER)
     progress = StepProgress("train-progress", "t", total=4, unit="epochs", min_interval_s=60)
     for done in (0.5, 1.0, 1.5):  # inside the interval: dropped
         progress.update(done)
@@ -63,7 +64,7 @@ def test_progress_bar_handler_makes_one_bar_per_step() -> None:
     handler = ProgressBarHandler(progress)
     for step, done, total in (("train-progress", 1, 4), ("embed-progress", 10, 600),
                               ("train-progress", 3, 4)):  # fmt: skip
-        record = logging.LogRecord("cli.progress", logging.DEBUG, "", 0, "", (), None)
+        record = logging.LogRecord(PROGRESS_LOGGER, logging.DEBUG, "", 0, "", (), None)
         setattr(record, PROGRESS_ATTR, ProgressEvent(step, done, total, "u"))
         handler.emit(record)
     handler.emit(logging.LogRecord("x", logging.INFO, "", 0, "plain", (), None))  # ignored

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from storage import VersionFiles
-from tasks.evaluate import EvalReport
-from tasks.items import RecordSummary
-from tasks.items_report import render_items_report
+from core.evaluation import EvalReport
+from core.items import RecordSummary
+from core.items_report import render_items_report
 from core.plots import history_plot, loss_plot, recall_curve_plot
 from core.refs import IndexSummary
 from core.report_data import ReportInputs, history_entry, report_sections
 from core.report_render import to_html, to_markdown
-from tasks.train import TrainSummary
+from core.training import TrainSummary
+from storage import VersionFiles
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,19 +1,18 @@
-"""The new-items flow's run artifact: what one event did, for the operator scanning runs in
-the UI (stable key `items-report`; the per-item rejections are `items-rejected`)."""
+"""What one items event did, as markdown for the operator scanning runs in the UI (the
+new-items flow posts it under the stable key `items-report`; the per-item rejections go
+under `items-rejected`)."""
 
 from __future__ import annotations
 
 from typing import Final
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from core.items import RecordSummary
 
-from tasks.items import REJECTIONS_ARTIFACT, RecordSummary
-from tasks.retry import IO_RETRY
+__all__ = ["ITEMS_ARTIFACT", "REJECTIONS_ARTIFACT", "render_items_report"]
 
-__all__ = ["ITEMS_ARTIFACT", "post_items_report", "render_items_report"]
-
+# Artifact keys of the new-items flow's runs.
 ITEMS_ARTIFACT: Final = "items-report"
+REJECTIONS_ARTIFACT: Final = "items-rejected"
 
 
 def _md(text: str) -> str:
@@ -60,15 +59,3 @@ def render_items_report(recorded: RecordSummary, version_id: str) -> str:
             *(f"| {_md(reason)} | {n:,} |" for reason, n in r.reasons.items()),
         ]
     return "\n".join(lines) + "\n"
-
-
-@task(name="report-items", **IO_RETRY)
-def post_items_report(recorded: RecordSummary, version_id: str) -> str:
-    """Post `items-report` for this event; returns its markdown."""
-    markdown = render_items_report(recorded, version_id)
-    create_markdown_artifact(
-        key=ITEMS_ARTIFACT,
-        markdown=markdown,
-        description=f"items event {recorded.event_id}: {recorded.operation}",
-    )
-    return markdown

@@ -22,9 +22,13 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from prefect import task
 from pydantic import BaseModel
 
+from core.dataio import snapshot_tables
+from core.import_config import AttributeSource, ImportConfig, InteractionSource
+from core.import_convert import ImportedData, build_import
+from core.import_report import DataImportError, FileReport, ImportReport, Role
+from core.refs import SnapshotRef
 from storage import (
     ITEM_IDS,
     USER_IDS,
@@ -41,12 +45,6 @@ from storage import (
     write_table,
 )
 from storage.rawlog import RawReadError
-from core.dataio import snapshot_tables
-from core.import_config import AttributeSource, ImportConfig, InteractionSource
-from core.import_convert import ImportedData, build_import
-from core.import_report import DataImportError, FileReport, ImportReport, Role
-from core.refs import SnapshotRef
-from tasks.retry import IO_RETRY
 
 __all__ = [
     "IMPORTER_VERSION",
@@ -55,7 +53,6 @@ __all__ = [
     "IdMap",
     "ImportReport",
     "ImportResult",
-    "import_data",
     "import_snapshot_id",
     "input_checksums",
     "load_id_map",
@@ -172,24 +169,6 @@ def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
     return ImportResult(
         ref=_ref(layout, snapshot_id, data.report), report=data.report, reused=False
     )
-
-
-# Bad data or a missing file fails the same way every time; only I/O hiccups retry.
-@task(name="import-data", **IO_RETRY)
-def import_data(root: str, cfg: ImportConfig) -> SnapshotRef:
-    """Import ``cfg``'s files as a data snapshot under ``root`` (reused when identical)."""
-    result = run_import(Layout(Path(root)), cfg)
-    # The module logger (not get_run_logger) so ``import_data.fn`` also runs outside a flow;
-    # Prefect forwards it when "tasks" is among PREFECT_LOGGING_EXTRA_LOGGERS.
-    log.info(
-        "%s data snapshot %s: %d users, %d items, %d interactions",
-        "reusing" if result.reused else "imported",
-        result.ref.snapshot_id,
-        result.ref.n_users,
-        result.ref.n_items,
-        result.ref.n_interactions,
-    )
-    return result.ref
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""towerflow's application layer and Python API (no Prefect, typer or FastAPI)."""

@@ -1,0 +1,287 @@
+"""Evaluation and the quality gate: full-ranking metrics of the staged model next to the
+popularity baseline and (on synthetic data) the oracle that knows the true scores."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from core.config import DataConfig, EvalConfig
+from core.dataio import load_prepared, load_truth
+from core.lifecycle import discard_version
+from core.progress import StepLogger
+from core.refs import SnapshotRef, StageRef
+from core.versionio import load_served_model, read_embeddings
+from model.cold_start import (
+    NewItemScores,
+    category_popularity,
+    cold_start_items,
+    cold_start_metrics,
+    user_category_affinity,
+)
+from model.metrics import evaluate_ranking
+from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, user_vectors
+from model.synthetic import oracle_scores
+from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
+
+__all__ = [
+    "EvalReport",
+    "QualityGateError",
+    "Ranked",
+    "baseline_scorer",
+    "check_gate",
+    "enforce_gate",
+    "evaluate_version",
+    "rank_all",
+    "reference_scorers",
+]
+
+log = logging.getLogger(__name__)
+
+_LOGGED = ("recall", "ndcg", "mrr", "coverage")
+
+
+class QualityGateError(RuntimeError):
+    """The model did not beat the baseline by the required margin; nothing was published."""
+
+
+class EvalReport(BaseModel):
+    """Metrics per ranker ('model', 'popularity', the classical baseline ('ease' or
+    'itemknn') and 'oracle' when known) on the test split."""
+
+    n_users: int
+    n_items: int
+    protocol: str = "temporal"
+    rankers: dict[str, dict[str, float]]
+    gate_metric: str
+    gate_threshold: float
+    gate_passed: bool
+    baseline_tuning: dict[str, float] = {}  # validation metric per baseline candidate
+    # Items first seen at test time, ranked among themselves from content alone: n_items,
+    # n_users and metrics of the model, random and category-popularity rankers.
+    cold_start: dict[str, Any] | None = None
+    # Recall@K per ranker at EvalConfig.curve_ks (the report's Recall@K-vs-K plot).
+    recall_curve: dict[str, dict[int, float]] = {}
+
+
+def check_gate(
+    rankers: dict[str, dict[str, float]], metric: str, min_lift: float
+) -> tuple[float, bool]:
+    """Threshold = popularity's ``metric`` * (1 + min_lift); passed when the model reaches it."""
+    for name in ("model", "popularity"):
+        if metric not in rankers.get(name, {}):
+            raise ValueError(f"gate metric {metric!r} missing for {name}: {sorted(rankers[name])}")
+    threshold = rankers["popularity"][metric] * (1.0 + min_lift)
+    return threshold, rankers["model"][metric] >= threshold
+
+
+def baseline_scorer(
+    prep: Prepared, cfg: EvalConfig
+) -> tuple[str, ScoreFn, dict[str, float]] | None:
+    """The classical collaborative filter ``cfg.baseline``, fitted on the training split
+    with its regularisation chosen on validation, scoring each user from everything known
+    before the test (train + validation), as (its name, a score function, validation
+    metric per candidate); None for 'none' or above ``cfg.baseline_max_items``."""
+    d = prep.data
+    if cfg.baseline == "none":
+        return None
+    if d.n_items > cfg.baseline_max_items:
+        log.info(
+            "classical baseline skipped: %d items > baseline_max_items=%d",
+            d.n_items,
+            cfg.baseline_max_items,
+        )
+        return None
+    fitted, tuning = tune_baseline(
+        prep,
+        cfg.baseline,
+        metric=cfg.validation_metric,
+        max_users=cfg.validation_users,
+        seed=cfg.seed,
+        max_items=cfg.ease_max_items,
+    )
+    known = ~prep.split.test  # what is known when the test period starts
+    scoring = fitted.with_inputs(d.inter_user[known], d.inter_item[known])
+    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows)), tuning
+
+
+class Ranked(NamedTuple):
+    """``rank_all``'s result: users evaluated, metrics per ranker at ``EvalConfig.ks`` and
+    each ranker's Recall@K at ``EvalConfig.curve_ks`` (the report's curve)."""
+
+    n_users: int
+    rankers: dict[str, dict[str, float]]
+    curves: dict[str, dict[int, float]]
+
+
+def _at_k(key: str) -> int | None:
+    return int(key.split("@")[1]) if "@" in key else None
+
+
+def rank_all(prep: Prepared, scorers: dict[str, ScoreFn], cfg: EvalConfig) -> Ranked:
+    """Full-ranking test metrics of every scorer over the same (sampled) test users, with
+    each user's training and validation items masked. One ranking per scorer serves both
+    the metrics at ``cfg.ks`` and the Recall@K curve."""
+    d, split = prep.data, prep.split
+    relevant, exclude = d.sets(split.test), d.sets(~split.test)
+    users = np.flatnonzero(relevant.lengths() > 0)
+    if cfg.max_users is not None and len(users) > cfg.max_users:
+        rng = np.random.default_rng(cfg.seed)
+        users = np.sort(rng.choice(users, cfg.max_users, replace=False))
+    popularity = np.bincount(d.inter_item[split.train], minlength=d.n_items)
+    block = score_block_users(d.n_items)
+    curve_ks = sorted({k for k in cfg.curve_ks if k <= d.n_items})
+    all_ks = tuple(sorted(set(cfg.ks) | set(curve_ks)))
+    rankers: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[int, float]] = {}
+    for name, fn in scorers.items():
+        metrics = evaluate_ranking(
+            fn,
+            users,
+            d.n_items,
+            relevant,
+            exclude,
+            ks=all_ks,
+            block_users=block,
+            item_popularity=popularity,
+        )
+        rankers[name] = {k: v for k, v in metrics.items() if _at_k(k) in (None, *cfg.ks)}
+        curves[name] = {k: metrics[f"recall@{k}"] for k in curve_ks}
+    return Ranked(len(users), rankers, curves)
+
+
+def reference_scorers(
+    prep: Prepared, folder: Path, cfg: EvalConfig, tuning: dict[str, float] | None = None
+) -> dict[str, ScoreFn]:
+    """Popularity, the classical baseline and (synthetic data) the oracle; the baseline's
+    validation scores per candidate go into ``tuning`` when given."""
+    d = prep.data
+    popularity = torch.from_numpy(
+        np.bincount(d.inter_item[prep.split.train], minlength=d.n_items).astype(np.float32)
+    )
+    scorers: dict[str, ScoreFn] = {
+        "popularity": lambda rows: popularity.expand(len(rows), -1).clone()
+    }
+    baseline = baseline_scorer(prep, cfg)
+    if baseline is not None:
+        scorers[baseline[0]] = baseline[1]
+        if tuning is not None:
+            tuning.update(baseline[2])
+    truth = load_truth(folder, d)
+    if truth is not None:
+        scorers["oracle"] = lambda rows: torch.from_numpy(
+            oracle_scores(
+                truth.user_latent[rows],
+                truth.item_latent,
+                truth.log_popularity,
+                truth.temperature,
+            )
+        )
+    return scorers
+
+
+def cold_start_report(
+    prep: Prepared, user_vecs: torch.Tensor, item_vecs: torch.Tensor, cfg: EvalConfig
+) -> dict[str, Any] | None:
+    """Cold-start metrics (see ``model.cold_start``) of the model's (U, D) user and (I, D)
+    item vectors, next to random and category-popularity rankers; None without new items."""
+    d, split = prep.data, prep.split
+    new = cold_start_items(d.inter_item, split.train, split.test, d.n_items)
+    if len(new) == 0:
+        return None
+    new_vecs = item_vecs[torch.from_numpy(new)]
+    cats = d.category.astype(np.int64)
+    rng = np.random.default_rng(cfg.seed)
+    cat_pop = torch.from_numpy(category_popularity(cats, d.inter_item, split.train, new))
+    affinity = user_category_affinity(cats, d.inter_user, d.inter_item, ~split.test, new, d.n_users)
+    scorers: dict[str, NewItemScores] = {
+        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ new_vecs.T,
+        "random": lambda rows: rng.random((len(rows), len(new)), dtype=np.float32),
+        "category popularity": lambda rows: cat_pop.expand(len(rows), -1).clone(),
+        "user's categories": affinity,
+    }
+    return cold_start_metrics(
+        scorers, d.inter_user, d.inter_item, split.test, new, d.n_users, d.n_items, cfg.ks
+    )
+
+
+def evaluate_version(
+    snapshot: SnapshotRef,
+    stage: StageRef,
+    data_cfg: DataConfig,
+    cfg: EvalConfig,
+    *,
+    logger: StepLogger = log,
+) -> EvalReport:
+    """Rank every item for test users with their train + validation items masked; stage
+    metrics.json with the model, popularity, classical baseline and oracle figures.
+
+    Every learned ranker fits on the training split only (validation steers early stopping)
+    and reads each user's train + validation interactions as input (the model's history
+    feature, the baseline's user row), so the comparison is even.
+    """
+    layout = Layout(Path(stage.root))
+    folder = snapshot_path(layout, snapshot.snapshot_id)
+    staging = VersionStore(layout).staging_path(stage.version_id)
+    prep = load_prepared(folder, data_cfg)
+    model = load_served_model(staging)
+    item_ids, item_vecs = read_embeddings(staging)
+    if not np.array_equal(item_ids, prep.data.item_id):
+        raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
+    user_vecs = torch.from_numpy(user_vectors(model, prep, ~prep.split.test))
+    items_t = torch.from_numpy(item_vecs)
+    tuning: dict[str, float] = {}
+    scorers: dict[str, ScoreFn] = {
+        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
+        **reference_scorers(prep, folder, cfg, tuning),
+    }
+    n_users, rankers, curves = rank_all(prep, scorers, cfg)
+    cold = cold_start_report(prep, user_vecs, items_t, cfg)
+    threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
+    report = EvalReport(
+        n_users=n_users,
+        n_items=prep.data.n_items,
+        protocol=prep.split.protocol,
+        rankers=rankers,
+        gate_metric=cfg.gate_metric,
+        gate_threshold=threshold,
+        gate_passed=passed,
+        baseline_tuning=tuning,
+        cold_start=cold,
+        recall_curve=curves,
+    )
+    write_json(staging / VersionFiles.METRICS, report.model_dump(mode="json"))
+    for name, metrics in rankers.items():
+        logger.info(
+            "%-10s %s",
+            name,
+            "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.split("@")[0] in _LOGGED),
+        )
+    return report
+
+
+def enforce_gate(report: EvalReport, stage: StageRef, *, logger: StepLogger = log) -> None:
+    """Raise ``QualityGateError`` (and drop the staged version) unless the model beat the
+    baseline by the required margin."""
+    model_value = report.rankers["model"][report.gate_metric]
+    if report.gate_passed:
+        logger.info(
+            "quality gate passed: %s %.4f >= %.4f",
+            report.gate_metric,
+            model_value,
+            report.gate_threshold,
+        )
+        return
+    discard_version(stage)
+    raise QualityGateError(
+        f"quality gate failed: model {report.gate_metric} = {model_value:.4f} is below "
+        f"{report.gate_threshold:.4f} (popularity "
+        f"{report.rankers['popularity'][report.gate_metric]:.4f} plus the required lift); "
+        f"version {stage.version_id} was not published and CURRENT is unchanged "
+        f"({stage.parent})"
+    )
