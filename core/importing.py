@@ -53,6 +53,7 @@ __all__ = [
     "IdMap",
     "ImportReport",
     "ImportResult",
+    "import_log",
     "import_snapshot_id",
     "input_checksums",
     "load_id_map",
@@ -169,6 +170,13 @@ def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
     return ImportResult(
         ref=_ref(layout, snapshot_id, data.report), report=data.report, reused=False
     )
+
+
+def import_log(root: str | Path, cfg: ImportConfig | dict[str, Any]) -> ImportResult:
+    """``run_import`` for a store root and a config (an ``ImportConfig`` or the same
+    mapping as the ``import:`` section of a config file)."""
+    config = cfg if isinstance(cfg, ImportConfig) else ImportConfig.model_validate(cfg)
+    return run_import(Layout(Path(root)), config)
 
 
 @dataclass(frozen=True)

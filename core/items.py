@@ -40,6 +40,7 @@ from storage import (
 
 __all__ = [
     "OnRejected",
+    "apply_items",
     "RecordSummary",
     "merge_catalogue",
     "publish_catalogue",
@@ -188,6 +189,16 @@ def publish_catalogue(root: str, keep_versions: int = 5, *, logger: StepLogger =
         result.attempts,
     )
     return result.version_id
+
+
+def apply_items(
+    root: str, batch: ItemsBatch, keep_versions: int = 5, *, logger: StepLogger = log
+) -> tuple[RecordSummary, str]:
+    """What the new-items flow does with one event, in this process: record the batch
+    (acknowledged once recorded), then publish CURRENT + the catalogue entries it lacks.
+    Returns what was recorded and CURRENT's id afterwards."""
+    recorded = record_items(root, batch, logger=logger)
+    return recorded, publish_catalogue(root, keep_versions, logger=logger)
 
 
 def merge_catalogue(stage: StageRef, *, logger: StepLogger = log) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "begin_version",
     "discard_version",
     "exclusive_nightly",
+    "open_store",
     "publish_version",
     "resolve_runtime",
 ]
@@ -63,6 +64,15 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         keep_versions=cfg.keep_versions or env.keep_versions,
         threads=cfg.threads,
     )
+
+
+def open_store(root: str | Path | None = None, keep_versions: int | None = None) -> VersionStore:
+    """The version store under ``root`` (None: TOWERFLOW_ROOT, else ./.towerflow), pruning
+    to ``keep_versions`` (None: TOWERFLOW_KEEP_VERSIONS, else the default)."""
+    runtime = resolve_runtime(
+        RuntimeConfig(storage_root=None if root is None else str(root), keep_versions=keep_versions)
+    )
+    return VersionStore(Layout(Path(runtime.root)), keep_versions=runtime.keep_versions)
 
 
 class OverlappingRunError(RuntimeError):

@@ -1,0 +1,97 @@
+"""The nightly pipeline without Prefect: the same steps, in the same order, as the nightly
+flow (``flows/nightly.py``), for notebooks, other orchestrators and tests.
+
+The flow adds what Prefect gives (retries, a task run per step, artifacts on the run page);
+the steps themselves are the functions called here, so a run with the same configuration
+publishes the same model, metrics and index either way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from core.config import NightlyConfig
+from core.embedding import embed_version_items
+from core.evaluation import enforce_gate, evaluate_version
+from core.indexing import build_version_index
+from core.items import merge_catalogue
+from core.lifecycle import (
+    begin_version,
+    discard_version,
+    exclusive_nightly,
+    publish_version,
+    resolve_runtime,
+)
+from core.progress import Progress, ProgressFactory, StepLogger
+from core.reports import stage_report_files
+from core.snapshots import ensure_snapshot
+from core.threads import apply_threads
+from core.training import train_version
+
+__all__ = ["run_nightly"]
+
+log = logging.getLogger(__name__)
+
+
+def run_nightly(
+    config: NightlyConfig | None = None,
+    *,
+    logger: StepLogger = log,
+    progress: ProgressFactory = Progress,
+) -> str:
+    """Train, evaluate, gate, index and publish a new version in this process; returns
+    its id.
+
+    Steps (as in the flow): data snapshot -> staging folder -> train -> embed items ->
+    evaluate + quality gate -> fold in the item catalogue -> build and tune the index ->
+    stage the report files -> compare-and-swap CURRENT. A failing step (the quality gate,
+    the index's recall target, bad data) raises, leaves CURRENT unchanged and removes the
+    staging folder. Holds the store's nightly lock, like the flow, so the two never
+    overlap on one store.
+    """
+    config = config or NightlyConfig()
+    runtime = resolve_runtime(config.runtime)
+    root = runtime.root
+    apply_threads(runtime.threads)
+    with exclusive_nightly(root, "run_nightly (Python API)"):
+        snapshot = ensure_snapshot(root, config.data)
+        stage = begin_version(root, logger=logger)
+        try:
+            trained = train_version(
+                snapshot,
+                stage,
+                config.data,
+                config.tower,
+                config.train,
+                config.evaluation,
+                logger=logger,
+                progress=progress,
+            )
+            embed_version_items(stage, logger=logger, progress=progress)
+            report = evaluate_version(
+                snapshot, stage, config.data, config.evaluation, logger=logger
+            )
+            enforce_gate(report, stage, logger=logger)
+            merge_catalogue(stage, logger=logger)
+            index = build_version_index(stage, config.index, logger=logger)
+            stage_report_files(
+                stage,
+                snapshot,
+                trained,
+                report,
+                config.evaluation.validation_metric,
+                logger=logger,
+            )
+            return publish_version(
+                stage,
+                snapshot,
+                config.model_dump(mode="json"),
+                index,
+                runtime.keep_versions,
+                logger=logger,
+            )
+        except BaseException:
+            # The flow leaves a failed run's staging folder to begin-version's clean-up of
+            # abandoned folders; here nothing else will, so remove it now.
+            discard_version(stage)
+            raise
