@@ -63,10 +63,11 @@ ui: install
 	$(BIN)/towerflow serve --ui $(UI_ARGS)
 
 # Every figure of bench/suite.py side by side with the bare library, at the default scale;
-# JSON + markdown under bench/results/ (git-ignored). `python -m` puts the repository root on
-# sys.path, so the bench package need not be installed. Extra options: BENCH_ARGS="--no-e2e".
+# JSON + markdown under bench/results/ (git-ignored). `python -m bench` (bench/__main__.py;
+# the towerflow CLI never imports bench/) puts the repository root on sys.path, so the bench
+# package need not be installed. Extra options: BENCH_ARGS="--no-e2e".
 bench: install
-	$(BIN)/python -m towerflow bench --scale small --json bench/results/bench-small.json $(BENCH_ARGS)
+	$(BIN)/python -m bench --scale small --json bench/results/bench-small.json $(BENCH_ARGS)
 
 # The ablation ladder (towerflow evaluate --ablation) on the default synthetic world and on
 # a MovieLens-format log under the 8:1:1 per-user protocol; tables in bench/results/.
@@ -84,7 +85,7 @@ ceiling: install
 	$(BIN)/python -m bench.ceiling --scale small --out bench/results/ceiling-synthetic-small.md
 
 check: lint
-	$(BIN)/mypy model storage tasks flows towerflow service bench
+	$(BIN)/mypy model storage core tasks flows cli service bench
 	$(MAKE) test
 
 clean:

@@ -30,7 +30,7 @@ def end_to_end(scale: str, threads: int, workdir: Path, timeout_s: float) -> dic
     }
     # A configured API would send the run to someone's server instead of a temporary one.
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "towerflow", "run", "--scale", scale]
+    cmd = [sys.executable, "-m", "cli", "run", "--scale", scale]
     cmd += ["--root", str(root), "--threads", str(threads), "--json"]
     out_path, err_path = workdir / "e2e.stdout", workdir / "e2e.stderr"
     with out_path.open("wb") as out, err_path.open("wb") as err:

@@ -195,7 +195,7 @@ def _free_port() -> int:
 def _server(root: Path, threads: int, startup_s: float) -> Iterator[str]:
     """``towerflow api`` in a child process on a free loopback port; stopped on exit."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "towerflow", "api", "--root", str(root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "api", "--root", str(root), "--port", str(port)]
     cmd += ["--threads", str(threads), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,5 @@
 """The benchmark suite: every figure measured side by side in one run at one scale, written
-as JSON and a markdown table (``towerflow bench`` / ``make bench``).
+as JSON and a markdown table (``python -m bench`` / ``make bench``).
 
 Order: calibrate, generate, prepare, training throughput, train the model the online
 figures use, embed, build the index, then tune / publish / load / serve; optionally the

@@ -1,4 +1,4 @@
-"""`python -m towerflow` = the `towerflow` console script."""
+"""``python -m cli`` = the ``towerflow`` console script."""
 
 from cli.app import app
 

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from cli.options import fail, root_path
+
 __all__ = ["evaluate_command"]
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,9 @@ def evaluate_command(
 ) -> None:
     """Train and rank on a snapshot, print one table with popularity, the classical
     baseline and (synthetic data) the oracle; publish nothing."""
-    from core.ablation import Variant, ladder, render_table, run_ablation
-    from storage import StorageSettings
-    from cli.app import load_config
     from cli.progress import progress_bars
+    from core.ablation import Variant, ladder, render_table, run_ablation
+    from core.config import load_config
 
     overrides = {
         "data.scale": scale,
@@ -70,14 +71,10 @@ def evaluate_command(
     try:
         cfg = load_config(config, overrides)
     except ValueError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=2) from None
+        raise fail(str(e), code=2) from None
     variants = ladder(uniform_negatives, history_len, hard) if ablation else [Variant("model")]
-    store_root = str(
-        (cfg.runtime.storage_root and Path(cfg.runtime.storage_root))
-        or root
-        or StorageSettings().root
-    )
+    # --root, else the file's runtime.storage_root, else the env (as `towerflow run`).
+    store_root = str(root_path(root, cfg.runtime.storage_root))
     with progress_bars(enabled=not as_json):
         result = run_ablation(cfg, variants, store_root, threads or cfg.runtime.threads)
     table = render_table(result)

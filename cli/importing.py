@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import yaml
 
-from cli.options import JsonOpt, RootOpt
+from cli.options import JsonOpt, RootOpt, fail, root_path
 
 if TYPE_CHECKING:
     from core.import_config import ImportConfig
-    from tasks.importing import ImportResult
+    from core.importing import ImportResult
 
 __all__ = ["build_config", "import_command"]
 
@@ -248,14 +248,12 @@ def import_command(
     options["mode"] = None if strict is None else ("strict" if strict else "lenient")
     try:
         cfg = build_config(options, config)
-        from storage import Layout, StorageSettings
-        from tasks.importing import run_import
+        from core.importing import run_import
+        from storage import Layout
 
-        resolved = (root or StorageSettings().root).expanduser().resolve()
-        result = run_import(Layout(resolved), cfg)
+        result = run_import(Layout(root_path(root)), cfg)
     except ValueError as e:  # bad options, unreadable files, bad rows in strict mode
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=2) from None
+        raise fail(str(e), code=2) from None
     if as_json:
         typer.echo(
             json.dumps({"snapshot_id": result.ref.snapshot_id, **result.model_dump(mode="json")})

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,14 +20,12 @@ from typing import Annotated, Any, Final, Literal
 
 import typer
 
-from cli.options import RootOpt
+from cli.options import RootOpt, apply_prefect_defaults, fail, root_path, setup_logging
 
 __all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
 
 _EVENTS: Final = {"create": "towerflow.items.created", "retire": "towerflow.items.retired"}
 _RESOURCE: Final = {"prefect.resource.id": "towerflow.items.cli"}
-# Under Prefect's 1.5 MB event limit with room for the envelope.
-_MAX_INLINE_BYTES: Final = 1_000_000
 
 NowOpt = Annotated[
     bool, typer.Option("--now", help="Run the new-items flow in-process instead of sending.")
@@ -45,17 +41,6 @@ EventIdOpt = Annotated[
     str | None,
     typer.Option("--event-id", help="Idempotency key [default: a new UUID].", show_default=False),
 ]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=1)
-
-
-def _root(root: Path | None) -> Path:
-    from storage import StorageSettings
-
-    return (root or StorageSettings().root).expanduser().resolve()
 
 
 def prefect_event_id(event_id: str) -> uuid.UUID:
@@ -86,49 +71,6 @@ def emit_items_event(
         EventsWorker.drain_all(timeout=30)
 
 
-def _payload(root: Path, event_id: str, file: Path | None, items: list[Any]) -> dict[str, Any]:
-    """Inline items when small, else a copy of `file` in the store's inbox."""
-    from storage import Layout, atomic_path
-    from core.items_validation import MAX_INLINE_ITEMS
-
-    inline = json.dumps(items, default=str)
-    if file is None or (len(items) <= MAX_INLINE_ITEMS and len(inline) <= _MAX_INLINE_BYTES):
-        return {"items": items}
-    target = Layout(root).inbox_dir / f"{event_id}{file.suffix.lower()}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
-        shutil.copyfile(file, tmp)
-    return {"path": str(target)}
-
-
-def _wait(root: Path, event_id: str, timeout_s: float) -> dict[str, Any]:
-    """Poll until the event is acknowledged and CURRENT includes it."""
-    from storage import CatalogueLog, Layout, VersionStore
-
-    layout = Layout(root)
-    catalogue, store = CatalogueLog(layout.catalogue_db), VersionStore(layout)
-    start = time.monotonic()
-    acked_s: float | None = None
-    while time.monotonic() - start < timeout_s:
-        seq = catalogue.event_seq(event_id)
-        if seq is not None:
-            acked_s = acked_s or time.monotonic() - start
-            current = store.current()
-            if current is not None:
-                lineage = store.open_version(current, verify=False).manifest.lineage
-                if (lineage.catalogue_seq or 0) >= seq:
-                    return {
-                        "acknowledged_s": acked_s,
-                        "published_s": time.monotonic() - start,
-                        "version": current,
-                    }
-        time.sleep(0.05)
-    raise TimeoutError(
-        f"event {event_id} not {'published' if acked_s else 'acknowledged'} within "
-        f"{timeout_s} s (is `towerflow serve` running against this server and store?)"
-    )
-
-
 def _send(
     operation: Literal["create", "retire"],
     root: Path,
@@ -140,11 +82,9 @@ def _send(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"event_id": event_id, "operation": operation, "items": len(items)}
     if now:
+        apply_prefect_defaults()
         from flows.new_items import new_items
-        from cli.app import _PREFECT_DEFAULTS
 
-        for key, value in _PREFECT_DEFAULTS.items():
-            os.environ.setdefault(key, value)
         inline = file is None or len(items) <= 500
         result = new_items(
             event_id=event_id,
@@ -157,11 +97,13 @@ def _send(
     from cli.deployments import check_server
 
     check_server(os.environ.get("PREFECT_API_URL"))
-    payload = _payload(root, event_id, file, items)
+    from core.events import event_payload, wait_until_published
+
+    payload = event_payload(root, event_id, file, items)
     emit_items_event(operation, event_id, payload)
     out["sent"] = "path" if "path" in payload else "inline"
     if wait > 0:
-        out |= _wait(root, event_id, wait)
+        out |= wait_until_published(root, event_id, wait)
     return out
 
 
@@ -181,9 +123,11 @@ def add_items_command(
 
     try:
         items = read_items_file(file)
-        out = _send("create", _root(root), event_id or str(uuid.uuid4()), items, file, now, wait)
+        out = _send(
+            "create", root_path(root), event_id or str(uuid.uuid4()), items, file, now, wait
+        )
     except (ValueError, RuntimeError, TimeoutError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     typer.echo(json.dumps(out))
 
 
@@ -197,10 +141,16 @@ def retire_items_command(
     """Retire items: send a towerflow.items.retired event, or apply it with --now."""
     try:
         out = _send(
-            "retire", _root(root), event_id or str(uuid.uuid4()), list(item_ids), None, now, wait
+            "retire",
+            root_path(root),
+            event_id or str(uuid.uuid4()),
+            list(item_ids),
+            None,
+            now,
+            wait,
         )
     except (ValueError, RuntimeError, TimeoutError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     typer.echo(json.dumps(out))
 
 
@@ -265,24 +215,22 @@ def serve_command(
 
     With --ui, the server is a local `prefect server start` that stops with this command.
     """
-    from cli.app import _PREFECT_DEFAULTS, _setup_logging
     from cli.deployments import check_server, deployments_from_yaml, local_prefect_server
 
-    for key, value in _PREFECT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_prefect_defaults()
     # Our own log lines outside flow runs (the server starting, stopping) stay local,
     # instead of a warning each that Prefect's API log handler cannot send them.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Flow runs are subprocesses of this process: they find the store through the env.
-    os.environ["TOWERFLOW_ROOT"] = str(_root(root))
-    _setup_logging(verbose=True)
+    os.environ["TOWERFLOW_ROOT"] = str(root_path(root))
+    setup_logging(verbose=True)
     with ExitStack() as stack:
         if ui:
             _exit_on_sigterm(stack)
             try:
                 server = stack.enter_context(local_prefect_server(port, _server_log()))
             except RuntimeError as e:
-                raise _fail(str(e)) from None
+                raise fail(str(e)) from None
             previous = os.environ.get("PREFECT_API_URL")
             if previous and previous.rstrip("/") != server.api_url:
                 typer.echo(f"--ui: PREFECT_API_URL={previous} ignored", err=True)
@@ -295,7 +243,7 @@ def serve_command(
             spec_path = prefect_yaml or _default_prefect_yaml()
             deployments = deployments_from_yaml(spec_path, only)
         except (RuntimeError, ValueError) as e:
-            raise _fail(str(e)) from None
+            raise fail(str(e)) from None
         from prefect import serve
 
         # Not a logger: outside a flow run Prefect's API log handler warns about every record.

@@ -1,14 +1,31 @@
-"""Options shared by the ``towerflow`` commands (kept apart so command modules that
-``cli.app`` imports can use them without a circular import)."""
+"""What every ``towerflow`` command shares: the ``--root`` / ``--json`` options, Prefect's
+environment defaults, logging set-up, the error exit and opening the store.
+
+Command modules import this module, never ``cli.app`` (which imports them).
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-__all__ = ["JsonOpt", "RootOpt"]
+if TYPE_CHECKING:
+    from storage import VersionStore
+
+__all__ = [
+    "PREFECT_DEFAULTS",
+    "JsonOpt",
+    "RootOpt",
+    "apply_prefect_defaults",
+    "fail",
+    "open_store",
+    "root_path",
+    "setup_logging",
+]
 
 RootOpt = Annotated[
     Path | None,
@@ -19,3 +36,53 @@ RootOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+# Prefect defaults that matter offline and on small machines (see README): no telemetry,
+# room for the temporary server's cold start, and our loggers in the flow run's logs
+# (the package roots, plus core.progress's "towerflow.progress"). The environment wins.
+PREFECT_DEFAULTS: Final = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "model,storage,core,tasks,cli,towerflow",
+}
+
+
+def apply_prefect_defaults() -> None:
+    """Set each of ``PREFECT_DEFAULTS`` that the environment does not set already (before
+    Prefect is imported: it reads its settings once)."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def setup_logging(verbose: bool) -> None:
+    """INFO logs to stderr when ``verbose``, else warnings only; quiet chatty libraries."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per HTTP call to Prefect's API drowns the run's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` in red on stderr; return the exit to raise."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=code)
+
+
+def root_path(root: Path | None, cfg_root: str | None = None) -> Path:
+    """The store root of a command: ``--root``, else the config file's
+    ``runtime.storage_root``, else ``$TOWERFLOW_ROOT``, else ``./.towerflow`` (absolute;
+    the rule is ``core.store.resolve_root``)."""
+    from core.store import resolve_root
+
+    return resolve_root(root, cfg_root)
+
+
+def open_store(root: Path | None, cfg_root: str | None = None) -> VersionStore:
+    """The version store at ``root_path(root, cfg_root)``, keeping
+    ``$TOWERFLOW_KEEP_VERSIONS`` (default 5) versions."""
+    from core.store import open_store as open_root
+
+    return open_root(root, cfg_root=cfg_root)

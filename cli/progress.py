@@ -1,5 +1,5 @@
-"""Progress bars for long CLI steps: turns the progress records of ``tasks.progress`` (one
-logger, ``cli.progress``) into rich progress bars on stderr while a flow runs
+"""Progress bars for long CLI steps: turns the progress records of ``core.progress`` (one
+logger, ``towerflow.progress``) into rich progress bars on stderr while a flow runs
 in-process. On a non-terminal stderr rich prints no live bars, so logs and CI stay clean."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tasks.progress import PROGRESS_ATTR, ProgressEvent
+from core.progress import PROGRESS_ATTR, PROGRESS_LOGGER, ProgressEvent
 
 __all__ = ["ProgressBarHandler", "progress_bars"]
 
@@ -59,7 +59,7 @@ def progress_bars(enabled: bool = True) -> Iterator[Progress | None]:
         console=Console(stderr=True),
         transient=False,
     )
-    logger = logging.getLogger("cli.progress")
+    logger = logging.getLogger(PROGRESS_LOGGER)
     handler = ProgressBarHandler(progress)
     saved = (logger.level, logger.propagate)
     # The records are DEBUG so that ordinary logging never shows them twice.

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import RootOpt
+from cli.options import RootOpt, fail, root_path
 
 __all__ = ["report_command"]
 
@@ -33,21 +33,18 @@ def report_command(
     root: RootOpt = None,
 ) -> None:
     """Write a version's run report as one HTML file and print its path."""
-    from storage import Layout, StorageSettings, VersionStore, atomic_write_bytes
-    from storage.errors import StorageError
-    from storage.manifest import utc_now_iso
-    from tasks.report import write_html_report
     from core.report_data import load_version_report, report_sections
     from core.report_render import to_html
+    from core.reports import write_html_report
+    from storage import Layout, VersionStore, atomic_write_bytes
+    from storage.errors import StorageError
+    from storage.manifest import utc_now_iso
 
-    resolved = (root or StorageSettings().root).expanduser().resolve()
-    layout = Layout(resolved)
+    layout = Layout(root_path(root))
     try:
         inputs = load_version_report(VersionStore(layout), version)
     except (StorageError, ValueError, OSError) as e:
-        typer.secho(f"error: cannot read the report of {version or 'CURRENT'}: {e}", err=True,
-                    fg=typer.colors.RED)  # fmt: skip
-        raise typer.Exit(code=1) from None
+        raise fail(f"cannot read the report of {version or 'CURRENT'}: {e}") from None
     if out is None:
         path = write_html_report(layout, inputs)
     else:

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from core.importing import import_log
     from core.items import apply_items
     from core.items_validation import ItemsBatch
-    from core.lifecycle import open_store
     from core.nightly import run_nightly
     from core.recall import Recaller
+    from core.store import open_store
 
 __all__ = [
     "ImportConfig",
@@ -52,7 +52,7 @@ _HOME: dict[str, str] = {
     "import_log": "core.importing",
     "ladder": "core.ablation",
     "load_config": "core.config",
-    "open_store": "core.lifecycle",
+    "open_store": "core.store",
     "render_table": "core.ablation",
     "run_ablation": "core.ablation",
     "run_nightly": "core.nightly",

@@ -6,16 +6,35 @@ description. Model and training knobs live with the model (``model.config``).
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from pathlib import Path
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from core.import_config import ImportConfig
+from core.store import resolve_root
 from model.config import TowerConfig, TrainConfig
 from model.dataset import SplitProtocol
 from model.synthetic import SCALES, check_scale
-from core.import_config import ImportConfig
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
-__all__ = ["DataConfig", "EvalConfig", "IndexConfig", "NightlyConfig", "RuntimeConfig"]
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "IndexConfig",
+    "NightlyConfig",
+    "RuntimeConfig",
+    "load_config",
+    "resolve_root",
+]
 
 
 class DataConfig(BaseModel):
@@ -144,7 +163,10 @@ class RuntimeConfig(BaseModel):
         None, description="Artifact store root; None = TOWERFLOW_ROOT or ./.towerflow."
     )
     keep_versions: int | None = Field(
-        None, ge=1, description="Published versions kept for rollback; None = env or 5."
+        None,
+        ge=1,
+        description="Published versions kept for rollback; None = TOWERFLOW_KEEP_VERSIONS, "
+        f"else {DEFAULT_KEEP_VERSIONS}.",
     )
     threads: int | None = Field(
         None, ge=1, description="Threads for torch and Faiss; None = all cores."
@@ -162,3 +184,33 @@ class NightlyConfig(BaseModel):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)  # type: ignore[arg-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[arg-type]
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
+    """NightlyConfig from a YAML/JSON file (optional) with dotted-key ``overrides`` applied
+    (``{"train.epochs": 3}``; a None value leaves the field alone).
+
+    Raises ValueError naming the file and the invalid field.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config {path}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config {path}: expected a mapping at the top level")
+        raw = loaded or {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return NightlyConfig.model_validate(raw)
+    except ValidationError as e:
+        where = f"config {path}" if path else "options"
+        raise ValueError(f"invalid {where}:\n{e}") from e

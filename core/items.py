@@ -37,11 +37,12 @@ from storage import (
     read_json,
     read_table,
 )
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "OnRejected",
-    "apply_items",
     "RecordSummary",
+    "apply_items",
     "merge_catalogue",
     "publish_catalogue",
     "record_items",
@@ -176,7 +177,9 @@ def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
     return np.asarray(items.column("item_id").to_numpy(), np.int64)
 
 
-def publish_catalogue(root: str, keep_versions: int = 5, *, logger: StepLogger = log) -> str:
+def publish_catalogue(
+    root: str, keep_versions: int = DEFAULT_KEEP_VERSIONS, *, logger: StepLogger = log
+) -> str:
     """Publish CURRENT + the catalogue entries it lacks (embedded with CURRENT's model),
     compare-and-swap with bounded retries; returns CURRENT's id afterwards."""
     result = sync_current(Layout(Path(root)), keep_versions)
@@ -192,7 +195,11 @@ def publish_catalogue(root: str, keep_versions: int = 5, *, logger: StepLogger =
 
 
 def apply_items(
-    root: str, batch: ItemsBatch, keep_versions: int = 5, *, logger: StepLogger = log
+    root: str,
+    batch: ItemsBatch,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    *,
+    logger: StepLogger = log,
 ) -> tuple[RecordSummary, str]:
     """What the new-items flow does with one event, in this process: record the batch
     (acknowledged once recorded), then publish CURRENT + the catalogue entries it lacks.

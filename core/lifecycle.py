@@ -18,6 +18,7 @@ from core.catalogue_sync import catch_up_and_publish
 from core.config import RuntimeConfig
 from core.progress import StepLogger
 from core.refs import IndexSummary, SnapshotRef, StageRef
+from core.store import resolve_root
 from storage import (
     Layout,
     Lineage,
@@ -28,6 +29,7 @@ from storage import (
     read_json,
 )
 from storage.manifest import utc_now_iso
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "OverlappingRunError",
@@ -35,7 +37,6 @@ __all__ = [
     "begin_version",
     "discard_version",
     "exclusive_nightly",
-    "open_store",
     "publish_version",
     "resolve_runtime",
 ]
@@ -58,21 +59,11 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
     """Fill unset storage fields from the environment (TOWERFLOW_ROOT, TOWERFLOW_KEEP_VERSIONS,
     else ./.towerflow and 5); the root becomes absolute so every task agrees on it."""
     env = StorageSettings()
-    root = Path(cfg.storage_root) if cfg.storage_root else env.root
     return Runtime(
-        root=str(root.expanduser().resolve()),
+        root=str(resolve_root(None, cfg.storage_root)),
         keep_versions=cfg.keep_versions or env.keep_versions,
         threads=cfg.threads,
     )
-
-
-def open_store(root: str | Path | None = None, keep_versions: int | None = None) -> VersionStore:
-    """The version store under ``root`` (None: TOWERFLOW_ROOT, else ./.towerflow), pruning
-    to ``keep_versions`` (None: TOWERFLOW_KEEP_VERSIONS, else the default)."""
-    runtime = resolve_runtime(
-        RuntimeConfig(storage_root=None if root is None else str(root), keep_versions=keep_versions)
-    )
-    return VersionStore(Layout(Path(runtime.root)), keep_versions=runtime.keep_versions)
 
 
 class OverlappingRunError(RuntimeError):
@@ -121,7 +112,7 @@ def publish_version(
     snapshot: SnapshotRef,
     config: dict[str, Any],
     index: IndexSummary,
-    keep_versions: int = 5,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
     *,
     logger: StepLogger = log,
 ) -> str:

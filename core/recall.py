@@ -7,7 +7,6 @@ reference assignment and a request never mixes a model with another version's in
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -17,9 +16,22 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.towers import UNKNOWN_ROW, TwoTower
-from storage import Manifest, VersionFiles, VersionStore, load_index
 from core.catalogue_apply import read_tombstones
+from core.filtering import (
+    EMPTY_IDS,
+    FilteredSearch,
+    FilterMode,
+    ItemCatalogue,
+    index_ids,
+)
+from core.recall_types import (
+    InvalidRequestError,
+    RecallError,
+    RecallResult,
+    Recommendation,
+    UnknownUserError,
+    VersionRejectedError,
+)
 from core.versionio import (
     History,
     RawIds,
@@ -29,13 +41,8 @@ from core.versionio import (
     read_raw_ids,
     read_serving_tables,
 )
-from core.filtering import (
-    EMPTY_IDS,
-    FilteredSearch,
-    FilterMode,
-    ItemCatalogue,
-    index_ids,
-)
+from model.towers import UNKNOWN_ROW, TwoTower
+from storage import Manifest, VersionFiles, VersionStore, load_index
 
 __all__ = [
     "FilterMode",
@@ -57,65 +64,6 @@ _INT64_MAX: Final = 2**63 - 1
 # item-bias slot): |v| within 1 -+ 1e-3 of what the tower emits.
 _UNIT_SQ_LOW: Final = (1.0 - 1e-3) ** 2
 _UNIT_SQ_HIGH: Final = (1.0 + 1e-3) ** 2
-
-
-class RecallError(Exception):
-    """Base of the errors a recall request can cause (the service maps them to 4xx)."""
-
-
-class InvalidRequestError(RecallError, ValueError):
-    """The request cannot be answered as given (bad k, profile, or no user at all)."""
-
-
-class UnknownUserError(RecallError, KeyError):
-    """The user ID is not in the version's user table and no profile was given."""
-
-    def __str__(self) -> str:
-        # KeyError quotes its message; this one is read by people.
-        return str(self.args[0]) if self.args else ""
-
-
-class VersionRejectedError(Exception):
-    """A version's files verified but do not fit together (index vs model vs tables)."""
-
-    def __init__(self, version_id: str, reason: str) -> None:
-        self.version_id = version_id
-        self.reason = reason
-        super().__init__(f"version {version_id!r} rejected: {reason}")
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    item_id: int
-    score: float  # inner product of user and item vectors (cosine + item offset)
-    category: int
-
-
-@dataclass(frozen=True)
-class RecallResult:
-    """The items of one request, best first, and the version that answered it.
-
-    Kept as arrays: building 100 Python objects per request cost more than the search
-    itself on small catalogues; ``items`` builds them on first use.
-    """
-
-    version_id: str
-    item_ids: npt.NDArray[np.int64]  # (n,) best first
-    scores: npt.NDArray[np.float32]  # (n,) inner products (cosine + item offset)
-    categories: npt.NDArray[np.int32]  # (n,)
-    known_user: bool  # False: embedded through the unknown-ID bucket (row 0)
-
-    @functools.cached_property
-    def items(self) -> list[Recommendation]:
-        return [
-            Recommendation(i, s, c)
-            for i, s, c in zip(
-                self.item_ids.tolist(),
-                self.scores.tolist(),
-                self.categories.tolist(),
-                strict=True,
-            )
-        ]
 
 
 def _is_int(x: object) -> bool:
@@ -299,6 +247,24 @@ class Recaller:
     @property
     def profile_dim(self) -> int:
         return int(self.model.spec.profile_dim)
+
+    def stored_user_id(self, raw: str) -> int:
+        """The stored int64 ID of a raw (text) user ID: through the version's raw-ID map
+        for imported data whose IDs are not integers, else the integer the text spells.
+
+        Raises ``UnknownUserError`` when the map lacks it or the text is no integer.
+        """
+        if self.raw_ids is not None:
+            stored = self.raw_ids.user(raw)
+            if stored is None:
+                raise UnknownUserError(f"user {raw!r} is not in version {self.version_id}")
+            return stored
+        try:
+            return int(raw)
+        except ValueError:
+            raise UnknownUserError(
+                f"user {raw!r} is not in version {self.version_id} (its user IDs are integers)"
+            ) from None
 
     def recommend(self, user_id: int, k: int) -> list[Recommendation]:
         """Top-``k`` items for a known user, best first, seen items included (the CLI's

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from core.recall import InvalidRequestError, Recaller, UnknownUserError
 from service.limits import BodySizeLimitMiddleware
 from service.schemas import (
     ErrorResponse,
@@ -31,7 +32,6 @@ from service.schemas import (
 )
 from service.settings import ApiSettings
 from service.state import RecallService
-from core.recall import InvalidRequestError, Recaller, UnknownUserError
 
 __all__ = ["create_app"]
 
@@ -59,14 +59,6 @@ def _service(request: Request) -> RecallService:
     return service
 
 
-def _stored_user(recaller: Recaller, key: str) -> int:
-    """The stored ID of a raw (text) user ID; UnknownUserError (404) when there is none."""
-    stored = None if recaller.raw_ids is None else recaller.raw_ids.user(key)
-    if stored is None:
-        raise UnknownUserError(f"user {key!r} is not in version {recaller.version_id}")
-    return stored
-
-
 def _serving(request: Request) -> Recaller:
     recaller = _service(request).recaller  # read once: the whole request uses this version
     if recaller is None:
@@ -82,7 +74,7 @@ def _serving(request: Request) -> Recaller:
 )
 async def recall(body: RecallRequest, request: Request) -> Response:
     recaller = _serving(request)
-    user_id = body.user_id if body.user_key is None else _stored_user(recaller, body.user_key)
+    user_id = body.user_id if body.user_key is None else recaller.stored_user_id(body.user_key)
     call = functools.partial(
         recaller.recall,
         user_id,

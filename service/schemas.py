@@ -43,8 +43,8 @@ class RecallRequest(BaseModel):
     )
     user_key: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
         None,
-        description="Raw user ID as text, for versions of imported data whose IDs are not "
-        "integers (instead of user_id).",
+        description="Raw user ID as text (instead of user_id): the raw ID of imported data "
+        "whose IDs are not integers, or the integer's digits.",
     )
     profile: Annotated[list[float], Field(max_length=4096)] | None = Field(
         None,

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from storage import VersionStore
 from core.recall import Recaller
+from storage import VersionStore
 
 __all__ = ["RecallService", "Rejection", "ServiceStatus"]
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
+from cli.options import PREFECT_DEFAULTS
+from core.config import NightlyConfig, load_config, resolve_root
+from core.metrics_text import metrics_table
 from storage import Layout, VersionFiles, VersionStore, read_table
 from storage.schemas import VERSION_ITEMS
 from tests.conftest import Published
-from cli.app import app, load_config
 
 runner = CliRunner()
 
@@ -39,6 +47,97 @@ def test_load_config_names_the_file_and_the_bad_field(tmp_path: Path) -> None:
         load_config(path, {})
     with pytest.raises(ValueError, match="unknown scale"):
         load_config(None, {"data.scale": "galactic"})
+
+
+def test_no_command_module_imports_the_app_and_python_m_cli_works() -> None:
+    """cli.app registers the commands; they share cli.options (no import cycle)."""
+    import ast
+
+    for module in (Path(__file__).parents[1] / "cli").glob("*.py"):
+        if module.name in {"app.py", "__main__.py"}:
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "cli.app" not in imported, module.name
+    assert "bench" not in {c.name for c in app.registered_commands}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "recommend" in result.stdout and "bench" not in result.stdout
+
+
+def test_resolve_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--root > the config file's runtime.storage_root > $TOWERFLOW_ROOT > ./.towerflow."""
+    tmp_path = tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOWERFLOW_ROOT", raising=False)
+    assert resolve_root(None, None) == tmp_path / ".towerflow"
+    monkeypatch.setenv("TOWERFLOW_ROOT", "env-root")
+    assert resolve_root(None, None) == tmp_path / "env-root"
+    assert resolve_root(None, "cfg-root") == tmp_path / "cfg-root"
+    assert resolve_root(Path("opt-root"), "cfg-root") == tmp_path / "opt-root"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert resolve_root(Path("~/r"), None) == tmp_path / "home" / "r"
+
+
+class _Stop(Exception):
+    """Raised by the fakes below once they have seen where a command would store."""
+
+
+@pytest.mark.parametrize(
+    ("option", "in_file", "expected"),
+    [("opt", "cfg", "opt"), (None, "cfg", "cfg"), (None, None, "env")],
+)
+def test_run_and_evaluate_resolve_the_root_the_same_way(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    option: str | None,
+    in_file: str | None,
+    expected: str,
+) -> None:
+    tmp_path = tmp_path.resolve()
+    for key in PREFECT_DEFAULTS:  # `run` sets them; restore them after the test
+        monkeypatch.setenv(key, os.environ.get(key, ""))
+        if not os.environ[key]:
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("TOWERFLOW_ROOT", str(tmp_path / "env"))
+    seen: dict[str, Path] = {}
+
+    def nightly(cfg: NightlyConfig) -> str:
+        # The flow resolves a None storage_root from the environment, as resolve_root does.
+        seen["run"] = resolve_root(None, cfg.runtime.storage_root)
+        raise _Stop
+
+    def run_ablation(cfg: NightlyConfig, variants: Any, root: str, threads: Any) -> Any:
+        seen["evaluate"] = Path(root)
+        raise _Stop
+
+    ablation = types.SimpleNamespace(
+        Variant=lambda name: name, ladder=list, render_table=str, run_ablation=run_ablation
+    )
+    monkeypatch.setitem(sys.modules, "flows.nightly", types.SimpleNamespace(nightly=nightly))
+    monkeypatch.setitem(sys.modules, "core.ablation", ablation)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(f"runtime:\n  storage_root: {tmp_path / 'cfg'}\n" if in_file else "{}\n")
+    args = ["--config", str(config), "--json"]
+    args += ["--root", str(tmp_path / option)] if option else []
+    for command in ("run", "evaluate"):
+        result = runner.invoke(app, [command, *args])
+        assert isinstance(result.exception, _Stop), result.output
+    assert seen == {"run": tmp_path / expected, "evaluate": tmp_path / expected}
+
+
+def test_metrics_table_orders_rankers_and_metrics() -> None:
+    rankers = {
+        "popularity": {"recall@50": 0.1, "ndcg@10": 0.05, "recall@10": 0.02, "coverage": 1.0},
+        "model": {"recall@50": 0.3, "ndcg@10": 0.2, "recall@10": 0.1, "coverage": 0.5},
+    }
+    lines = metrics_table({"rankers": rankers}).splitlines()
+    assert lines[0].split() == ["ranker", "recall@10", "recall@50", "ndcg@10"]
+    assert lines[1].split() == ["model", "0.1000", "0.3000", "0.2000"]
+    assert lines[2].startswith("popularity")
 
 
 def test_run_rejects_a_bad_config_before_doing_anything(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from bench.movielens_like import MovieLensFiles, MovieLensLikeConfig, write_movielens_like
-from storage import CATEGORIES, Layout, list_snapshots, read_table
-from core.dataio import load_dataset
-from tasks.importing import load_id_map
 from cli.importing import import_command
+from core.dataio import load_dataset
+from core.importing import load_id_map
+from storage import CATEGORIES, Layout, list_snapshots, read_table
 
 TINY = MovieLensLikeConfig(n_users=40, n_items=60, median_extra=5.0, seed=3)
 

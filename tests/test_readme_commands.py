@@ -18,7 +18,7 @@ SCRIPT = Path(sys.executable).with_name("towerflow")
 
 
 def _towerflow(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    exe = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "towerflow"]
+    exe = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "cli"]
     return subprocess.run(
         [*exe, *args], env=env, capture_output=True, text=True, timeout=300, check=False
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bench.__main__ import app
 from bench.baselines import direct_faiss_build
 from bench.measure import PeakRss, interleave
 from bench.suite import BenchConfig, run_suite, write_results
 from model.index import build_index, search, set_search_params
-from cli.app import app
 
 TINY = BenchConfig(
     scale="tiny",
@@ -195,16 +197,33 @@ def test_direct_faiss_build_matches_build_index_on_ivf() -> None:
 
 
 def test_cli_rejects_an_unknown_scale() -> None:
-    result = CliRunner().invoke(app, ["bench", "--scale", "galactic", "--no-e2e"])
+    result = CliRunner().invoke(app, ["--scale", "galactic", "--no-e2e"])
     assert result.exit_code == 1
     assert "unknown scale" in result.output
 
 
 def test_cli_help_names_the_options(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["bench", "--help"])
+    result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     for option in ("--scale", "--json", "--threads", "--repeats", "--e2e"):
         assert option in result.stdout
+
+
+def test_python_m_bench_is_the_entry_point() -> None:
+    """`make bench` runs `python -m bench`; the production CLI has no bench command."""
+    from cli.app import app as towerflow
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--scale" in result.stdout and "--no-e2e" in result.stdout
+    assert "bench" not in {c.name for c in towerflow.registered_commands}
 
 
 @pytest.mark.slow

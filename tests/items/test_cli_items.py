@@ -11,13 +11,14 @@ import pytest
 from prefect.events import DeploymentEventTrigger
 from typer.testing import CliRunner
 
+from cli.app import app
+from cli.deployments import deployments_from_yaml
+from cli.items import prefect_event_id
+from cli.options import PREFECT_DEFAULTS
+from core.recall import Recaller
 from storage import CatalogueLog
 from tests.items.conftest import N_ITEMS, MakeStore, item
 from tests.items.helpers import held_ids
-from cli.app import app
-from cli.items import prefect_event_id
-from core.recall import Recaller
-from cli.deployments import deployments_from_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,9 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _restore_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The commands set Prefect defaults in os.environ (as `towerflow run` does); undo
     them after each test so later tests' logging is unaffected."""
-    from cli.app import _PREFECT_DEFAULTS
-
-    for key in [*_PREFECT_DEFAULTS, "TOWERFLOW_ROOT"]:
+    for key in [*PREFECT_DEFAULTS, "TOWERFLOW_ROOT"]:
         # setenv records the prior value (or its absence) for teardown, delenv alone does not.
         monkeypatch.setenv(key, os.environ.get(key, ""))
         if not os.environ[key]:

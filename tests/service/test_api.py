@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
+from core.recall import Recaller
 from service import ApiSettings, RecallService, create_app
 from service.schemas import RecallResponse
 from storage import Layout, VersionStore
 from tests.conftest import Published
 from tests.service.conftest import serve
-from core.recall import Recaller
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,16 @@ def test_health_and_version(client: httpx.Client, published: Published) -> None:
     assert "/v1/items" not in schema["paths"]
 
 
+@pytest.mark.prefect
+def test_user_key_of_integer_ids_is_the_user_id(client: httpx.Client, recaller: Recaller) -> None:
+    user = int(recaller.tables.user_id[0])
+    by_key = client.post("/v1/recall", json={"user_key": str(user), "k": 5})
+    by_id = client.post("/v1/recall", json={"user_id": user, "k": 5})
+    assert by_key.status_code == 200, by_key.text
+    assert by_key.json() == by_id.json() and by_key.json()["user_id"] == user
+    assert recaller.stored_user_id(str(user)) == user
+
+
 BAD: list[tuple[str, Any, int, str]] = [
     ("k zero", {"user_id": 1, "k": 0}, 422, "greater than or equal to 1"),
     ("k over max", {"user_id": 1, "k": 1001}, 422, "less than or equal to 1000"),
@@ -106,6 +116,8 @@ BAD: list[tuple[str, Any, int, str]] = [
     ("user bool", {"user_id": True}, 422, "valid integer"),
     ("user too big", {"user_id": 2**70}, 422, "less than or equal to"),
     ("unknown user", {"user_id": 987654321}, 404, "not in version"),
+    ("unknown user key", {"user_key": "987654321"}, 404, "user 987654321 is not in version"),
+    ("text user key", {"user_key": "u-1"}, 404, "(its user IDs are integers)"),
     ("nobody", {"k": 3}, 422, "user_id, a profile"),
     ("short profile", {"profile": [1.0, 2.0]}, 400, "must have 4 values"),
     ("long profile", {"user_id": 1, "profile": [0.0] * 5}, 400, "must have 4 values"),

@@ -1,5 +1,5 @@
 """`towerflow api`: its options, and settings validated before anything starts (the
-server itself runs in test_loadgen.py, which starts `python -m towerflow api`)."""
+server itself runs in test_loadgen.py, which starts `python -m cli api`)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.live import free_port
-from towerflow import serving
+from cli import deployments as serving
 from cli.app import app
 from cli.deployments import local_prefect_server, probe_server
 
@@ -87,7 +87,7 @@ def test_serve_ui_on_a_port_taken_by_something_else_fails_clearly(
     # What serve sets in the environment goes when the test ends.
     monkeypatch.setenv("TOWERFLOW_ROOT", str(tmp_path))
     monkeypatch.setenv("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "model,storage,tasks,towerflow")
+    monkeypatch.setenv("PREFECT_LOGGING_EXTRA_LOGGERS", "model,storage,core,tasks,cli,towerflow")
     result = CliRunner().invoke(
         app, ["serve", "--ui", "--port", str(not_prefect), "--root", str(tmp_path)]
     )

@@ -1,0 +1,38 @@
+"""Which artifact store a command, flow or notebook uses, and opening it: one rule for the
+root, one default for retention. Imports only ``storage``, so light commands such as
+``towerflow versions`` need not load torch (``core.config`` re-exports ``resolve_root``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from storage import Layout, StorageSettings, VersionStore
+
+__all__ = ["open_store", "resolve_root"]
+
+
+def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:
+    """The artifact store root, absolute.
+
+    Precedence: an explicit ``--root`` option (or argument), then the config file's
+    ``runtime.storage_root``, then ``$TOWERFLOW_ROOT``, then ``./.towerflow``.
+    """
+    if option is not None:
+        root = Path(option)
+    elif cfg_root:
+        root = Path(cfg_root)
+    else:
+        root = StorageSettings().root
+    return root.expanduser().resolve()
+
+
+def open_store(
+    root: str | Path | None = None,
+    keep_versions: int | None = None,
+    *,
+    cfg_root: str | None = None,
+) -> VersionStore:
+    """The version store at ``resolve_root(root, cfg_root)``, pruning to ``keep_versions``
+    (None: ``$TOWERFLOW_KEEP_VERSIONS``, else the default)."""
+    keep = keep_versions or StorageSettings().keep_versions
+    return VersionStore(Layout(resolve_root(root, cfg_root)), keep_versions=keep)
