@@ -235,7 +235,7 @@ def read_threads() -> dict[str, int]:
 def set_threads(n: int | None) -> dict[str, int]:
     """Set torch and Faiss thread counts (None = every core) and read both back.
 
-    torch and Faiss each load their own OpenMP runtime (PERF_NOTES), so both are set.
+    torch and Faiss each load their own OpenMP runtime (docs/performance.md), so both are set.
     """
     import torch
 

@@ -21,8 +21,10 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from core.versionio import load_served_model, read_embeddings, write_embeddings
 from model.embed import embed_items
 from model.features import category_rows
+from model.ids import isin_sorted
 from model.incremental import RebuildRequired, edit_index
 from model.index import build_index, set_search_params
 from storage import (
@@ -39,7 +41,6 @@ from storage import (
     write_json,
     write_table,
 )
-from core.versionio import load_served_model, read_embeddings, write_embeddings
 
 __all__ = [
     "ApplySummary",
@@ -114,13 +115,6 @@ def _write_tombstones(folder: Path, ids: npt.NDArray[np.int64]) -> None:
     write_table(path, pa.table({"item_id": ids}), VERSION_TOMBSTONES)
 
 
-def _member(sorted_ids: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-    if len(sorted_ids) == 0:
-        return np.zeros(ids.shape, bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
-    return np.asarray(sorted_ids[pos] == ids)
-
-
 def apply_changes(
     folder: Path, changes: CatalogueChanges, recipe: IndexRecipe | None
 ) -> ApplySummary:
@@ -155,7 +149,7 @@ def apply_changes(
                 f"model in {folder} reads {model.spec.content_dim}"
             )
         pos = np.minimum(np.searchsorted(item_id, up_ids), max(len(item_id) - 1, 0))
-        known = _member(item_id, up_ids)
+        known = isin_sorted(up_ids, item_id)
         up_rows = np.where(known, id_row[pos] if len(item_id) else 0, 0).astype(np.int64)
         up_vecs = embed_items(
             model,
@@ -167,7 +161,7 @@ def apply_changes(
         up_rows = np.empty(0, np.int64)
 
     up_content = changes.upsert_content if len(up_ids) else content[:0]
-    keep = ~_member(np.union1d(up_ids, changes.retired_id), item_id)
+    keep = ~isin_sorted(item_id, np.union1d(up_ids, changes.retired_id))
     new_ids = np.concatenate([item_id[keep], up_ids])
     order = np.argsort(new_ids, kind="stable")
     new_ids = new_ids[order]
@@ -195,7 +189,7 @@ def apply_changes(
         _write_tombstones(folder, tombstones)
     events = (*applied, *changes.event_ids)
     write_catalogue_state(folder, changes.upto, events)
-    retired = int(_member(item_id, changes.retired_id).sum())
+    retired = int(isin_sorted(changes.retired_id, item_id).sum())
     log.info(
         "applied catalogue (%d, %d]: %d upserted, %d retired, %d items, %d tombstones%s",
         changes.after,

@@ -27,6 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from core.catalogue_apply import (
+    ApplySummary,
+    IndexRecipe,
+    apply_changes,
+    read_catalogue_state,
+    write_catalogue_state,
+)
 from storage import (
     REQUIRED_FILES,
     CatalogueLog,
@@ -39,13 +46,7 @@ from storage import (
     VersionStore,
     file_lock,
 )
-from core.catalogue_apply import (
-    ApplySummary,
-    IndexRecipe,
-    apply_changes,
-    read_catalogue_state,
-    write_catalogue_state,
-)
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "SyncResult",
@@ -119,7 +120,7 @@ def _publish_child(
 
 def sync_current(
     layout: Layout,
-    keep_versions: int = 5,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
     *,
     max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from core.config import DataConfig
 from model.dataset import Dataset, make_split
 from model.pipeline import Prepared, prepare
 from model.synthetic import SyntheticData
@@ -34,7 +35,6 @@ from storage import (
     write_json,
     write_table,
 )
-from core.config import DataConfig
 
 __all__ = [
     "SnapshotData",

@@ -1,7 +1,7 @@
 """Choosing and tuning an approximate index against exact search.
 
-Recall of an ANN index depends on the data (PERF_NOTES: clustered synthetic vectors are
-far easier than near-uniform ones), so the search knob (nprobe / efSearch) is chosen on
+Recall of an ANN index depends on the data (docs/performance.md: clustered vectors are far
+easier than near-uniform ones), so the search knob (nprobe / efSearch) is chosen on
 the trained towers' real vectors: the cheapest setting whose Recall@K against exact
 search on a sample of real user queries meets the target.
 """
@@ -31,7 +31,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Catalogues up to this size are searched exactly: a Flat scan of 50k x 64 floats takes
-# ~1 ms here, so an approximation would buy little and cost recall.
+# ~0.5 ms single-threaded (docs/performance.md), so an approximation would buy little and
+# cost recall.
 EXACT_MAX_ITEMS = 50_000
 # Above this, IVF-Flat memory (d * 4 bytes per item) dominates; compress with PQ + refine.
 IVF_FLAT_MAX_ITEMS = 5_000_000

@@ -17,6 +17,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from model.ids import isin_sorted
+
 __all__ = ["IndexEdit", "RebuildRequired", "edit_index", "supports_remove"]
 
 log = logging.getLogger(__name__)
@@ -40,15 +42,6 @@ def supports_remove(index: faiss.Index) -> bool:
     if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
         return supports_remove(faiss.downcast_index(index.index))
     return isinstance(index, faiss.IndexFlat | faiss.IndexIVF)
-
-
-def _isin(
-    values: npt.NDArray[np.int64], sorted_ids: npt.NDArray[np.int64]
-) -> npt.NDArray[np.bool_]:
-    if len(sorted_ids) == 0:
-        return np.zeros(values.shape, bool)
-    pos = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
-    return np.asarray(sorted_ids[pos] == values)
 
 
 def edit_index(
@@ -80,19 +73,19 @@ def edit_index(
     if len(np.unique(upsert_ids)) != len(upsert_ids):
         raise ValueError("upsert IDs must be unique (add_with_ids would store duplicates)")
     if not supports_remove(index):
-        if _isin(upsert_ids, held).any():
+        if isin_sorted(upsert_ids, held).any():
             raise RebuildRequired(
                 f"{type(index).__name__} cannot remove vectors; replacing held items needs "
                 "a rebuild"
             )
-        live_retired = retire_ids[_isin(retire_ids, held)]
+        live_retired = retire_ids[isin_sorted(retire_ids, held)]
         if len(upsert_ids):
             index.add_with_ids(vectors, upsert_ids)
         new_tombstones = np.union1d(tombstones, live_retired).astype(np.int64)
         return IndexEdit(0, len(upsert_ids), new_tombstones)
     # Tombstones left by an earlier index of another type go too: this one can remove.
     gone = np.union1d(np.union1d(upsert_ids, retire_ids), tombstones)
-    gone = gone[_isin(gone, held)]
+    gone = gone[isin_sorted(gone, held)]
     # faiss's stubs only list the IDSelector overload; the wrapper takes an id array.
     removed = int(index.remove_ids(gone)) if len(gone) else 0  # type: ignore[arg-type]
     if removed != len(gone):

@@ -102,7 +102,7 @@ def build_index(
             65,536 otherwise; capped at `n`.
         seed: seed of the training sample.
         ef_construction: HNSW build breadth; faiss's default 40 caps recall, ~160 is
-            much better at ~4x the build time (see PERF_NOTES).
+            better at every efSearch for ~3-4x the build time (docs/performance.md).
 
     Returns:
         A trained, filled index; wrapped in `IndexIDMap2` when the factory's index cannot
@@ -221,7 +221,8 @@ def tune_blas_threshold(d: int) -> int:
     """Route batched exact searches to BLAS while single queries keep the direct scan.
 
     Faiss compares `distance_compute_blas_threshold` with `nq * d`; the default 128,000
-    sends a batch of 1,000 queries at d=64 down the scalar scan (~15x slower, PERF_NOTES).
+    sends a batch of 1,000 queries at d=64 down the scalar scan (6-10x slower than BLAS
+    on 2 cores, docs/performance.md).
     `20 * d` switches to a GEMM from 20 queries on. Process-wide; returns the value set.
     """
     if d < 1:

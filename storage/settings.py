@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.layout import Layout
 
-__all__ = ["StorageSettings"]
+__all__ = ["DEFAULT_KEEP_VERSIONS", "StorageSettings"]
+
+# Published versions kept by pruning when nothing says otherwise (TOWERFLOW_KEEP_VERSIONS,
+# `runtime.keep_versions`); the one default every `keep_versions` parameter refers to.
+DEFAULT_KEEP_VERSIONS: Final = 5
 
 
 class StorageSettings(BaseSettings):
@@ -23,7 +28,7 @@ class StorageSettings(BaseSettings):
         description="Directory holding the registry, data snapshots and model versions.",
     )
     keep_versions: int = Field(
-        default=5,
+        default=DEFAULT_KEEP_VERSIONS,
         ge=1,
         description="Published versions kept by pruning (the current one is always kept).",
     )

@@ -38,6 +38,7 @@ from storage.manifest import (
 )
 from storage.registry import Registry
 from storage.retention import DEFAULT_GC_AGE_S, collect_garbage, prune_versions
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "PUBLISH_STEPS",
@@ -113,7 +114,7 @@ _READ_CURRENT: Final = _ReadCurrent()
 class VersionStore:
     """Published model versions under one `Layout`. Constructing it touches no disk."""
 
-    def __init__(self, layout: Layout, keep_versions: int = 5) -> None:
+    def __init__(self, layout: Layout, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
         self.layout = layout

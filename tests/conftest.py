@@ -19,6 +19,10 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="towerflow-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 os.environ.pop("PREFECT_API_URL", None)
+# OpenMP threads that spin while they wait steal the cores from each other when tests, test
+# subprocesses and servers share 2 cores: one logQ test took 31 s spinning and 4 s passive.
+# Set before torch or Faiss loads; subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

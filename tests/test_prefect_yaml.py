@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,16 +45,57 @@ def test_pull_step_sets_the_working_directory() -> None:
 
 @pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
 def test_entrypoint_imports_and_parameters_validate(deployment: dict[str, Any]) -> None:
-    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    flow: Any = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     validated = flow.validate_parameters(deployment.get("parameters", {}))
     assert set(validated) <= set(flow.parameters.properties)
+
+
+def _flow_defaults(entrypoint: str) -> dict[str, Any]:
+    """The flow's parameter defaults as JSON-like values (pydantic models dumped)."""
+    flow: Any = load_flow_from_entrypoint(str(ROOT / entrypoint))
+    out: dict[str, Any] = {}
+    for name, param in inspect.signature(flow.fn).parameters.items():
+        if param.default is not inspect.Parameter.empty:
+            default = param.default
+            is_model = isinstance(default, BaseModel)
+            out[name] = default.model_dump(mode="json") if is_model else default
+    return out
+
+
+def repeated_defaults(given: Any, defaults: Any, path: str = "") -> list[str]:
+    """Dotted paths of the leaves of ``given`` equal to the same leaf of ``defaults``."""
+    if isinstance(given, dict) and isinstance(defaults, dict):
+        return [
+            hit
+            for key, value in given.items()
+            if key in defaults
+            for hit in repeated_defaults(value, defaults[key], f"{path}.{key}".lstrip("."))
+        ]
+    return [path] if given == defaults else []
+
+
+def test_the_repetition_detector_finds_a_repeated_default() -> None:
+    defaults = {"config": {"data": {"scale": "small", "seed": 42}, "train": {"epochs": 5}}}
+    given = {"config": {"data": {"scale": "small", "seed": 7}, "train": {"epochs": 5}}}
+    assert repeated_defaults(given, defaults) == ["config.data.scale", "config.train.epochs"]
+    assert repeated_defaults({"config": {"data": {"seed": 7}}}, defaults) == []
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
+def test_deployment_parameters_do_not_repeat_the_code_defaults(deployment: dict[str, Any]) -> None:
+    # A repeated default is a second source of truth: change the code default and the
+    # deployment silently keeps the old value.
+    defaults = _flow_defaults(deployment["entrypoint"])
+    if deployment["name"] == "nightly":  # the comparison reaches the config's leaves
+        assert defaults["config"]["data"]["scale"] == "small"
+    assert repeated_defaults(deployment.get("parameters") or {}, defaults) == []
 
 
 def test_invalid_parameters_are_rejected() -> None:
     from prefect.exceptions import ParameterTypeError
 
     (nightly,) = [d for d in _deployments() if d["name"] == "nightly"]
-    flow = load_flow_from_entrypoint(str(ROOT / nightly["entrypoint"]))
+    flow: Any = load_flow_from_entrypoint(str(ROOT / nightly["entrypoint"]))
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"config": {"data": {"scale": "galactic"}}})
 
@@ -113,7 +156,7 @@ def test_new_items_triggers_listen_for_created_and_retired_events() -> None:
 def test_trigger_templates_render_typed_values_even_with_missing_keys(
     payload: dict[str, Any],
 ) -> None:
-    flow = load_flow_from_entrypoint(str(ROOT / "flows/new_items.py:new_items"))
+    flow: Any = load_flow_from_entrypoint(str(ROOT / "flows/new_items.py:new_items"))
     for trigger in _new_items_triggers():
         rendered = _render(trigger["parameters"], payload)
         event_id = rendered.pop("__event_id")

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.catalogue_sync import sync_current
+from core.config import NightlyConfig
+from core.filtering import index_ids
+from core.recall import Recaller
+from core.versionio import read_embeddings
 from flows.nightly import nightly
 from model.embed import embed_items
 from model.features import category_rows
 from storage import CatalogueLog, ItemUpsert, Layout, VersionStore
-from core.catalogue_sync import sync_current
-from core.config import NightlyConfig
-from core.versionio import read_embeddings
 from tests.conftest import Published
-from core.filtering import index_ids
-from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

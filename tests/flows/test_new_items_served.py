@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from bench.live import BIN, LiveServer, live_prefect, served, wait_for
+from core.filtering import index_ids
+from core.recall import Recaller
+from core.versionio import embed_served_users
 from model.embed import embed_items
 from model.features import category_rows
 from storage import Layout, VersionStore
-from core.versionio import embed_served_users
 from tests.conftest import Published
-from core.filtering import index_ids
-from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

@@ -13,14 +13,14 @@ import torch
 from typer.testing import CliRunner
 
 from bench.movielens_like import MovieLensLikeConfig, import_config, write_movielens_like
+from cli.app import app
+from core.config import NightlyConfig
+from core.recall import Recaller
+from core.versionio import read_embeddings
 from flows.nightly import nightly
 from service import ApiSettings, RecallService, create_app
 from storage import Layout, VersionFiles, VersionStore, read_json
-from core.config import NightlyConfig
-from core.versionio import read_embeddings
 from tests.service.conftest import serve
-from cli.app import app
-from core.recall import Recaller
 
 pytestmark = pytest.mark.prefect
 

@@ -1,0 +1,31 @@
+"""Set operations on item IDs held as sorted ``int64`` arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["isin_sorted"]
+
+
+def isin_sorted(
+    ids: npt.NDArray[np.int64], sorted_ids: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Mask of the ``ids`` present in ``sorted_ids``, by binary search: O(n log m).
+
+    ``np.isin(ids, sorted_ids)`` with the sort already paid for (``np.isin`` sorts both
+    arrays on every call, which dominates when one set is probed many times).
+
+    Args:
+        ids: ``(n,)`` IDs to look up, any order, duplicates allowed (any shape works:
+            the result has the shape of ``ids``).
+        sorted_ids: ``(m,)`` IDs sorted ascending (duplicates harmless). Precondition,
+            not checked: an unsorted array gives wrong answers, not an error.
+
+    Returns:
+        ``(n,)`` bool, ``True`` where ``ids[i]`` occurs in ``sorted_ids``.
+    """
+    if len(sorted_ids) == 0:
+        return np.zeros(np.shape(ids), bool)
+    pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+    return np.asarray(sorted_ids[pos] == ids)
