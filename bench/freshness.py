@@ -48,8 +48,8 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 
 def _new_item(root: Path, item_id: int, rng: np.random.Generator) -> dict[str, Any]:
-    from storage import Layout, VersionStore
     from core.versionio import read_serving_tables
+    from storage import Layout, VersionStore
 
     tables = read_serving_tables(VersionStore(Layout(root)).open_current(verify=False).path)
     c = int(rng.integers(tables.category.max() + 1))
@@ -120,10 +120,10 @@ def _in_process(root: Path) -> Callable[[str, dict[str, Any]], None]:
 
 
 def _core(root: Path) -> Callable[[str, dict[str, Any]], None]:
-    from model.config import TowerSpec
-    from storage import CatalogueLog, Layout, VersionFiles, VersionStore, read_json
     from core.catalogue_sync import sync_current
     from core.items_validation import validate_upserts
+    from model.config import TowerSpec
+    from storage import CatalogueLog, Layout, VersionFiles, VersionStore, read_json
 
     layout = Layout(root)
 

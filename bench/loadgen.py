@@ -147,9 +147,9 @@ def run_in_process(
     """
     import torch
 
+    from core.recall import FilterMode, Recaller
     from model.index import configure_threads
     from storage import Layout, VersionStore
-    from core.recall import FilterMode, Recaller
 
     torch.set_num_threads(threads)
     configure_threads(threads)

@@ -17,13 +17,13 @@ import torch
 
 from bench.measure import PeakRss, Samples, interleave, percentiles, ratio
 from bench.steps import Prepared
+from core.recall import Recaller
+from core.versionio import write_embeddings, write_serving_tables
 from model.ann import exact_topk, recall_against, tune_index
 from model.embed import embed_users
 from model.index import search, tune_blas_threshold
 from model.towers import TwoTower
 from storage import Layout, Lineage, VersionFiles, VersionStore, save_index, save_model
-from core.versionio import write_embeddings, write_serving_tables
-from core.recall import Recaller
 
 __all__ = ["publish_version", "recall_path"]
 

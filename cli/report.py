@@ -33,28 +33,13 @@ def report_command(
     root: RootOpt = None,
 ) -> None:
     """Write a version's run report as one HTML file and print its path."""
-    from core.report_data import load_version_report, report_sections
-    from core.report_render import to_html
-    from core.reports import write_html_report
-    from storage import Layout, VersionStore, atomic_write_bytes
+    from core.reports import write_version_report
     from storage.errors import StorageError
-    from storage.manifest import utc_now_iso
 
-    layout = Layout(root_path(root))
     try:
-        inputs = load_version_report(VersionStore(layout), version)
+        path, missing = write_version_report(root_path(root), version, out)
     except (StorageError, ValueError, OSError) as e:
         raise fail(f"cannot read the report of {version or 'CURRENT'}: {e}") from None
-    if out is None:
-        path = write_html_report(layout, inputs)
-    else:
-        if out.is_dir():
-            out = out / f"{inputs.version_id}.html"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        html = to_html(report_sections(inputs), inputs.plots, utc_now_iso())
-        atomic_write_bytes(out, html.encode("utf-8"))
-        path = out
-    missing = 3 - len(inputs.plots)
     if missing:
         typer.secho(
             f"note: {missing} plot(s) missing (versions built before reports existed, or a "

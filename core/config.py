@@ -32,6 +32,8 @@ __all__ = [
     "IndexConfig",
     "NightlyConfig",
     "RuntimeConfig",
+    "TowerConfig",
+    "TrainConfig",
     "load_config",
     "resolve_root",
 ]

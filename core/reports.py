@@ -14,6 +14,7 @@ from core.progress import StepLogger
 from core.refs import SnapshotRef, StageRef
 from core.report_data import (
     HISTORY_LIMIT,
+    PLOTS,
     ReportInputs,
     history_entry,
     load_version_report,
@@ -33,6 +34,7 @@ __all__ = [
     "render_plots",
     "stage_report_files",
     "write_html_report",
+    "write_version_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,13 +100,27 @@ def stage_report_files(
     return [VersionFiles.METRICS_HISTORY, *sorted(plots)]
 
 
-def write_html_report(layout: Layout, inputs: ReportInputs) -> Path:
-    """Write the standalone HTML report to ``<root>/reports/<version>.html``; returns it."""
+def write_html_report(layout: Layout, inputs: ReportInputs, out: Path | None = None) -> Path:
+    """Write the standalone HTML report to ``out`` (a file, or a folder that gets
+    ``<version>.html``; None: ``<root>/reports/<version>.html``); returns its path."""
+    name = f"{inputs.version_id or 'not-published'}.html"
+    path = layout.reports_dir / name if out is None else out / name if out.is_dir() else out
     html = to_html(report_sections(inputs), inputs.plots, utc_now_iso())
-    path = layout.reports_dir / f"{inputs.version_id or 'not-published'}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, html.encode("utf-8"))
     return path
+
+
+def write_version_report(
+    root: str | Path, version_id: str | None = None, out: Path | None = None
+) -> tuple[Path, int]:
+    """Write the HTML report of ``version_id`` (None: CURRENT, checksums verified) as in
+    ``write_html_report``; returns its path and how many of the report's plots the
+    version lacks (versions built before reports existed, runs without validation)."""
+    layout = Layout(Path(root))
+    inputs = load_version_report(VersionStore(layout), version_id)
+    path = write_html_report(layout, inputs, out)
+    return path, len(PLOTS) - len(inputs.plots)
 
 
 class PublishedReport(NamedTuple):

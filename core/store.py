@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage import Layout, StorageSettings, VersionStore
+from storage.settings import DEFAULT_KEEP_VERSIONS
 
-__all__ = ["open_store", "resolve_root"]
+__all__ = ["DEFAULT_KEEP_VERSIONS", "open_store", "resolve_root"]
 
 
 def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from core import lifecycle
 from core.refs import IndexSummary, SnapshotRef, StageRef
+from core.store import DEFAULT_KEEP_VERSIONS
 from tasks.retry import IO_RETRY
 
 __all__ = ["begin_version", "publish_version"]
@@ -25,7 +26,7 @@ def publish_version(
     snapshot: SnapshotRef,
     config: dict[str, Any],
     index: IndexSummary,
-    keep_versions: int = 5,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
 ) -> str:
     """``core.lifecycle.publish_version``: catch up with the catalogue, then compare-and-swap
     CURRENT; returns the published version id."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from core.config import DataConfig, EvalConfig
+from core.config import DataConfig, EvalConfig, TowerConfig, TrainConfig
 from core.refs import SnapshotRef, StageRef
 from core.threads import apply_threads
 from core.training import TrainSummary, train_version
-from model.config import TowerConfig, TrainConfig
 from tasks.progress import StepProgress
 
 __all__ = ["train_model"]

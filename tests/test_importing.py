@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import CATEGORIES, Layout, SnapshotFiles, list_snapshots, read_json, read_table
 from core.dataio import load_dataset, load_truth
 from core.import_config import ImportConfig
 from core.import_convert import UNKNOWN_CATEGORY, assign_ids, k_core_mask
@@ -24,6 +23,7 @@ from core.importing import (
     load_id_map,
     run_import,
 )
+from storage import CATEGORIES, Layout, SnapshotFiles, list_snapshots, read_json, read_table
 
 LOG_CSV = """user,item,when,rating
 alice,m1,2020-01-01,5

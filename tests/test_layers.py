@@ -41,12 +41,16 @@ _ROOMS = ("model", "storage", "core", "tasks", "flows", "service", "cli", "bench
 _UI = frozenset({"prefect", "typer", "fastapi"})
 
 # room -> top-level packages its files must never import (statically or at run time).
+_WEB = frozenset({"typer", "fastapi"})  # the CLI's and the HTTP service's frameworks
 FORBIDDEN: dict[str, frozenset[str]] = {
     "model": frozenset({"storage", "core", "tasks", "flows", "cli", "service", "bench"}) | _UI,
     "storage": frozenset({"model", "core", "tasks", "flows", "cli", "service", "bench"}) | _UI,
     "core": frozenset({"tasks", "flows", "cli", "service", "bench"} | _UI | {"uvicorn", "rich"}),
-    "tasks": frozenset({"flows", "cli", "service", "bench", "typer", "fastapi"}),
-    "flows": frozenset({"cli", "service", "bench"}),
+    # tasks and flows reach model and storage only through core.
+    "tasks": frozenset(
+        {"model", "storage", "flows", "cli", "service", "bench", "typer", "fastapi"}
+    ),
+    "flows": frozenset({"model", "storage", "cli", "service", "bench", "typer", "fastapi"}),
     "service": frozenset({"tasks", "flows", "cli", "bench", "prefect", "typer"}),
     "cli": frozenset({"bench"}),
     "bench": frozenset(),

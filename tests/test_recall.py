@@ -15,10 +15,6 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from model.index import build_index
-from storage import CorruptVersionError, Layout, VersionFiles, VersionStore
-from core.versionio import read_embeddings
-from tests.conftest import Published
 from core.recall import (
     FilterMode,
     InvalidRequestError,
@@ -26,6 +22,10 @@ from core.recall import (
     UnknownUserError,
     VersionRejectedError,
 )
+from core.versionio import read_embeddings
+from model.index import build_index
+from storage import CorruptVersionError, Layout, VersionFiles, VersionStore
+from tests.conftest import Published
 
 pytestmark = pytest.mark.prefect
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from core.versionio import write_embeddings
 from model.config import TowerConfig, TowerSpec
 from model.embed import embed_items
 from model.features import category_rows
@@ -28,7 +29,6 @@ from storage import (
     write_table,
 )
 from storage.schemas import VERSION_HISTORY, VERSION_ITEMS, VERSION_USERS
-from core.versionio import write_embeddings
 
 N_ITEMS, N_USERS, N_CATEGORIES, CONTENT_DIM, PROFILE_DIM = 60, 20, 5, 8, 4
 SPEC = TowerSpec(

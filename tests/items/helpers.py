@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from storage import CatalogueLog, Layout, VersionStore
 from core.catalogue_sync import SyncResult, sync_current
-from core.items_validation import validate_retirements, validate_upserts
-from core.versionio import read_embeddings
-from tests.items.conftest import CONTENT_DIM
 from core.filtering import index_ids
+from core.items_validation import validate_retirements, validate_upserts
 from core.recall import Recaller
+from core.versionio import read_embeddings
+from storage import CatalogueLog, Layout, VersionStore
+from tests.items.conftest import CONTENT_DIM
 
 
 def create(layout: Layout, event_id: str, raw: list[object]) -> SyncResult:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage import CatalogueLog, Layout, NoCurrentVersionError, VersionStore
 from core.catalogue_apply import read_tombstones
 from core.catalogue_sync import sync_current
+from core.recall import Recaller
+from storage import CatalogueLog, Layout, NoCurrentVersionError, VersionStore
 from tests.items.conftest import N_ITEMS, MakeStore, item
 from tests.items.helpers import create, held_ids, retire, top1_for_own_vector
-from core.recall import Recaller
 
 
 def test_created_items_are_published_embedded_and_retrievable(make_store: MakeStore) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.recall import Recaller
 from service import ApiSettings, RecallService, create_app
 from storage import Layout, VersionStore
 from tests.conftest import Published
 from tests.service.conftest import serve
 from tests.service.versions import Variant, publish_variant
-from core.recall import Recaller
 
 PLAN: list[Variant] = ["ok", "ok", "checksum", "ok", "count", "ok", "dim", "ok", "ok", "ok"]
 REASONS = {"checksum": "sha256", "count": "index ntotal 590 != 600 items", "dim": "index dim 32"}

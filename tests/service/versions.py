@@ -10,10 +10,10 @@ from typing import Literal
 
 import numpy as np
 
+from core.versionio import read_embeddings
 from model.index import build_index
 from storage import Lineage, VersionFiles, VersionStore, read_json, save_index
 from storage.manifest import read_manifest
-from core.versionio import read_embeddings
 
 __all__ = ["Variant", "publish_variant"]
 
