@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-slow check lint format clean bench ablation ablation-movielens ceiling \
+.PHONY: install run test test-fast test-slow check lint format clean bench ablation ablation-movielens ceiling \
 	browser ui
 
 $(STAMP): pyproject.toml
@@ -42,8 +42,14 @@ browser:
 		test -z "$$CI"; \
 	fi
 
+# What CI runs (.ci/run): everything but `slow`, the browser test of the Prefect UI included.
 test: install browser
 	$(BIN)/pytest -m "not slow"
+
+# The inner loop (under a minute): the unit tests of core, model and storage; no Prefect
+# server, no subprocess running a whole pipeline.
+test-fast: install
+	$(BIN)/pytest tests/core tests/model tests/storage -m "not slow and not prefect and not e2e"
 
 test-slow: install
 	$(BIN)/pytest -m slow

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import core
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,7 @@ def readme_api_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.e2e
 def test_readme_python_api_example_publishes_and_recalls(tmp_path: Path) -> None:
     # A fresh interpreter in an empty folder: the example's relative store lands there.
     proc = subprocess.run(

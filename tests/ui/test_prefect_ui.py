@@ -132,5 +132,8 @@ def test_sigterm_stops_serve_and_the_server_it_started(served: Served) -> None:
     """Last in this module: it ends the served fixture's processes."""
     assert probe_server(served.server.ui_url) == "prefect"
     stop_process_group(served.process)
-    assert served.process.returncode == 0
+    # 0: Prefect's runner handled SIGTERM (graceful); 143 (128 + SIGTERM): it arrived before
+    # the runner installed its handler, and serve's own handler exited (when the browser
+    # test is skipped, this test follows the fixture within a second). Both stop the server.
+    assert served.process.returncode in (0, 143)
     assert probe_server(served.server.ui_url) == "free"

@@ -11,7 +11,7 @@ from core.items_validation import validate_retirements, validate_upserts
 from core.recall import Recaller
 from core.versionio import read_embeddings
 from storage import CatalogueLog, Layout, VersionStore
-from tests.items.conftest import CONTENT_DIM
+from tests.core.items.conftest import CONTENT_DIM
 
 
 def create(layout: Layout, event_id: str, raw: list[object]) -> SyncResult:

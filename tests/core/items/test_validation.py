@@ -17,7 +17,7 @@ from core.items_validation import (
     validate_retirements,
     validate_upserts,
 )
-from tests.items.conftest import CONTENT_DIM, item
+from tests.core.items.conftest import CONTENT_DIM, item
 
 
 def _reasons(raw: list[object]) -> dict[int, str]:

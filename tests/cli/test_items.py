@@ -17,8 +17,8 @@ from cli.items import prefect_event_id
 from cli.options import PREFECT_DEFAULTS
 from core.recall import Recaller
 from storage import CatalogueLog
-from tests.items.conftest import N_ITEMS, MakeStore, item
-from tests.items.helpers import held_ids
+from tests.core.items.conftest import N_ITEMS, MakeStore, item
+from tests.core.items.helpers import held_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ from core.catalogue_apply import read_tombstones
 from core.catalogue_sync import sync_current
 from core.recall import Recaller
 from storage import CatalogueLog, Layout, NoCurrentVersionError, VersionStore
-from tests.items.conftest import N_ITEMS, MakeStore, item
-from tests.items.helpers import create, held_ids, retire, top1_for_own_vector
+from tests.core.items.conftest import N_ITEMS, MakeStore, item
+from tests.core.items.helpers import create, held_ids, retire, top1_for_own_vector
 
 
 def test_created_items_are_published_embedded_and_retrievable(make_store: MakeStore) -> None:
