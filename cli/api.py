@@ -36,11 +36,10 @@ def api_command(
 ) -> None:
     """Serve recall over HTTP (FastAPI under uvicorn); swaps to each newly published,
     verified version. Settings also come from TOWERFLOW_API_* variables; options win."""
-    import torch
     import uvicorn
     from pydantic import ValidationError
 
-    from model.index import configure_threads
+    from core.threads import apply_threads
     from service import ApiSettings, RecallService, create_app
 
     setup_logging(verbose=log_level.lower() in {"info", "debug", "trace"})
@@ -56,8 +55,7 @@ def api_command(
         raise fail(f"invalid api settings:\n{e}") from None
     # Requests run in parallel on uvicorn's thread pool; one thread per op avoids
     # oversubscribing the cores (torch and Faiss each bring an OpenMP runtime).
-    torch.set_num_threads(settings.threads)
-    configure_threads(settings.threads)
+    apply_threads(settings.threads)
     service = RecallService(open_store(root), poll_interval_s=settings.poll_interval_s)
     uvicorn.run(
         create_app(service, settings),
