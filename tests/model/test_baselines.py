@@ -21,12 +21,6 @@ USER = np.array([0, 0, 1, 1, 1, 1, 2, 2, 3], np.int64)
 ITEM = np.array([0, 1, 0, 1, 2, 2, 2, 3, 1], np.int64)
 
 
-def test_all_is_explicit_and_resolves() -> None:
-    assert sorted(baselines.__all__) == sorted(set(baselines.__all__))
-    for name in baselines.__all__:
-        assert hasattr(baselines, name), name
-
-
 def test_interaction_matrix_is_binary() -> None:
     x = interaction_matrix(USER, ITEM, 4, 5).toarray()
     assert x.dtype == np.float32 and x.shape == (4, 5)

@@ -7,7 +7,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model import history
 from model.history import history_at_end, history_before, user_time_order
 
 
@@ -26,11 +25,6 @@ def _brute_before(
         cand = cand[np.lexsort((-cand, -ts[cand]))][:n_last]
         rows.append(np.r_[item[cand], np.full(n_last - len(cand), -1)])
     return np.array(rows, np.int64).reshape(-1, n_last)
-
-
-def test_all_is_explicit_and_resolves() -> None:
-    for name in history.__all__:
-        assert hasattr(history, name), name
 
 
 def test_history_before_by_hand() -> None:

@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model import index as index_module
 from model.index import (
     build_index,
     configure_threads,
@@ -56,11 +55,6 @@ def _real_ids(n: int, seed: int = 0) -> npt.NDArray[np.int64]:
     # Sparse, shuffled, large IDs: a row index passed off as an ID would be caught.
     rng = np.random.default_rng(seed)
     return rng.permutation(np.arange(n, dtype=np.int64) * 7919 + 10**9)
-
-
-def test_all_is_explicit_and_resolves() -> None:
-    for name in index_module.__all__:
-        assert hasattr(index_module, name), name
 
 
 def test_flat_matches_numpy_exact_with_real_ids() -> None:

@@ -33,12 +33,6 @@ def _fixed_scorer(table: npt.NDArray[np.float32]) -> metrics.ScoreBlockFn:
     return score
 
 
-def test_all_is_explicit_and_resolves() -> None:
-    assert sorted(metrics.__all__) == sorted(set(metrics.__all__))
-    for name in metrics.__all__:
-        assert hasattr(metrics, name), name
-
-
 def test_from_pairs_sorts_and_deduplicates() -> None:
     sets = CsrSets.from_pairs(np.array([2, 0, 2, 2, 0]), np.array([5, 1, 3, 5, 1]), 4)
     assert sets.indptr.tolist() == [0, 1, 1, 3, 3]

@@ -7,7 +7,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model import ranking
 from model.metrics import evaluate_ranking, hit_matrix
 from model.ranking import (
     average_popularity,
@@ -22,12 +21,6 @@ from model.sets import CsrSets
 TOPK = np.array([[3, 0, 1], [2, 1, 0], [0, 1, 2]], np.int64)
 RELEVANT = CsrSets.from_pairs(np.array([0, 0, 1, 2]), np.array([1, 3, 0, 2]), 3)
 POPULARITY = np.array([10.0, 5.0, 1.0, 0.0, 4.0])  # catalogue mean 20 / 5 = 4
-
-
-def test_all_is_explicit_and_resolves() -> None:
-    assert sorted(ranking.__all__) == sorted(set(ranking.__all__))
-    for name in ranking.__all__:
-        assert hasattr(ranking, name), name
 
 
 def test_mrr_and_precision_by_hand() -> None:
