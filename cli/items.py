@@ -80,25 +80,27 @@ def _send(
     now: bool,
     wait: float,
 ) -> dict[str, Any]:
+    from core.events import event_payload, wait_until_published
+
     out: dict[str, Any] = {"event_id": event_id, "operation": operation, "items": len(items)}
     if now:
         apply_prefect_defaults()
         from flows.new_items import new_items
 
-        inline = file is None or len(items) <= 500
+        # Large batches go through the store's inbox, as a sent event's do: the flow reads
+        # files only from there.
+        staged = event_payload(root, event_id, file, items)
         result = new_items(
             event_id=event_id,
             operation=operation,
-            items=items if inline else None,
-            path=None if inline else str(file.resolve()) if file else None,
+            items=staged.get("items"),
+            path=staged.get("path"),
             storage_root=str(root),
         )
         return out | result.model_dump()
     from cli.deployments import check_server
 
     check_server(os.environ.get("PREFECT_API_URL"))
-    from core.events import event_payload, wait_until_published
-
     payload = event_payload(root, event_id, file, items)
     emit_items_event(operation, event_id, payload)
     out["sent"] = "path" if "path" in payload else "inline"

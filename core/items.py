@@ -22,6 +22,7 @@ from core.items_validation import (
     ItemsBatch,
     Validated,
     read_items_file,
+    resolve_inbox_path,
     validate_retirements,
     validate_upserts,
 )
@@ -70,16 +71,14 @@ class RecordSummary(BaseModel):
     reasons: dict[str, int] = {}  # rejection reason -> items, most frequent first (<= 20)
 
 
-def _batch_path(root: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Layout(root).inbox_dir / p
-
-
 def _validate(root: Path, batch: ItemsBatch) -> Validated:
     raw = batch.items if batch.items is not None else None
     if raw is None:
         assert batch.path is not None  # ItemsBatch's validator
-        raw = read_items_file(_batch_path(root, batch.path))
+        # Confined to the inbox before anything is read: `UnsafeItemsPath` otherwise.
+        raw = read_items_file(
+            resolve_inbox_path(Layout(root).inbox_dir, batch.path, batch.event_id)
+        )
     limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
     if batch.operation == "retire":
         return validate_retirements(raw, limit)
@@ -117,7 +116,11 @@ def record_items(
 ) -> RecordSummary:
     """Validate the batch (against CURRENT's model for creates), hand the rejected items
     with their reasons to ``on_rejected``, and append the valid ones to the catalogue: once
-    this returns they are acknowledged. A repeated event is a no-op."""
+    this returns they are acknowledged. A repeated event is a no-op.
+
+    An event whose file cannot be used fails whole with a ``ValueError`` before anything
+    is recorded (so a redelivery fails the same way): `UnsafeItemsPath` when its ``path``
+    is not a file inside the store's inbox (nothing is read), else a read error."""
     catalogue = CatalogueLog(Layout(Path(root)).catalogue_db)
     if catalogue.has_event(batch.event_id):
         logger.info("event %s was already recorded: nothing to do", batch.event_id)

@@ -8,12 +8,18 @@ item tower embeds it through the unknown-category row. Retirements are item IDs 
 objects with ``item_id``). Invalid items are rejected with a reason while the valid ones
 proceed; a batch over the size limit is rejected whole (one reason per item would say the
 same thing), and when an ID appears twice in a batch the last entry wins.
+
+Reasons quote the offending input only through `excerpt` (escaped, at most 80 characters),
+so an item cannot forge log lines or report rows. An event's file must be inside the
+store's inbox (`resolve_inbox_path`), else the event is refused whole (`UnsafeItemsPath`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +37,11 @@ __all__ = [
     "MAX_INLINE_ITEMS",
     "ItemsBatch",
     "Rejection",
+    "UnsafeItemsPath",
     "Validated",
+    "excerpt",
     "read_items_file",
+    "resolve_inbox_path",
     "validate_retirements",
     "validate_upserts",
 ]
@@ -43,6 +52,8 @@ MAX_FILE_ITEMS: Final = 200_000
 _INT64_MAX: Final = 2**63 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _F32_MAX: Final = float(np.finfo(np.float32).max)
+_EXCERPT_CHARS: Final = 80  # the most of an input's text a reason or log line quotes
+_PATH_CHARS: Final = 200  # ... of a path (event paths, file names in read errors)
 
 Operation = Literal["create", "retire"]
 
@@ -83,6 +94,67 @@ class Validated:
     rejected: list[Rejection] = field(default_factory=list)
 
 
+class UnsafeItemsPath(ValueError):
+    """An event's ``path`` that does not name a file inside the store's inbox: absolute
+    elsewhere, escaping with ``..`` or through a symlink, the inbox itself, a directory or
+    other non-regular file, a NUL byte. Nothing is read for such an event."""
+
+
+# Containers and long strings shown in part without building their whole repr().
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _EXCERPT_CHARS
+_REPR.maxlong = 40
+
+
+def excerpt(value: object, limit: int = _EXCERPT_CHARS) -> str:
+    """Untrusted input as a reason or log line may quote it: its ``repr()`` (newlines,
+    control characters and quotes escaped, so it cannot forge log lines or table rows),
+    at most ``limit`` characters, then ``...`` when cut."""
+    if isinstance(value, str):
+        shown = repr(value[: limit + 1])
+    elif isinstance(value, int) and value.bit_length() > 128:  # repr() may refuse it
+        return f"<{value.bit_length()}-bit integer>"
+    else:
+        try:
+            shown = _REPR.repr(value)
+        except Exception:  # a hostile __repr__, or a huge int inside
+            return f"<{type(value).__name__}>"
+        # An object's repr may hold raw newlines (numpy arrays do): escape what is not printable.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def resolve_inbox_path(inbox: Path, path: str, event_id: str) -> Path:
+    """The real path of an event's items file: ``path`` relative to ``inbox``, or
+    absolute; either way, once ``..`` and symlinks (of the file or any folder) are
+    resolved it must name a regular file inside ``realpath(inbox)``. A file that does not
+    exist there passes (reading it fails, as for any unreadable file). Raises
+    `UnsafeItemsPath` naming the event and the path (escaped, truncated); the message
+    never says where an outside path leads."""
+
+    def unsafe(why: str) -> UnsafeItemsPath:
+        return UnsafeItemsPath(
+            f"event {excerpt(event_id, _PATH_CHARS)}: items path {excerpt(path, _PATH_CHARS)} "
+            f"refused, {why}: an event's file must be inside the store's inbox "
+            f"{excerpt(str(inbox), _PATH_CHARS)}; nothing was read or recorded"
+        )
+
+    if "\x00" in path:
+        raise unsafe("it contains a NUL byte")
+    try:
+        base = Path(os.path.realpath(inbox))
+        real = Path(os.path.realpath(Path(inbox) / path))
+    except (OSError, ValueError) as e:
+        raise unsafe(f"it cannot be resolved ({excerpt(str(e))})") from None
+    if real == base:
+        raise unsafe("it names the inbox itself")
+    if not real.is_relative_to(base):
+        raise unsafe("it leads outside the inbox (absolute, '..' or a symlink)")
+    if real.exists() and not real.is_file():
+        raise unsafe("it is not a regular file")
+    return real
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool)
 
@@ -90,10 +162,10 @@ def _is_int(x: object) -> bool:
 def _item_id(raw: object) -> int | str:
     """The ID as int, or the reason it is not a valid item ID."""
     if not _is_int(raw):
-        return f"item_id must be an integer, got {type(raw).__name__} {raw!r:.40}"
+        return f"item_id must be an integer, got {type(raw).__name__} {excerpt(raw, 40)}"
     value = int(raw)  # type: ignore[call-overload]
     if not 0 <= value <= _INT64_MAX:
-        return f"item_id must be in 0..2^63-1, got {value}"
+        return f"item_id must be in 0..2^63-1, got {excerpt(value, 40)}"
     return value
 
 
@@ -104,10 +176,18 @@ def _content(raw: object, dim: int) -> np.ndarray | str:
         return f"content must have {dim} values, got {len(raw)}"
     for i, v in enumerate(raw):
         if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
-            return f"content[{i}] must be a number, got {type(v).__name__} {v!r:.20}"
-        if not math.isfinite(float(v)) or abs(float(v)) > _F32_MAX:
-            return f"content[{i}] must be finite and within float32, got {v!r}"
+            return f"content[{i}] must be a number, got {type(v).__name__} {excerpt(v, 20)}"
+        if not _finite_f32(v):
+            return f"content[{i}] must be finite and within float32, got {excerpt(v, 20)}"
     return np.asarray(raw, np.float32)
+
+
+def _finite_f32(v: int | float | np.integer | np.floating) -> bool:
+    try:
+        x = float(v)
+    except OverflowError:  # an int beyond any float
+        return False
+    return math.isfinite(x) and abs(x) <= _F32_MAX
 
 
 def _check_size(n: int, max_items: int) -> str | None:
@@ -134,9 +214,10 @@ def _first_problem(item_id: int | str, category: object, content: np.ndarray | s
     if isinstance(item_id, str):
         return item_id
     if not _is_int(category):
-        return f"category must be an integer, got {type(category).__name__} {category!r:.20}"
+        shown = excerpt(category, 20)
+        return f"category must be an integer, got {type(category).__name__} {shown}"
     if not _INT32_MIN <= int(category) <= _INT32_MAX:  # type: ignore[call-overload]
-        return f"category must fit int32, got {category}"
+        return f"category must fit int32, got {excerpt(category, 20)}"
     return content if isinstance(content, str) else None
 
 
@@ -155,7 +236,7 @@ def validate_upserts(raw: Sequence[Any], content_dim: int, max_items: int) -> Va
             rejected.append(Rejection(pos, None, reason))
             continue
         raw_id = item.get("item_id")
-        shown = None if raw_id is None else f"{raw_id!r:.40}"
+        shown = None if raw_id is None else excerpt(raw_id, 40)
         missing = [k for k in ("item_id", "category", "content") if item.get(k) is None]
         if missing:
             rejected.append(Rejection(pos, shown, f"missing field(s): {', '.join(missing)}"))
@@ -187,7 +268,8 @@ def validate_retirements(raw: Sequence[Any], max_items: int) -> Validated:
         value = item.get("item_id") if isinstance(item, dict) else item
         item_id = _item_id(value)
         if isinstance(item_id, str):
-            rejected.append(Rejection(pos, None if value is None else f"{value!r:.40}", item_id))
+            shown = None if value is None else excerpt(value, 40)
+            rejected.append(Rejection(pos, shown, item_id))
         else:
             ids[item_id] = pos  # a repeated ID is one retirement
     return Validated(len(raw), retire_ids=sorted(ids), rejected=rejected)
@@ -213,8 +295,14 @@ def read_items_file(path: Path) -> list[Any]:
         if suffix == ".csv":
             return _csv_items(pacsv.read_csv(path).to_pylist())
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read items from {path}: {e}") from e
-    raise ValueError(f"{path}: unsupported item file type {suffix!r} (parquet, json, csv)")
+        # Parse errors may quote the file (pyarrow's CSV reader shows the row): an excerpt.
+        raise ValueError(
+            f"cannot read items from {excerpt(str(path), _PATH_CHARS)}: {excerpt(str(e))}"
+        ) from None  # the cause would print the whole message in tracebacks
+    raise ValueError(
+        f"{excerpt(str(path), _PATH_CHARS)}: unsupported item file type "
+        f"{excerpt(suffix, 20)} (parquet, json, csv)"
+    )
 
 
 def _csv_items(rows: list[dict[str, Any]]) -> list[Any]:

@@ -57,6 +57,26 @@ def test_add_and_retire_now_run_the_flow_in_process(
     assert CatalogueLog(store.layout.catalogue_db).has_event("r-1")
 
 
+@pytest.mark.prefect
+def test_a_large_file_now_goes_through_the_inbox(
+    prefect_harness: None, make_store: MakeStore, tmp_path: Path
+) -> None:
+    """Over the inline limit, `--now` stages the file in the store's inbox (the only place
+    the flow reads files from), as a sent event does."""
+    store = make_store("Flat")
+    root = str(store.layout.root)
+    items = tmp_path / "many.json"
+    items.write_text(json.dumps([item(8000 + i, seed=i) for i in range(501)]))
+    result = CliRunner().invoke(
+        app, ["add-items", str(items), "--root", root, "--now", "--event-id", "big-1"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (out["accepted"], out["rejected"]) == (501, 0)
+    assert (store.layout.inbox_dir / "big-1.json").is_file()
+    assert len(held_ids(Recaller.load(store))) == N_ITEMS + 501
+
+
 def test_sending_without_a_server_fails_clearly(
     make_store: MakeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from core.items_validation import (
     ItemsBatch,
+    excerpt,
     read_items_file,
     validate_retirements,
     validate_upserts,
@@ -106,3 +108,29 @@ def test_item_files_in_every_format_read_the_same(tmp_path: Path) -> None:
         assert [u.item_id for u in out.upserts] == [1, 2] and not out.rejected, name
     with pytest.raises(ValueError, match="unsupported item file type"):
         read_items_file(tmp_path / "a.txt")
+
+
+class _HostileRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("abc", "'abc'"),
+        (7, "7"),
+        ("a\nb\r\x1b[31m\x00", "'a\\nb\\r\\x1b[31m\\x00'"),
+        ("x" * 1000, "'" + "x" * 79 + "..."),
+        (-(10**1000), "<3322-bit integer>"),
+    ],
+)
+def test_excerpt_is_short_escaped_and_never_raises(value: object, expected: str) -> None:
+    assert excerpt(value) == expected
+
+
+def test_excerpt_of_objects_with_multiline_reprs_stays_on_one_line() -> None:
+    for value in (np.arange(100).reshape(50, 2), [["\n" * 500] * 50] * 50, {"k\n": 10**5000}):
+        shown = excerpt(value)
+        assert shown.isprintable() and len(shown) <= 83, shown
+    assert excerpt(_HostileRepr()).startswith("<_HostileRepr")
