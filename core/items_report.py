@@ -15,8 +15,14 @@ ITEMS_ARTIFACT: Final = "items-report"
 REJECTIONS_ARTIFACT: Final = "items-rejected"
 
 
+_MD_SPECIAL = "\\`*_[]<>|#!"
+
+
 def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` as literal markdown on one table line: every character markdown (or the
+    UI's HTML) would interpret is backslash-escaped, line breaks become spaces."""
+    flat = " ".join(text.splitlines())
+    return "".join(f"\\{c}" if c in _MD_SPECIAL else c for c in flat)
 
 
 def render_items_report(recorded: RecordSummary, version_id: str) -> str:

@@ -3,6 +3,8 @@ rendering, plots, and the new-items report."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.evaluation import EvalReport
@@ -184,3 +186,13 @@ def test_items_report_for_retirements_and_duplicates() -> None:
     assert "| retired | 6 |" in retire and "Rejection reasons" not in retire
     dup = render_items_report(_recorded(duplicate=True), "v9")
     assert "**Duplicate**" in dup and "| inserted" not in dup
+
+
+def test_items_report_escapes_markdown_in_reasons() -> None:
+    hostile = "item_id 'x' | <img src=x onerror=1> `code` [link](http://h) **b**\nnext line"
+    md = render_items_report(_recorded(reasons={hostile: 1}), "v9")
+    row = next(line for line in md.splitlines() if "onerror" in line)
+    assert row.startswith("| ") and row.endswith(" | 1 |") and "next line" in row
+    cell = row[2:-6]
+    unescaped = re.sub(r"\\.", "", cell)  # drop every backslash-escaped character
+    assert not set(unescaped) & set("\\`*_[]<>|"), cell  # nothing markdown would act on
