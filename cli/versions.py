@@ -38,13 +38,23 @@ def rollback_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a previous (kept, checksum-valid) version CURRENT again."""
-    from storage import CorruptVersionError, PublishConflictError, VersionNotFoundError
+    from storage import (
+        CorruptVersionError,
+        PublishConflictError,
+        StoreReadOnlyError,
+        VersionNotFoundError,
+    )
 
     store = open_store(root)
     before = store.current()
     try:
         store.rollback(version, expected_current=before)
-    except (VersionNotFoundError, CorruptVersionError, PublishConflictError) as e:
+    except (
+        VersionNotFoundError,
+        CorruptVersionError,
+        PublishConflictError,
+        StoreReadOnlyError,
+    ) as e:
         raise fail(str(e)) from None
     if as_json:
         typer.echo(json.dumps({"previous": before, "current": version}))

@@ -20,6 +20,7 @@ from storage.errors import (
     SchemaError,
     SnapshotNotFoundError,
     StorageError,
+    StoreReadOnlyError,
     VersionNotFoundError,
 )
 from storage.fs import (
@@ -115,6 +116,7 @@ __all__ = [
     "SnapshotNotFoundError",
     "StorageError",
     "StorageSettings",
+    "StoreReadOnlyError",
     "TableSpec",
     "TableWriter",
     "VectorKind",

@@ -19,16 +19,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from storage._sqlite import connect, transaction
+from storage._sqlite import connect, read, transaction
 from storage.manifest import utc_now_iso
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS entries (
@@ -61,6 +63,8 @@ _SCHEMA: Final = (
         last_seq INTEGER NOT NULL
     )""",
 )
+
+_TABLES: Final = ("entries", "events")
 
 Op = Literal["upsert", "retire"]
 
@@ -115,8 +119,10 @@ def _digest(category: int, content: npt.NDArray[np.float32]) -> str:
 class CatalogueLog:
     """Access to `catalogue.sqlite`; each method is one short connection and transaction.
 
-    Constructing it touches no disk; the file is created by the first write, and reads of
-    a missing file see an empty log (head 0).
+    Constructing it touches no disk; the file is created by the first write. Reads never
+    write (see `storage._sqlite.read`: they work on a read-only store), and reads of a
+    missing file see an empty log (head 0). Appends to a read-only store raise
+    `StoreReadOnlyError`.
     """
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
@@ -126,13 +132,15 @@ class CatalogueLog:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A writer's connection (WAL; the schema created on the first one)."""
         schema = () if self._schema_ready else _SCHEMA
         with connect(self.path, self.busy_timeout_s, schema, wal=True) as conn:
             self._schema_ready = True
             yield conn
 
-    def _readable(self) -> bool:
-        return self._schema_ready or self.path.exists()
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T | None:
+        """`query` on a read-only view, in one snapshot; None for an empty log."""
+        return read(self.path, self.busy_timeout_s, query, tables=_TABLES, wal=True)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -207,38 +215,27 @@ class CatalogueLog:
 
     def head(self) -> int:
         """Sequence number of the newest entry (0 for an empty log)."""
-        if not self._readable():
-            return 0
-        with self._connect() as conn:
-            return _head(conn)
+        return self._read(_head) or 0
 
     def has_event(self, event_id: str) -> bool:
         """Whether `event_id` was applied (acknowledged)."""
-        if not self._readable():
-            return False
-        with self._connect() as conn:
-            return (
-                conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone()
-                is not None
-            )
+        return self.event_seq(event_id) is not None
 
     def event_seq(self, event_id: str) -> int | None:
         """Log head right after `event_id` was appended (a version whose `catalogue_seq`
         reaches it includes the event), or None if the event is not in the log."""
-        if not self._readable():
-            return None
-        with self._connect() as conn:
-            row = conn.execute(
+        row = self._read(
+            lambda conn: conn.execute(
                 "SELECT last_seq FROM events WHERE event_id = ?", (event_id,)
             ).fetchone()
+        )
         return None if row is None else int(row[0])
 
     def changes(self, after: int, upto: int | None = None) -> CatalogueChanges:
         """Latest state (as of `upto`, default the head) of items with entries in
         `(after, upto]`. `changes(0)` is the whole catalogue."""
-        if not self._readable():
-            return _changes(after, max(after, upto or 0), [], ())
-        with self._connect() as conn, transaction(conn, "BEGIN"):
+
+        def query(conn: sqlite3.Connection) -> tuple[int, list[Any], list[Any]]:
             end = _head(conn) if upto is None else upto
             rows = conn.execute(
                 "SELECT item_id, op, category, content FROM entries WHERE seq IN ("
@@ -250,6 +247,12 @@ class CatalogueLog:
                 "GROUP BY event_id ORDER BY MIN(seq)",
                 (after, end),
             ).fetchall()
+            return end, rows, events
+
+        found = self._read(query)
+        if found is None:
+            return _changes(after, max(after, upto or 0), [], ())
+        end, rows, events = found
         return _changes(after, end, rows, tuple(e[0] for e in events))
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "SchemaError",
     "SnapshotNotFoundError",
     "StorageError",
+    "StoreReadOnlyError",
     "VersionNotFoundError",
 ]
 
@@ -43,6 +44,22 @@ class CorruptVersionError(StorageError):
         self.reason = reason
         where = f" file {file!r}" if file else ""
         super().__init__(f"version {version_id!r}{where}: {reason}")
+
+
+class StoreReadOnlyError(StorageError, PermissionError):
+    """A write hit a store this process cannot write (a read-only mount, or files it may
+    not change). Permanent: retrying does not help. Reads of such a store still work."""
+
+    def __init__(self, path: object, detail: str = "") -> None:
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(
+            f"cannot write {self.path}: the store is read-only" + (f" ({detail})" if detail else "")
+        )
+
+    def __reduce__(self) -> tuple[type[StoreReadOnlyError], tuple[str, str]]:
+        # Pickle (e.g. across Prefect task boundaries) by the constructor's arguments.
+        return type(self), (self.path, self.detail)
 
 
 class VersionNotFoundError(StorageError, LookupError):

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
-from storage._sqlite import connect, transaction
+from storage._sqlite import connect, read, transaction
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
 
 __all__ = ["Event", "Registry", "VersionRow"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS current (
@@ -44,6 +46,8 @@ _SCHEMA: Final = (
         to_version TEXT
     )""",
 )
+
+_TABLES: Final = ("current", "versions", "events")
 
 _CAS_SQL: Final = "UPDATE current SET version_id = :new WHERE id = 1 AND version_id IS :expected"
 
@@ -72,8 +76,10 @@ class Event:
 class Registry:
     """Access to `registry.sqlite`; every method is one short connection and transaction.
 
-    Constructing it touches no disk; the database and its tables are created by the first
-    write (reads of a missing database see an empty registry).
+    Constructing it touches no disk. The database and its tables are created by the
+    first write; reads never write (see `storage._sqlite.read`: they work on a read-only
+    store), and a missing database, or one a writer left without tables, reads as an
+    empty registry. Writes to a read-only store raise `StoreReadOnlyError`.
     """
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
@@ -83,53 +89,49 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A writer's connection (the schema created on the first one)."""
         schema = () if self._schema_ready else _SCHEMA
         with connect(self.path, self.busy_timeout_s, schema, wal=False) as conn:
             self._schema_ready = True
             yield conn
 
-    def _readable(self) -> bool:
-        return self._schema_ready or self.path.exists()
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T | None:
+        """`query` on a read-only view; None when nothing was ever registered."""
+        return read(self.path, self.busy_timeout_s, query, tables=_TABLES)
 
     def current(self) -> str | None:
         """The version CURRENT names, or None if nothing was published."""
-        if not self._readable():
-            return None
-        with self._connect() as conn:
-            return _current(conn)
+        return self._read(_current)
 
     def get(self, version_id: str) -> VersionRow | None:
         """The registered row of `version_id`, or None."""
-        if not self._readable():
-            return None
-        with self._connect() as conn:
-            row = conn.execute(
+        row = self._read(
+            lambda conn: conn.execute(
                 "SELECT version_id, created_at, published_at, parent, data_snapshot "
                 "FROM versions WHERE version_id = ?",
                 (version_id,),
             ).fetchone()
+        )
         return None if row is None else VersionRow(*row)
 
     def list_versions(self) -> list[VersionRow]:
         """All registered versions, most recently published first."""
-        if not self._readable():
-            return []
-        with self._connect() as conn:
-            rows = conn.execute(
+        rows = self._read(
+            lambda conn: conn.execute(
                 "SELECT version_id, created_at, published_at, parent, data_snapshot "
                 "FROM versions ORDER BY published_at DESC, rowid DESC"
             ).fetchall()
-        return [VersionRow(*r) for r in rows]
+        )
+        return [VersionRow(*r) for r in rows or []]
 
     def events(self) -> list[Event]:
         """The audit log, oldest first."""
-        if not self._readable():
-            return []
-        with self._connect() as conn:
-            rows = conn.execute(
+        rows = self._read(
+            lambda conn: conn.execute(
                 "SELECT ts, action, from_version, to_version FROM events ORDER BY rowid"
             ).fetchall()
-        return [Event(*r) for r in rows]
+        )
+        return [Event(*r) for r in rows or []]
 
     def register_and_swap(
         self,

@@ -14,16 +14,19 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from storage._sqlite import READ_ONLY_ERRNOS
 from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
     PublishConflictError,
+    StoreReadOnlyError,
     VersionNotFoundError,
 )
 from storage.fs import fsync_dir, fsync_file, is_temp_name
@@ -112,7 +115,13 @@ _READ_CURRENT: Final = _ReadCurrent()
 
 
 class VersionStore:
-    """Published model versions under one `Layout`. Constructing it touches no disk."""
+    """Published model versions under one `Layout`. Constructing it touches no disk.
+
+    Reading (`current`, `open_current`, `open_version`, `verify`, `list_versions`,
+    `staging_path`) never writes, so it works on a read-only store. There, `begin`,
+    `rollback` and `prune` raise `StoreReadOnlyError` (and `publish` cannot start: it
+    needs the staging folder that `begin` makes).
+    """
 
     def __init__(self, layout: Layout, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
         if keep_versions < 1:
@@ -140,11 +149,14 @@ class VersionStore:
         if self.layout.version_dir(vid).exists() or self.registry.get(vid) is not None:
             raise FileExistsError(f"version {vid!r} already exists in {self.layout.versions_dir}")
         staging = self.layout.staging_version_dir(vid)
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging.mkdir()
-        except FileExistsError:
-            raise FileExistsError(f"version {vid!r} is already being staged at {staging}") from None
+        with _writing(self.layout.root):
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                staging.mkdir()
+            except FileExistsError:
+                raise FileExistsError(
+                    f"version {vid!r} is already being staged at {staging}"
+                ) from None
         log.info("staging version %s at %s", vid, staging)
         return staging
 
@@ -358,6 +370,19 @@ class VersionStore:
         known = [r.version_id for r in self.registry.list_versions()]
         db = self.layout.registry_db
         return f"version {version_id!r} is not registered in {db} (registered: {known})"
+
+
+@contextmanager
+def _writing(root: Path) -> Iterator[None]:
+    """Turn a write refused because the store is read-only into `StoreReadOnlyError`."""
+    try:
+        yield
+    except StoreReadOnlyError:
+        raise
+    except OSError as e:
+        if e.errno in READ_ONLY_ERRNOS:
+            raise StoreReadOnlyError(root, str(e)) from e
+        raise
 
 
 def _staged_files(version_id: str, staging: Path, required: Collection[str]) -> list[str]:
