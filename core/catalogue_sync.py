@@ -5,10 +5,13 @@ Plain functions, no Prefect. The protocol that keeps every acknowledged item ser
 
 - Every version records `catalogue_seq` S in its lineage: it includes every catalogue
   entry up to S (`core.catalogue_apply` applies entries exactly once, in order).
-- A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it stages P's files
-  (hard links), applies entries (S_P, H] with P's model and publishes with a
-  compare-and-swap expecting P. Acknowledged entries are <= the head of any later read,
-  so the next successful publish after an ack includes it.
+- A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it verifies P's files
+  against P's manifest, stages them (hard links), applies entries (S_P, H] with P's
+  model and publishes with a compare-and-swap expecting P. Acknowledged entries are <=
+  the head of any later read, so the next successful publish after an ack includes it.
+- Lineage is verified: a corrupt P fails the sync (`CorruptVersionError`) and nothing is
+  published. Files carried over from P unchanged keep P's recorded checksums (publish
+  reads them back against those), so damaged bytes never get fresh checksums.
 - The nightly builds from the whole catalogue at its start, then, right before
   publishing, folds in the entries that arrived meanwhile (embedded by its *new* model).
 - Publishers hold `Layout.publish_lock` from reading CURRENT to the compare-and-swap, so
@@ -23,7 +26,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -37,16 +40,20 @@ from core.catalogue_apply import (
 from storage import (
     REQUIRED_FILES,
     CatalogueLog,
+    CorruptVersionError,
     Layout,
     Lineage,
     Manifest,
     NoCurrentVersionError,
     PublishConflictError,
     PublishedVersion,
+    VersionFiles,
     VersionStore,
     file_lock,
 )
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.integrity import FileIdentity, carried_entries, file_identities
+from storage.manifest import FileEntry, read_manifest
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "SyncResult",
@@ -72,22 +79,27 @@ class SyncResult:
     applied_events: tuple[str, ...]
     n_items: int
     attempts: int
+    removed: tuple[Path, ...] = field(default=())  # leftovers of dead runs cleaned up
 
 
-def stage_child(store: VersionStore, parent: PublishedVersion) -> tuple[str, Path]:
+def stage_child(
+    store: VersionStore, parent: PublishedVersion
+) -> tuple[str, Path, dict[str, FileIdentity]]:
     """A staging folder holding `parent`'s files (hard links; copies across devices) and
-    its catalogue position; returns (version id, folder)."""
+    its catalogue position; returns (version id, folder, identities of the taken-over
+    files, for `carried_entries`). `parent` must have been verified."""
     version_id = store.new_version_id()
-    staging = store.begin(version_id)
+    staging = store.begin(version_id, kind="items")
     for name in parent.manifest.files:
         src, dst = parent.path / name, staging / name
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
+    identities = file_identities(staging, parent.manifest.files)
     seq = parent.manifest.lineage.catalogue_seq or 0
     write_catalogue_state(staging, seq, ())
-    return version_id, staging
+    return version_id, staging, identities
 
 
 def _publish_child(
@@ -96,6 +108,7 @@ def _publish_child(
     parent: Manifest,
     applied: ApplySummary,
     expected: str | None,
+    carried: dict[str, FileEntry],
 ) -> Manifest:
     extra = dict(parent.extra)
     extra["coldstart"] = {"upserted": applied.upserted, "retired": applied.retired}
@@ -115,12 +128,15 @@ def _publish_child(
         metrics=parent.metrics,
         extra=extra,
         required_files=REQUIRED_FILES,
+        kind="items",
+        carried=carried,
     )
 
 
 def sync_current(
     layout: Layout,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
     *,
     max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
@@ -128,32 +144,48 @@ def sync_current(
     """Publish CURRENT + every catalogue entry it lacks (no-op when it lacks none).
 
     Raises `NoCurrentVersionError` before the first nightly (the entries stay in the
-    catalogue and the first nightly includes them).
+    catalogue and the first nightly includes them), and `CorruptVersionError` when
+    CURRENT's bytes do not match its manifest (nothing is published; roll back to an
+    intact version or run the nightly). Holding the publish lock, it first removes what
+    dead publishers left (staging of dead processes, unregistered version folders).
     """
-    store = VersionStore(layout, keep_versions=keep_versions)
+    store = VersionStore(layout, keep_versions, keep_item_versions)
     catalogue = CatalogueLog(layout.catalogue_db)
+    removed: list[Path] = []
     for attempt in range(1, max_attempts + 1):
         with file_lock(layout.publish_lock, lock_timeout_s):
-            parent = require_current(store)
+            removed += store.collect_dead(publish_locked=True)
+            parent = require_current(store, verify=False)
             seq = parent.manifest.lineage.catalogue_seq or 0
             changes = catalogue.changes(seq)
             if changes.empty:
                 return SyncResult(
-                    parent.version_id, False, seq, (), parent.manifest.item_count, attempt
+                    parent.version_id,
+                    False,
+                    seq,
+                    (),
+                    parent.manifest.item_count,
+                    attempt,
+                    tuple(removed),
                 )
-            version_id, staging = stage_child(store, parent)
+            # Everything below derives from the parent's bytes: check them all first.
+            store.verify(parent.version_id)
+            version_id, staging, identities = stage_child(store, parent)
             try:
                 summary = parent.manifest.extra.get("index")
                 recipe = IndexRecipe.from_summary(summary) if summary else None
                 applied = apply_changes(staging, changes, recipe)
-                _publish_child(store, version_id, parent.manifest, applied, parent.version_id)
+                carried = carried_entries(staging, parent.manifest.files, identities)
+                _publish_child(
+                    store, version_id, parent.manifest, applied, parent.version_id, carried
+                )
             except PublishConflictError as e:
                 # A publisher outside the lock (e.g. a rollback) moved CURRENT: start over
                 # from the newer state.
                 log.warning("sync attempt %d lost the race: %s", attempt, e)
                 continue
             except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
+                store.discard(version_id)
                 raise
             log.info(
                 "published %s = %s + catalogue (%d, %d]",
@@ -163,7 +195,13 @@ def sync_current(
                 applied.seq,
             )
             return SyncResult(
-                version_id, True, applied.seq, applied.applied_events, applied.n_items, attempt
+                version_id,
+                True,
+                applied.seq,
+                applied.applied_events,
+                applied.n_items,
+                attempt,
+                tuple(removed),
             )
     raise RuntimeError(f"CURRENT kept moving: no sync after {max_attempts} attempts")
 
@@ -173,15 +211,17 @@ def catch_up_and_publish(
     version_id: str,
     expected: str | None,
     recipe: IndexRecipe,
-    publish: Callable[[str | None, ApplySummary], str],
+    publish: Callable[[str | None, ApplySummary, dict[str, FileEntry]], str],
     *,
     max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> str:
     """Fold the catalogue entries that arrived since the staged version read it, then
-    `publish(expected, applied)` (a `VersionStore.publish` with
+    `publish(expected, applied, carried)` (a `VersionStore.publish` with
     `keep_staging_on_conflict=True`, returning the version id); on a conflict retry on
-    the CURRENT that won. Returns the published id.
+    the CURRENT that won. Returns the published id. `carried`: on a retry, the files the
+    catch-up did not rewrite, with the checksums the failed attempt recorded (they are
+    checked, not re-hashed).
 
     For builds that do not derive from CURRENT's files (the nightly): the staged version
     is complete on its own, so publishing it over a newer CURRENT loses nothing once it
@@ -192,9 +232,12 @@ def catch_up_and_publish(
     with file_lock(store.layout.publish_lock, lock_timeout_s):
         for attempt in range(1, max_attempts + 1):
             seq, _ = read_catalogue_state(staging)
+            recorded = _recorded_entries(store, version_id, staging)
+            identities = file_identities(staging, recorded)
             applied = apply_changes(staging, catalogue.changes(seq), recipe)
+            carried = carried_entries(staging, recorded, identities)
             try:
-                return publish(expected, applied)
+                return publish(expected, applied, carried)
             except PublishConflictError as e:
                 log.warning(
                     "attempt %d: CURRENT moved from %s to %s while %s was built; "
@@ -209,10 +252,22 @@ def catch_up_and_publish(
     raise RuntimeError(f"CURRENT kept moving: {version_id} not published in {max_attempts} tries")
 
 
-def require_current(store: VersionStore) -> PublishedVersion:
-    """CURRENT, opened without checksums; a clear error before the first nightly."""
+def _recorded_entries(store: VersionStore, version_id: str, staging: Path) -> dict[str, FileEntry]:
+    """The checksums an earlier publish attempt of this staging folder recorded in its
+    manifest (left there when it lost the compare-and-swap); {} on a first attempt."""
+    if not (staging / VersionFiles.MANIFEST).is_file():
+        return {}
     try:
-        return store.open_current(verify=False)
+        return dict(read_manifest(version_id, staging).files)
+    except CorruptVersionError:
+        return {}  # an unreadable manifest from a crash: hash everything afresh
+
+
+def require_current(store: VersionStore, *, verify: bool = True) -> PublishedVersion:
+    """CURRENT, opened (checksums checked if `verify`: `CorruptVersionError` names the
+    first bad file); a clear error before the first nightly."""
+    try:
+        return store.open_current(verify=verify)
     except NoCurrentVersionError as e:
         raise NoCurrentVersionError(
             f"{e}: new items need a model; run the nightly flow once first"

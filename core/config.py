@@ -24,7 +24,7 @@ from core.store import resolve_root
 from model.config import TowerConfig, TrainConfig
 from model.dataset import SplitProtocol
 from model.synthetic import SCALES, check_scale
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "DataConfig",
@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "resolve_root",
+    "validation_summary",
 ]
 
 
@@ -167,8 +168,15 @@ class RuntimeConfig(BaseModel):
     keep_versions: int | None = Field(
         None,
         ge=1,
-        description="Published versions kept for rollback; None = TOWERFLOW_KEEP_VERSIONS, "
+        description="Nightly versions kept for rollback; None = TOWERFLOW_KEEP_VERSIONS, "
         f"else {DEFAULT_KEEP_VERSIONS}.",
+    )
+    keep_item_versions: int | None = Field(
+        None,
+        ge=0,
+        description="Item-event versions kept on top of CURRENT's nightly, apart from "
+        "keep_versions; None = TOWERFLOW_KEEP_ITEM_VERSIONS, "
+        f"else {DEFAULT_KEEP_ITEM_VERSIONS}.",
     )
     threads: int | None = Field(
         None, ge=1, description="Threads for torch and Faiss; None = all cores."
@@ -186,6 +194,19 @@ class NightlyConfig(BaseModel):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)  # type: ignore[arg-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[arg-type]
+
+
+def validation_summary(error: ValidationError) -> str:
+    """A pydantic error on one line: ``field.path: reason (got value)`` per problem, joined
+    by ``; `` (pydantic's own text spreads each problem over several lines)."""
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        given = err.get("input")
+        shown = repr(given) if isinstance(given, str | int | float | bool) else ""
+        parts.append(f"{loc}: {msg}" + (f" (got {shown})" if shown and len(shown) <= 60 else ""))
+    return "; ".join(parts) or str(error)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
@@ -215,4 +236,4 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
         return NightlyConfig.model_validate(raw)
     except ValidationError as e:
         where = f"config {path}" if path else "options"
-        raise ValueError(f"invalid {where}:\n{e}") from e
+        raise ValueError(f"invalid {where}: {validation_summary(e)}") from e

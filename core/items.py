@@ -38,7 +38,8 @@ from storage import (
     read_json,
     read_table,
 )
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.manifest import verify_files
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "OnRejected",
@@ -175,17 +176,28 @@ def record_items(
 
 def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
     """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
-    current = require_current(VersionStore(Layout(root)))
+    current = require_current(VersionStore(Layout(root)), verify=False)
+    # Only this file is read: check it alone against the manifest (O(its size)).
+    verify_files(current.version_id, current.path, current.manifest, [VersionFiles.ITEMS])
     items = read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, columns=["item_id"])
     return np.asarray(items.column("item_id").to_numpy(), np.int64)
 
 
 def publish_catalogue(
-    root: str, keep_versions: int = DEFAULT_KEEP_VERSIONS, *, logger: StepLogger = log
+    root: str,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+    *,
+    logger: StepLogger = log,
 ) -> str:
     """Publish CURRENT + the catalogue entries it lacks (embedded with CURRENT's model),
-    compare-and-swap with bounded retries; returns CURRENT's id afterwards."""
-    result = sync_current(Layout(Path(root)), keep_versions)
+    compare-and-swap with bounded retries; returns CURRENT's id afterwards.
+
+    CURRENT is verified first: on corrupt bytes it raises `CorruptVersionError` and
+    publishes nothing (the entries stay in the catalogue for the next nightly)."""
+    result = sync_current(Layout(Path(root)), keep_versions, keep_item_versions)
+    for path in result.removed:
+        logger.info("removed %s, left by a dead run", path)
     logger.info(
         "%s %s: catalogue up to %d, %d items (attempt %d)",
         "published" if result.published else "CURRENT is up to date:",
@@ -201,6 +213,7 @@ def apply_items(
     root: str,
     batch: ItemsBatch,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
     *,
     logger: StepLogger = log,
 ) -> tuple[RecordSummary, str]:
@@ -208,7 +221,7 @@ def apply_items(
     (acknowledged once recorded), then publish CURRENT + the catalogue entries it lacks.
     Returns what was recorded and CURRENT's id afterwards."""
     recorded = record_items(root, batch, logger=logger)
-    return recorded, publish_catalogue(root, keep_versions, logger=logger)
+    return recorded, publish_catalogue(root, keep_versions, keep_item_versions, logger=logger)
 
 
 def merge_catalogue(stage: StageRef, *, logger: StepLogger = log) -> int:

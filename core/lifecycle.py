@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +27,8 @@ from storage import (
     file_lock,
     read_json,
 )
-from storage.manifest import utc_now_iso
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.manifest import FileEntry, utc_now_iso
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "OverlappingRunError",
@@ -45,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 _ABANDONED_AFTER_S = 6 * 3600.0
+_PUBLISH_LOCK_TIMEOUT_S = 600.0
 
 
 class Runtime(BaseModel):
@@ -52,16 +52,21 @@ class Runtime(BaseModel):
 
     root: str
     keep_versions: int
+    keep_item_versions: int
     threads: int | None
 
 
 def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
     """Fill unset storage fields from the environment (TOWERFLOW_ROOT, TOWERFLOW_KEEP_VERSIONS,
-    else ./.towerflow and 5); the root becomes absolute so every task agrees on it."""
+    TOWERFLOW_KEEP_ITEM_VERSIONS, else ./.towerflow, 5 and 10); the root becomes absolute
+    so every task agrees on it."""
     env = StorageSettings()
     return Runtime(
         root=str(resolve_root(None, cfg.storage_root)),
         keep_versions=cfg.keep_versions or env.keep_versions,
+        keep_item_versions=(
+            env.keep_item_versions if cfg.keep_item_versions is None else cfg.keep_item_versions
+        ),
         threads=cfg.threads,
     )
 
@@ -91,20 +96,24 @@ def exclusive_nightly(root: str, run: str) -> Iterator[None]:
 def begin_version(root: str, *, logger: StepLogger = log) -> StageRef:
     """Open a staging folder for a new version; remember CURRENT as the expected parent."""
     store = VersionStore(Layout(Path(root)))
-    # Leftovers of crashed or failed runs; a folder idle this long has no live writer.
+    # Leftovers of crashed runs: at once when their owner process is gone (publishers
+    # hold the publish lock from staging to commit, so under it an unregistered version
+    # folder is dead too); folders with no owner marker once idle this long.
+    with file_lock(store.layout.publish_lock, _PUBLISH_LOCK_TIMEOUT_S):
+        for path in store.collect_dead(publish_locked=True):
+            logger.info("removed %s, left by a dead run", path)
     for path in store.gc(min_age_s=_ABANDONED_AFTER_S):
         logger.info("removed abandoned %s", path)
     parent = store.current()
     version_id = store.new_version_id()
-    store.begin(version_id)
+    store.begin(version_id, kind="nightly")
     logger.info("building version %s on top of %s", version_id, parent)
     return StageRef(root=root, version_id=version_id, parent=parent)
 
 
 def discard_version(stage: StageRef) -> None:
     """Delete a staged version that will not be published (e.g. it failed the gate)."""
-    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-    shutil.rmtree(staging, ignore_errors=True)
+    VersionStore(Layout(Path(stage.root))).discard(stage.version_id)
 
 
 def publish_version(
@@ -114,6 +123,7 @@ def publish_version(
     index: IndexSummary,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
     *,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
     logger: StepLogger = log,
 ) -> str:
     """Fold in the catalogue entries that arrived during the run (embedded by the new
@@ -124,11 +134,11 @@ def publish_version(
 
     The manifest records the evaluation metrics and the index's measured recall/latency.
     """
-    store = VersionStore(Layout(Path(stage.root)), keep_versions=keep_versions)
+    store = VersionStore(Layout(Path(stage.root)), keep_versions, keep_item_versions)
     staging = store.staging_path(stage.version_id)
     metrics = read_json(staging / VersionFiles.METRICS)
 
-    def publish(expected: str | None, applied: ApplySummary) -> str:
+    def publish(expected: str | None, applied: ApplySummary, carried: dict[str, FileEntry]) -> str:
         return store.publish(
             stage.version_id,
             expected_current=expected,
@@ -145,6 +155,8 @@ def publish_version(
             metrics=metrics,
             extra={"index": index.model_dump(mode="json")},
             keep_staging_on_conflict=True,
+            kind="nightly",
+            carried=carried,
         ).version_id
 
     recipe = IndexRecipe(index.factory, index.knob, index.knob_value)

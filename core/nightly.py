@@ -22,6 +22,7 @@ from core.lifecycle import (
     publish_version,
     resolve_runtime,
 )
+from core.precheck import precheck
 from core.progress import Progress, ProgressFactory, StepLogger
 from core.reports import stage_report_files
 from core.snapshots import ensure_snapshot
@@ -42,14 +43,16 @@ def run_nightly(
     """Train, evaluate, gate, index and publish a new version in this process; returns
     its id.
 
-    Steps (as in the flow): data snapshot -> staging folder -> train -> embed items ->
-    evaluate + quality gate -> fold in the item catalogue -> build and tune the index ->
-    stage the report files -> compare-and-swap CURRENT. A failing step (the quality gate,
+    Steps (as in the flow): config check (``core.precheck``) -> data snapshot -> staging
+    folder -> train -> embed items -> evaluate + quality gate -> fold in the item
+    catalogue -> build and tune the index -> stage the report files -> compare-and-swap
+    CURRENT. A failing step (the quality gate,
     the index's recall target, bad data) raises, leaves CURRENT unchanged and removes the
     staging folder. Holds the store's nightly lock, like the flow, so the two never
     overlap on one store.
     """
     config = config or NightlyConfig()
+    precheck(config)  # a bad index factory, device or path fails here, not after training
     runtime = resolve_runtime(config.runtime)
     root = runtime.root
     apply_threads(runtime.threads)
@@ -88,6 +91,7 @@ def run_nightly(
                 config.model_dump(mode="json"),
                 index,
                 runtime.keep_versions,
+                keep_item_versions=runtime.keep_item_versions,
                 logger=logger,
             )
         except BaseException:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage import Layout, StorageSettings, VersionStore
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
-__all__ = ["DEFAULT_KEEP_VERSIONS", "open_store", "resolve_root"]
+__all__ = ["DEFAULT_KEEP_ITEM_VERSIONS", "DEFAULT_KEEP_VERSIONS", "open_store", "resolve_root"]
 
 
 def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:
@@ -32,8 +32,12 @@ def open_store(
     keep_versions: int | None = None,
     *,
     cfg_root: str | None = None,
+    keep_item_versions: int | None = None,
 ) -> VersionStore:
     """The version store at ``resolve_root(root, cfg_root)``, pruning to ``keep_versions``
-    (None: ``$TOWERFLOW_KEEP_VERSIONS``, else the default)."""
-    keep = keep_versions or StorageSettings().keep_versions
-    return VersionStore(Layout(resolve_root(root, cfg_root)), keep_versions=keep)
+    nightly and ``keep_item_versions`` item versions (None: ``$TOWERFLOW_KEEP_VERSIONS`` /
+    ``$TOWERFLOW_KEEP_ITEM_VERSIONS``, else the defaults)."""
+    env = StorageSettings()
+    keep = keep_versions or env.keep_versions
+    keep_items = env.keep_item_versions if keep_item_versions is None else keep_item_versions
+    return VersionStore(Layout(resolve_root(root, cfg_root)), keep, keep_items)

@@ -67,7 +67,7 @@ def new_items(
     event_id = event_id or f"flow-run-{flow_run.get_id()}"
     batch = ItemsBatch(event_id=event_id, operation=operation, items=items, path=path)
     recorded = record_items(runtime.root, batch)
-    version_id = publish_catalogue(runtime.root, runtime.keep_versions)
+    version_id = publish_catalogue(runtime.root, runtime.keep_versions, runtime.keep_item_versions)
     post_items_report(recorded, version_id)
     return NewItemsResult(
         event_id=event_id,

@@ -31,6 +31,7 @@ from storage.fs import (
     fsync_file,
     sha256_file,
 )
+from storage.integrity import FileState, VersionCheck
 from storage.layout import Layout, SnapshotFiles, VersionFiles, validate_id
 from storage.manifest import FileEntry, Lineage, Manifest
 from storage.parquet import (
@@ -46,7 +47,7 @@ from storage.parquet import (
     vectors_to_arrow,
     write_table,
 )
-from storage.registry import Event, Registry, VersionRow
+from storage.registry import Event, Registry, VersionKind, VersionRow
 from storage.schemas import (
     ALL_TABLES,
     CATEGORIES,
@@ -103,6 +104,7 @@ __all__ = [
     "CorruptVersionError",
     "Event",
     "FileEntry",
+    "FileState",
     "ItemUpsert",
     "Layout",
     "Lineage",
@@ -120,8 +122,10 @@ __all__ = [
     "TableSpec",
     "TableWriter",
     "VectorKind",
+    "VersionCheck",
     "VersionFiles",
     "VersionInfo",
+    "VersionKind",
     "VersionNotFoundError",
     "VersionRow",
     "VersionStore",

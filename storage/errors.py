@@ -34,6 +34,10 @@ class PublishConflictError(StorageError):
             f"but it is {actual!r} (another publisher or rollback won the race)"
         )
 
+    def __reduce__(self) -> tuple[type[PublishConflictError], tuple[str | None, str | None, str]]:
+        # Pickle (e.g. across Prefect task or process boundaries) by the constructor's args.
+        return type(self), (self.expected, self.actual, self.new)
+
 
 class CorruptVersionError(StorageError):
     """A published version's files are missing or do not match its manifest."""
@@ -44,6 +48,9 @@ class CorruptVersionError(StorageError):
         self.reason = reason
         where = f" file {file!r}" if file else ""
         super().__init__(f"version {version_id!r}{where}: {reason}")
+
+    def __reduce__(self) -> tuple[type[CorruptVersionError], tuple[str, str | None, str]]:
+        return type(self), (self.version_id, self.file, self.reason)
 
 
 class StoreReadOnlyError(StorageError, PermissionError):

@@ -133,12 +133,21 @@ def read_manifest(version_id: str, path: Path) -> Manifest:
     return manifest
 
 
-def verify_files(version_id: str, path: Path, manifest: Manifest) -> None:
-    """Check every file of `manifest` in folder `path`: present, same size, same sha256.
+def verify_files(
+    version_id: str, path: Path, manifest: Manifest, names: Iterable[str] | None = None
+) -> None:
+    """Check every file of `manifest` (or only `names`) in folder `path`: present, same
+    size, same sha256.
 
     Raises `CorruptVersionError` naming the first bad file.
     """
+    wanted = set(manifest.files) if names is None else set(names)
+    unknown = sorted(wanted - set(manifest.files))
+    if unknown:
+        raise CorruptVersionError(version_id, unknown[0], "not listed in the manifest")
     for name, entry in sorted(manifest.files.items()):
+        if name not in wanted:
+            continue
         p = path / name
         if not p.is_file():
             raise CorruptVersionError(version_id, name, f"missing (expected {p})")

@@ -14,17 +14,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar, get_args
 
 from storage._sqlite import connect, read, transaction
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
 
-__all__ = ["Event", "Registry", "VersionRow"]
+__all__ = ["KINDS", "Event", "Registry", "VersionKind", "VersionRow"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# What made a version: a nightly build (complete on its own files) or an items event
+# (its parent's files + catalogue entries; unchanged files may be hard links). Retention
+# keeps each kind by its own rule (see `storage.retention`).
+VersionKind = Literal["nightly", "items"]
+KINDS: Final[tuple[VersionKind, ...]] = get_args(VersionKind)
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS current (
@@ -37,7 +43,8 @@ _SCHEMA: Final = (
         created_at TEXT NOT NULL,
         published_at TEXT NOT NULL,
         parent TEXT,
-        data_snapshot TEXT
+        data_snapshot TEXT,
+        kind TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS events (
         ts TEXT NOT NULL,
@@ -48,6 +55,12 @@ _SCHEMA: Final = (
 )
 
 _TABLES: Final = ("current", "versions", "events")
+
+# Registries written before `kind` existed gain the column on their first write; their
+# old rows read as kind None (the store infers it from the manifest).
+_MIGRATIONS: Final = {"kind": "ALTER TABLE versions ADD COLUMN kind TEXT"}
+
+_ROW_COLUMNS: Final = "version_id, created_at, published_at, parent, data_snapshot"
 
 _CAS_SQL: Final = "UPDATE current SET version_id = :new WHERE id = 1 AND version_id IS :expected"
 
@@ -61,6 +74,7 @@ class VersionRow:
     published_at: str
     parent: str | None
     data_snapshot: str | None
+    kind: VersionKind | None = None  # None: registered before kinds were recorded
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,8 @@ class Registry:
         """A writer's connection (the schema created on the first one)."""
         schema = () if self._schema_ready else _SCHEMA
         with connect(self.path, self.busy_timeout_s, schema, wal=False) as conn:
+            if not self._schema_ready:
+                _migrate(conn)
             self._schema_ready = True
             yield conn
 
@@ -107,8 +123,7 @@ class Registry:
         """The registered row of `version_id`, or None."""
         row = self._read(
             lambda conn: conn.execute(
-                "SELECT version_id, created_at, published_at, parent, data_snapshot "
-                "FROM versions WHERE version_id = ?",
+                f"SELECT {_ROW_COLUMNS}, {_kind_column(conn)} FROM versions WHERE version_id = ?",
                 (version_id,),
             ).fetchone()
         )
@@ -118,8 +133,8 @@ class Registry:
         """All registered versions, most recently published first."""
         rows = self._read(
             lambda conn: conn.execute(
-                "SELECT version_id, created_at, published_at, parent, data_snapshot "
-                "FROM versions ORDER BY published_at DESC, rowid DESC"
+                f"SELECT {_ROW_COLUMNS}, {_kind_column(conn)} FROM versions "
+                "ORDER BY published_at DESC, rowid DESC"
             ).fetchall()
         )
         return [VersionRow(*r) for r in rows or []]
@@ -140,15 +155,24 @@ class Registry:
         expected: str | None,
         created_at: str,
         data_snapshot: str | None,
+        kind: VersionKind = "nightly",
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
         transaction: either both happen or neither. Raises `PublishConflictError`."""
-        row = VersionRow(version_id, created_at, utc_now_iso(), expected, data_snapshot)
+        if kind not in KINDS:
+            raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
+        row = VersionRow(version_id, created_at, utc_now_iso(), expected, data_snapshot, kind)
         with self._connect() as conn, transaction(conn):
             conn.execute(
-                "INSERT INTO versions (version_id, created_at, published_at, parent, "
-                "data_snapshot) VALUES (?, ?, ?, ?, ?)",
-                (row.version_id, row.created_at, row.published_at, row.parent, row.data_snapshot),
+                f"INSERT INTO versions ({_ROW_COLUMNS}, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row.version_id,
+                    row.created_at,
+                    row.published_at,
+                    row.parent,
+                    row.data_snapshot,
+                    row.kind,
+                ),
             )
             _cas(conn, expected, version_id)
             _event(conn, "publish", expected, version_id)
@@ -187,6 +211,24 @@ class Registry:
                 return False
             _event(conn, "prune", version_id, None)
         return True
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
+
+
+def _kind_column(conn: sqlite3.Connection) -> str:
+    """`kind`, or NULL on a registry from before kinds (read-only readers cannot migrate)."""
+    return "kind" if "kind" in _columns(conn) else "NULL"
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a registry written by older code lacks (one transaction)."""
+    missing = [sql for col, sql in _MIGRATIONS.items() if col not in _columns(conn)]
+    if missing:
+        with transaction(conn):
+            for sql in missing:
+                conn.execute(sql)
 
 
 def _current(conn: sqlite3.Connection) -> str | None:

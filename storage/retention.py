@@ -10,23 +10,75 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Final
 
 from storage.fs import fsync_dir, newest_mtime
 from storage.layout import Layout
-from storage.registry import Registry
+from storage.owners import OWNER_SUFFIX, owner_path, read_owner
+from storage.registry import Registry, VersionKind, VersionRow
 
-__all__ = ["DEFAULT_GC_AGE_S", "collect_garbage", "prune_versions"]
+__all__ = [
+    "DEFAULT_GC_AGE_S",
+    "collect_dead",
+    "collect_garbage",
+    "kept_versions",
+    "prune_versions",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GC_AGE_S: Final = 3600.0
 
 
-def prune_versions(layout: Layout, registry: Registry, keep_versions: int) -> list[str]:
-    """Delete registered versions beyond the newest `keep_versions` (by publish time),
-    never CURRENT. Returns the pruned ids.
+def kept_versions(
+    rows: Sequence[VersionRow],
+    current: str | None,
+    keep_nightly: int,
+    keep_items: int,
+    kind_of: Callable[[VersionRow], VersionKind],
+) -> set[str]:
+    """The ids retention keeps, from `rows` newest first:
+
+    - CURRENT;
+    - the newest `keep_nightly` nightly versions (each complete on its own files, so
+      each is a rollback target that no other version's damage can reach);
+    - the newest `keep_items` item versions on CURRENT's lineage: walking parents from
+      CURRENT through item versions down to the nightly they started from, which is kept
+      too (their unchanged files may be hard links of its files).
+
+    Item versions off CURRENT's lineage (those of an older nightly, or of a version
+    rolled back from) are not kept: item events must never push a nightly out.
+    """
+    by_id = {r.version_id: r for r in rows}
+    nightly = [r.version_id for r in rows if kind_of(r) == "nightly"][:keep_nightly]
+    keep = set(nightly)
+    if current is not None:
+        keep.add(current)
+    walked: set[str] = set()
+    node, items_kept = by_id.get(current or ""), 0
+    while node is not None and node.version_id not in walked:
+        walked.add(node.version_id)
+        if kind_of(node) == "nightly":
+            keep.add(node.version_id)
+            break
+        if items_kept < keep_items or node.version_id == current:
+            keep.add(node.version_id)
+            items_kept += 1
+        node = by_id.get(node.parent or "")
+    return keep
+
+
+def prune_versions(
+    layout: Layout,
+    registry: Registry,
+    keep_nightly: int,
+    keep_items: int,
+    kind_of: Callable[[VersionRow], VersionKind],
+) -> list[str]:
+    """Delete the registered versions `kept_versions` does not keep, never CURRENT.
+    Returns the pruned ids.
 
     Each row is unregistered before its folder is deleted, so a crash in between leaves
     only an unregistered folder (removed by `collect_garbage`), never a registered hole.
@@ -34,13 +86,12 @@ def prune_versions(layout: Layout, registry: Registry, keep_versions: int) -> li
     to a version being pruned either wins (the version stays) or fails.
     """
     rows = registry.list_versions()
-    keep = {r.version_id for r in rows[:keep_versions]}
-    keep.add(registry.current() or "")
+    keep = kept_versions(rows, registry.current(), keep_nightly, keep_items, kind_of)
     pruned = []
     for row in rows:
         if row.version_id in keep or not registry.unregister(row.version_id):
             continue
-        shutil.rmtree(layout.version_dir(row.version_id), ignore_errors=True)
+        _remove(layout.version_dir(row.version_id))
         pruned.append(row.version_id)
         log.info("pruned version %s", row.version_id)
     if pruned:
@@ -78,8 +129,62 @@ def collect_garbage(
         if p.parent == layout.versions_dir and p.name in registered:
             continue
         age = now - newest_mtime(p)
-        if age >= min_age_s:
-            shutil.rmtree(p, ignore_errors=True)
+        if age >= min_age_s and _remove(p):
+            owner_path(p).unlink(missing_ok=True)
             removed.append(p)
             log.info("gc removed %s (idle %.0f s)", p, age)
     return removed
+
+
+def collect_dead(
+    layout: Layout, registry: Registry, *, own: Collection[Path] = (), publish_locked: bool
+) -> list[Path]:
+    """Remove what dead runs left, at once (no age threshold). Returns what was removed.
+
+    - staging folders (versions and snapshots) whose owner marker names a process of
+      this host that no longer exists (`storage.owners`), with their markers; `own` is
+      never touched;
+    - with `publish_locked` (the caller holds `Layout.publish_lock`, which every publisher
+      holds from staging to commit): folders in `versions/` that are not registered, i.e.
+      a publisher died between its rename and its commit.
+    """
+    removed: list[Path] = []
+    keep = {Path(p) for p in own}
+    for parent in (layout.staging_versions_dir, layout.staging_snapshots_dir):
+        if not parent.is_dir():
+            continue
+        for p in sorted(parent.iterdir()):
+            folder = p.with_name(p.name.removesuffix(OWNER_SUFFIX))
+            if folder in keep or (p.name.endswith(OWNER_SUFFIX) and folder.exists()):
+                continue  # a marker is handled with its folder
+            owner = read_owner(folder)
+            if owner is None or not owner.is_dead():
+                continue
+            if folder.is_dir() and not _remove(folder):
+                continue
+            owner_path(folder).unlink(missing_ok=True)
+            if p == folder:
+                removed.append(folder)
+                log.info("removed %s left by dead pid %d (%s)", folder, owner.pid, owner.kind)
+    if publish_locked and layout.versions_dir.is_dir():
+        registered = {r.version_id for r in registry.list_versions()}
+        registered.add(registry.current() or "")
+        for p in sorted(layout.versions_dir.iterdir()):
+            if p.is_dir() and p.name not in registered and _remove(p):
+                removed.append(p)
+                log.info("removed unregistered %s (a publisher died before its commit)", p)
+    if removed:
+        for parent in (layout.versions_dir, layout.staging_versions_dir):
+            if parent.is_dir():
+                fsync_dir(parent)
+    return removed
+
+
+def _remove(path: Path) -> bool:
+    """Delete a folder tree; False (logged) when something stayed, e.g. on a read-only or
+    permission error, so callers never report a folder removed that is still there."""
+    errors: list[str] = []
+    shutil.rmtree(path, onerror=lambda _f, p, exc: errors.append(f"{p}: {exc[1]}"))
+    if errors:
+        log.warning("could not fully remove %s: %s", path, "; ".join(errors[:3]))
+    return not path.exists()

@@ -11,11 +11,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.layout import Layout
 
-__all__ = ["DEFAULT_KEEP_VERSIONS", "StorageSettings"]
+__all__ = ["DEFAULT_KEEP_ITEM_VERSIONS", "DEFAULT_KEEP_VERSIONS", "StorageSettings"]
 
 # Published versions kept by pruning when nothing says otherwise (TOWERFLOW_KEEP_VERSIONS,
 # `runtime.keep_versions`); the one default every `keep_versions` parameter refers to.
 DEFAULT_KEEP_VERSIONS: Final = 5
+
+# Item-event versions kept on top of CURRENT's nightly (TOWERFLOW_KEEP_ITEM_VERSIONS,
+# `runtime.keep_item_versions`). Counted apart from the nightly ones: events, however
+# many, never push a nightly rollback target out.
+DEFAULT_KEEP_ITEM_VERSIONS: Final = 10
 
 
 class StorageSettings(BaseSettings):
@@ -30,7 +35,12 @@ class StorageSettings(BaseSettings):
     keep_versions: int = Field(
         default=DEFAULT_KEEP_VERSIONS,
         ge=1,
-        description="Published versions kept by pruning (the current one is always kept).",
+        description="Nightly versions kept by pruning (the current one is always kept).",
+    )
+    keep_item_versions: int = Field(
+        default=DEFAULT_KEEP_ITEM_VERSIONS,
+        ge=0,
+        description="Item-event versions kept on CURRENT's lineage by pruning.",
     )
 
     def layout(self) -> Layout:

@@ -18,6 +18,7 @@ from pathlib import Path
 from storage.errors import SnapshotNotFoundError
 from storage.fs import fsync_dir, fsync_file, is_temp_name
 from storage.layout import Layout, SnapshotFiles, validate_id
+from storage.owners import owner_path, write_owner
 
 __all__ = [
     "begin_snapshot",
@@ -60,7 +61,9 @@ def begin_snapshot(layout: Layout, snapshot_id: str) -> Path:
     Write the tables and `snapshot.json` there (each atomically), then `commit_snapshot`.
     """
     staging = layout.staging_snapshot_dir(snapshot_id, secrets.token_hex(4))
-    staging.mkdir(parents=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    write_owner(staging, "snapshot")  # first: once this process dies the folder is garbage
+    staging.mkdir()
     log.info("staging snapshot %s at %s", snapshot_id, staging)
     return staging
 
@@ -107,6 +110,7 @@ def commit_snapshot(layout: Layout, snapshot_id: str, staging_path: Path) -> Pat
             return _discard(staging_path, target)
         raise
     fsync_dir(layout.data_dir)
+    owner_path(staging_path).unlink(missing_ok=True)
     fsync_dir(layout.staging_snapshots_dir)
     log.info("committed snapshot %s at %s", snapshot_id, target)
     return target
@@ -115,4 +119,5 @@ def commit_snapshot(layout: Layout, snapshot_id: str, staging_path: Path) -> Pat
 def _discard(staging_path: Path, target: Path) -> Path:
     log.info("snapshot %s already committed; discarding %s", target.name, staging_path)
     shutil.rmtree(staging_path)
+    owner_path(staging_path).unlink(missing_ok=True)
     return target

@@ -14,34 +14,40 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from storage._sqlite import READ_ONLY_ERRNOS
 from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
     PublishConflictError,
-    StoreReadOnlyError,
     VersionNotFoundError,
 )
-from storage.fs import fsync_dir, fsync_file, is_temp_name
+from storage.fs import fsync_dir, fsync_file
+from storage.integrity import VersionCheck, check_version
 from storage.layout import Layout, VersionFiles, validate_id
 from storage.manifest import (
+    FileEntry,
     Lineage,
     Manifest,
-    checksum_files,
     read_manifest,
     utc_now_iso,
     verify_files,
 )
-from storage.registry import Registry
-from storage.retention import DEFAULT_GC_AGE_S, collect_garbage, prune_versions
-from storage.settings import DEFAULT_KEEP_VERSIONS
+from storage.owners import owner_path, write_owner
+from storage.publishing import (
+    PUBLISH_STEPS,
+    REQUIRED_FILES,
+    file_entries,
+    staged_files,
+    writing,
+)
+from storage.registry import Registry, VersionKind, VersionRow
+from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
     "PUBLISH_STEPS",
@@ -52,26 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Step boundaries of `VersionStore.publish`, in order; `hook(step)` runs right after each.
-PUBLISH_STEPS: Final[tuple[str, ...]] = (
-    "staged",  # staging folder checked: required files present, no unfinished temp files
-    "manifest_written",  # checksums computed, manifest.json atomically written into staging
-    "fsynced",  # every staged file and the staging folder fsynced
-    "verified",  # every file re-read and matched against the manifest
-    "renamed",  # staging folder renamed to versions/<id>, versions/ fsynced (not yet CURRENT)
-    "committed",  # version row inserted and CURRENT swapped in one SQLite transaction
-    "pruned",  # versions beyond keep_versions unregistered, then deleted
-)
-
-REQUIRED_FILES: Final[frozenset[str]] = frozenset(
-    {
-        VersionFiles.MODEL_WEIGHTS,
-        VersionFiles.MODEL_CONFIG,
-        VersionFiles.INDEX,
-        VersionFiles.ITEM_EMBEDDINGS,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -102,6 +88,7 @@ class VersionInfo:
     published_at: str
     parent: str | None
     data_snapshot: str | None
+    kind: VersionKind = "nightly"
     # From the manifest; None / {} when it cannot be read (see `verify`).
     item_count: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -123,11 +110,19 @@ class VersionStore:
     needs the staging folder that `begin` makes).
     """
 
-    def __init__(self, layout: Layout, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        keep_versions: int = DEFAULT_KEEP_VERSIONS,
+        keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+    ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be >= 1, got {keep_versions}")
+        if keep_item_versions < 0:
+            raise ValueError(f"keep_item_versions must be >= 0, got {keep_item_versions}")
         self.layout = layout
-        self.keep_versions = keep_versions
+        self.keep_versions = keep_versions  # nightly versions
+        self.keep_item_versions = keep_item_versions  # item versions on CURRENT's lineage
         self.registry = Registry(layout.registry_db)
 
     # -- staging -------------------------------------------------------------------------
@@ -139,18 +134,22 @@ class VersionStore:
         stamp = f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
         return f"v{stamp}-{secrets.token_hex(3)}"
 
-    def begin(self, version_id: str | None = None) -> Path:
+    def begin(self, version_id: str | None = None, kind: VersionKind = "nightly") -> Path:
         """Create and return the staging folder of a new version (a fresh id if None).
 
         Writers (possibly other processes) put the version's files there, each written
-        atomically, then one caller runs `publish`.
+        atomically, then one caller runs `publish`. The calling process is recorded as
+        the folder's owner (`storage.owners`): once it is dead, `collect_dead` removes it.
         """
         vid = validate_id("version id", self.new_version_id() if version_id is None else version_id)
         if self.layout.version_dir(vid).exists() or self.registry.get(vid) is not None:
             raise FileExistsError(f"version {vid!r} already exists in {self.layout.versions_dir}")
         staging = self.layout.staging_version_dir(vid)
-        with _writing(self.layout.root):
+        with writing(self.layout.root):
             staging.parent.mkdir(parents=True, exist_ok=True)
+            if staging.exists():
+                raise FileExistsError(f"version {vid!r} is already being staged at {staging}")
+            write_owner(staging, kind)  # first: a crash right after leaves only a marker
             try:
                 staging.mkdir()
             except FileExistsError:
@@ -189,6 +188,8 @@ class VersionStore:
         required_files: Collection[str] = REQUIRED_FILES,
         hook: Callable[[str], None] | None = None,
         keep_staging_on_conflict: bool = False,
+        kind: VersionKind = "nightly",
+        carried: Mapping[str, FileEntry] | None = None,
     ) -> Manifest:
         """Publish the staged version and make it CURRENT if CURRENT is `expected_current`.
 
@@ -198,13 +199,19 @@ class VersionStore:
         to staging so the caller can bring it up to date and publish it again (a crash
         before that move leaves an unregistered folder that `gc` removes).
         Returns the written manifest.
+
+        `carried`: staged files taken over unchanged from another version (or from an
+        earlier attempt), with the checksum recorded when their bytes were first written.
+        They are not re-hashed into the manifest: the verify step reads them back and
+        fails with `CorruptVersionError` if their bytes no longer match, so bad bytes
+        never get fresh checksums.
         """
         step = hook or (lambda _step: None)
         staging = self.staging_path(version_id)
         final = self.layout.version_dir(version_id)
         if final.exists():
             raise FileExistsError(f"{final} already exists; version ids are single-use")
-        names = _staged_files(version_id, staging, required_files)
+        names = staged_files(version_id, staging, required_files)
         step("staged")
 
         manifest = Manifest(
@@ -217,7 +224,7 @@ class VersionStore:
             item_count=item_count,
             metrics=dict(metrics or {}),
             extra=dict(extra or {}),
-            files=checksum_files(staging, names),
+            files=file_entries(staging, names, carried or {}),
         )
         manifest.write(staging / VersionFiles.MANIFEST)
         step("manifest_written")
@@ -244,6 +251,7 @@ class VersionStore:
                 expected=expected_current,
                 created_at=manifest.created_at,
                 data_snapshot=lineage.data_snapshot,
+                kind=kind,
             )
         except PublishConflictError:
             # The transaction rolled back, so this folder was never CURRENT: safe to drop.
@@ -252,9 +260,11 @@ class VersionStore:
                 fsync_dir(staging.parent)
             else:
                 shutil.rmtree(final)
+                owner_path(staging).unlink(missing_ok=True)
             fsync_dir(self.layout.versions_dir)
             raise
         step("committed")
+        owner_path(staging).unlink(missing_ok=True)
         log.info("published version %s (parent %s)", version_id, expected_current)
 
         try:
@@ -303,6 +313,25 @@ class VersionStore:
         verify_files(version_id, path, manifest)
         return manifest
 
+    def check(self, version_id: str) -> VersionCheck:
+        """Every file of a registered version against its manifest, file by file (unlike
+        `verify`, which stops at the first bad one)."""
+        validate_id("version id", version_id)
+        if self.registry.get(version_id) is None:
+            raise VersionNotFoundError(self._not_registered(version_id))
+        return check_version(version_id, self.layout.version_dir(version_id))
+
+    def kind_of(self, row: VersionRow) -> VersionKind:
+        """The kind of a registered version; rows from before kinds were recorded are
+        read from the manifest (item versions record their `coldstart` changes)."""
+        if row.kind is not None:
+            return row.kind
+        try:
+            m = read_manifest(row.version_id, self.layout.version_dir(row.version_id))
+        except CorruptVersionError:
+            return "nightly"
+        return "items" if "coldstart" in m.extra else "nightly"
+
     def list_versions(self) -> list[VersionInfo]:
         """Registered versions, most recently published first."""
         current = self.current()
@@ -323,6 +352,7 @@ class VersionStore:
                     published_at=row.published_at,
                     parent=row.parent,
                     data_snapshot=row.data_snapshot,
+                    kind=self.kind_of(row),
                     item_count=item_count,
                     metrics=metrics,
                 )
@@ -350,9 +380,26 @@ class VersionStore:
         log.info("rolled back CURRENT %s -> %s", expected, version_id)
 
     def prune(self) -> list[str]:
-        """Delete versions beyond the newest `keep_versions`, never CURRENT; see
-        `storage.retention.prune_versions`. Returns the pruned ids."""
-        return prune_versions(self.layout, self.registry, self.keep_versions)
+        """Delete versions beyond the newest `keep_versions` nightly ones and the newest
+        `keep_item_versions` item versions on CURRENT's lineage, never CURRENT; see
+        `storage.retention.kept_versions`. Returns the pruned ids."""
+        return prune_versions(
+            self.layout, self.registry, self.keep_versions, self.keep_item_versions, self.kind_of
+        )
+
+    def discard(self, version_id: str) -> None:
+        """Delete the staging folder of a version that will not be published."""
+        staging = self.layout.staging_version_dir(version_id)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not staging.exists():
+            owner_path(staging).unlink(missing_ok=True)
+
+    def collect_dead(self, own: str | None = None, *, publish_locked: bool) -> list[Path]:
+        """Remove staging left by dead processes at once, and with `publish_locked` (the
+        caller holds `Layout.publish_lock`) unregistered version folders; the staging of
+        version `own` is kept. See `storage.retention.collect_dead`."""
+        keep = [self.layout.staging_version_dir(own)] if own else []
+        return collect_dead(self.layout, self.registry, own=keep, publish_locked=publish_locked)
 
     def gc(self, min_age_s: float = DEFAULT_GC_AGE_S) -> list[Path]:
         """Remove unregistered version folders and abandoned staging folders idle for at
@@ -370,37 +417,3 @@ class VersionStore:
         known = [r.version_id for r in self.registry.list_versions()]
         db = self.layout.registry_db
         return f"version {version_id!r} is not registered in {db} (registered: {known})"
-
-
-@contextmanager
-def _writing(root: Path) -> Iterator[None]:
-    """Turn a write refused because the store is read-only into `StoreReadOnlyError`."""
-    try:
-        yield
-    except StoreReadOnlyError:
-        raise
-    except OSError as e:
-        if e.errno in READ_ONLY_ERRNOS:
-            raise StoreReadOnlyError(root, str(e)) from e
-        raise
-
-
-def _staged_files(version_id: str, staging: Path, required: Collection[str]) -> list[str]:
-    """Names of the files to publish; raises if the staging folder is not publishable."""
-    names: list[str] = []
-    for p in sorted(staging.iterdir()):
-        if is_temp_name(p.name):
-            raise RuntimeError(
-                f"{staging}: unfinished write {p.name!r} (a writer is still running or crashed)"
-            )
-        if not p.is_file() or p.is_symlink():
-            raise ValueError(f"{staging}: {p.name!r} is not a regular file; versions are flat")
-        # A manifest left by an interrupted publish attempt is rewritten, not listed.
-        if p.name != VersionFiles.MANIFEST:
-            names.append(p.name)
-    missing = sorted(set(required) - set(names))
-    if missing:
-        raise FileNotFoundError(
-            f"cannot publish {version_id!r}: {staging} lacks {missing} (has {names})"
-        )
-    return names

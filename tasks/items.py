@@ -12,7 +12,7 @@ from core.items import RecordSummary
 from core.items_report import ITEMS_ARTIFACT, REJECTIONS_ARTIFACT, render_items_report
 from core.items_validation import ItemsBatch, Validated
 from core.refs import StageRef
-from core.store import DEFAULT_KEEP_VERSIONS
+from core.store import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from tasks.retry import IO_RETRY
 
 __all__ = ["merge_catalogue", "post_items_report", "publish_catalogue", "record_items"]
@@ -31,10 +31,14 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
 
 
 @task(name="publish-catalogue", **IO_RETRY)
-def publish_catalogue(root: str, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> str:
-    """``core.items.publish_catalogue``: CURRENT + the catalogue entries it lacks; returns
-    CURRENT's id afterwards."""
-    return items.publish_catalogue(root, keep_versions, logger=get_run_logger())
+def publish_catalogue(
+    root: str,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+) -> str:
+    """``core.items.publish_catalogue``: CURRENT (verified) + the catalogue entries it
+    lacks; returns CURRENT's id afterwards."""
+    return items.publish_catalogue(root, keep_versions, keep_item_versions, logger=get_run_logger())
 
 
 @task(name="merge-catalogue", **IO_RETRY)

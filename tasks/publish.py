@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from core import lifecycle
 from core.refs import IndexSummary, SnapshotRef, StageRef
-from core.store import DEFAULT_KEEP_VERSIONS
+from core.store import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from tasks.retry import IO_RETRY
 
 __all__ = ["begin_version", "publish_version"]
@@ -27,9 +27,16 @@ def publish_version(
     config: dict[str, Any],
     index: IndexSummary,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
 ) -> str:
     """``core.lifecycle.publish_version``: catch up with the catalogue, then compare-and-swap
     CURRENT; returns the published version id."""
     return lifecycle.publish_version(
-        stage, snapshot, config, index, keep_versions, logger=get_run_logger()
+        stage,
+        snapshot,
+        config,
+        index,
+        keep_versions,
+        keep_item_versions=keep_item_versions,
+        logger=get_run_logger(),
     )

@@ -46,7 +46,9 @@ def test_sigkill_at_any_step_leaves_a_valid_current(tmp_path: Path, kill_at: str
     v3 = stage_version(store, "v3", seed=3)
     publish_staged(store, v3, current)
     assert store.open_current().version_id == "v3"
-    store.gc(min_age_s=0)  # crash leftovers (staging, unregistered dirs) are collectable
+    # The next publisher removes what the dead one left, at once: its staging (its owner
+    # process is gone) and an unregistered folder (it died between rename and commit).
+    store.collect_dead(publish_locked=True)
     registered = {i.version_id for i in store.list_versions()}
     assert {p.name for p in layout.versions_dir.iterdir()} == registered
     assert not list(layout.staging_versions_dir.iterdir())

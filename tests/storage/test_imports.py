@@ -38,9 +38,12 @@ def test_all_is_explicit_and_resolvable() -> None:
         "catalogue",
         "errors",
         "fs",
+        "integrity",
         "layout",
         "manifest",
+        "owners",
         "parquet",
+        "publishing",
         "registry",
         "retention",
     }

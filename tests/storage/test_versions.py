@@ -47,7 +47,8 @@ def _publish(store: VersionStore, seed: int = 0) -> str:
 
 
 def _dirs(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()} if path.is_dir() else set()
+    """Folder names in `path` (staging owner markers are files beside their folders)."""
+    return {p.name for p in path.iterdir() if p.is_dir()} if path.is_dir() else set()
 
 
 def test_empty_store(store: VersionStore) -> None:

@@ -44,7 +44,8 @@ MakeStore = Callable[..., VersionStore]
 
 
 def publish_mini_version(root: Path, factory: str = "Flat", seed: int = 0) -> VersionStore:
-    """Publish a random-weight version (item IDs 10, 20, ..., 600) into a new store."""
+    """Publish a random-weight nightly version (item IDs 10, 20, ..., 600) into the store
+    at `root` (made if new) on top of its CURRENT."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = TwoTower(SPEC).eval()
@@ -94,11 +95,12 @@ def publish_mini_version(root: Path, factory: str = "Flat", seed: int = 0) -> Ve
     write_embeddings(staging, item_id, vectors)
     save_index(staging / VersionFiles.INDEX, build_index(vectors, item_id, factory))
     write_json(staging / VersionFiles.METRICS, {"note": "random weights"})
+    parent = store.current()  # None in a new store; a second call publishes a new nightly
     store.publish(
         vid,
-        expected_current=None,
+        expected_current=parent,
         config={},
-        lineage=Lineage(data_snapshot=None, parent_version=None),
+        lineage=Lineage(data_snapshot=None, parent_version=parent),
         embedding_dim=16,
         metric="inner_product",
         item_count=N_ITEMS,
