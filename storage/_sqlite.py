@@ -66,6 +66,7 @@ def connect(
     except sqlite3.OperationalError as e:
         if _refused_write(e, path):
             raise StoreReadOnlyError(path, str(e)) from e
+        _raise_if_disk_full(e, path)
         raise
 
 
@@ -98,7 +99,12 @@ def read(
     if not path.is_file():
         return None
     if os.access(path.parent, os.W_OK):
-        return _read_query_only(path, busy_timeout_s, query, tables)
+        try:
+            return _read_query_only(path, busy_timeout_s, query, tables)
+        except sqlite3.OperationalError as e:
+            # A WAL reader creates its -shm file: on a full disk even reads fail.
+            _raise_if_disk_full(e, path)
+            raise
     uri = path.absolute().as_uri()
     for attempt in range(_IMMUTABLE_ATTEMPTS):
         try:
@@ -169,6 +175,29 @@ def _signature(path: Path) -> tuple[int, int, int, int, int]:
     except FileNotFoundError:
         wal_size = -1
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, wal_size
+
+
+# Below this many free bytes an SQLite I/O error is reported as the disk being full.
+_NEARLY_FULL_BYTES: Final = 1 << 20
+
+
+def _raise_if_disk_full(e: sqlite3.OperationalError, path: Path) -> None:
+    """Re-raise SQLite's "database or disk is full" or a "disk I/O error" on a folder with
+    (almost) no free space as `OSError(ENOSPC)` naming the file, so callers and the CLI
+    see one kind of failure for a full disk."""
+    code = e.sqlite_errorcode & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        full = True
+    elif code == sqlite3.SQLITE_IOERR:
+        try:
+            st = os.statvfs(path.parent)
+            full = st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES
+        except OSError:
+            full = False
+    else:
+        full = False
+    if full:
+        raise OSError(errno.ENOSPC, f"No space left on device for {path} (SQLite: {e})") from e
 
 
 def _refused_write(e: sqlite3.OperationalError, path: Path) -> bool:

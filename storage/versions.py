@@ -263,6 +263,11 @@ class VersionStore:
                 owner_path(staging).unlink(missing_ok=True)
             fsync_dir(self.layout.versions_dir)
             raise
+        except (OSError, sqlite3.Error):
+            # E.g. disk full at the commit. Drop the folder only if the registry surely
+            # does not hold it (a failed read leaves it to `collect_dead`).
+            self._drop_if_unregistered(version_id, final, staging)
+            raise
         step("committed")
         owner_path(staging).unlink(missing_ok=True)
         log.info("published version %s (parent %s)", version_id, expected_current)
@@ -407,6 +412,16 @@ class VersionStore:
         return collect_garbage(self.layout, self.registry, min_age_s)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _drop_if_unregistered(self, version_id: str, final: Path, staging: Path) -> None:
+        try:
+            registered = self.registry.get(version_id) is not None
+        except (OSError, sqlite3.Error):
+            return
+        if not registered:
+            shutil.rmtree(final, ignore_errors=True)
+            if not final.exists():
+                owner_path(staging).unlink(missing_ok=True)
 
     def _ensure_dir(self, path: Path) -> None:
         if not path.is_dir():
