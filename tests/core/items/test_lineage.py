@@ -137,6 +137,7 @@ def test_item_events_never_prune_nightly_versions(tmp_path: Path) -> None:
     first = store.current()
     publish_mini_version(root, seed=2)
     second = store.current()
+    assert first and second
     layout = Layout(root)
     for n in range(8):
         valid = validate_upserts([item(7000 + n)], CONTENT_DIM, 10)
