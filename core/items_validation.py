@@ -20,6 +20,7 @@ import json
 import math
 import os
 import reprlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from storage import ItemUpsert
 
@@ -67,6 +68,19 @@ class ItemsBatch(BaseModel):
     operation: Operation = Field("create", description="'create' (upsert) or 'retire'.")
     items: list[Any] | None = Field(None, description="Inline items (small batches).")
     path: str | None = Field(None, description="Parquet/JSON/CSV file of items (large batches).")
+
+    @field_validator("event_id")
+    @classmethod
+    def _printable_id(cls, v: str) -> str:
+        # The id is echoed into logs, artifacts and the catalogue: a control character
+        # (newline, ESC, NUL) could forge log lines or terminal output.
+        bad = sorted({c for c in v if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")})
+        if bad:
+            raise ValueError(
+                f"event_id {excerpt(v, _EXCERPT_CHARS)} holds control characters "
+                f"{[hex(ord(c)) for c in bad][:5]}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> ItemsBatch:

@@ -134,3 +134,13 @@ def test_excerpt_of_objects_with_multiline_reprs_stays_on_one_line() -> None:
         shown = excerpt(value)
         assert shown.isprintable() and len(shown) <= 83, shown
     assert excerpt(_HostileRepr()).startswith("<_HostileRepr")
+
+
+@pytest.mark.parametrize("event_id", ["a\nINFO forged line", "x\x00y", "\x1b[31mred", "a\u2028b"])
+def test_event_ids_with_control_characters_are_refused(event_id: str) -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        ItemsBatch(event_id=event_id, items=[])
+
+
+def test_printable_unicode_event_ids_are_kept() -> None:
+    assert ItemsBatch(event_id="évènement-42 ✓", items=[]).event_id == "évènement-42 ✓"
