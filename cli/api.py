@@ -39,6 +39,7 @@ def api_command(
     import uvicorn
     from pydantic import ValidationError
 
+    from core.config import validation_summary
     from core.threads import apply_threads
     from service import ApiSettings, RecallService, create_app
 
@@ -52,7 +53,7 @@ def api_command(
     try:
         settings = ApiSettings(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as e:
-        raise fail(f"invalid api settings:\n{e}") from None
+        raise fail(f"invalid api settings: {validation_summary(e)}") from None
     # Requests run in parallel on uvicorn's thread pool; one thread per op avoids
     # oversubscribing the cores (torch and Faiss each bring an OpenMP runtime).
     apply_threads(settings.threads)

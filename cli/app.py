@@ -2,7 +2,8 @@
 versions, import logs, evaluate, write reports, send item events.
 
 This module only builds the typer app and registers the commands; each command lives in
-its own module (which never imports this one) and shares ``cli.options``. Heavy imports
+its own module (which never imports this one) and shares ``cli.options``. Failures of
+every command are reported by ``cli.errors.TowerflowGroup`` (exit codes: see there). Heavy imports
 (torch, Prefect) happen inside the commands so ``--help`` stays fast.
 """
 
@@ -11,13 +12,15 @@ from __future__ import annotations
 import typer
 
 from cli.api import api_command
+from cli.errors import TowerflowGroup
 from cli.evaluate import evaluate_command
 from cli.importing import import_command
 from cli.items import add_items_command, retire_items_command, serve_command
+from cli.options import global_options
 from cli.recommend import recommend_command
 from cli.report import report_command
 from cli.run import run_command
-from cli.versions import rollback_command, versions_command
+from cli.versions import rollback_command, verify_command, versions_command
 
 __all__ = ["app"]
 
@@ -26,12 +29,16 @@ app = typer.Typer(
     help="Two-tower candidate retrieval: train, index, publish and query versions.",
     no_args_is_help=True,
     add_completion=False,
+    # Every command's failures: one `error:` line and an exit code per kind (cli.errors).
+    cls=TowerflowGroup,
 )
+app.callback()(global_options)
 
 app.command("run")(run_command)
 app.command("recommend")(recommend_command)
 app.command("api")(api_command)
 app.command("versions")(versions_command)
+app.command("verify")(verify_command)
 app.command("rollback")(rollback_command)
 # `towerflow import`: real interaction logs into a data snapshot.
 app.command("import")(import_command)

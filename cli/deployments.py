@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import yaml
 
+from cli.errors import PrefectServerUnavailable
+
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
@@ -101,12 +103,13 @@ def deployments_from_yaml(path: Path, names: list[str] | None = None) -> list[Ru
 
 
 def check_server(api_url: str | None, timeout_s: float = 5.0) -> str:
-    """The API URL if a Prefect server answers its health check there, else `RuntimeError`
-    saying what to do (events sent without it go to a private temporary server)."""
+    """The API URL if a Prefect server answers its health check there, else
+    `PrefectServerUnavailable` (a RuntimeError; exit 8) saying what to do (events sent
+    without it go to a private temporary server)."""
     import httpx
 
     if not api_url:
-        raise RuntimeError(
+        raise PrefectServerUnavailable(
             "PREFECT_API_URL is not set: start a server (`prefect server start --host "
             "127.0.0.1`) and export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
@@ -114,7 +117,10 @@ def check_server(api_url: str | None, timeout_s: float = 5.0) -> str:
         response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s)
         response.raise_for_status()
     except httpx.HTTPError as e:
-        raise RuntimeError(f"no Prefect server answers at {api_url}: {e}") from e
+        raise PrefectServerUnavailable(
+            f"no Prefect server answers at {api_url}: {e}; start one (`prefect server start "
+            "--host 127.0.0.1`) or fix PREFECT_API_URL"
+        ) from e
     return api_url
 
 
@@ -204,14 +210,14 @@ def _wait_healthy(server: LocalServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(
+            raise PrefectServerUnavailable(
                 f"the Prefect server exited with {server.process.returncode} before it was "
                 f"healthy; the end of its log ({server.log}):\n{log_tail(server.log)}"
             )
         if probe_server(server.url) == "prefect":
             return
         time.sleep(0.2)
-    raise RuntimeError(
+    raise PrefectServerUnavailable(
         f"the Prefect server was not healthy after {timeout_s:.0f} s; the end of its log "
         f"({server.log}):\n{log_tail(server.log)}"
     )

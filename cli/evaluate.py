@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import fail, root_path
+from cli.options import root_path
 
 __all__ = ["evaluate_command"]
 
@@ -61,6 +61,7 @@ def evaluate_command(
     from cli.progress import progress_bars
     from core.ablation import Variant, ladder, render_table, run_ablation
     from core.config import load_config
+    from core.precheck import precheck
 
     overrides = {
         "data.scale": scale,
@@ -68,13 +69,11 @@ def evaluate_command(
         "train.epochs": epochs,
         "train.early_stopping_patience": patience,
     }
-    try:
-        cfg = load_config(config, overrides)
-    except ValueError as e:
-        raise fail(str(e), code=2) from None
+    cfg = load_config(config, overrides)  # a bad value: exit 2 (cli.errors)
     variants = ladder(uniform_negatives, history_len, hard) if ablation else [Variant("model")]
     # --root, else the file's runtime.storage_root, else the env (as `towerflow run`).
     store_root = str(root_path(root, cfg.runtime.storage_root))
+    precheck(cfg, store_root)  # before training: device, import files, writable store
     with progress_bars(enabled=not as_json):
         result = run_ablation(cfg, variants, store_root, threads or cfg.runtime.threads)
     table = render_table(result)

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Final, Literal
 
 import typer
 
+from cli.errors import PrefectServerUnavailable
 from cli.options import RootOpt, apply_prefect_defaults, fail, root_path, setup_logging
 
 __all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
@@ -66,7 +67,9 @@ def emit_items_event(
         id=prefect_event_id(event_id),
     )
     if sent is None:
-        raise RuntimeError("Prefect events are disabled here (PREFECT_API_URL, settings)")
+        raise PrefectServerUnavailable(
+            "Prefect events are disabled here (PREFECT_API_URL, settings)"
+        )
     if flush:
         EventsWorker.drain_all(timeout=30)
 
@@ -85,18 +88,23 @@ def _send(
     out: dict[str, Any] = {"event_id": event_id, "operation": operation, "items": len(items)}
     if now:
         apply_prefect_defaults()
+        from cli.errors import debug_requested
+        from cli.flowlogs import quiet_run_failures
         from flows.new_items import new_items
 
         # Large batches go through the store's inbox, as a sent event's do: the flow reads
         # files only from there.
         staged = event_payload(root, event_id, file, items)
-        result = new_items(
-            event_id=event_id,
-            operation=operation,
-            items=staged.get("items"),
-            path=staged.get("path"),
-            storage_root=str(root),
-        )
+        # A failing step raises its own exception (no CURRENT yet, ...): reported once by
+        # cli.errors; Prefect's tracebacks of it stay in the run's logs.
+        with quiet_run_failures(enabled=not debug_requested()):
+            result = new_items(
+                event_id=event_id,
+                operation=operation,
+                items=staged.get("items"),
+                path=staged.get("path"),
+                storage_root=str(root),
+            )
         return out | result.model_dump()
     from cli.deployments import check_server
 
@@ -128,7 +136,7 @@ def add_items_command(
         out = _send(
             "create", root_path(root), event_id or str(uuid.uuid4()), items, file, now, wait
         )
-    except (ValueError, RuntimeError, TimeoutError) as e:
+    except (ValueError, TimeoutError) as e:  # bad items; --wait ran out
         raise fail(str(e)) from None
     typer.echo(json.dumps(out))
 
@@ -151,7 +159,7 @@ def retire_items_command(
             now,
             wait,
         )
-    except (ValueError, RuntimeError, TimeoutError) as e:
+    except (ValueError, TimeoutError) as e:  # bad items; --wait ran out
         raise fail(str(e)) from None
     typer.echo(json.dumps(out))
 

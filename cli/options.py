@@ -1,5 +1,5 @@
 """What every ``towerflow`` command shares: the ``--root`` / ``--json`` options, Prefect's
-environment defaults, logging set-up, the error exit and opening the store.
+environment defaults, logging set-up, the error to raise (``fail``) and opening the store.
 
 Command modules import this module, never ``cli.app`` (which imports them).
 """
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
+
+from cli.errors import CommandError
 
 if TYPE_CHECKING:
     from storage import VersionStore
@@ -22,6 +25,7 @@ __all__ = [
     "RootOpt",
     "apply_prefect_defaults",
     "fail",
+    "global_options",
     "open_store",
     "root_path",
     "setup_logging",
@@ -47,6 +51,27 @@ PREFECT_DEFAULTS: Final = {
 }
 
 
+DebugOpt = Annotated[
+    bool,
+    typer.Option(
+        "--debug",
+        help="On failure, print the full traceback too (also TOWERFLOW_DEBUG=1); may also "
+        "follow the command name.",
+    ),
+]
+
+
+def global_options(debug: DebugOpt = False) -> None:
+    """Two-tower candidate retrieval: train, index, publish and query versions.
+
+    A failure prints one `error: ...` line (with --json: one JSON object on stdout) and
+    exits with a code per kind: 2 usage/config, 3 not found, 4 corrupt version, 5 quality
+    gate, 6 read-only/permission, 7 disk full, 8 no Prefect server, 9 conflict, 1 other.
+    """
+    # `--debug` is read from the command line by cli.errors.TowerflowGroup (wherever it
+    # stands); the option is declared here for --help.
+
+
 def apply_prefect_defaults() -> None:
     """Set each of ``PREFECT_DEFAULTS`` that the environment does not set already (before
     Prefect is imported: it reads its settings once)."""
@@ -65,10 +90,13 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``error: message`` in red on stderr; return the exit to raise."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=code)
+def fail(message: str, code: int | None = None) -> CommandError:
+    """The error to raise for a failure the command words itself (``raise fail(msg) from
+    None`` in an ``except`` block): printed by ``cli.errors.TowerflowGroup`` as one
+    ``error: message`` line (JSON with ``--json``). The exit code is ``code``, else that of
+    the exception being handled (``cli.errors.classify``: 4 for a corrupt version, ...),
+    else 1."""
+    return CommandError(message, code, sys.exc_info()[1])
 
 
 def root_path(root: Path | None, cfg_root: str | None = None) -> Path:

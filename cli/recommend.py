@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import JsonOpt, RootOpt, fail, open_store
+from cli.options import JsonOpt, RootOpt, open_store
 
 __all__ = ["recommend_command"]
 
@@ -25,15 +25,12 @@ def recommend_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Top-K items for a user from the CURRENT version (raw IDs in and out)."""
-    from core.recall import Recaller, UnknownUserError
-    from storage import NoCurrentVersionError
+    from core.recall import Recaller
 
-    try:
-        recaller = Recaller.load(open_store(root))
-        stored = recaller.stored_user_id(user_id)
-        recs = recaller.recommend(stored, k)
-    except (NoCurrentVersionError, UnknownUserError) as e:
-        raise fail(str(e).strip("'\"")) from None
+    # No CURRENT, an unknown user (exit 3) or a corrupt version (4): see cli.errors.
+    recaller = Recaller.load(open_store(root))
+    stored = recaller.stored_user_id(user_id)
+    recs = recaller.recommend(stored, k)
     raw = recaller.raw_ids
     keys = raw.items([r.item_id for r in recs]) if raw else [str(r.item_id) for r in recs]
     if as_json:

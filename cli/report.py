@@ -36,10 +36,13 @@ def report_command(
     from core.reports import write_version_report
     from storage.errors import StorageError
 
+    which = version or "CURRENT"
     try:
         path, missing = write_version_report(root_path(root), version, out)
-    except (StorageError, ValueError, OSError) as e:
-        raise fail(f"cannot read the report of {version or 'CURRENT'}: {e}") from None
+    except (StorageError, ValueError) as e:  # exit 3 unknown version, 4 corrupt, ...
+        raise fail(f"cannot read the report of {which}: {e}") from None
+    except OSError as e:  # exit 6 unwritable --out or store, 7 disk full, ...
+        raise fail(f"cannot write the report of {which}: {e}") from None
     if missing:
         typer.secho(
             f"note: {missing} plot(s) missing (versions built before reports existed, or a "

@@ -1,5 +1,6 @@
 """``towerflow run``: the nightly flow once, in-process (Prefect's temporary server), then
-the published version's test metrics.
+the published version's test metrics. The configuration is checked (``core.precheck``)
+before Prefect starts; failures are reported by ``cli.errors``.
 
 Register with ``app.command("run")(run_command)``.
 """
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import JsonOpt, RootOpt, apply_prefect_defaults, fail, open_store, setup_logging
+from cli.options import JsonOpt, RootOpt, apply_prefect_defaults, open_store, setup_logging
 
 __all__ = ["run_command"]
 
@@ -39,33 +40,39 @@ def run_command(
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     setup_logging(verbose=not as_json)
     from core.config import load_config
+    from core.precheck import precheck
 
-    try:
-        # --root wins over the file's runtime.storage_root (core.store.resolve_root).
-        cfg = load_config(
-            config,
-            {
-                "data.scale": scale,
-                "data.seed": seed,
-                "train.epochs": epochs,
-                "runtime.threads": threads,
-                "runtime.storage_root": str(root) if root else None,
-            },
-        )
-    except ValueError as e:
-        raise fail(str(e)) from None
+    # --root wins over the file's runtime.storage_root (core.store.resolve_root).
+    cfg = load_config(
+        config,
+        {
+            "data.scale": scale,
+            "data.seed": seed,
+            "train.epochs": epochs,
+            "runtime.threads": threads,
+            "runtime.storage_root": str(root) if root else None,
+        },
+    )
+    # Before Prefect starts (seconds): a bad index factory, device or path fails now, not
+    # after training. The flow checks again (deployments do not pass through here).
+    precheck(cfg)
 
     from prefect import tags
 
+    from cli.errors import debug_requested
+    from cli.flowlogs import quiet_run_failures
     from cli.progress import progress_bars
     from core.metrics_text import run_summary
     from flows.nightly import nightly
     from storage import VersionFiles, read_json
 
     start = time.perf_counter()
+    # A failing step raises its own exception here (the quality gate's, ...): cli.errors
+    # reports it once; Prefect's tracebacks of it stay in the run's logs.
     with (
         tags("towerflow", "nightly", "cli", f"scale-{cfg.data.scale}"),
         progress_bars(enabled=not as_json),
+        quiet_run_failures(enabled=not debug_requested()),
     ):
         version_id = nightly(cfg)
     seconds = time.perf_counter() - start

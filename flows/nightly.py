@@ -1,5 +1,5 @@
-"""The nightly flow: data -> train -> embed -> evaluate + gate -> catalogue -> index ->
-publish -> report."""
+"""The nightly flow: check config -> data -> train -> embed -> evaluate + gate -> catalogue
+-> index -> publish -> report."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
 from tasks.items import merge_catalogue
+from tasks.precheck import check_config
 from tasks.publish import begin_version, publish_version
 from tasks.report import post_report, report_failures, stage_report
 from tasks.train import train_model
@@ -35,6 +36,9 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     """Train and publish a new version; return its id.
 
     Steps:
+    0. check-config: what can be checked before training (``core.precheck``): the index
+       factory parses, the device exists, the import files are there, the store root is
+       writable.
     1. prepare-data: generate or import (or reuse) the immutable data snapshot.
     2. begin-version: open a staging folder; remember CURRENT for the compare-and-swap.
     3. train-model: fit both towers on the training split (early stopping on validation
@@ -57,6 +61,8 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     """
     runtime = resolve_runtime(config.runtime)
     root, threads = runtime.root, runtime.threads
+    with report_failures(root):
+        check_config(config)  # before the lock and the data: a bad config fails in seconds
     with exclusive_nightly(root, f"flow run {flow_run.get_name()}"), report_failures(root):
         snapshot = prepare_data(root, config.data)
         stage = begin_version(root)
@@ -70,7 +76,12 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
         index = build_item_index(stage, config.index, threads)
         stage_report(stage, snapshot, trained, report, config.evaluation.validation_metric)
         version_id = publish_version(
-            stage, snapshot, config.model_dump(mode="json"), index, runtime.keep_versions
+            stage,
+            snapshot,
+            config.model_dump(mode="json"),
+            index,
+            runtime.keep_versions,
+            runtime.keep_item_versions,
         )
         post_report(version_id, root)
     return version_id

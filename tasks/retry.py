@@ -7,6 +7,7 @@ once; a flaky disk, a locked SQLite database or a dropped API connection may not
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from typing import Any, Final
 
@@ -26,11 +27,16 @@ _PERMANENT: Final = (
     PermissionError,
 )
 
+# OSErrors that seconds of backoff do not cure: a full disk or quota, a read-only mount.
+_PERMANENT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
 
 def is_transient(exc: BaseException | None) -> bool:
     """True for errors a retry may cure: OS / SQLite operational errors, timeouts and
     connection errors that are not one of the permanent kinds."""
     if exc is None or isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
         return False
     return isinstance(exc, OSError | sqlite3.OperationalError | TimeoutError | ConnectionError)
 

@@ -21,5 +21,5 @@ def test_api_help_lists_its_options() -> None:
 
 def test_api_rejects_bad_settings_before_serving(tmp_path: Path) -> None:
     result = runner.invoke(app, ["api", "--port", "70000", "--root", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "invalid api settings" in result.stderr and "port" in result.stderr

@@ -125,7 +125,8 @@ def test_run_and_evaluate_resolve_the_root_the_same_way(
     args += ["--root", str(tmp_path / option)] if option else []
     for command in ("run", "evaluate"):
         result = runner.invoke(app, [command, *args])
-        assert isinstance(result.exception, _Stop), result.output
+        # Reported by cli.errors as an unexpected error (exit 1), in JSON for --json.
+        assert json.loads(result.stdout)["error"]["type"] == "_Stop", result.output
     assert seen == {"run": tmp_path / expected, "evaluate": tmp_path / expected}
 
 
@@ -142,7 +143,7 @@ def test_metrics_table_orders_rankers_and_metrics() -> None:
 
 def test_run_rejects_a_bad_config_before_doing_anything(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", "--scale", "galactic", "--root", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown scale" in result.stderr
     assert not (tmp_path / "versions").exists()
 
@@ -171,14 +172,14 @@ def test_recommend_unknown_user_is_a_clear_error(published: Published) -> None:
     result = runner.invoke(
         app, ["recommend", "--user-id", "987654321", "--root", str(published.root)]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "user 987654321 is not in version" in result.stderr
 
 
 def test_recommend_without_a_published_version_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["recommend", "--user-id", "1", "--root", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "error:" in result.stderr
+    assert result.exit_code == 3
+    assert "error: nothing published yet" in result.stderr
 
 
 @pytest.mark.prefect
@@ -204,7 +205,7 @@ def test_versions_and_rollback(published: Published, tmp_path: Path) -> None:
     assert store.current() == published.version_id
 
     missing = runner.invoke(app, ["rollback", "v-does-not-exist", "--root", str(root)])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 3
     assert "v-does-not-exist" in missing.stderr
     assert store.current() == published.version_id
 
@@ -267,5 +268,5 @@ def test_report_defaults_to_current_under_the_store(published: Published) -> Non
 
 def test_report_of_an_unknown_version_is_a_clear_error(published: Published) -> None:
     result = runner.invoke(app, ["report", "v-nope", "--root", str(published.root)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "cannot read the report of v-nope" in result.output

@@ -86,10 +86,11 @@ def test_sending_without_a_server_fails_clearly(
     root = str(make_store("Flat").layout.root)
     for args in (["add-items", str(items), "--root", root], ["serve", "--root", root]):
         result = CliRunner().invoke(app, args)
-        assert result.exit_code == 1 and "PREFECT_API_URL is not set" in result.output
+        assert result.exit_code == 8 and "PREFECT_API_URL is not set" in result.output
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     result = CliRunner().invoke(app, ["retire-items", "1", "--root", root])
-    assert result.exit_code == 1 and "no Prefect server answers" in result.output
+    assert result.exit_code == 8 and "no Prefect server answers" in result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
 
 
 def test_serve_builds_the_deployments_of_prefect_yaml() -> None:

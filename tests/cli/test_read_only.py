@@ -54,8 +54,8 @@ def test_read_commands_work_on_a_read_only_store(published: Published, tmp_path:
     assert f"Nightly run: published <code>{vid}</code>" in html.read_text(encoding="utf-8")
     assert served == {"version": vid, "items": [i["item_id"] for i in as_json["items"]]}
 
-    # Writers: one clear line, no traceback.
-    assert rollback.returncode == 1 and "Traceback" not in rollback.stderr
+    # Writers: one clear line, no traceback, exit 6 (cli.errors: read-only / permission).
+    assert rollback.returncode == 6 and "Traceback" not in rollback.stderr
     assert "read-only" in rollback.stderr and str(root) in rollback.stderr
-    assert report_in_store.returncode == 1 and "Traceback" not in report_in_store.stderr
+    assert report_in_store.returncode == 6 and "Traceback" not in report_in_store.stderr
     assert "Read-only file system" in report_in_store.stderr

@@ -4,6 +4,7 @@ lock that keeps two nightly runs on one store apart."""
 from __future__ import annotations
 
 import logging
+import errno
 import sqlite3
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from tasks.retry import IO_RETRY, is_transient
         (ConnectionResetError(), True),
         (FileNotFoundError("snapshot.json"), False),
         (PermissionError("read-only"), False),
+        (OSError(errno.ENOSPC, "No space left on device"), False),
+        (OSError(errno.EROFS, "Read-only file system"), False),
         (FileExistsError("version exists"), False),
         (ValueError("bad row 3"), False),
         (KeyError("item_id"), False),
