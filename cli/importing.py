@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 import yaml
@@ -29,6 +29,8 @@ def _opt(help: str, default: str | None = None, metavar: str | None = None) -> A
 
 
 _Cols = "Repeat the option or separate names with commas."
+# Per-file read options of an attribute file ("--item-sep", ...).
+_READ_KEYS = ("fmt", "sep", "header", "encoding", "quote")
 
 
 class _UsageError(ValueError):
@@ -98,33 +100,65 @@ def build_config(options: dict[str, Any], config: Path | None) -> ImportConfig:
         ) from None
 
 
+def _sep(value: str | None) -> str | None:
+    # A shell passes "\\t" literally; a tab is what is meant.
+    return value.replace("\\t", "\t") if value else value
+
+
+def _quote(value: str | None) -> str | Literal[False] | None:
+    """The quote option: None = not given, False = no quoting (``none``)."""
+    if value is None:
+        return None
+    return False if value.lower() == "none" else value
+
+
+def _read_options(o: dict[str, Any], prefix: str, names: str | None) -> dict[str, Any]:
+    """One file's read options. The log's come from the plain options; an attribute file
+    (``prefix`` "item_" / "user_") has its own separator, format and quote (else its
+    extension or sniffed: never the log's), and inherits the log's header and encoding."""
+    quote = _quote(o[f"{prefix}quote"])
+    fields = {
+        "format": o[f"{prefix}fmt"],
+        "sep": _sep(o[f"{prefix}sep"]),
+        "header": o[f"{prefix}header"] if o[f"{prefix}header"] is not None else o["header"],
+        "encoding": o[f"{prefix}encoding"] or o["encoding"],
+    }
+    read = _drop_none(fields)
+    if quote is not None:
+        read["quote"] = quote or None
+    if names:
+        read["names"] = _split([names])
+    return read
+
+
 def _options_to_config(o: dict[str, Any]) -> dict[str, Any]:
     if o["interactions"] is None:
         raise _UsageError("give the interaction log file (or --config FILE)")
-    # A shell passes "\\t" literally; a tab is what is meant.
-    sep = o["sep"].replace("\\t", "\t") if o["sep"] else o["sep"]
-    shared = _drop_none(
-        {"format": o["fmt"], "sep": sep, "header": o["header"], "encoding": o["encoding"]}
-    )
-
-    def read(names: str | None) -> dict[str, Any]:
-        return {**shared, **({"names": _split([names])} if names else {})}
-
+    for prefix, path in (("item_", "item_attrs"), ("user_", "user_attrs")):
+        given = [k for k in _READ_KEYS if o[f"{prefix}{k}"] is not None]
+        if o[path] is None and given:
+            flags = sorted(f"--{prefix}{k}".replace("_", "-") for k in given)
+            flag = "--" + path.replace("_", "-")
+            raise _UsageError(f"options {flags} need the attribute file option {flag}")
     return _drop_none(
         {
             "name": o["name"],
             "k_core": o["k_core"],
             "interactions": {
                 "path": str(o["interactions"]),
-                "read": read(o["names"]),
+                "read": _read_options(o, "", o["names"]),
                 **_drop_none(
                     {k: o[k] for k in ("user_col", "item_col", "time_col", "rating_col")}
-                    | {"min_rating": o["min_rating"], "label_col": o["label_col"]}
+                    | {
+                        "min_rating": o["min_rating"],
+                        "label_col": o["label_col"],
+                        "timestamp_unit": o["timestamp_unit"],
+                    }
                 ),
             },
             "items": _attrs(
                 o["item_attrs"],
-                read(o["item_names"]),
+                _read_options(o, "item_", o["item_names"]),
                 key=o["item_key"],
                 categorical=_split(o["item_categorical"]),
                 multi=_multi(o["item_multi"]),
@@ -133,7 +167,7 @@ def _options_to_config(o: dict[str, Any]) -> dict[str, Any]:
             ),
             "users": _attrs(
                 o["user_attrs"],
-                read(o["user_names"]),
+                _read_options(o, "user_", o["user_names"]),
                 key=o["user_key"],
                 categorical=_split(o["user_categorical"]),
                 multi=_multi(o["user_multi"]),
@@ -145,16 +179,20 @@ def _options_to_config(o: dict[str, Any]) -> dict[str, Any]:
 
 def _summary(result: ImportResult) -> str:
     rep, ref = result.report, result.ref
+    unit = f" ({rep.timestamp_unit})" if rep.timestamp_unit else ""
     lines = [
         f"{'reused' if result.reused else 'imported'} snapshot {ref.snapshot_id}: "
         f"{ref.n_users} users, {ref.n_items} items, {ref.n_interactions} interactions, "
         f"{rep.n_categories} categories",
-        f"timestamps: {rep.timestamps}; ids: user {rep.id_mapping['user']}, "
+        f"timestamps: {rep.timestamps}{unit}; ids: user {rep.id_mapping['user']}, "
         f"item {rep.id_mapping['item']}; features: {len(rep.user_features)} user, "
         f"{len(rep.item_features)} item",
     ]
     for f in rep.files:
-        lines.append(f"{f.file} ({f.role}): read {f.rows_read}, kept {f.rows_kept}")
+        lines.append(
+            f"{f.file} ({f.role}): read {f.rows_read}, kept {f.rows_kept}, "
+            f"dropped {f.rows_dropped} lines"
+        )
         for kind, reasons in (("invalid", f.invalid), ("filtered", f.filtered)):
             for reason, r in reasons.items():
                 rows = ", ".join(map(str, r.rows)) + (", ..." if r.count > len(r.rows) else "")
@@ -173,28 +211,72 @@ def import_command(
         Path | None, _opt("YAML/JSON ImportConfig file, instead of the options below.")
     ] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="auto, csv, tsv or parquet.", show_default=False)
+        str | None,
+        typer.Option("--format", help="Log: auto, csv, tsv or parquet.", show_default=False),
     ] = None,
-    sep: Annotated[str | None, _opt("Field separator of every file, e.g. '::' or '\\t'.")] = None,
-    encoding: Annotated[str | None, _opt("Text encoding.", "utf-8")] = None,
+    sep: Annotated[
+        str | None,
+        _opt("Field separator of the log, e.g. '::' or '\\t'.", "by extension, else sniffed"),
+    ] = None,
+    encoding: Annotated[
+        str | None, _opt("Text encoding of the log (attribute files inherit it).", "utf-8")
+    ] = None,
     header: Annotated[
         bool | None,
         typer.Option(
             "--header/--no-header",
-            help="Whether text files start with column names.",
+            help="Whether the log starts with column names (attribute files inherit it).",
             show_default="header",
         ),
     ] = None,
+    quote: Annotated[str | None, _opt("Quote character of the log, or 'none'.", '"')] = None,
     names: Annotated[str | None, _opt("Comma-separated column names of the log.")] = None,
     user_col: Annotated[str | None, _opt("User ID column.", "user_id")] = None,
     item_col: Annotated[str | None, _opt("Item ID column.", "item_id")] = None,
     time_col: Annotated[
-        str | None, _opt("Time column (unix seconds or ISO 8601).", "row order")
+        str | None, _opt("Time column (unix time or ISO 8601).", "row order")
+    ] = None,
+    timestamp_unit: Annotated[
+        str | None,
+        typer.Option(
+            help="Unit of unix times: s, ms, us, ns or auto (by magnitude); times outside "
+            "1970..2100 are bad rows.",
+            show_default="auto",
+        ),
     ] = None,
     rating_col: Annotated[str | None, _opt("Rating column.")] = None,
     min_rating: Annotated[float | None, _opt("Keep only rows with rating >= this.")] = None,
     label_col: Annotated[str | None, _opt("0/1 label column; only positives are kept.")] = None,
     item_attrs: Annotated[Path | None, _opt("Item attribute table.")] = None,
+    item_sep: Annotated[
+        str | None,
+        typer.Option(
+            "--item-sep",
+            "--items-sep",
+            help="Field separator of the item table (never the log's).",
+            show_default="by extension, else sniffed",
+        ),
+    ] = None,
+    item_fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--item-format", help="Item table: auto, csv, tsv or parquet.", show_default=False
+        ),
+    ] = None,
+    item_header: Annotated[
+        bool | None,
+        typer.Option(
+            "--item-header/--item-no-header",
+            help="Whether the item table starts with column names.",
+            show_default="as the log",
+        ),
+    ] = None,
+    item_encoding: Annotated[
+        str | None, _opt("Text encoding of the item table.", "as the log")
+    ] = None,
+    item_quote: Annotated[
+        str | None, _opt("Quote character of the item table, or 'none'.", '"')
+    ] = None,
     item_key: Annotated[str | None, _opt("Item ID column of the item table.")] = None,
     item_names: Annotated[
         str | None, _opt("Comma-separated column names of the item table.")
@@ -213,6 +295,35 @@ def import_command(
         str | None, _opt("Item column whose first value is the item's category.")
     ] = None,
     user_attrs: Annotated[Path | None, _opt("User attribute table.")] = None,
+    user_sep: Annotated[
+        str | None,
+        typer.Option(
+            "--user-sep",
+            "--users-sep",
+            help="Field separator of the user table (never the log's).",
+            show_default="by extension, else sniffed",
+        ),
+    ] = None,
+    user_fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--user-format", help="User table: auto, csv, tsv or parquet.", show_default=False
+        ),
+    ] = None,
+    user_header: Annotated[
+        bool | None,
+        typer.Option(
+            "--user-header/--user-no-header",
+            help="Whether the user table starts with column names.",
+            show_default="as the log",
+        ),
+    ] = None,
+    user_encoding: Annotated[
+        str | None, _opt("Text encoding of the user table.", "as the log")
+    ] = None,
+    user_quote: Annotated[
+        str | None, _opt("Quote character of the user table, or 'none'.", '"')
+    ] = None,
     user_key: Annotated[str | None, _opt("User ID column of the user table.")] = None,
     user_names: Annotated[
         str | None, _opt("Comma-separated column names of the user table.")

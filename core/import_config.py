@@ -24,7 +24,11 @@ class TableRead(BaseModel):
         ".dat = '::'-separated, .parquet/.pq).",
     )
     sep: str | None = Field(
-        None, min_length=1, description="Field separator, any length (e.g. '::'); wins over format."
+        None,
+        min_length=1,
+        description="Field separator, any length (e.g. '::'); wins over format. None: from the "
+        "format, else the extension, else sniffed from the first lines (the first of '::', "
+        "tab, ',', '|', ';' that splits every one into the same number of fields).",
     )
     header: bool = Field(True, description="Whether the first line of a text file names columns.")
     names: tuple[str, ...] | None = Field(
@@ -32,7 +36,17 @@ class TableRead(BaseModel):
         description="Column names (replace the header's); without header and names, columns "
         "are called by their 1-based position: '1', '2', ...",
     )
-    encoding: str = Field("utf-8", description="Text encoding of a text file, e.g. 'latin-1'.")
+    encoding: str = Field(
+        "utf-8", description="Text encoding of a text file, e.g. 'latin-1' (ASCII-compatible)."
+    )
+    quote: str | None = Field(
+        '"',
+        min_length=1,
+        max_length=1,
+        description="Quote character of a text file (a quoted field may hold the separator); "
+        "None: no quoting. Never used with a multi-character separator. A record must be "
+        "one line: a quote left open over line ends drops every line it spans.",
+    )
 
 
 class InteractionSource(BaseModel):
@@ -46,11 +60,20 @@ class InteractionSource(BaseModel):
     item_col: str = Field("item_id", description="Column of the raw item ID (int or string).")
     time_col: str | None = Field(
         None,
-        description="Column of the event time (unix seconds or ISO 8601); None: the row order "
+        description="Column of the event time (unix time or ISO 8601); None: the row order "
         "(line number) serves as a monotone time.",
     )
     time_format: Literal["auto", "unix", "iso"] = Field(
-        "auto", description="'unix' seconds, 'iso' 8601, or 'auto' (unix when most are numbers)."
+        "auto",
+        description="'unix' numbers, 'iso' 8601, or 'auto' (unix when most values of the "
+        "first chunk are numbers).",
+    )
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto",
+        description="Unit of unix times. 'auto': by the median magnitude of the first "
+        "chunk's values (< 1e11 s, < 1e14 ms, < 1e17 us, else ns), once per file. Times "
+        "outside 1970-01-01..2100-01-01 after conversion are bad rows "
+        "('timestamp_out_of_range').",
     )
     rating_col: str | None = Field(None, description="Column of an explicit rating (a number).")
     min_rating: float | None = Field(

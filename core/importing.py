@@ -30,10 +30,12 @@ from core.import_convert import ImportedData, build_import
 from core.import_report import DataImportError, FileReport, ImportReport, Role
 from core.refs import SnapshotRef
 from storage import (
+    INTERACTIONS,
     ITEM_IDS,
     USER_IDS,
     Layout,
     SnapshotFiles,
+    TableWriter,
     begin_snapshot,
     commit_snapshot,
     read_json,
@@ -44,7 +46,7 @@ from storage import (
     write_json,
     write_table,
 )
-from storage.rawlog import RawReadError
+from storage.rawstream import BLOCK_BYTES, RawReadError
 
 __all__ = [
     "IMPORTER_VERSION",
@@ -63,7 +65,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 ObjArray = npt.NDArray[np.object_]
 
-IMPORTER_VERSION: Final = 1  # bump when the same inputs would convert differently
+# Bump when the same inputs would convert differently. 2: plausible time range and units,
+# control characters in IDs, per-line accounting, per-file separators.
+IMPORTER_VERSION: Final = 2
+_WRITE_ROWS: Final = 1 << 20  # interactions are written in parts of this many rows
 
 
 class ImportResult(BaseModel):
@@ -89,7 +94,12 @@ def input_checksums(cfg: ImportConfig) -> dict[Role, str]:
     for role, src in _sources(cfg).items():
         if not Path(src.path).is_file():
             raise RawReadError(f"{src.path}: {role} file not found")
-        sums[role] = sha256_file(Path(src.path))
+        try:
+            sums[role] = sha256_file(Path(src.path))
+        except OSError as e:
+            raise RawReadError(
+                f"{src.path}: cannot read the {role} file ({e.strerror or e})"
+            ) from None
     return sums
 
 
@@ -106,13 +116,21 @@ def import_snapshot_id(cfg: ImportConfig, checksums: dict[Role, str]) -> str:
 def _write(folder: Path, data: ImportedData, meta: dict[str, Any]) -> None:
     tables = {
         **snapshot_tables(data),
-        USER_IDS: {"id": data.user_id, "raw_id": pa.array(data.user_raw, pa.string())},
-        ITEM_IDS: {"id": data.item_id, "raw_id": pa.array(data.item_raw, pa.string())},
+        USER_IDS: {"id": data.user_id, "raw_id": data.user_raw},
+        ITEM_IDS: {"id": data.item_id, "raw_id": data.item_raw},
     }
     files = {}
     for spec, columns in tables.items():
-        write_table(folder / spec.file_name, pa.table(columns), spec)
-        files[spec.file_name] = sha256_file(folder / spec.file_name)
+        path = folder / spec.file_name
+        if spec is INTERACTIONS:
+            # In parts: one Arrow copy of a slice at a time, not of the whole log.
+            with TableWriter(path, spec) as writer:
+                for start in range(0, max(len(data.inter_user), 1), _WRITE_ROWS):
+                    part = {k: v[start : start + _WRITE_ROWS] for k, v in columns.items()}
+                    writer.write(pa.table(part))
+        else:
+            write_table(path, pa.table(columns), spec)
+        files[spec.file_name] = sha256_file(path)
     write_json(folder / SnapshotFiles.MANIFEST, {**meta, "files": files})
 
 
@@ -126,8 +144,11 @@ def _ref(layout: Layout, snapshot_id: str, report: ImportReport) -> SnapshotRef:
     )
 
 
-def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
-    """Import ``cfg``'s files as a snapshot under ``layout`` (or reuse the identical one).
+def run_import(
+    layout: Layout, cfg: ImportConfig, *, block_bytes: int = BLOCK_BYTES
+) -> ImportResult:
+    """Import ``cfg``'s files as a snapshot under ``layout`` (or reuse the identical one),
+    reading text ``block_bytes`` at a time (memory stays bounded whatever the file size).
 
     All-or-nothing: the tables are written into a private staging folder and committed by
     one rename; any failure (including strict-mode `DataImportError`, raised before anything
@@ -140,7 +161,7 @@ def run_import(layout: Layout, cfg: ImportConfig) -> ImportResult:
         report = ImportReport.model_validate(meta["report"])
         log.info("reusing imported snapshot %s", snapshot_id)
         return ImportResult(ref=_ref(layout, snapshot_id, report), report=report, reused=True)
-    data = build_import(cfg, checksums)
+    data = build_import(cfg, checksums, block_bytes=block_bytes)
     meta = {
         "snapshot_id": snapshot_id,
         "source": "import",

@@ -24,7 +24,8 @@ TINY = MovieLensLikeConfig(n_users=40, n_items=60, median_extra=5.0, seed=3)
 
 
 def _invoke(args: Sequence[str]) -> Result:
-    app = typer.Typer()
+    # Plain click error output: a rich panel would cut long messages to the terminal width.
+    app = typer.Typer(rich_markup_mode=None)
     app.command("import")(import_command)
     app.command("other")(lambda: None)  # two commands, so "import" is a subcommand
     return CliRunner().invoke(app, ["import", *args])
@@ -112,7 +113,8 @@ def test_config_file_is_the_same_import(ml: MovieLensFiles, tmp_path: Path) -> N
             "--names", "user_id,item_id,rating,timestamp", "--time-col", "timestamp",
             "--rating-col", "rating", "--min-rating", "4", "--item-attrs", str(ml.movies),
             "--item-names", "item_id,title,genres", "--item-key", "item_id",
-            "--item-multi", "genres:|", "--k-core", "2", "--root", root, "--json",
+            "--items-sep", "::", "--item-multi", "genres:|", "--k-core", "2", "--root", root,
+            "--json",
         ]
     )  # fmt: skip
     assert by_options.exit_code == 0, by_options.output
@@ -158,3 +160,86 @@ def test_bad_options_exit_2_with_a_message(
     result = _invoke([*args, "--root", str(tmp_path / "store")])
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def _ml100k(tmp_path: Path) -> tuple[Path, Path]:
+    """MovieLens-100K's layout: u.data tab-separated, u.item '|'-separated latin-1."""
+    data, item = tmp_path / "u.data", tmp_path / "u.item"
+    data.write_text("".join(f"{u}\t{i}\t4\t{881250949 + u + i}\n" for u in (1, 2) for i in (1, 2)))
+    movies = ["1|Toy Story (1995)|01-Jan-1995||http://a|0|1", "2|Amélie (2001)||x|http://b|1|1"]
+    item.write_bytes(("\n".join([*movies, "3|Heat (1995)|01-Jan-1995||http://c|1|0"]) + "\n")
+                     .encode("latin-1"))  # fmt: skip
+    return data, item
+
+
+def test_log_separator_does_not_apply_to_attribute_files(tmp_path: Path) -> None:
+    data, item = _ml100k(tmp_path)
+    args = [
+        str(data), "--sep", "\\t", "--no-header", "--encoding", "latin-1", "--user-col", "1",
+        "--item-col", "2", "--time-col", "4", "--item-attrs", str(item), "--item-key", "1",
+        "--item-categorical", "6,7", "--root", str(tmp_path / "store"), "--json",
+    ]  # fmt: skip
+    result = _invoke(args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["n_items"] == 3 and report["id_mapping"]["item"] == "identity"  # no phantoms
+    assert report["item_features"] == ["6=0", "6=1", "7=0", "7=1"]
+    one_column = _invoke([*args, "--items-sep", "\\t"])
+    assert one_column.exit_code == 2
+    assert "u.item: every line reads as one column" in one_column.output
+    assert "looks '|'-separated" in one_column.output
+
+
+def test_per_file_read_options_and_timestamp_unit(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text('u,i,t\n1,"a,1",1600000000000\n2,b,1600000001000\n', encoding="utf-8")
+    items = tmp_path / "items.txt"
+    items.write_bytes("id;genre\na,1;Comédie\nb;Drame\n".encode("latin-1"))
+    args = [
+        str(log), "--user-col", "u", "--item-col", "i", "--time-col", "t",
+        "--item-attrs", str(items), "--item-key", "id", "--item-categorical", "genre",
+        "--item-encoding", "latin-1", "--root", str(tmp_path / "store"), "--json",
+    ]  # fmt: skip
+    result = _invoke([*args, "--timestamp-unit", "ms"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["report"]
+    assert report["timestamp_unit"] == "ms" and report["n_items"] == 2
+    assert report["item_features"] == ["genre=Comédie", "genre=Drame"]  # ';' sniffed
+    seconds = _invoke([*args, "--timestamp-unit", "s"])
+    assert seconds.exit_code == 2 and "2 x timestamp_out_of_range (rows 2, 3)" in seconds.output
+    unquoted = _invoke([*args[:-1], "--quote", "none", "--lenient"])
+    assert unquoted.exit_code == 0, unquoted.output
+    assert "invalid wrong_field_count: 1 (rows 2)" in unquoted.stdout
+    lonely = _invoke([str(log), "--user-sep", ";", "--root", str(tmp_path / "store")])
+    assert lonely.exit_code == 2 and "need the attribute file option --user-attrs" in lonely.output
+
+
+BAD_FILES: dict[str, bytes] = {
+    "empty": b"",
+    "header_only": b"user_id,item_id\n",
+    "blank_only": b"\n\n  \n",
+    "binary": bytes(range(256)) * 8,
+    "nul_ids": b"user_id,item_id\n\x00,\x00\n1,2\n",
+    "wrong_fields": b"user_id,item_id\n1\n1,2,3\n1,2\n",
+    "open_quote_at_end": b'user_id,item_id\n1,2\n3,"4\n5,6\n',
+    "undecodable": b"user_id,item_id\n1,\xff\xfe\n1,2\n",
+    "cr_only": b"user_id,item_id\r1,2\r3,4\r",
+    "bom_crlf": b"\xef\xbb\xbfuser_id,item_id\r\n1,2\r\n",
+    "dup_header": b"user_id,user_id,item_id\n1,2,3\n",
+    "huge_id": b"user_id,item_id\n" + b"9" * 100_000 + b",1\n1,2\n",
+    "one_column": b"user_id|item_id\n1|2\n",
+    "no_newline_at_end": b"user_id,item_id\n1,2",
+}
+
+
+@pytest.mark.parametrize("mode", ["--strict", "--lenient"])
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_input_never_ends_in_a_traceback(tmp_path: Path, name: str, mode: str) -> None:
+    log = tmp_path / "log.csv"
+    log.write_bytes(BAD_FILES[name])
+    result = _invoke([str(log), mode, "--root", str(tmp_path / "store")])
+    assert result.exit_code in (0, 2), result.output
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)  # type: ignore[arg-type]
+    assert "Traceback" not in result.output
+    if result.exit_code == 2:
+        assert "log.csv" in result.output  # names the file

@@ -3,6 +3,7 @@ numbers; the decoders mark exactly the values that do not parse."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,14 @@ from storage.rawlog import (
     resolve_format,
     split_multi,
 )
+from storage.rawparse import (
+    PLAUSIBLE_SECONDS,
+    TIME_MISSING,
+    TIME_OUT_OF_RANGE,
+    TimeDecoder,
+    has_control_chars,
+)
+from storage.rawstream import open_raw, sniff_separator
 
 ROWS = [["u1", "10", "5"], ["u2", "Amélie (2001)", "3"]]
 
@@ -52,8 +61,13 @@ def test_no_header_names_columns_by_position_or_by_names(tmp_path: Path) -> None
 
 def test_latin1_needs_its_encoding(tmp_path: Path) -> None:
     path = _write(tmp_path / "movies.dat", "::", encoding="latin-1")
-    with pytest.raises(RawReadError, match=r"movies.dat: cannot decode as utf-8.*latin-1"):
-        read_raw_table(path)
+    wrong = read_raw_table(path)  # the line that does not decode is rejected, named
+    assert wrong.line.tolist() == [2] and [(r.line, r.reason) for r in wrong.rejected] == [
+        (3, "undecodable")
+    ]
+    assert re.search(
+        r"cannot decode as utf-8 .*byte 7 of the line.*latin-1", wrong.rejected[0].text
+    )
     assert read_raw_table(path, encoding="latin-1").column("item")[1] == "Amélie (2001)"
 
 
@@ -67,9 +81,14 @@ def test_blank_lines_are_skipped_and_line_numbers_kept(tmp_path: Path) -> None:
 
 def test_malformed_row_and_missing_column_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
-    path.write_text("a,b\n1,2\n3,4,5\n", encoding="utf-8")
-    with pytest.raises(RawReadError, match=r"log.csv: .*line 3"):
-        read_raw_table(path)
+    path.write_text("a,b\n1,2\n3,4,5\n6\n", encoding="utf-8")
+    table = read_raw_table(path)
+    assert table.line.tolist() == [2]
+    assert [(r.line, r.n_lines, r.reason) for r in table.rejected] == [
+        (3, 1, "wrong_field_count"),
+        (4, 1, "wrong_field_count"),
+    ]
+    assert table.rejected[0].text == "3 fields, expected 2: 3,4,5"
     path.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(RawReadError, match=r"log.csv: no column 'user'.*\['a', 'b'\]"):
         read_raw_table(path).require(["a", "user", None])
@@ -122,3 +141,83 @@ def test_decoders_mark_bad_values() -> None:
         [],
         ["Drama"],
     ]
+
+
+def test_time_decoder_units_range_and_auto_rule() -> None:
+    t = 1_600_000_000
+    for unit, scale in (("s", 1), ("ms", 10**3), ("us", 10**6), ("ns", 10**9)):
+        decoder = TimeDecoder()
+        secs, status = decoder.decode(
+            pa.array([str(t * scale), str((t + 1) * scale + scale // 2), ""])
+        )
+        assert (decoder.fmt, decoder.unit) == ("unix", unit)
+        assert secs[:2].tolist() == [t, t + 1] and status.tolist() == [0, 0, TIME_MISSING]
+    # One file, one unit: the outliers of a seconds log are out of range, not re-scaled.
+    decoder = TimeDecoder()
+    text = pa.array([str(t), str(t + 5), "100000000000000", "4000000000000000000", "-1", "x"])
+    secs, status = decoder.decode(text)
+    assert decoder.unit == "s" and secs[:2].tolist() == [t, t + 5]
+    assert status.tolist() == [0, 0, TIME_OUT_OF_RANGE, TIME_OUT_OF_RANGE, TIME_OUT_OF_RANGE, 2]
+    lo, hi = PLAUSIBLE_SECONDS
+    _, status = TimeDecoder("unix", "s").decode(pa.array([str(lo), str(hi - 1), str(hi)]))
+    assert status.tolist() == [0, 0, TIME_OUT_OF_RANGE]
+    _, status = TimeDecoder().decode(pa.array(["2099-12-31T23:59:59Z", "2100-01-01", "1969-12-31"]))
+    assert status.tolist() == [0, TIME_OUT_OF_RANGE, TIME_OUT_OF_RANGE]
+
+
+def test_control_characters_are_found() -> None:
+    text = pa.array(["7", "a b", "\x00\x001", "x\ty", "\u200bz", "\ufeffq", "é", "a\u2028b"])
+    assert has_control_chars(text).tolist() == [False, False, True, True, True, True, False, True]
+    assert not has_control_chars(pa.array(["plain", "ascii 123"])).any()  # the fast path
+
+
+def test_separator_sniffing() -> None:
+    assert sniff_separator("1::Toy|Comedy::x\n2::Heat::y\n") == ("::", 3)
+    assert sniff_separator("1|Toy Story, The|1995\n2|Heat|1995\n") == ("|", 3)
+    assert sniff_separator("a\tb\n1\t2\n") == ("\t", 2)
+    assert sniff_separator("just words\nhere too\n") is None
+
+
+def test_multi_character_separator_ignores_quotes_and_stand_in_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "movies.dat"
+    path.write_text('1::"Weird" Al::Comedy\n2::x\x1fy, "z::Drama\n', encoding="utf-8")
+    table = read_raw_table(path, header=False)
+    assert table.frame.to_numpy().tolist() == [
+        ["1", '"Weird" Al', "Comedy"],
+        ["2", 'x\x1fy, "z', "Drama"],
+    ]
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 97, 13])
+def test_every_line_is_accounted_for_at_any_block_size(tmp_path: Path, block_bytes: int) -> None:
+    rng = np.random.default_rng(block_bytes)
+    kinds = {  # line -> kept row (1), blank (0) or rejected (-1)
+        "": 0, "  ": 0, "{i},x,1": 1, "{i},y": -1, '{i},"q,r",2': 1, "{i},,": 1,
+        "{i},1,2,3": -1, "{i},z,3": 1,
+    }  # fmt: skip
+    lines: list[str] = ["a,b,c"]
+    status: list[int | None] = [None]
+    for i in range(400):
+        kind = list(kinds)[int(rng.integers(len(kinds)))]
+        lines.append(kind.format(i=i))
+        status.append(kinds[kind])
+    path = tmp_path / "log.csv"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    table = read_raw_table(path, block_bytes=block_bytes)
+    assert table.line.tolist() == [n + 1 for n, k in enumerate(status) if k == 1]
+    assert table.blank_lines == status.count(0)
+    assert [r.line for r in table.rejected] == [n + 1 for n, k in enumerate(status) if k == -1]
+    assert {r.reason for r in table.rejected} == {"wrong_field_count"}
+    assert table.frame.loc[table.line.tolist().index(next(
+        n + 1 for n, ln in enumerate(lines) if '"' in ln)), "b"] == "q,r"  # fmt: skip
+    assert read_raw_table(path).frame.equals(table.frame)
+
+
+def test_parquet_streams_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "big.parquet"
+    n = 600_000  # over two batches
+    pq.write_table(pa.table({"u": np.arange(n) % 7, "i": np.arange(n)}), path, row_group_size=n)
+    source = open_raw(path)
+    chunks = list(source.chunks())
+    assert len(chunks) > 1 and sum(c.table.num_rows for c in chunks) == n
+    assert chunks[1].line[0] == chunks[0].line[-1] + 1

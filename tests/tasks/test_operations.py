@@ -3,8 +3,8 @@ lock that keeps two nightly runs on one store apart."""
 
 from __future__ import annotations
 
-import logging
 import errno
+import logging
 import sqlite3
 from pathlib import Path
 
