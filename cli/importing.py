@@ -364,7 +364,8 @@ def import_command(
 
         result = run_import(Layout(root_path(root)), cfg)
     except ValueError as e:  # bad options, unreadable files, bad rows in strict mode
-        raise fail(str(e), code=2) from None
+        # A missing input file is "not found" (3), anything else bad input (2).
+        raise fail(str(e), code=3 if isinstance(e, FileNotFoundError) else 2) from None
     if as_json:
         typer.echo(
             json.dumps({"snapshot_id": result.ref.snapshot_id, **result.model_dump(mode="json")})

@@ -47,6 +47,7 @@ from storage import (
     write_table,
 )
 from storage.rawstream import BLOCK_BYTES, RawReadError
+from storage.rawtext import RawFileMissingError
 
 __all__ = [
     "IMPORTER_VERSION",
@@ -93,7 +94,7 @@ def input_checksums(cfg: ImportConfig) -> dict[Role, str]:
     sums: dict[Role, str] = {}
     for role, src in _sources(cfg).items():
         if not Path(src.path).is_file():
-            raise RawReadError(f"{src.path}: {role} file not found")
+            raise RawFileMissingError(f"{src.path}: {role} file not found")
         try:
             sums[role] = sha256_file(Path(src.path))
         except OSError as e:

@@ -24,6 +24,7 @@ from storage.rawparse import present, trim
 from storage.rawtext import (
     LineParser,
     RawChunk,
+    RawFileMissingError,
     RawReadError,
     Rejected,
     RejectReason,
@@ -155,7 +156,7 @@ def open_raw(
     """
     path = Path(path)
     if not path.is_file():
-        raise RawReadError(f"{path}: input file not found")
+        raise RawFileMissingError(f"{path}: input file not found")
     try:
         return _open(path, fmt, sep, header, names, encoding, quote, block_bytes)
     except OSError as e:  # permission denied, I/O error: still one clear line

@@ -24,6 +24,7 @@ from storage.rawparse import present, trim
 __all__ = [
     "LineParser",
     "RawChunk",
+    "RawFileMissingError",
     "RawReadError",
     "RejectReason",
     "Rejected",
@@ -46,6 +47,10 @@ _QUOTE_SPAN: Final = 4  # blocks a quoted field may run over before it is cut
 class RawReadError(StorageError, ValueError):
     """A raw input file cannot be read as a table (missing, undecodable, malformed,
     lacking a column); the message names the file and, where known, the line."""
+
+
+class RawFileMissingError(RawReadError, FileNotFoundError):
+    """A raw input file that does not exist (the command line exits "not found")."""
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,6 @@ def test_bad_rows_exit_2_in_strict_mode_and_lenient_drops_them(tmp_path: Path) -
         (["log.csv", "--item-attrs", "i.csv", "--item-key", "id", "--item-multi", "genres"],
          "expected COLUMN:SEPARATOR"),
         (["log.csv", "--min-rating", "3"], "min_rating needs rating_col"),
-        (["missing.csv"], "missing.csv: interactions file not found"),
         (["--config", "c.yaml", "--k-core", "2"], "--config replaces the file and column options"),
     ],
 )  # fmt: skip
@@ -160,6 +159,12 @@ def test_bad_options_exit_2_with_a_message(
     result = _invoke([*args, "--root", str(tmp_path / "store")])
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_a_missing_log_exits_not_found(tmp_path: Path) -> None:
+    result = _invoke([str(tmp_path / "missing.csv"), "--root", str(tmp_path / "store")])
+    assert result.exit_code == 3
+    assert "missing.csv: interactions file not found" in " ".join(result.output.split())
 
 
 def _ml100k(tmp_path: Path) -> tuple[Path, Path]:
