@@ -8,7 +8,7 @@ reference assignment and a request never mixes a model with another version's in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import faiss
@@ -42,7 +42,8 @@ from core.versionio import (
     read_serving_tables,
 )
 from model.towers import UNKNOWN_ROW, TwoTower
-from storage import Manifest, VersionFiles, VersionStore, load_index
+from storage import CorruptVersionError, Manifest, VersionFiles, VersionStore, load_index
+from storage.integrity import file_identities
 
 __all__ = [
     "FilterMode",
@@ -164,11 +165,17 @@ class Recaller:
         from storage, or ``VersionRejectedError`` naming the first inconsistency.
         """
         version = (
-            store.open_current(verify=verify)
+            store.open_current(verify=False)
             if version_id is None
-            else store.open_version(version_id, verify=verify)
+            else store.open_version(version_id, verify=False)
         )
         vid = version.version_id
+        # Each file's identity (inode, size, mtime) before the checksums and again after
+        # loading: bytes rewritten in place, truncated, deleted or replaced after they were
+        # checked (by a stray process, say) are never served as the checked ones.
+        before = file_identities(version.path, [*version.manifest.files, VersionFiles.MANIFEST])
+        if verify:
+            version = replace(version, manifest=store.verify(vid))
         try:
             model = load_served_model(version.path)
             recaller = cls(
@@ -184,6 +191,10 @@ class Recaller:
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             # Strict state_dict load, schema checks and Faiss read errors all land here.
             raise VersionRejectedError(vid, f"cannot load: {e}") from e
+        if verify:
+            after = file_identities(version.path, before)
+            if changed := sorted(n for n in before if after.get(n) != before[n]):
+                raise CorruptVersionError(vid, changed[0], "changed on disk while being loaded")
         recaller.check()
         return recaller
 

@@ -93,17 +93,21 @@ def parent_history(store: VersionStore, parent: str | None) -> list[dict[str, An
     reports existed contributes its manifest metrics as one entry."""
     if parent is None:
         return []
+    # Only the history file is read: check it (and the manifest) alone. A damaged parent
+    # must not stop the nightly, the path that rebuilds a good version: start afresh.
     try:
         version = store.open_version(parent, verify=False)
-    except StorageError as e:
-        log.warning("no metric history: parent %s unreadable (%s)", parent, e)
+        names = [n for n in (VersionFiles.METRICS_HISTORY,) if n in version.manifest.files]
+        store.verify(parent, names)
+        if names:
+            return list(read_json(version.file(VersionFiles.METRICS_HISTORY)))
+        metrics = version.manifest.metrics
+        if "rankers" not in metrics:
+            return []
+        report = EvalReport.model_validate(metrics)
+    except (StorageError, ValueError, TypeError) as e:
+        log.warning("metric history starts afresh: parent %s unreadable (%s)", parent, e)
         return []
-    if VersionFiles.METRICS_HISTORY in version.manifest.files:
-        return list(read_json(version.file(VersionFiles.METRICS_HISTORY)))
-    metrics = version.manifest.metrics
-    if "rankers" not in metrics:
-        return []
-    report = EvalReport.model_validate(metrics)
     return [history_entry(parent, {}, report, version.manifest.created_at)]
 
 

@@ -57,24 +57,44 @@ class VersionCheck:
         return tuple(f for f in self.files if f.status != "ok")
 
 
-def check_version(version_id: str, path: Path) -> VersionCheck:
-    """Check every file of `path` (the folder of `version_id`) against its manifest.
+def check_version(version_id: str, path: Path, manifest_sha256: str | None = None) -> VersionCheck:
+    """Check every file of `path` (the folder of `version_id`) against its manifest, and
+    the manifest against `manifest_sha256` (recorded by the registry; None: not known).
 
     Unlike `storage.manifest.verify_files` it does not stop at the first bad file: the
-    report names each file's state. An unreadable manifest is one `manifest.json` row.
+    report names each file's state. An unreadable manifest is one `manifest.json` row; a
+    damaged but readable one is reported, and the files are still checked against it.
     """
     if not path.is_dir():
         row = FileState(MANIFEST_ROW, "missing", None, None, None, f"folder {path} is missing")
         return VersionCheck(version_id, (row,))
+    head: tuple[FileState, ...] = ()
+    if manifest_sha256 is not None:
+        head = (_check_manifest(path / MANIFEST_ROW, manifest_sha256),)
     try:
         manifest = read_manifest(version_id, path)
     except CorruptVersionError as e:
+        if head and head[0].status != "ok":
+            return VersionCheck(version_id, head)  # already says missing / damaged
         return VersionCheck(
             version_id, (FileState(MANIFEST_ROW, "unreadable", None, None, None, e.reason),)
         )
-    return VersionCheck(
-        version_id, tuple(_check_file(path, n, e) for n, e in sorted(manifest.files.items()))
-    )
+    files = tuple(_check_file(path, n, e) for n, e in sorted(manifest.files.items()))
+    return VersionCheck(version_id, head + files)
+
+
+def _check_manifest(p: Path, expected: str) -> FileState:
+    try:
+        size = p.stat().st_size
+        digest = sha256_file(p)
+    except FileNotFoundError:
+        return FileState(MANIFEST_ROW, "missing", None, None, None)
+    except OSError as e:
+        return FileState(MANIFEST_ROW, "unreadable", None, None, None, str(e))
+    if digest != expected:
+        detail = f"sha256 {digest}, the registry recorded {expected}"
+        return FileState(MANIFEST_ROW, "wrong checksum", None, size, 1, detail)
+    return FileState(MANIFEST_ROW, "ok", None, size, 1)
 
 
 def _check_file(folder: Path, name: str, entry: FileEntry) -> FileState:

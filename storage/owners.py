@@ -20,7 +20,15 @@ from typing import Final
 
 from storage.artifacts import write_json
 
-__all__ = ["OWNER_SUFFIX", "Owner", "owner_path", "read_owner", "this_process", "write_owner"]
+__all__ = [
+    "OWNER_SUFFIX",
+    "Owner",
+    "owner_path",
+    "read_owner",
+    "read_owner_file",
+    "this_process",
+    "write_owner",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +73,15 @@ def write_owner(folder: Path, kind: str) -> None:
 
 def read_owner(folder: Path) -> Owner | None:
     """The owner recorded for `folder`; None when there is no readable marker."""
+    return read_owner_file(owner_path(folder))
+
+
+def read_owner_file(path: Path) -> Owner | None:
+    """The owner recorded in marker file `path`, or in the temporary file of a marker
+    whose write was cut short (complete once its bytes were written); None when there is
+    no readable record."""
     try:
-        data = json.loads(owner_path(folder).read_text())
+        data = json.loads(path.read_text())
         return Owner(
             host=str(data["host"]),
             pid=int(data["pid"]),
@@ -75,7 +90,7 @@ def read_owner(folder: Path) -> Owner | None:
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         if not isinstance(e, FileNotFoundError):
-            log.warning("unreadable owner marker of %s: %s", folder, e)
+            log.warning("unreadable owner marker %s: %s", path, e)
         return None
 
 

@@ -44,7 +44,8 @@ _SCHEMA: Final = (
         published_at TEXT NOT NULL,
         parent TEXT,
         data_snapshot TEXT,
-        kind TEXT
+        kind TEXT,
+        manifest_sha256 TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS events (
         ts TEXT NOT NULL,
@@ -56,9 +57,12 @@ _SCHEMA: Final = (
 
 _TABLES: Final = ("current", "versions", "events")
 
-# Registries written before `kind` existed gain the column on their first write; their
-# old rows read as kind None (the store infers it from the manifest).
-_MIGRATIONS: Final = {"kind": "ALTER TABLE versions ADD COLUMN kind TEXT"}
+# Columns added after the first release: registries written before gain them on their
+# first write; their old rows (and read-only readers of an old file) read them as None.
+# `kind`: the store infers it from the manifest; `manifest_sha256`: the manifest of such a
+# version is checked for structure only.
+_LATE_COLUMNS: Final = ("kind", "manifest_sha256")
+_MIGRATIONS: Final = {c: f"ALTER TABLE versions ADD COLUMN {c} TEXT" for c in _LATE_COLUMNS}
 
 _ROW_COLUMNS: Final = "version_id, created_at, published_at, parent, data_snapshot"
 
@@ -75,6 +79,9 @@ class VersionRow:
     parent: str | None
     data_snapshot: str | None
     kind: VersionKind | None = None  # None: registered before kinds were recorded
+    # SHA-256 of the version's manifest.json as published: the manifest holds every other
+    # file's checksum, so its own lives here. None: registered before it was recorded.
+    manifest_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ class Registry:
         """The registered row of `version_id`, or None."""
         row = self._read(
             lambda conn: conn.execute(
-                f"SELECT {_ROW_COLUMNS}, {_kind_column(conn)} FROM versions WHERE version_id = ?",
+                f"SELECT {_ROW_COLUMNS}, {_late_columns(conn)} FROM versions WHERE version_id = ?",
                 (version_id,),
             ).fetchone()
         )
@@ -133,7 +140,7 @@ class Registry:
         """All registered versions, most recently published first."""
         rows = self._read(
             lambda conn: conn.execute(
-                f"SELECT {_ROW_COLUMNS}, {_kind_column(conn)} FROM versions "
+                f"SELECT {_ROW_COLUMNS}, {_late_columns(conn)} FROM versions "
                 "ORDER BY published_at DESC, rowid DESC"
             ).fetchall()
         )
@@ -156,15 +163,19 @@ class Registry:
         created_at: str,
         data_snapshot: str | None,
         kind: VersionKind = "nightly",
+        manifest_sha256: str | None = None,
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
         transaction: either both happen or neither. Raises `PublishConflictError`."""
         if kind not in KINDS:
             raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
-        row = VersionRow(version_id, created_at, utc_now_iso(), expected, data_snapshot, kind)
+        row = VersionRow(
+            version_id, created_at, utc_now_iso(), expected, data_snapshot, kind, manifest_sha256
+        )
         with self._connect() as conn, transaction(conn):
             conn.execute(
-                f"INSERT INTO versions ({_ROW_COLUMNS}, kind) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO versions ({_ROW_COLUMNS}, {', '.join(_LATE_COLUMNS)}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.version_id,
                     row.created_at,
@@ -172,6 +183,7 @@ class Registry:
                     row.parent,
                     row.data_snapshot,
                     row.kind,
+                    row.manifest_sha256,
                 ),
             )
             _cas(conn, expected, version_id)
@@ -217,9 +229,11 @@ def _columns(conn: sqlite3.Connection) -> set[str]:
     return {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
 
 
-def _kind_column(conn: sqlite3.Connection) -> str:
-    """`kind`, or NULL on a registry from before kinds (read-only readers cannot migrate)."""
-    return "kind" if "kind" in _columns(conn) else "NULL"
+def _late_columns(conn: sqlite3.Connection) -> str:
+    """The select list of `_LATE_COLUMNS`: NULL for each one an old registry lacks
+    (read-only readers cannot migrate it)."""
+    have = _columns(conn)
+    return ", ".join(c if c in have else "NULL" for c in _LATE_COLUMNS)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -14,9 +14,9 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Final
 
-from storage.fs import fsync_dir, newest_mtime
+from storage.fs import fsync_dir, is_temp_name, newest_mtime
 from storage.layout import Layout
-from storage.owners import OWNER_SUFFIX, owner_path, read_owner
+from storage.owners import OWNER_SUFFIX, owner_path, read_owner, read_owner_file
 from storage.registry import Registry, VersionKind, VersionRow
 
 __all__ = [
@@ -103,7 +103,9 @@ def collect_garbage(
     layout: Layout, registry: Registry, min_age_s: float = DEFAULT_GC_AGE_S
 ) -> list[Path]:
     """Remove unregistered folders in `versions/` and staging folders (versions and
-    snapshots) whose newest entry is at least `min_age_s` seconds old. Returns them.
+    snapshots) whose newest entry is at least `min_age_s` seconds old, and files in the
+    staging folders' parents as old that belong to no folder there (temporary files of
+    cut-short marker writes, markers whose folder is gone). Returns them.
 
     Younger folders are left alone: a concurrent writer or publisher may own them. So
     `min_age_s` must exceed the longest time a writer goes without creating or changing a
@@ -133,7 +135,33 @@ def collect_garbage(
             owner_path(p).unlink(missing_ok=True)
             removed.append(p)
             log.info("gc removed %s (idle %.0f s)", p, age)
+    for p in _stray_files(layout):
+        try:
+            age = now - p.stat().st_mtime
+        except FileNotFoundError:
+            continue  # removed meanwhile (its write finished, or another collector)
+        if age >= min_age_s and _unlink(p):
+            removed.append(p)
+            log.info("gc removed %s (idle %.0f s)", p, age)
     return removed
+
+
+def _stray_files(layout: Layout) -> list[Path]:
+    """Files in the staging parents that no staging folder there accounts for."""
+    return [
+        p
+        for parent in (layout.staging_versions_dir, layout.staging_snapshots_dir)
+        if parent.is_dir()
+        for p in sorted(parent.iterdir())
+        if p.is_file()
+        and (
+            is_temp_name(p.name)
+            or (
+                p.name.endswith(OWNER_SUFFIX)
+                and not p.with_name(p.name[: -len(OWNER_SUFFIX)]).exists()
+            )
+        )
+    ]
 
 
 def collect_dead(
@@ -143,7 +171,8 @@ def collect_dead(
 
     - staging folders (versions and snapshots) whose owner marker names a process of
       this host that no longer exists (`storage.owners`), with their markers; `own` is
-      never touched;
+      never touched; and a marker's temporary file whose write was cut short (the first
+      step of staging) once it names such a process;
     - with `publish_locked` (the caller holds `Layout.publish_lock`, which every publisher
       holds from staging to commit): folders in `versions/` that are not registered, i.e.
       a publisher died between its rename and its commit.
@@ -154,6 +183,12 @@ def collect_dead(
         if not parent.is_dir():
             continue
         for p in sorted(parent.iterdir()):
+            if is_temp_name(p.name):
+                writer = read_owner_file(p) if p.is_file() else None
+                if writer is not None and writer.is_dead() and _unlink(p):
+                    removed.append(p)
+                    log.info("removed %s left by dead pid %d (%s)", p, writer.pid, writer.kind)
+                continue
             folder = p.with_name(p.name.removesuffix(OWNER_SUFFIX))
             if folder in keep or (p.name.endswith(OWNER_SUFFIX) and folder.exists()):
                 continue  # a marker is handled with its folder
@@ -178,6 +213,16 @@ def collect_dead(
             if parent.is_dir():
                 fsync_dir(parent)
     return removed
+
+
+def _unlink(path: Path) -> bool:
+    """Delete a file; False (logged) when it stayed, e.g. on a read-only store."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("could not remove %s: %s", path, e)
+        return False
+    return True
 
 
 def _remove(path: Path) -> bool:

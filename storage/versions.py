@@ -26,7 +26,7 @@ from storage.errors import (
     PublishConflictError,
     VersionNotFoundError,
 )
-from storage.fs import fsync_dir, fsync_file
+from storage.fs import fsync_dir, fsync_file, sha256_file
 from storage.integrity import VersionCheck, check_version
 from storage.layout import Layout, VersionFiles, validate_id
 from storage.manifest import (
@@ -227,6 +227,8 @@ class VersionStore:
             files=file_entries(staging, names, carried or {}),
         )
         manifest.write(staging / VersionFiles.MANIFEST)
+        # The manifest's own checksum goes into the registry row at commit.
+        manifest_sha256 = sha256_file(staging / VersionFiles.MANIFEST)
         step("manifest_written")
 
         # Files may come from other processes that did not fsync; make them durable before
@@ -252,6 +254,7 @@ class VersionStore:
                 created_at=manifest.created_at,
                 data_snapshot=lineage.data_snapshot,
                 kind=kind,
+                manifest_sha256=manifest_sha256,
             )
         except PublishConflictError:
             # The transaction rolled back, so this folder was never CURRENT: safe to drop.
@@ -305,26 +308,42 @@ class VersionStore:
         manifest = self.verify(version_id) if verify else read_manifest(version_id, path)
         return PublishedVersion(version_id, path, manifest)
 
-    def verify(self, version_id: str) -> Manifest:
-        """Check `versions/<id>/` against its manifest; return the manifest.
+    def verify(self, version_id: str, files: Collection[str] | None = None) -> Manifest:
+        """Check `versions/<id>/` against its manifest (or only `files` of it); return the
+        manifest. The manifest itself is checked against the SHA-256 the registry recorded
+        when the version was published.
 
-        Raises `CorruptVersionError` naming the missing folder, an unreadable manifest, or
-        the first file that is missing or has the wrong size or checksum.
+        Raises `CorruptVersionError` naming the missing folder, a damaged or unreadable
+        manifest, or the first file that is missing or has the wrong size or checksum.
         """
         path = self.layout.version_dir(version_id)
         if not path.is_dir():
             raise CorruptVersionError(version_id, None, f"folder {path} is missing")
+        row = self.registry.get(version_id)
+        expected = row.manifest_sha256 if row is not None else None
+        if expected is not None:
+            try:
+                digest = sha256_file(path / VersionFiles.MANIFEST)
+            except FileNotFoundError:
+                raise CorruptVersionError(version_id, VersionFiles.MANIFEST, "missing") from None
+            if digest != expected:
+                raise CorruptVersionError(
+                    version_id,
+                    VersionFiles.MANIFEST,
+                    f"has sha256 {digest}, the registry recorded {expected} at publish",
+                )
         manifest = read_manifest(version_id, path)
-        verify_files(version_id, path, manifest)
+        verify_files(version_id, path, manifest, files)
         return manifest
 
     def check(self, version_id: str) -> VersionCheck:
         """Every file of a registered version against its manifest, file by file (unlike
         `verify`, which stops at the first bad one)."""
         validate_id("version id", version_id)
-        if self.registry.get(version_id) is None:
+        row = self.registry.get(version_id)
+        if row is None:
             raise VersionNotFoundError(self._not_registered(version_id))
-        return check_version(version_id, self.layout.version_dir(version_id))
+        return check_version(version_id, self.layout.version_dir(version_id), row.manifest_sha256)
 
     def kind_of(self, row: VersionRow) -> VersionKind:
         """The kind of a registered version; rows from before kinds were recorded are
