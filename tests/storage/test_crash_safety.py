@@ -4,14 +4,17 @@ checksum-valid version, and publishing must keep working."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from storage import PUBLISH_STEPS, Layout, VersionStore
+from storage.fs import is_temp_name
 from tests.storage.publisher import publish_staged, stage_version
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,3 +55,65 @@ def test_sigkill_at_any_step_leaves_a_valid_current(tmp_path: Path, kill_at: str
     registered = {i.version_id for i in store.list_versions()}
     assert {p.name for p in layout.versions_dir.iterdir()} == registered
     assert not list(layout.staging_versions_dir.iterdir())
+
+
+# Dies where `write_owner` (the first step of staging) replaces its temporary file with
+# the marker: the temporary file, complete, is all that is left.
+_DIE_WRITING_MARKER = """
+import os, signal, sys
+from storage import Layout, VersionStore
+from storage.snapshots import begin_snapshot
+replace = os.replace
+def die_before_the_marker_lands(src, dst):
+    if str(dst).endswith(".owner"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst)
+os.replace = die_before_the_marker_lands
+layout = Layout(sys.argv[1])
+if sys.argv[2] == "version":
+    VersionStore(layout).begin("v2", kind="items")
+else:
+    begin_snapshot(layout, "snap-2")
+"""
+
+
+@pytest.mark.parametrize("staged", ["version", "snapshot"])
+def test_sigkill_while_the_owner_marker_is_written_leaves_nothing_after_the_next_run(
+    tmp_path: Path, staged: str
+) -> None:
+    layout = Layout(tmp_path / "store")
+    child = subprocess.run(
+        [sys.executable, "-c", _DIE_WRITING_MARKER, str(layout.root), staged],
+        cwd=REPO,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL
+    parent = layout.staging_versions_dir if staged == "version" else layout.staging_snapshots_dir
+    (left,) = parent.iterdir()
+    assert is_temp_name(left.name) and ".owner" in left.name
+
+    removed = VersionStore(layout).collect_dead(publish_locked=True)  # the next locked run
+
+    assert removed == [left] and not list(parent.iterdir())
+
+
+def test_gc_removes_stray_staging_files_once_idle(tmp_path: Path) -> None:
+    """Files no owner can be read for (a marker write cut before its bytes, a folder-less
+    marker of another host) go with age, like abandoned folders."""
+    layout = Layout(tmp_path / "store")
+    store = VersionStore(layout)
+    layout.staging_versions_dir.mkdir(parents=True)
+    empty_tmp = layout.staging_versions_dir / ".v3.owner.tmp-999999-0badf00d"
+    empty_tmp.write_bytes(b"")
+    foreign = layout.staging_versions_dir / "v4.owner"
+    foreign.write_text('{"host": "elsewhere", "pid": 1, "start_ticks": 1, "kind": "items"}')
+    an_hour_ago = time.time() - 3600
+    for stray in (empty_tmp, foreign):
+        os.utime(stray, (an_hour_ago, an_hour_ago))
+    live = store.begin("v5")
+
+    assert store.collect_dead(publish_locked=True) == []  # owner unknown: not "dead"
+    assert store.gc(min_age_s=7200) == []
+    assert sorted(store.gc(min_age_s=600)) == sorted([empty_tmp, foreign])
+    assert sorted(p.name for p in layout.staging_versions_dir.iterdir()) == ["v5", "v5.owner"]
+    assert live.is_dir()

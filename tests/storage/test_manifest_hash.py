@@ -33,7 +33,7 @@ def test_a_manifest_that_still_parses_but_changed_fails_verify(store: VersionSto
     manifest = store.layout.version_dir(second) / VersionFiles.MANIFEST
     _flip_valid_json(manifest)
 
-    with pytest.raises(CorruptVersionError, match="manifest.json.*registry recorded"):
+    with pytest.raises(CorruptVersionError, match=r"manifest\.json.*registry recorded"):
         store.verify(second)
     with pytest.raises(CorruptVersionError):
         store.open_current()
