@@ -198,7 +198,7 @@ def test_direct_faiss_build_matches_build_index_on_ivf() -> None:
 
 def test_cli_rejects_an_unknown_scale() -> None:
     result = CliRunner().invoke(app, ["--scale", "galactic", "--no-e2e"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad option: the usage exit code (cli.errors)
     assert "unknown scale" in result.output
 
 
