@@ -12,9 +12,12 @@ from typing import Annotated
 
 import typer
 
-from cli.options import fail, setup_logging
+from cli.options import apply_openmp_defaults, fail, setup_logging
 
 __all__ = ["app", "bench"]
+
+# Before the suite loads torch or Faiss, as the `towerflow` command does (cli.app).
+apply_openmp_defaults()
 
 
 def bench(

@@ -16,13 +16,18 @@ from cli.errors import TowerflowGroup
 from cli.evaluate import evaluate_command
 from cli.importing import import_command
 from cli.items import add_items_command, retire_items_command, serve_command
-from cli.options import global_options
+from cli.options import apply_openmp_defaults, global_options
 from cli.recommend import recommend_command
 from cli.report import report_command
 from cli.run import run_command
 from cli.versions import rollback_command, verify_command, versions_command
 
 __all__ = ["app"]
+
+# Before any command imports torch or Faiss (their OpenMP runtimes read the environment
+# once, at load): idle OpenMP threads sleep instead of spinning on shared cores. Prefect
+# runs `towerflow run`'s tasks in this process; `towerflow serve`'s runs inherit it.
+apply_openmp_defaults()
 
 app = typer.Typer(
     name="towerflow",

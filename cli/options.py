@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 
 from cli.errors import CommandError
+from core.cpus import apply_openmp_defaults
 
 if TYPE_CHECKING:
     from storage import VersionStore
@@ -23,6 +24,7 @@ __all__ = [
     "PREFECT_DEFAULTS",
     "JsonOpt",
     "RootOpt",
+    "apply_openmp_defaults",
     "apply_prefect_defaults",
     "fail",
     "global_options",
@@ -50,6 +52,9 @@ PREFECT_DEFAULTS: Final = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "model,storage,core,tasks,cli,towerflow",
 }
 
+# OpenMP wait policy for torch's and Faiss's runtimes (core.cpus.OPENMP_DEFAULTS): set by
+# cli.app and bench.__main__ when they are imported, before any command loads torch or Faiss.
+# Re-exported here so every entry point takes it from the same place.
 
 DebugOpt = Annotated[
     bool,

@@ -179,7 +179,10 @@ class RuntimeConfig(BaseModel):
         f"else {DEFAULT_KEEP_ITEM_VERSIONS}.",
     )
     threads: int | None = Field(
-        None, ge=1, description="Threads for torch and Faiss; None = all cores."
+        None,
+        ge=1,
+        description="Threads for torch and Faiss; None = $TOWERFLOW_THREADS, else the CPUs "
+        "the process may use (affinity mask and cgroup CPU quota, see core.cpus).",
     )
 
 
