@@ -193,9 +193,9 @@ class VersionStore:
     ) -> Manifest:
         """Publish the staged version and make it CURRENT if CURRENT is `expected_current`.
 
-        Callers that share a store hold `Layout.publish_lock` from staging to this call's
-        return (`core.catalogue_sync` does): `collect_dead` relies on it to tell a dead
-        publisher's unregistered folder from one about to be committed.
+        Callers that share a store hold `Layout.publish_lock` around this call
+        (`core.catalogue_sync` does): `collect_dead` relies on it to tell a dead
+        publisher's renamed, unregistered folder from one about to be committed.
 
         Runs the steps of `PUBLISH_STEPS`, calling `hook(step)` after each (tests use it to
         kill the process there). Raises `PublishConflictError` if CURRENT moved meanwhile;
