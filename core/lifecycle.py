@@ -97,7 +97,7 @@ def begin_version(root: str, *, logger: StepLogger = log) -> StageRef:
     """Open a staging folder for a new version; remember CURRENT as the expected parent."""
     store = VersionStore(Layout(Path(root)))
     # Leftovers of crashed runs: at once when their owner process is gone (publishers
-    # hold the publish lock from staging to commit, so under it an unregistered version
+    # hold the publish lock from their rename to their commit, so under it an unregistered version
     # folder is dead too); folders with no owner marker once idle this long.
     with file_lock(store.layout.publish_lock, _PUBLISH_LOCK_TIMEOUT_S):
         for path in store.collect_dead(publish_locked=True):

@@ -174,7 +174,7 @@ def collect_dead(
       never touched; and a marker's temporary file whose write was cut short (the first
       step of staging) once it names such a process;
     - with `publish_locked` (the caller holds `Layout.publish_lock`, which every publisher
-      holds from staging to commit): folders in `versions/` that are not registered, i.e.
+      holds from its rename to its commit): folders in `versions/` that are not registered, i.e.
       a publisher died between its rename and its commit.
     """
     removed: list[Path] = []
