@@ -5,14 +5,14 @@ checksums a derived version carries over from its parent instead of re-hashing."
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from storage.errors import CorruptVersionError
 from storage.fs import sha256_file
-from storage.manifest import FileEntry, read_manifest
+from storage.manifest import FileEntry, Manifest, read_manifest, verify_files
 
 __all__ = [
     "FileIdentity",
@@ -22,6 +22,7 @@ __all__ = [
     "carried_entries",
     "check_version",
     "file_identities",
+    "verify_version",
 ]
 
 FileStatus = Literal["ok", "missing", "wrong size", "wrong checksum", "unreadable"]
@@ -81,6 +82,36 @@ def check_version(version_id: str, path: Path, manifest_sha256: str | None = Non
         )
     files = tuple(_check_file(path, n, e) for n, e in sorted(manifest.files.items()))
     return VersionCheck(version_id, head + files)
+
+
+def verify_version(
+    version_id: str,
+    path: Path,
+    manifest_sha256: str | None,
+    files: Collection[str] | None = None,
+) -> Manifest:
+    """Check folder `path` of `version_id` against its manifest (or only `files` of it),
+    and the manifest against `manifest_sha256` (None: not recorded); return the manifest.
+
+    Raises `CorruptVersionError` naming the missing folder, a damaged or unreadable
+    manifest, or the first file that is missing or has the wrong size or checksum.
+    """
+    if not path.is_dir():
+        raise CorruptVersionError(version_id, None, f"folder {path} is missing")
+    if manifest_sha256 is not None:
+        try:
+            digest = sha256_file(path / MANIFEST_ROW)
+        except FileNotFoundError:
+            raise CorruptVersionError(version_id, MANIFEST_ROW, "missing") from None
+        if digest != manifest_sha256:
+            raise CorruptVersionError(
+                version_id,
+                MANIFEST_ROW,
+                f"has sha256 {digest}, the registry recorded {manifest_sha256} at publish",
+            )
+    manifest = read_manifest(version_id, path)
+    verify_files(version_id, path, manifest, files)
+    return manifest
 
 
 def _check_manifest(p: Path, expected: str) -> FileState:

@@ -27,7 +27,7 @@ from storage.errors import (
     VersionNotFoundError,
 )
 from storage.fs import fsync_dir, fsync_file, sha256_file
-from storage.integrity import VersionCheck, check_version
+from storage.integrity import VersionCheck, check_version, verify_version
 from storage.layout import Layout, VersionFiles, validate_id
 from storage.manifest import (
     FileEntry,
@@ -320,25 +320,13 @@ class VersionStore:
         Raises `CorruptVersionError` naming the missing folder, a damaged or unreadable
         manifest, or the first file that is missing or has the wrong size or checksum.
         """
-        path = self.layout.version_dir(version_id)
-        if not path.is_dir():
-            raise CorruptVersionError(version_id, None, f"folder {path} is missing")
         row = self.registry.get(version_id)
-        expected = row.manifest_sha256 if row is not None else None
-        if expected is not None:
-            try:
-                digest = sha256_file(path / VersionFiles.MANIFEST)
-            except FileNotFoundError:
-                raise CorruptVersionError(version_id, VersionFiles.MANIFEST, "missing") from None
-            if digest != expected:
-                raise CorruptVersionError(
-                    version_id,
-                    VersionFiles.MANIFEST,
-                    f"has sha256 {digest}, the registry recorded {expected} at publish",
-                )
-        manifest = read_manifest(version_id, path)
-        verify_files(version_id, path, manifest, files)
-        return manifest
+        return verify_version(
+            version_id,
+            self.layout.version_dir(version_id),
+            row.manifest_sha256 if row is not None else None,
+            files,
+        )
 
     def check(self, version_id: str) -> VersionCheck:
         """Every file of a registered version against its manifest, file by file (unlike
