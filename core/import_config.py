@@ -4,7 +4,7 @@ treated. Created at the edge (CLI, flow parameters) and passed down unchanged.""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -47,6 +47,17 @@ class TableRead(BaseModel):
         "None: no quoting. Never used with a multi-character separator. A record must be "
         "one line: a quote left open over line ends drops every line it spans.",
     )
+
+    def reader_options(self) -> dict[str, Any]:
+        """These options as the keywords of `storage.rawstream.open_raw` / `read_raw_table`."""
+        return {
+            "fmt": self.format,
+            "sep": self.sep,
+            "header": self.header,
+            "names": self.names,
+            "encoding": self.encoding,
+            "quote": self.quote,
+        }
 
 
 class InteractionSource(BaseModel):

@@ -70,16 +70,7 @@ class _Attrs:
 
 
 def _read(path: str, read: TableRead, block_bytes: int) -> RawTable:
-    return read_raw_table(
-        Path(path),
-        fmt=read.format,
-        sep=read.sep,
-        header=read.header,
-        names=read.names,
-        encoding=read.encoding,
-        quote=read.quote,
-        block_bytes=block_bytes,
-    )
+    return read_raw_table(Path(path), **read.reader_options(), block_bytes=block_bytes)
 
 
 def assign_ids(

@@ -272,17 +272,7 @@ def read_log(
     Raises `RawReadError` when the file cannot be read as a table or lacks a column.
     """
     path = Path(src.path)
-    read = src.read
-    source = open_raw(
-        path,
-        fmt=read.format,
-        sep=read.sep,
-        header=read.header,
-        names=read.names,
-        encoding=read.encoding,
-        quote=read.quote,
-        block_bytes=block_bytes,
-    )
+    source = open_raw(path, **src.read.reader_options(), block_bytes=block_bytes)
     source.require([src.user_col, src.item_col, src.time_col, src.rating_col, src.label_col])
     tally = ReasonTally(max_examples)
     chunks = _Chunks(src, path, tally)
