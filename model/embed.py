@@ -9,6 +9,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from model.threadgov import adaptive_loop
 from model.towers import TwoTower
 
 __all__ = ["embed_items", "embed_users"]
@@ -34,12 +35,14 @@ def _batched(
     model.eval()
     with torch.inference_mode():
         out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
+        tick = adaptive_loop(device.type == "cpu")  # model.threadgov
         for lo in range(0, n, batch_size):
             hi = lo + batch_size
             batch = [t[lo:hi] for t in inputs]
             if device.type != "cpu":
                 batch = [t.to(device) for t in batch]  # one batch on the device at a time
             out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
+            tick(len(batch[0]))
     return out.numpy()
 
 

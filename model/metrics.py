@@ -24,6 +24,7 @@ from model.ranking import (
     reciprocal_rank,
 )
 from model.sets import CsrSets
+from model.threadgov import adaptive_loop
 
 __all__ = [
     "DEFAULT_KS",
@@ -270,6 +271,7 @@ def full_ranking_topk(
         raise ValueError(f"exclude holds item rows >= n_items={n_items}")
     depth = min(k, n_items)
     out = np.full((len(rows), k), -1, dtype=np.int64)
+    tick = adaptive_loop()  # CPU thread count per block (model.threadgov)
     with torch.no_grad():
         for start in range(0, len(rows), block_users):
             block_rows = rows[start : start + block_users]
@@ -279,6 +281,7 @@ def full_ranking_topk(
             vals, idx = _topk_lowest_index_ties(scores, depth)
             idx[torch.isneginf(vals)] = -1
             out[start : start + len(block_rows), :depth] = idx.numpy()
+            tick(len(block_rows))
     return out
 
 

@@ -25,6 +25,7 @@ from model.losses import (
     log_sampling_probability,
     mixed_softmax_loss,
 )
+from model.threadgov import adaptive_loop
 from model.towers import TwoTower
 
 __all__ = ["EpochStats", "TrainResult", "Validator", "init_model", "resolve_device", "train"]
@@ -252,6 +253,8 @@ def train(
         start = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
         total, steps = 0.0, 0
+        # Adapts the CPU thread count to the cores this run really gets (model.threadgov).
+        tick = adaptive_loop(device.type == "cpu")
         for lo in range(0, n, cfg.batch_size):
             idx = perm[lo : lo + cfg.batch_size]
             if len(idx) < 2:
@@ -264,6 +267,7 @@ def train(
                 opt.step()
             total += float(loss.detach())
             steps += 1
+            tick(len(idx))
             if on_step is not None and steps % every == 0:
                 on_step(epoch, steps, steps_per_epoch)
         if on_step is not None:
