@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Final
 
 __all__ = [
+    "ADAPTIVE_ENV",
     "CGROUP_ROOT",
     "OPENMP_DEFAULTS",
     "THREADS_ENV",
     "CpuBudget",
+    "adaptive_enabled",
     "apply_openmp_defaults",
     "cpu_budget",
     "thread_budget",
@@ -26,19 +28,22 @@ __all__ = [
 
 CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 THREADS_ENV: Final = "TOWERFLOW_THREADS"
+ADAPTIVE_ENV: Final = "TOWERFLOW_ADAPTIVE_THREADS"
 
 # torch (libgomp.so.1) and the faiss-cpu wheel (its own bundled libgomp) both use GNU
 # OpenMP here; no Intel runtime is loaded (checked in /proc/self/maps). With libgomp's
-# default, a thread that finds no work spins ~300k iterations before sleeping: on cores
-# shared with another busy process that spinning steals the cores: training kept ~20% of
-# its quiet throughput with one equal co-tenant, ~63% with PASSIVE, which costs 30-40% on
-# quiet cores (docs/performance.md "Shared CPUs", issue #20). PASSIVE makes idle threads
-# sleep at once (libgomp: spin count 0); KMP_BLOCKTIME is the same knob for Intel's
-# runtime, harmless without it. The user's environment wins. Applied only where the
-# process is confined to part of the machine (a container's CPU quota, an affinity
-# mask): there the cores are shared by design. On a whole machine the spin default stays,
-# since no setting measured kept both the quiet speed (<= 5% loss) and the shared one;
-# an operator who shares whole machines sets OMP_WAIT_POLICY=PASSIVE.
+# default, a thread that finds no work spins ~300k iterations before sleeping: fast on
+# quiet cores, a collapse on shared ones (training kept ~20% of its quiet throughput next
+# to one equal co-tenant). The wait policy is read once, at load, so it cannot follow the
+# load; the thread count can, and model.threadgov adapts it (core.threads). PASSIVE makes
+# idle threads sleep at once (libgomp: spin count 0): it keeps ~70% of the quiet speed
+# next to a co-tenant, but costs 25-35% on quiet cores (a futex wake-up at each of a
+# training step's many small parallel regions). So it is the default only where the
+# process is confined to part of the machine (a container's CPU quota, an affinity mask):
+# there the cores are shared by design, and spinning burns the quota. On a whole machine
+# the spin default stays, with the adaptive count. KMP_BLOCKTIME is the same knob for
+# Intel's runtime, harmless without it. The user's environment wins. Figures and commands:
+# docs/performance.md, "Shared CPUs".
 OPENMP_DEFAULTS: Final = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "KMP_BLOCKTIME": "0",
@@ -47,10 +52,12 @@ OPENMP_DEFAULTS: Final = {
 
 @dataclass(frozen=True)
 class CpuBudget:
-    """A thread count and why (for the log line)."""
+    """A thread count and why (for the log line); ``explicit`` when a person chose it
+    (config, option, ``$TOWERFLOW_THREADS``): such a count is kept, never adapted."""
 
     count: int
     reason: str
+    explicit: bool = False
 
 
 def apply_openmp_defaults(
@@ -167,10 +174,22 @@ def thread_budget(
     if threads is not None:
         if threads < 1:
             raise ValueError(f"thread count must be >= 1, got {threads}")
-        return CpuBudget(threads, "explicit setting")
+        return CpuBudget(threads, "explicit setting", explicit=True)
     raw = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {raw!r}")
-        return CpuBudget(int(raw), f"{THREADS_ENV}={raw}")
+        return CpuBudget(int(raw), f"{THREADS_ENV}={raw}", explicit=True)
     return cpu_budget(cgroup_root)
+
+
+def adaptive_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a default thread count may adapt to the load (``model.threadgov``):
+    ``$TOWERFLOW_ADAPTIVE_THREADS`` 0 / false / no / off turns it off (bitwise-reproducible
+    runs on a busy machine); anything else, or unset, leaves it on."""
+    raw = (os.environ if environ is None else environ).get(ADAPTIVE_ENV, "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ADAPTIVE_ENV} must be 1 or 0 (true/false, on/off), got {raw!r}")

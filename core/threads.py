@@ -1,8 +1,11 @@
-"""Thread settings applied at the start of every compute-heavy task.
+"""Thread settings applied at the start of every compute-heavy run.
 
 torch and Faiss each load their own OpenMP runtime, so both are set explicitly; otherwise
 each may start one thread per core on top of the other and oversubscribe the machine.
-The default count is the CPUs the process may really use (``core.cpus.cpu_budget``).
+The default count is the CPUs the process may really use (``core.cpus.cpu_budget``), and
+it adapts to the load: ``model.threadgov`` lowers it while another process shares the
+cores (spinning OpenMP threads collapse throughput there) and raises it back when they
+are quiet. An explicit count (config, option, ``$TOWERFLOW_THREADS``) is kept as given.
 """
 
 from __future__ import annotations
@@ -11,22 +14,39 @@ import logging
 
 import torch
 
-from core.cpus import CpuBudget, thread_budget
+from core.cpus import CpuBudget, adaptive_enabled, thread_budget
 from model.index import configure_threads
+from model.threadgov import ThreadGovernor, install
 
-__all__ = ["apply_thread_budget", "apply_threads"]
+__all__ = ["apply_thread_budget", "apply_threads", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
 
+def set_threads(n: int) -> None:
+    """torch's intra-op threads and Faiss's OpenMP threads to ``n``."""
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    configure_threads(n)
+
+
 def apply_thread_budget(threads: int | None) -> CpuBudget:
     """Set torch and Faiss to ``threads``, else ``$TOWERFLOW_THREADS``, else the CPUs this
-    process may use (affinity mask, cgroup quota); returns the count applied and why."""
+    process may use (affinity mask, cgroup quota); returns the count applied and why.
+
+    A default count above 1 gets a ``ThreadGovernor`` (unless ``$TOWERFLOW_ADAPTIVE_THREADS``
+    is 0), so training, embedding and evaluation loops may run with fewer threads while
+    the cores are contended; an explicit count never changes."""
     budget = thread_budget(threads or None)
-    if torch.get_num_threads() != budget.count:
-        torch.set_num_threads(budget.count)
-    configure_threads(budget.count)
-    logger.info("threads: %d (%s)", budget.count, budget.reason)
+    set_threads(budget.count)
+    adaptive = not budget.explicit and budget.count > 1 and adaptive_enabled()
+    install(ThreadGovernor(budget.count, set_threads) if adaptive else None)
+    logger.info(
+        "threads: %d (%s)%s",
+        budget.count,
+        budget.reason,
+        "; adapts to the load, at most this many" if adaptive else "",
+    )
     return budget
 
 

@@ -23,6 +23,9 @@ os.environ.pop("PREFECT_API_URL", None)
 # subprocesses and servers share 2 cores: one logQ test took 31 s spinning and 4 s passive.
 # Set before torch or Faiss loads; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A load-following thread count (model.threadgov) would make a run's floats depend on the
+# other tests sharing the cores; tests that exercise it install a governor themselves.
+os.environ.setdefault("TOWERFLOW_ADAPTIVE_THREADS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,46 @@ print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"), "torch": "torch" 
         assert whole == {"policy": None, "torch": False}
     assert _child(code, "confine") == {"policy": "PASSIVE", "torch": False}
     assert _child(code, "confine", OMP_WAIT_POLICY="ACTIVE")["policy"] == "ACTIVE"
+
+
+def test_adaptive_setting_parses_and_refuses_nonsense() -> None:
+    from core.cpus import ADAPTIVE_ENV, adaptive_enabled
+
+    assert adaptive_enabled({}) is True
+    for on in ("1", "true", "YES", " on "):
+        assert adaptive_enabled({ADAPTIVE_ENV: on}) is True
+    for off in ("0", "false", "No", "off"):
+        assert adaptive_enabled({ADAPTIVE_ENV: off}) is False
+    with pytest.raises(ValueError, match=ADAPTIVE_ENV):
+        adaptive_enabled({ADAPTIVE_ENV: "sometimes"})
+
+
+def test_only_a_default_count_above_one_is_adapted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A governor is installed for the computed default (when on and > 1 CPU), never for
+    an explicit count or $TOWERFLOW_THREADS, and the count applied is the ceiling."""
+    import torch
+
+    from core.cpus import ADAPTIVE_ENV
+    from core.threads import apply_thread_budget
+    from model.threadgov import active, install
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        monkeypatch.setenv(ADAPTIVE_ENV, "1")
+        budget = apply_thread_budget(None)
+        gov = active()
+        if budget.count > 1:
+            assert gov is not None and gov.max_threads == budget.count == gov.current
+            assert torch.get_num_threads() == budget.count
+        else:
+            assert gov is None
+        assert apply_thread_budget(1).explicit and active() is None
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert apply_thread_budget(None).explicit and active() is None
+        monkeypatch.delenv(THREADS_ENV)
+        monkeypatch.setenv(ADAPTIVE_ENV, "0")
+        assert not apply_thread_budget(None).explicit and active() is None
+    finally:
+        install(None)
+        torch.set_num_threads(before)
