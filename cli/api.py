@@ -5,6 +5,7 @@ Register with ``app.command("api")(api_command)``.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +32,14 @@ def api_command(
     threads: Annotated[
         int | None, typer.Option(help="torch / Faiss threads [default: 1].", show_default=False)
     ] = None,
+    recall_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Searches running at once; others queue [default: the CPUs this process may use].",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -40,6 +49,7 @@ def api_command(
     from pydantic import ValidationError
 
     from core.config import validation_summary
+    from core.cpus import cpu_budget
     from core.threads import apply_threads
     from service import ApiSettings, RecallService, create_app
 
@@ -49,6 +59,7 @@ def api_command(
         "port": port,
         "poll_interval_s": poll_interval,
         "threads": threads,
+        "recall_concurrency": recall_concurrency,
     }
     try:
         settings = ApiSettings(**{k: v for k, v in options.items() if v is not None})
@@ -57,6 +68,13 @@ def api_command(
     # Requests run in parallel on uvicorn's thread pool; one thread per op avoids
     # oversubscribing the cores (torch and Faiss each bring an OpenMP runtime).
     apply_threads(settings.threads)
+    budget = cpu_budget()
+    logging.getLogger(__name__).info(
+        "recall: %d searches at once (%s), %d thread(s) each",
+        settings.recall_concurrency or budget.count,
+        "explicit setting" if settings.recall_concurrency else budget.reason,
+        settings.threads,
+    )
     service = RecallService(open_store(root), poll_interval_s=settings.poll_interval_s)
     uvicorn.run(
         create_app(service, settings),

@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
+from core.cpus import cpu_budget
 from core.recall import InvalidRequestError, Recaller, UnknownUserError
 from service.limits import BodySizeLimitMiddleware
 from service.schemas import (
@@ -59,6 +60,15 @@ def _service(request: Request) -> RecallService:
     return service
 
 
+def _limiter(app: FastAPI) -> anyio.CapacityLimiter:
+    """The app's limit on concurrent searches, made on first use (it must be created on
+    the event loop, which runs one handler step at a time, so no lock is needed)."""
+    limiter: anyio.CapacityLimiter | None = app.state.limiter
+    if limiter is None:
+        limiter = app.state.limiter = anyio.CapacityLimiter(app.state.recall_concurrency)
+    return limiter
+
+
 def _serving(request: Request) -> Recaller:
     recaller = _service(request).recaller  # read once: the whole request uses this version
     if recaller is None:
@@ -86,8 +96,13 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     )
     settings: ApiSettings = request.app.state.settings
     # The thread pool lets searches overlap (Faiss and torch release the GIL) and keeps the
-    # loop responsive during a slow search, at ~0.6 ms per hop on 2 cores.
-    result = call() if settings.recall_on_event_loop else await run_in_threadpool(call)
+    # loop responsive during a slow search, at ~0.6 ms per hop on 2 cores. At most
+    # recall_concurrency of them run at once: more would time-slice the same cores.
+    result = (
+        call()
+        if settings.recall_on_event_loop
+        else await anyio.to_thread.run_sync(call, limiter=_limiter(request.app))
+    )
     # Serialised here rather than through a returned model: FastAPI would validate it again
     # (on another thread hop); the shape is RecallResponse, checked by the tests.
     items = [
@@ -213,6 +228,8 @@ def create_app(service: RecallService, settings: ApiSettings | None = None) -> F
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.recall_concurrency = settings.recall_concurrency or cpu_budget().count
+    app.state.limiter = None
     app.include_router(router)
     app.add_exception_handler(InvalidRequestError, _invalid)
     app.add_exception_handler(UnknownUserError, _unknown_user)

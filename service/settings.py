@@ -28,6 +28,14 @@ class ApiSettings(BaseSettings):
         "per request on a small catalogue (no thread hops), but one request at a time per "
         "process and /v1/health waits behind a slow search. Run several workers then.",
     )
+    recall_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Recall searches running at once; the others wait their turn in order. "
+        "None = the CPUs this process may use (affinity mask, cgroup CPU quota: "
+        "core.cpus.cpu_budget). More only time-slices the same cores (every request slower, "
+        "p99 worst); fewer leaves cores idle.",
+    )
     threads: int = Field(
         1,
         ge=1,

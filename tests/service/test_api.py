@@ -214,3 +214,55 @@ def test_no_published_version_means_503_with_a_reason(tmp_path: Path) -> None:
         assert c.get("/v1/version").status_code == 503
         # Bad input is still a 4xx, not a 503.
         assert c.post("/v1/recall", json={"k": "x"}).status_code == 422
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("limit", [1, 3])
+def test_at_most_recall_concurrency_searches_run_at_once(
+    published: Published, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """8 requests at once: never more than ``limit`` searches overlap, and all answer."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    running, peak, lock = 0, 0, threading.Lock()
+    real = Recaller.recall
+
+    def slow(self: Recaller, *args: Any, **kwargs: Any) -> Any:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.1)  # long enough for every request to be waiting
+            return real(self, *args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(Recaller, "recall", slow)
+    service = RecallService(VersionStore(Layout(published.root)))
+    settings = ApiSettings(recall_concurrency=limit)
+    with (
+        serve(create_app(service, settings)) as url,
+        httpx.Client(base_url=url) as c,
+        ThreadPoolExecutor(8) as pool,
+    ):
+        codes = list(
+            pool.map(
+                lambda u: c.post("/v1/recall", json={"user_id": u, "k": 3}).status_code,
+                range(1, 9),
+            )
+        )
+    assert codes == [200] * 8
+    assert peak == limit
+
+
+def test_recall_concurrency_defaults_to_the_cpu_budget(tmp_path: Path) -> None:
+    from core.cpus import cpu_budget
+
+    service = RecallService(VersionStore(Layout(tmp_path / "empty")))
+    assert create_app(service).state.recall_concurrency == cpu_budget().count
+    with pytest.raises(ValueError, match="recall_concurrency"):
+        ApiSettings(recall_concurrency=0)
