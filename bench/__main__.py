@@ -52,7 +52,15 @@ def bench(
             min=1, help="Index builds per side [default: repeats; 1 at large].", show_default=False
         ),
     ] = None,
-    train_steps: Annotated[int, typer.Option(min=1, help="Steps per training run.")] = 200,
+    train_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Steps per training run [default: 200; 1000 with --shared-cores, long "
+            "enough for the adaptive thread count to settle].",
+            show_default=False,
+        ),
+    ] = None,
     ann_epochs: Annotated[
         int | None,
         typer.Option(
@@ -69,9 +77,30 @@ def bench(
     e2e: Annotated[
         bool, typer.Option("--e2e/--no-e2e", help="Also time `towerflow run` (long at large).")
     ] = True,
+    shared_cores: Annotated[
+        bool,
+        typer.Option(
+            "--shared-cores",
+            help="Instead of the suite: training, embedding, evaluation and recall latency "
+            "on quiet cores and next to a busy co-tenant, with towerflow's thread defaults "
+            "(JSON and table: bench/results/shared-<scale>.*).",
+        ),
+    ] = False,
+    cotenant: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Busy processes of the co-tenant [default: this process's CPU budget].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Benchmark each step next to the bare library; print and save the markdown table."""
     from pydantic import ValidationError
+
+    if shared_cores:
+        _shared(scale, json_path, threads, repeats, train_steps or 1000, seed, cotenant)
+        return
 
     from bench.suite import BenchConfig, run_suite, write_results
 
@@ -84,7 +113,7 @@ def bench(
             repeats=repeats,
             gen_repeats=gen_repeats,
             index_repeats=index_repeats,
-            train_steps=train_steps,
+            train_steps=train_steps or 200,
             ann_epochs=ann_epochs,
             ann_max_examples=ann_max_examples,
             e2e=e2e,
@@ -96,6 +125,35 @@ def bench(
     md_path, text = write_results(results, path)
     typer.echo(text)
     typer.echo(f"wrote {path} and {md_path}")
+
+
+def _shared(
+    scale: str,
+    json_path: Path | None,
+    threads: int | None,
+    repeats: int,
+    train_steps: int,
+    seed: int,
+    cotenant: int | None,
+) -> None:
+    import json
+
+    from bench.shared import render, run_shared
+    from model.synthetic import check_scale
+
+    setup_logging(verbose=True)
+    try:
+        check_scale(scale)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    res = run_shared(scale, seed, repeats, threads, cotenant, train_steps)
+    path = json_path or Path("bench") / "results" / f"shared-{scale}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2, allow_nan=False) + "\n")
+    text = render(res)
+    path.with_suffix(".md").write_text(text)
+    typer.echo(text)
+    typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 app = typer.Typer(

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-__all__ = ["Phase", "main", "run_http", "run_in_process"]
+__all__ = ["Phase", "api_server", "main", "run_http", "run_in_process", "sample_users"]
 
 log = logging.getLogger("bench.loadgen")
 
@@ -192,12 +192,22 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(root: Path, threads: int, startup_s: float) -> Iterator[str]:
-    """``towerflow api`` in a child process on a free loopback port; stopped on exit."""
+def api_server(
+    root: Path,
+    threads: int,
+    startup_s: float,
+    *,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+) -> Iterator[str]:
+    """``towerflow api`` in a child process on a free loopback port; stopped on exit.
+    ``env``: variables added to this process's; ``cpus``: the child's affinity mask (a
+    CPU limit the service sizes itself by, as in a container)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "cli", "api", "--root", str(root), "--port", str(port)]
     cmd += ["--threads", str(threads), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s
@@ -220,7 +230,8 @@ def _server(root: Path, threads: int, startup_s: float) -> Iterator[str]:
             proc.wait(10)
 
 
-def _users(root: Path, n: int, seed: int) -> list[int]:
+def sample_users(root: Path, n: int, seed: int) -> list[int]:
+    """``n`` user IDs of CURRENT's users table, seeded (with repeats when fewer)."""
     from storage import Layout, VersionFiles, VersionStore, read_table
     from storage.schemas import VERSION_USERS
 
@@ -288,14 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = _parse(argv)
-    users = _users(args.root, args.users, args.seed)
+    users = sample_users(args.root, args.users, args.seed)
     bodies = [_body(users[i % len(users)], args) for i in range(args.requests)]
     warm = [_body(users[i % len(users)], args) for i in range(args.warmup)]
     phases: list[Phase] = []
     if not args.no_http:
         with contextlib.ExitStack() as stack:
             url = args.url or stack.enter_context(
-                _server(args.root, args.threads, args.startup_timeout)
+                api_server(args.root, args.threads, args.startup_timeout)
             )
             floor = [None] * len(bodies)
             phases.append(run_http(url, floor[: len(warm)], floor, 1, args.duration, _FLOOR))
