@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 
 from core.cpus import cpu_budget
 from core.recall import InvalidRequestError, Recaller, UnknownUserError
+from core.recall_answer import answer
 from service.limits import BodySizeLimitMiddleware
 from service.schemas import (
     ErrorResponse,
@@ -105,25 +106,8 @@ async def recall(body: RecallRequest, request: Request) -> Response:
     )
     # Serialised here rather than through a returned model: FastAPI would validate it again
     # (on another thread hop); the shape is RecallResponse, checked by the tests.
-    items = [
-        {"item_id": i, "score": sc, "category": c}
-        for i, sc, c in zip(
-            result.item_ids.tolist(),
-            result.scores.tolist(),
-            result.categories.tolist(),
-            strict=True,
-        )
-    ]
-    if recaller.raw_ids is not None:
-        for item, raw in zip(items, recaller.raw_ids.items(result.item_ids), strict=True):
-            item["raw_item_id"] = raw
-    answer = {
-        "version": result.version_id,
-        "user_id": user_id,
-        "known_user": result.known_user,
-        "items": items,
-    }
-    return Response(json.dumps(answer, allow_nan=False), media_type="application/json")
+    payload = answer(recaller, result, user_id)
+    return Response(json.dumps(payload, allow_nan=False), media_type="application/json")
 
 
 @router.get(

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.recall_answer import MAX_K
+
 __all__ = [
     "MAX_K",
     "ErrorResponse",
@@ -23,7 +25,6 @@ __all__ = [
     "VersionResponse",
 ]
 
-MAX_K = 1000
 _INT64 = 2**63
 # Raw IDs are int64 in every table; categories int32.
 UserId = Annotated[int, Field(ge=-_INT64, le=_INT64 - 1)]
