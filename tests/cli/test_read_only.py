@@ -18,7 +18,7 @@ from core.store import open_store
 from service import RecallService
 service = RecallService(open_store(sys.argv[1]))
 assert service.refresh() and service.recaller is not None
-recs = service.recaller.recommend(service.recaller.stored_user_id("1"), 5)
+recs = service.recaller.recall(service.recaller.stored_user_id("1"), k=5).items
 print(json.dumps({"version": service.recaller.version_id, "items": [r.item_id for r in recs]}))
 """
 

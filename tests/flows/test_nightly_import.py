@@ -117,11 +117,10 @@ def test_string_ids_come_back_raw_from_recommend(
         )
     )
     user = rows[0][0]
-    out = CliRunner().invoke(
-        app, ["recommend", "--user-id", f"u-{user}", "--k", "5", "--root", str(root), "--json"]
-    )
+    args = ["recommend", "--user-id", f"u-{user}", "--k", "5", "--include-seen"]
+    out = CliRunner().invoke(app, [*args, "--root", str(root), "--json"])
     assert out.exit_code == 0, out.output
-    items = [r["item_id"] for r in json.loads(out.output)["items"]]
+    items = [r["raw_item_id"] for r in json.loads(out.output)["items"]]
     assert len(items) == 5 and all(i.startswith("sku-") for i in items)
     missing = CliRunner().invoke(app, ["recommend", "--user-id", "nobody", "--root", str(root)])
     assert missing.exit_code != 0 and "nobody" in missing.output

@@ -3,6 +3,7 @@ recall, every bad input is a 4xx with a JSON reason, and no version means 503.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,56 @@ def test_recall_concurrency_defaults_to_the_cpu_budget(tmp_path: Path) -> None:
     assert create_app(service).state.recall_concurrency == cpu_budget().count
     with pytest.raises(ValueError, match="recall_concurrency"):
         ApiSettings(recall_concurrency=0)
+
+
+@pytest.mark.prefect
+def test_recommend_json_and_the_api_answer_the_same_for_100_users(
+    published: Published, client: httpx.Client
+) -> None:
+    """One recall path: the CLI's answer is the API's body, defaults included (seen items
+    excluded), for 100 users, and with filters and a live profile."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    runner = CliRunner()
+    root = ["--root", str(published.root), "--json"]
+    users = list(range(1, 101))
+    for user in users:
+        cli = runner.invoke(app, ["recommend", "--user-id", str(user), "--k", "20", *root])
+        assert cli.exit_code == 0, cli.output
+        api = client.post("/v1/recall", json={"user_id": user, "k": 20})
+        assert api.status_code == 200
+        assert json.loads(cli.stdout) == api.json(), user
+    args = ["--user-id", "7", "--k", "12", "--exclude-category", "1", "--include-seen"]
+    body = {"user_id": 7, "k": 12, "exclude_categories": [1], "exclude_seen": False}
+    cli = runner.invoke(app, ["recommend", *args, *root])
+    assert json.loads(cli.stdout) == client.post("/v1/recall", json=body).json()
+    args = ["--profile", "0.5,-1,0.25,2", "--k", "5", "--include-category", "2"]
+    body = {"profile": [0.5, -1.0, 0.25, 2.0], "k": 5, "include_categories": [2]}
+    cli = runner.invoke(app, ["recommend", *args, *root])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout) == client.post("/v1/recall", json=body).json()
+
+
+@pytest.mark.prefect
+def test_recommend_refuses_a_k_it_cannot_honour(published: Published) -> None:
+    """Never a silent cap: above the API's limit is a usage error before anything loads,
+    above the catalogue an error naming its size."""
+    from typer.testing import CliRunner
+
+    from cli import recommend
+    from cli.app import app
+    from core.recall_answer import MAX_K
+
+    assert recommend._MAX_K == MAX_K
+    runner = CliRunner()
+    root = ["--root", str(published.root)]
+    over = runner.invoke(app, ["recommend", "--user-id", "1", "--k", str(MAX_K + 1), *root])
+    assert over.exit_code == 2 and "1000" in over.output
+    n_items = Recaller.load(VersionStore(Layout(published.root))).n_items
+    if n_items < MAX_K:
+        big = runner.invoke(app, ["recommend", "--user-id", "1", "--k", str(n_items + 1), *root])
+        assert big.exit_code == 2 and f"1..{n_items}" in big.output
+    bad = runner.invoke(app, ["recommend", "--profile", "1,x", *root])
+    assert bad.exit_code == 2 and "--profile" in bad.output
