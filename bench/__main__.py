@@ -160,6 +160,7 @@ app = typer.Typer(
     name="bench",
     help="towerflow's benchmark suite.",
     add_completion=False,
+    rich_markup_mode=None,  # plain help text: "[default: ...]" is not a markup tag
 )
 app.command()(bench)
 

@@ -36,6 +36,9 @@ app = typer.Typer(
     add_completion=False,
     # Every command's failures: one `error:` line and an exit code per kind (cli.errors).
     cls=TowerflowGroup,
+    # Help texts are plain text: with rich markup, "[default: 127.0.0.1]" in a help
+    # string is taken for a tag and dropped from --help.
+    rich_markup_mode=None,
 )
 app.callback()(global_options)
 

@@ -270,3 +270,18 @@ def test_report_of_an_unknown_version_is_a_clear_error(published: Published) -> 
     result = runner.invoke(app, ["report", "v-nope", "--root", str(published.root)])
     assert result.exit_code == 3
     assert "cannot read the report of v-nope" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        ("api", ["[default: 127.0.0.1]", "[default: 8000]", "[default: 0.5]", "[default: 1]"]),
+        ("recommend", ["[default: 10; 1<=x<=1000]", "[default: exclude-seen]"]),
+    ],
+)
+def test_help_shows_the_defaults_written_in_help_texts(command: str, defaults: list[str]) -> None:
+    """A "[default: X]" inside a help string is text, not a markup tag to drop."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for text in defaults:
+        assert text in result.stdout, (command, text)
