@@ -1,20 +1,35 @@
 """The staging side of publishing a version: the publish steps, the files a version
-must hold, checking a staging folder and building its manifest entries."""
+must hold, checking a staging folder, and sealing it (manifest, fsync, read-back) before
+`VersionStore.publish` renames and commits it."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from storage._sqlite import READ_ONLY_ERRNOS
 from storage.errors import StoreReadOnlyError
-from storage.fs import is_temp_name
+from storage.fs import fsync_dir, fsync_file, is_temp_name, sha256_file
 from storage.layout import VersionFiles
-from storage.manifest import FileEntry, checksum_files
+from storage.manifest import (
+    FileEntry,
+    Lineage,
+    Manifest,
+    checksum_files,
+    utc_now_iso,
+    verify_files,
+)
 
-__all__ = ["PUBLISH_STEPS", "REQUIRED_FILES", "file_entries", "staged_files", "writing"]
+__all__ = [
+    "PUBLISH_STEPS",
+    "REQUIRED_FILES",
+    "file_entries",
+    "seal_staging",
+    "staged_files",
+    "writing",
+]
 
 # Step boundaries of `VersionStore.publish`, in order; `hook(step)` runs right after each.
 PUBLISH_STEPS: Final[tuple[str, ...]] = (
@@ -81,3 +96,53 @@ def staged_files(version_id: str, staging: Path, required: Collection[str]) -> l
             f"cannot publish {version_id!r}: {staging} lacks {missing} (has {names})"
         )
     return names
+
+
+def seal_staging(
+    version_id: str,
+    staging: Path,
+    *,
+    required_files: Collection[str],
+    carried: Mapping[str, FileEntry],
+    step: Callable[[str], None],
+    config: Mapping[str, Any],
+    lineage: Lineage,
+    embedding_dim: int,
+    metric: str,
+    item_count: int,
+    metrics: Mapping[str, Any],
+    extra: Mapping[str, Any],
+) -> tuple[Manifest, str]:
+    """The publish steps up to "verified": check the staged files, write the manifest
+    (``carried`` files keep their recorded entries), fsync everything, read every file back
+    against the manifest. Returns the manifest and its own SHA-256 (for the registry row).
+    """
+    names = staged_files(version_id, staging, required_files)
+    step("staged")
+
+    manifest = Manifest(
+        version_id=version_id,
+        created_at=utc_now_iso(),
+        config=dict(config),
+        lineage=lineage,
+        embedding_dim=embedding_dim,
+        metric=metric,
+        item_count=item_count,
+        metrics=dict(metrics),
+        extra=dict(extra),
+        files=file_entries(staging, names, carried),
+    )
+    manifest.write(staging / VersionFiles.MANIFEST)
+    manifest_sha256 = sha256_file(staging / VersionFiles.MANIFEST)
+    step("manifest_written")
+
+    # Files may come from other processes that did not fsync; make them durable before
+    # anything can point at them.
+    for n in names:
+        fsync_file(staging / n)
+    fsync_dir(staging)
+    step("fsynced")
+
+    verify_files(version_id, staging, manifest)
+    step("verified")
+    return manifest, manifest_sha256

@@ -26,7 +26,7 @@ from storage.errors import (
     PublishConflictError,
     VersionNotFoundError,
 )
-from storage.fs import fsync_dir, fsync_file, sha256_file
+from storage.fs import fsync_dir
 from storage.integrity import VersionCheck, check_version, verify_version
 from storage.layout import Layout, VersionFiles, validate_id
 from storage.manifest import (
@@ -34,17 +34,9 @@ from storage.manifest import (
     Lineage,
     Manifest,
     read_manifest,
-    utc_now_iso,
-    verify_files,
 )
 from storage.owners import owner_path, write_owner
-from storage.publishing import (
-    PUBLISH_STEPS,
-    REQUIRED_FILES,
-    file_entries,
-    staged_files,
-    writing,
-)
+from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writing
 from storage.registry import Registry, VersionKind, VersionRow
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
@@ -215,35 +207,20 @@ class VersionStore:
         final = self.layout.version_dir(version_id)
         if final.exists():
             raise FileExistsError(f"{final} already exists; version ids are single-use")
-        names = staged_files(version_id, staging, required_files)
-        step("staged")
-
-        manifest = Manifest(
-            version_id=version_id,
-            created_at=utc_now_iso(),
-            config=dict(config),
+        manifest, manifest_sha256 = seal_staging(
+            version_id,
+            staging,
+            required_files=required_files,
+            carried=carried or {},
+            step=step,
+            config=config,
             lineage=lineage,
             embedding_dim=embedding_dim,
             metric=metric,
             item_count=item_count,
-            metrics=dict(metrics or {}),
-            extra=dict(extra or {}),
-            files=file_entries(staging, names, carried or {}),
+            metrics=metrics or {},
+            extra=extra or {},
         )
-        manifest.write(staging / VersionFiles.MANIFEST)
-        # The manifest's own checksum goes into the registry row at commit.
-        manifest_sha256 = sha256_file(staging / VersionFiles.MANIFEST)
-        step("manifest_written")
-
-        # Files may come from other processes that did not fsync; make them durable before
-        # anything can point at them.
-        for n in names:
-            fsync_file(staging / n)
-        fsync_dir(staging)
-        step("fsynced")
-
-        verify_files(version_id, staging, manifest)
-        step("verified")
 
         self._ensure_dir(self.layout.versions_dir)
         os.rename(staging, final)
