@@ -108,7 +108,7 @@ class _World:
         tune_index(index, queries, exact_topk(vectors, data.item_id, queries, 100), 100, 0.95)
         store = publish_version(workdir, self.prep, self.model, vectors, index, {})
         self.recaller = Recaller.load(store)
-        split = temporal_split(data.inter_ts, steps._VAL_FRAC, steps._TEST_FRAC)
+        split = temporal_split(data.inter_ts, steps.VAL_FRAC, steps.TEST_FRAC)
         self.relevant, self.exclude = data.sets(split.test), data.sets(~split.test)
         rng = np.random.default_rng(seed)
         with_test = np.flatnonzero(np.diff(self.relevant.indptr) > 0)

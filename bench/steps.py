@@ -27,6 +27,8 @@ from model.towers import TwoTower
 from model.train import init_model, train
 
 __all__ = [
+    "TEST_FRAC",
+    "VAL_FRAC",
     "Prepared",
     "embedding",
     "generation",
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 # Cheap comparisons repeat until each side has about this many seconds of samples.
 _MIN_TOTAL_S = 2.0
 # The pipeline's defaults (core.config.DataConfig): the same temporal split.
-_VAL_FRAC, _TEST_FRAC = 0.1, 0.1
+VAL_FRAC, TEST_FRAC = 0.1, 0.1
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def prepare(raw: SyntheticData) -> tuple[Prepared, dict[str, Any]]:
             raw.inter_item,
             raw.inter_ts,
         )
-        split = temporal_split(data.inter_ts, _VAL_FRAC, _TEST_FRAC)
+        split = temporal_split(data.inter_ts, VAL_FRAC, TEST_FRAC)
         vocab = Vocabulary.from_training(data, split.train)
         tables = vocab.feature_tables(data)
         spec = vocab.tower_spec(data, TowerConfig())

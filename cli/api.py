@@ -5,7 +5,6 @@ Register with ``app.command("api")(api_command)``.
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
 import typer
@@ -49,7 +48,6 @@ def api_command(
     from pydantic import ValidationError
 
     from core.config import validation_summary
-    from core.cpus import cpu_budget
     from core.threads import apply_threads
     from service import ApiSettings, RecallService, create_app
 
@@ -68,13 +66,6 @@ def api_command(
     # Requests run in parallel on uvicorn's thread pool; one thread per op avoids
     # oversubscribing the cores (torch and Faiss each bring an OpenMP runtime).
     apply_threads(settings.threads)
-    budget = cpu_budget()
-    logging.getLogger(__name__).info(
-        "recall: %d searches at once (%s), %d thread(s) each",
-        settings.recall_concurrency or budget.count,
-        "explicit setting" if settings.recall_concurrency else budget.reason,
-        settings.threads,
-    )
     service = RecallService(open_store(root), poll_interval_s=settings.poll_interval_s)
     uvicorn.run(
         create_app(service, settings),

@@ -212,7 +212,17 @@ def create_app(service: RecallService, settings: ApiSettings | None = None) -> F
     )
     app.state.service = service
     app.state.settings = settings
-    app.state.recall_concurrency = settings.recall_concurrency or cpu_budget().count
+    if settings.recall_concurrency is None:
+        budget = cpu_budget()
+        app.state.recall_concurrency, why = budget.count, budget.reason
+    else:
+        app.state.recall_concurrency, why = settings.recall_concurrency, "explicit setting"
+    log.info(
+        "recall: %d searches at once (%s), %d torch / Faiss thread(s) each",
+        app.state.recall_concurrency,
+        why,
+        settings.threads,
+    )
     app.state.limiter = None
     app.include_router(router)
     app.add_exception_handler(InvalidRequestError, _invalid)
