@@ -39,6 +39,14 @@ def api_command(
             show_default=False,
         ),
     ] = None,
+    metrics: Annotated[
+        bool | None,
+        typer.Option(
+            "--metrics/--no-metrics",
+            help="Serve GET /metrics (Prometheus) and instrument requests [default: on].",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
@@ -58,6 +66,7 @@ def api_command(
         "poll_interval_s": poll_interval,
         "threads": threads,
         "recall_concurrency": recall_concurrency,
+        "metrics": metrics,
     }
     try:
         settings = ApiSettings(**{k: v for k, v in options.items() if v is not None})

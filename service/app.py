@@ -1,4 +1,5 @@
-"""The FastAPI app: ``POST /v1/recall``, ``GET /v1/health``, ``GET /v1/version``.
+"""The FastAPI app: ``POST /v1/recall``, ``GET /v1/health``, ``GET /v1/version`` and,
+unless turned off, ``GET /metrics`` (``service.metrics``).
 
 Recall runs on the thread pool (torch and Faiss release the GIL), the cheap handlers on
 the event loop; each request reads the served ``Recaller`` once. Every failure a client
@@ -23,6 +24,7 @@ from core.cpus import cpu_budget
 from core.recall import InvalidRequestError, Recaller, UnknownUserError
 from core.recall_answer import answer
 from service.limits import BodySizeLimitMiddleware
+from service.metrics import CONTENT_TYPE, METRICS_PATH, MetricsMiddleware, ServiceMetrics
 from service.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -190,9 +192,26 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+def _add_metrics(app: FastAPI, service: RecallService) -> None:
+    """``GET /metrics`` and the middleware feeding it, outermost so that requests refused
+    before routing (413) are counted too."""
+    metrics = ServiceMetrics(service, lambda: app.state.limiter, app.state.recall_concurrency)
+
+    # async: collected on the event loop, where the search limiter may be read.
+    async def scrape() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    app.add_api_route(METRICS_PATH, scrape, methods=["GET"], include_in_schema=False)
+    # Included routers are not plain routes of the app: their routes are listed from the
+    # router itself, for requests that never reach routing.
+    routes = [r for r in (*router.routes, *app.router.routes) if hasattr(r, "path")]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+
+
 def create_app(service: RecallService, settings: ApiSettings | None = None) -> FastAPI:
-    """The recall app over ``service``. Its lifespan starts and stops the version watcher
-    (without it, e.g. under an in-process test transport, call ``service.refresh()``)."""
+    """The recall app over ``service``, with ``/metrics`` unless ``settings.metrics`` is
+    off. Its lifespan starts and stops the version watcher (without it, e.g. under an
+    in-process test transport, call ``service.refresh()``)."""
     settings = settings or ApiSettings()
 
     @asynccontextmanager
@@ -230,4 +249,6 @@ def create_app(service: RecallService, settings: ApiSettings | None = None) -> F
     app.add_exception_handler(_Unavailable, _unavailable)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.metrics:
+        _add_metrics(app, service)
     return app

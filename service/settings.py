@@ -10,7 +10,8 @@ __all__ = ["ApiSettings"]
 
 
 class ApiSettings(BaseSettings):
-    """Where the service listens, how often it looks for a new version, request limits."""
+    """Where the service listens, how often it looks for a new version, request limits,
+    whether it serves metrics."""
 
     model_config = SettingsConfigDict(env_prefix="TOWERFLOW_API_", extra="ignore")
 
@@ -35,6 +36,11 @@ class ApiSettings(BaseSettings):
         "None = the CPUs this process may use (affinity mask, cgroup CPU quota: "
         "core.cpus.cpu_budget). More only time-slices the same cores (every request slower, "
         "p99 worst); fewer leaves cores idle.",
+    )
+    metrics: bool = Field(
+        True,
+        description="Serve GET /metrics (Prometheus text format) and count, time and track "
+        "every request for it; off, /metrics is 404 and requests pay nothing for it.",
     )
     threads: int = Field(
         1,

@@ -36,7 +36,8 @@ class Rejection:
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """What ``/v1/health`` reports; replaced as a whole, so readers see one snapshot."""
+    """What ``/v1/health`` and ``/metrics`` report; replaced as a whole, so readers see
+    one snapshot."""
 
     current_in_store: str | None = None
     loaded_at: str | None = None
@@ -45,6 +46,7 @@ class ServiceStatus:
     rejected: tuple[Rejection, ...] = ()
     swaps: int = 0
     polls: int = 0
+    poll_errors: int = 0  # polls that could not read CURRENT (``/metrics`` counts them)
 
     @property
     def last_rejection(self) -> Rejection | None:
@@ -89,7 +91,11 @@ class RecallService:
                 current = self.store.current()
             except Exception as e:  # sqlite errors, a vanished root: report, keep serving
                 self._status = replace(
-                    status, last_poll_at=_now(), last_poll_error=str(e), polls=status.polls + 1
+                    status,
+                    last_poll_at=_now(),
+                    last_poll_error=str(e),
+                    polls=status.polls + 1,
+                    poll_errors=status.poll_errors + 1,
                 )
                 log.warning("cannot read CURRENT: %s", e)
                 return False
