@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import typer
 
+from cli.alerts import alerts_app
 from cli.api import api_command
+from cli.deployments import serve_command
 from cli.errors import TowerflowGroup
 from cli.evaluate import evaluate_command
 from cli.importing import import_command
-from cli.items import add_items_command, retire_items_command, serve_command
+from cli.items import add_items_command, retire_items_command
 from cli.options import apply_openmp_defaults, global_options
 from cli.recommend import recommend_command
 from cli.report import report_command
@@ -57,3 +59,6 @@ app.command("report")(report_command)
 app.command("add-items")(add_items_command)
 app.command("retire-items")(retire_items_command)
 app.command("serve")(serve_command)
+# `towerflow alerts apply|remove`: the alert automations, for `prefect deploy` users
+# (`serve` applies the same ones).
+app.add_typer(alerts_app, name="alerts")

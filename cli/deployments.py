@@ -1,9 +1,11 @@
-"""Serve towerflow's deployments from ``prefect.yaml`` with ``prefect.serve``: the same names,
-cron schedules, event triggers and parameters a worker would get from ``prefect deploy``,
-run by one process with no work pool or worker; and a local ``prefect server start`` (API
+"""`towerflow serve`: towerflow's deployments from ``prefect.yaml`` served with
+``prefect.serve`` (the same names, cron schedules, event triggers and parameters a worker
+would get from ``prefect deploy``, run by one process with no work pool or worker) and
+the alert automations applied (``cli.alerts``); and a local ``prefect server start`` (API
 and UI) to serve against, for ``towerflow serve --ui`` and the live tests.
 
-Heavy imports (Prefect, the flows) happen inside the functions.
+Heavy imports (Prefect, the flows) happen inside the functions. Register with
+``app.command("serve")(serve_command)``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
+import typer
 import yaml
 
+from cli.alerts import AlertBlockOpt, StaleHoursOpt, WebhookUrlOpt
 from cli.errors import PrefectServerUnavailable
+from cli.options import RootOpt, apply_prefect_defaults, fail, root_path, setup_logging
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -35,6 +40,7 @@ __all__ = [
     "load_deployment_specs",
     "local_prefect_server",
     "probe_server",
+    "serve_command",
     "stop_process_group",
 ]
 
@@ -284,3 +290,118 @@ def local_prefect_server(
     finally:
         logger.info("stopping the Prefect server at %s", url)
         stop_process_group(proc)
+
+
+# --- `towerflow serve` -----------------------------------------------------------------------
+
+
+def _default_prefect_yaml() -> Path:
+    here = Path.cwd() / "prefect.yaml"
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / "prefect.yaml"
+
+
+UiOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ui",
+        help="Start a local Prefect server with its UI on 127.0.0.1:--port (or reuse the "
+        "one answering there) and serve against it; Ctrl-C stops both.",
+    ),
+]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the --ui server.")]
+
+
+def _server_log() -> Path:
+    """Where `serve --ui` keeps the server's output: beside its database."""
+    home = os.environ.get("PREFECT_HOME") or "~/.prefect"
+    return Path(home).expanduser() / "towerflow-ui-server.log"
+
+
+def _exit_on_sigterm(stack: ExitStack) -> None:
+    """Turn SIGTERM into SystemExit until Prefect's runner installs its own (graceful)
+    handler: Python's default would kill us without stopping the server we started. The
+    previous handler is back when `stack` closes."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, handler))
+
+
+def serve_command(
+    root: RootOpt = None,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefect-yaml",
+            help="Deployments to serve [default: ./prefect.yaml, else the project's].",
+            show_default=False,
+        ),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Serve only these deployments (repeatable; default: all of them).",
+            show_default=False,
+        ),
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between polls for runs to start.")
+    ] = 0.25,
+    ui: UiOpt = False,
+    port: PortOpt = 4200,
+    alert_webhook_url: WebhookUrlOpt = None,
+    alert_block: AlertBlockOpt = None,
+    alert_stale_hours: StaleHoursOpt = None,
+) -> None:
+    """Serve the deployments of prefect.yaml (nightly on its cron, new-items on its event
+    triggers) against the server at PREFECT_API_URL, with no work pool or worker, and
+    apply the alert automations there (`towerflow alerts apply`; none without a webhook
+    URL or block).
+
+    Each flow run is a child process; an event's run starts within about
+    `--poll-interval` of the trigger firing (Prefect's default poll is 10 s).
+
+    With --ui, the server is a local `prefect server start` that stops with this command.
+    """
+    from cli.alerts import alert_settings, apply_configured_alerts
+
+    apply_prefect_defaults()
+    # Our own log lines outside flow runs (the server starting, stopping) stay local,
+    # instead of a warning each that Prefect's API log handler cannot send them.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # Flow runs are subprocesses of this process: they find the store through the env.
+    os.environ["TOWERFLOW_ROOT"] = str(root_path(root))
+    setup_logging()
+    alerts = alert_settings(alert_webhook_url, alert_block, alert_stale_hours)
+    with ExitStack() as stack:
+        if ui:
+            _exit_on_sigterm(stack)
+            try:
+                server = stack.enter_context(local_prefect_server(port, _server_log()))
+            except RuntimeError as e:
+                raise fail(str(e)) from None
+            previous = os.environ.get("PREFECT_API_URL")
+            if previous and previous.rstrip("/") != server.api_url:
+                typer.echo(f"--ui: PREFECT_API_URL={previous} ignored", err=True)
+            # Before Prefect is imported: its settings are read from the env once.
+            os.environ["PREFECT_API_URL"] = server.api_url
+            started = f"server log {server.log}" if server.log else "a server already running"
+            typer.echo(f"Prefect UI: {server.url} ({started})", err=True)
+        try:
+            api_url = check_server(os.environ.get("PREFECT_API_URL"))
+            spec_path = prefect_yaml or _default_prefect_yaml()
+            deployments = deployments_from_yaml(spec_path, only)
+        except (RuntimeError, ValueError) as e:
+            raise fail(str(e)) from None
+        apply_configured_alerts(alerts, api_url)
+        from prefect import serve
+
+        # Not a logger: outside a flow run Prefect's API log handler warns about every record.
+        typer.echo(
+            f"serving {[d.name for d in deployments]} from store {os.environ['TOWERFLOW_ROOT']}",
+            err=True,
+        )
+        # Returns on Ctrl-C or SIGTERM (the runner's handler), then the server stops.
+        serve(*deployments, query_seconds=poll_interval)

@@ -1,5 +1,6 @@
-"""`towerflow add-items`, `retire-items` and `serve`: send item events to a running Prefect
-server (or apply them in-process with `--now`), and serve the deployments that react.
+"""`towerflow add-items` and `retire-items`: send item events to a running Prefect server
+(or apply them in-process with `--now`); `towerflow serve` (cli.deployments) serves the
+deployments that react.
 
 An items event is `towerflow.items.created` / `towerflow.items.retired` on resource
 `towerflow.items.cli`, payload `{"event_id", "items": [...]}` for small batches or
@@ -12,18 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import typer
 
 from cli.errors import PrefectServerUnavailable
-from cli.options import RootOpt, apply_prefect_defaults, fail, root_path, setup_logging
+from cli.options import RootOpt, apply_prefect_defaults, fail, root_path
 
-__all__ = ["add_items_command", "emit_items_event", "retire_items_command", "serve_command"]
+__all__ = ["add_items_command", "emit_items_event", "retire_items_command"]
 
 _EVENTS: Final = {"create": "towerflow.items.created", "retire": "towerflow.items.retired"}
 _RESOURCE: Final = {"prefect.resource.id": "towerflow.items.cli"}
@@ -162,104 +161,3 @@ def retire_items_command(
     except (ValueError, TimeoutError) as e:  # bad items; --wait ran out
         raise fail(str(e)) from None
     typer.echo(json.dumps(out))
-
-
-def _default_prefect_yaml() -> Path:
-    here = Path.cwd() / "prefect.yaml"
-    return here if here.is_file() else Path(__file__).resolve().parents[1] / "prefect.yaml"
-
-
-UiOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ui",
-        help="Start a local Prefect server with its UI on 127.0.0.1:--port (or reuse the "
-        "one answering there) and serve against it; Ctrl-C stops both.",
-    ),
-]
-PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the --ui server.")]
-
-
-def _server_log() -> Path:
-    """Where `serve --ui` keeps the server's output: beside its database."""
-    home = os.environ.get("PREFECT_HOME") or "~/.prefect"
-    return Path(home).expanduser() / "towerflow-ui-server.log"
-
-
-def _exit_on_sigterm(stack: ExitStack) -> None:
-    """Turn SIGTERM into SystemExit until Prefect's runner installs its own (graceful)
-    handler: Python's default would kill us without stopping the server we started. The
-    previous handler is back when `stack` closes."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, handler))
-
-
-def serve_command(
-    root: RootOpt = None,
-    prefect_yaml: Annotated[
-        Path | None,
-        typer.Option(
-            "--prefect-yaml",
-            help="Deployments to serve [default: ./prefect.yaml, else the project's].",
-            show_default=False,
-        ),
-    ] = None,
-    only: Annotated[
-        list[str] | None,
-        typer.Option("--only", help="Serve only these deployments (repeatable)."),
-    ] = None,
-    poll_interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between polls for runs to start.")
-    ] = 0.25,
-    ui: UiOpt = False,
-    port: PortOpt = 4200,
-) -> None:
-    """Serve the deployments of prefect.yaml (nightly on its cron, new-items on its event
-    triggers) against the server at PREFECT_API_URL, with no work pool or worker.
-
-    Each flow run is a child process; an event's run starts within about
-    `--poll-interval` of the trigger firing (Prefect's default poll is 10 s).
-
-    With --ui, the server is a local `prefect server start` that stops with this command.
-    """
-    from cli.deployments import check_server, deployments_from_yaml, local_prefect_server
-
-    apply_prefect_defaults()
-    # Our own log lines outside flow runs (the server starting, stopping) stay local,
-    # instead of a warning each that Prefect's API log handler cannot send them.
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    # Flow runs are subprocesses of this process: they find the store through the env.
-    os.environ["TOWERFLOW_ROOT"] = str(root_path(root))
-    setup_logging(verbose=True)
-    with ExitStack() as stack:
-        if ui:
-            _exit_on_sigterm(stack)
-            try:
-                server = stack.enter_context(local_prefect_server(port, _server_log()))
-            except RuntimeError as e:
-                raise fail(str(e)) from None
-            previous = os.environ.get("PREFECT_API_URL")
-            if previous and previous.rstrip("/") != server.api_url:
-                typer.echo(f"--ui: PREFECT_API_URL={previous} ignored", err=True)
-            # Before Prefect is imported: its settings are read from the env once.
-            os.environ["PREFECT_API_URL"] = server.api_url
-            started = f"server log {server.log}" if server.log else "a server already running"
-            typer.echo(f"Prefect UI: {server.url} ({started})", err=True)
-        try:
-            check_server(os.environ.get("PREFECT_API_URL"))
-            spec_path = prefect_yaml or _default_prefect_yaml()
-            deployments = deployments_from_yaml(spec_path, only)
-        except (RuntimeError, ValueError) as e:
-            raise fail(str(e)) from None
-        from prefect import serve
-
-        # Not a logger: outside a flow run Prefect's API log handler warns about every record.
-        typer.echo(
-            f"serving {[d.name for d in deployments]} from store {os.environ['TOWERFLOW_ROOT']}",
-            err=True,
-        )
-        # Returns on Ctrl-C or SIGTERM (the runner's handler), then the server stops.
-        serve(*deployments, query_seconds=poll_interval)

@@ -1,13 +1,17 @@
 """Item catalogue steps: record an items event (validate, post rejections, append =
-acknowledge), publish CURRENT + the catalogue entries it lacks, fold the catalogue into a
-nightly build, and post what an event did."""
+acknowledge), announce its rejections (the `towerflow.items.rejected` event alerts match),
+publish CURRENT + the catalogue entries it lacks, fold the catalogue into a nightly build,
+and post what an event did."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 from core import items
+from core.alerting import rejection_event
 from core.items import RecordSummary
 from core.items_report import ITEMS_ARTIFACT, REJECTIONS_ARTIFACT, render_items_report
 from core.items_validation import ItemsBatch, Validated
@@ -15,7 +19,13 @@ from core.refs import StageRef
 from core.store import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from tasks.retry import IO_RETRY
 
-__all__ = ["merge_catalogue", "post_items_report", "publish_catalogue", "record_items"]
+__all__ = [
+    "announce_rejections",
+    "merge_catalogue",
+    "post_items_report",
+    "publish_catalogue",
+    "record_items",
+]
 
 
 def _post_rejections(batch: ItemsBatch, validated: Validated) -> None:
@@ -28,6 +38,23 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
     """``core.items.record_items``, posting the rejected items with their reasons as the
     `items-rejected` artifact. Once this returns the valid items are acknowledged."""
     return items.record_items(root, batch, logger=get_run_logger(), on_rejected=_post_rejections)
+
+
+@task(name="announce-rejections")
+def announce_rejections(recorded: RecordSummary) -> bool:
+    """Emit `towerflow.items.rejected` (event id, counts, the first reasons; the
+    `towerflow-items-rejected` automation alerts on it) when the event rejected items;
+    returns whether an event was sent. Its Prefect id is derived from the items event's
+    id: a retry's second copy is dropped by the server."""
+    event = rejection_event(recorded, flow_run_name=flow_run.get_name() or "")
+    if event is None:
+        return False
+    # Asynchronous: Prefect's events worker sends it (at the latest when the run's
+    # process exits); None when events are disabled here.
+    sent = emit_event(event.event, resource=event.resource, payload=event.payload, id=event.id)
+    if sent is None:
+        get_run_logger().warning("events are disabled: %s not sent", event.event)
+    return sent is not None
 
 
 @task(name="publish-catalogue", **IO_RETRY)
