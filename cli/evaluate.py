@@ -1,8 +1,9 @@
 """``towerflow evaluate``: train the configured model (or, with ``--ablation``, the ladder
 of variants) on a snapshot and print one full-ranking table next to the baselines.
 
-Nothing is published; no Prefect server is needed. Register with
-``app.command("evaluate")(evaluate_command)``.
+Nothing is published; no Prefect server is needed. With ``tracking.backend: mlflow`` in
+the config, the result is also logged to MLflow (``core.ablation.track_ablation``). Register
+with ``app.command("evaluate")(evaluate_command)``.
 """
 
 from __future__ import annotations
@@ -10,15 +11,36 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.options import root_path
 
+if TYPE_CHECKING:
+    from core.ablation import AblationResult, Variant
+    from core.config import NightlyConfig
+
 __all__ = ["evaluate_command"]
 
 log = logging.getLogger(__name__)
+
+
+def _track(cfg: NightlyConfig, variants: list[Variant], result: AblationResult) -> dict[str, Any]:
+    """Log the result to MLflow; where it went, or why it did not (``{"error": ...}``).
+
+    A tracking failure is a warning, not the command's failure: the table, which may have
+    taken hours, is still printed and written, and stdout keeps its one JSON object."""
+    from core.ablation import track_ablation
+
+    try:
+        run = track_ablation(cfg, variants, result)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        typer.echo(f"warning: not tracked in MLflow: {reason}", err=True)
+        return {"error": reason}
+    typer.echo(f"tracked in MLflow: parent run {run.run_id} at {run.tracking_uri}", err=True)
+    return {"run_id": run.run_id, "experiment_id": run.experiment_id, "uri": run.tracking_uri}
 
 
 def evaluate_command(
@@ -31,28 +53,66 @@ def evaluate_command(
         ),
     ] = False,
     config: Annotated[
-        Path | None, typer.Option(help="NightlyConfig YAML/JSON (data, tower, train, ...).")
+        Path | None,
+        typer.Option(
+            help="NightlyConfig YAML/JSON (data, tower, train, ...; default: none, the "
+            "built-in defaults).",
+            show_default=False,
+        ),
     ] = None,
-    scale: Annotated[str | None, typer.Option(help="Synthetic data scale.")] = None,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            help="Synthetic data scale (default: the config's data.scale, else small).",
+            show_default=False,
+        ),
+    ] = None,
     protocol: Annotated[
-        str | None, typer.Option(help="Split: temporal, random_ratio or leave_one_out.")
+        str | None,
+        typer.Option(
+            help="Split: temporal, random_ratio or leave_one_out (default: the config's "
+            "data.protocol, else temporal).",
+            show_default=False,
+        ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum training epochs.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Maximum training epochs (default: the config's train.epochs, else 5).",
+            show_default=False,
+        ),
+    ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Early-stopping patience in epochs (validation).")
+        int | None,
+        typer.Option(
+            help="Early-stopping patience in epochs on validation (default: the config's "
+            "train.early_stopping_patience, else none: every epoch runs).",
+            show_default=False,
+        ),
     ] = None,
     uniform_negatives: Annotated[
         int, typer.Option(help="Mixed negatives per batch in the ladder.")
     ] = 1024,
     history_len: Annotated[int, typer.Option(help="History length in the ladder.")] = 20,
     hard: Annotated[int, typer.Option(help="Hard negatives per example (0 = no rung).")] = 0,
-    threads: Annotated[int | None, typer.Option(help="Threads for torch and Faiss.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads for torch and Faiss (default: runtime.threads, else "
+            "$TOWERFLOW_THREADS, else the CPUs this process may use).",
+            show_default=False,
+        ),
+    ] = None,
     root: Annotated[
         Path | None,
         typer.Option("--root", help="Store root (default: $TOWERFLOW_ROOT or ./.towerflow)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Also write the markdown table (and .json) here.")
+        Path | None,
+        typer.Option(
+            help="Also write the markdown table (and .json) here (default: print only).",
+            show_default=False,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
@@ -76,9 +136,12 @@ def evaluate_command(
     precheck(cfg, store_root)  # before training: device, import files, writable store
     with progress_bars(enabled=not as_json):
         result = run_ablation(cfg, variants, store_root, threads or cfg.runtime.threads)
+    payload = result.to_json()
+    if cfg.tracking.backend == "mlflow":
+        payload["tracking"] = _track(cfg, variants, result)
     table = render_table(result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table + "\n", encoding="utf-8")
-        out.with_suffix(".json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    typer.echo(json.dumps(result.to_json(), indent=2) if as_json else table)
+        out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    typer.echo(json.dumps(payload, indent=2) if as_json else table)

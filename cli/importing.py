@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["build_config", "import_command"]
 
 
-def _opt(help: str, default: str | None = None, metavar: str | None = None) -> Any:
-    """An option with ``help``; ``default`` is the text shown as its default (None: none)."""
-    return typer.Option(help=help, show_default=default or False, metavar=metavar)
+def _opt(help: str, default: str = "none", metavar: str | None = None) -> Any:
+    """An option with ``help``; ``default`` is the text shown as its default."""
+    return typer.Option(help=help, show_default=default, metavar=metavar)
 
 
 _Cols = "Repeat the option or separate names with commas."
@@ -212,7 +212,7 @@ def import_command(
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="Log: auto, csv, tsv or parquet.", show_default=False),
+        typer.Option("--format", help="Log: auto, csv, tsv or parquet.", show_default="auto"),
     ] = None,
     sep: Annotated[
         str | None,
@@ -260,7 +260,7 @@ def import_command(
     item_fmt: Annotated[
         str | None,
         typer.Option(
-            "--item-format", help="Item table: auto, csv, tsv or parquet.", show_default=False
+            "--item-format", help="Item table: auto, csv, tsv or parquet.", show_default="auto"
         ),
     ] = None,
     item_header: Annotated[
@@ -307,7 +307,7 @@ def import_command(
     user_fmt: Annotated[
         str | None,
         typer.Option(
-            "--user-format", help="User table: auto, csv, tsv or parquet.", show_default=False
+            "--user-format", help="User table: auto, csv, tsv or parquet.", show_default="auto"
         ),
     ] = None,
     user_header: Annotated[
@@ -338,7 +338,7 @@ def import_command(
         list[str] | None, _opt(f"Z-scored user columns. {_Cols}", metavar="COLS")
     ] = None,
     k_core: Annotated[
-        int | None, typer.Option(min=1, help="Keep only the k-core.", show_default=False)
+        int | None, typer.Option(min=1, help="Keep only the k-core.", show_default="none")
     ] = None,
     strict: Annotated[
         bool | None,

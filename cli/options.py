@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-from cli.errors import CommandError
+from cli.errors import CommandError, verbosity
 from core.cpus import apply_openmp_defaults
 
 if TYPE_CHECKING:
@@ -66,15 +66,30 @@ DebugOpt = Annotated[
 ]
 
 
-def global_options(debug: DebugOpt = False) -> None:
+VerboseOpt = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        help="More log lines on stderr: -v for each step's INFO messages, -vv for debug "
+        "(also TOWERFLOW_VERBOSE=1|2); may also follow the command name. Default: "
+        "warnings and errors only, with progress bars and results.",
+        show_default=False,
+    ),
+]
+
+
+def global_options(debug: DebugOpt = False, verbose: VerboseOpt = 0) -> None:
     """Two-tower candidate retrieval: train, index, publish and query versions.
 
     A failure prints one `error: ...` line (with --json: one JSON object on stdout) and
     exits with a code per kind: 2 usage/config, 3 not found, 4 corrupt version, 5 quality
-    gate, 6 read-only/permission, 7 disk full, 8 no Prefect server, 9 conflict, 1 other.
+    gate, 6 read-only/permission, 7 disk full, 8 no Prefect server, 9 conflict, 10 a step
+    past its time limit, 1 other.
     """
-    # `--debug` is read from the command line by cli.errors.TowerflowGroup (wherever it
-    # stands); the option is declared here for --help.
+    # `--debug` and `-v` are read from the command line by cli.errors.TowerflowGroup
+    # (wherever they stand); the options are declared here for --help.
 
 
 def apply_prefect_defaults() -> None:
@@ -84,12 +99,37 @@ def apply_prefect_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def setup_logging(verbose: bool) -> None:
-    """INFO logs to stderr when ``verbose``, else warnings only; quiet chatty libraries."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: warnings and errors by default, INFO with ``-v`` (or when
+    ``verbose``: a long-running server's default), DEBUG with ``-vv``; quiet chatty
+    libraries. Prefect's own console handlers follow the same level."""
+    count = verbosity()
+    level = logging.DEBUG if count >= 2 else logging.INFO if count or verbose else logging.WARNING
+    root = logging.getLogger()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+    # Prefect's run loggers have their own level (INFO) and propagate to the root: only
+    # the terminal handlers' level keeps their lines off a quiet terminal. Prefect's API
+    # handler (the run's logs in the UI) sits on its own loggers and still gets INFO.
+    for handler in root.handlers:
+        handler.setLevel(level)
+        if level > logging.DEBUG and not any(
+            isinstance(f, _RoutineStates) for f in handler.filters
+        ):
+            handler.addFilter(_RoutineStates())
+
+
+class _RoutineStates(logging.Filter):
+    """Drops Prefect's "Finished in state Completed()" line of every task and flow run from
+    the terminal below -vv (the run's logs in the UI keep them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.name.startswith("prefect.")
+            and record.levelno == logging.INFO
+            and record.getMessage() == "Finished in state Completed()"
+        )
+
     # One line per HTTP call to Prefect's API drowns the run's own messages.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

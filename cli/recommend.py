@@ -38,7 +38,7 @@ def recommend_command(
         typer.Option(
             "--user-id",
             help="Raw user ID (as in the data, e.g. 42 or 'u-42'); may be left out with "
-            "--profile (an anonymous user).",
+            "--profile (an anonymous user; default: none).",
             show_default=False,
         ),
     ] = None,
@@ -52,7 +52,7 @@ def recommend_command(
         str | None,
         typer.Option(
             help="Live profile features, comma-separated (e.g. 0.5,-1,0.25,2); an unknown "
-            "user is embedded from it alone.",
+            "user is embedded from it alone (default: the user's stored features).",
             show_default=False,
         ),
     ] = None,
@@ -64,11 +64,17 @@ def recommend_command(
     ] = True,
     include_category: Annotated[
         list[int] | None,
-        typer.Option(help="Only items of this category (repeatable).", show_default=False),
+        typer.Option(
+            help="Only items of this category (repeatable; default: every category).",
+            show_default=False,
+        ),
     ] = None,
     exclude_category: Annotated[
         list[int] | None,
-        typer.Option(help="No items of this category (repeatable).", show_default=False),
+        typer.Option(
+            help="No items of this category (repeatable; default: none left out).",
+            show_default=False,
+        ),
     ] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,

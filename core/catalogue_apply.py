@@ -190,7 +190,7 @@ def apply_changes(
     events = (*applied, *changes.event_ids)
     write_catalogue_state(folder, changes.upto, events)
     retired = int(isin_sorted(changes.retired_id, item_id).sum())
-    log.info(
+    log.debug(
         "applied catalogue (%d, %d]: %d upserted, %d retired, %d items, %d tombstones%s",
         changes.after,
         changes.upto,

@@ -58,13 +58,12 @@ def build_version_index(
     tune_blas_threshold(vectors.shape[1])  # batched exact ground truth on BLAS
     tuned = tune_index(index, queries, exact_topk(vectors, ids, queries, k), k, cfg.target_recall)
     logger.info(
-        "%s over %d items built in %.2f s; %s=%s gives Recall@%d %.4f (target %.2f), "
+        "%s over %d items built in %.2f s; %s gives Recall@%d %.4f (target %.2f), "
         "single query p50 %.3f ms p99 %.3f ms",
         factory,
         index.ntotal,
         seconds,
-        tuned.knob,
-        tuned.value,
+        f"{tuned.knob}={tuned.value}" if tuned.knob else "exact search",
         k,
         tuned.recall,
         cfg.target_recall,

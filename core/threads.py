@@ -22,6 +22,9 @@ __all__ = ["apply_thread_budget", "apply_threads", "set_threads"]
 
 logger = logging.getLogger(__name__)
 
+# The last thread-count line logged at INFO in this process (apply_thread_budget).
+_last_reported: str | None = None
+
 
 def set_threads(n: int) -> None:
     """torch's intra-op threads and Faiss's OpenMP threads to ``n``."""
@@ -41,12 +44,13 @@ def apply_thread_budget(threads: int | None) -> CpuBudget:
     set_threads(budget.count)
     adaptive = not budget.explicit and budget.count > 1 and adaptive_enabled()
     install(ThreadGovernor(budget.count, set_threads) if adaptive else None)
-    logger.info(
-        "threads: %d (%s)%s",
-        budget.count,
-        budget.reason,
-        "; adapts to the load, at most this many" if adaptive else "",
+    message = f"threads: {budget.count} ({budget.reason})" + (
+        "; adapts to the load, at most this many" if adaptive else ""
     )
+    # Every step applies the budget; the terminal hears it once, or when it changes.
+    global _last_reported
+    logger.log(logging.DEBUG if message == _last_reported else logging.INFO, message)
+    _last_reported = message
     return budget
 
 

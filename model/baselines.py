@@ -124,7 +124,7 @@ class ItemKNN:
             shape=(n_items, n_items),
         )
         weights = top.T.tocsr()
-        logger.info(
+        logger.debug(
             "ItemKNN fit: %d users x %d items, k=%d, %d weights in %.2f s",
             n_users,
             n_items,
@@ -213,7 +213,7 @@ class EASE:
         gram = np.asarray((x.T @ x).toarray(), dtype=np.float32)  # counts: exact in float32
         gram[np.diag_indices(n)] += np.float32(l2)
         weights = _ease_weights(gram)
-        logger.info(
+        logger.debug(
             "EASE fit: %d users x %d active items (of %d), l2=%g in %.2f s",
             n_users,
             n,

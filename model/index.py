@@ -144,7 +144,7 @@ def build_index(
     if not _supports_add_with_ids(index):
         index = faiss.IndexIDMap2(index)
     index.add_with_ids(xb, item_ids)
-    logger.info(
+    logger.debug(
         "built %s index: %d x %d, train %.2f s, add %.2f s",
         factory,
         n,

@@ -329,7 +329,7 @@ def evaluate_ranking(
     n_users = metrics.pop("n_users")
     metrics |= beyond_accuracy_metrics(topk, ks, n_items, item_popularity)
     metrics["n_users"] = n_users
-    logger.info(
+    logger.debug(
         "evaluated %d users over %d items in %.2f s: %s",
         len(rows),
         n_items,

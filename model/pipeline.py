@@ -224,7 +224,12 @@ def tune_baseline(
         if best is None or scores[label] > best[0]:
             best = (scores[label], fitted)  # keep one fit at a time in memory
     assert best is not None
-    log.info("baseline %s on validation %s: %s", kind, metric, scores)
+    log.info(
+        "baseline %s on validation %s: %s",
+        kind,
+        metric,
+        ", ".join(f"{name} {score:.4f}" for name, score in scores.items()),
+    )
     return best[1], scores
 
 

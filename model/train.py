@@ -279,7 +279,7 @@ def train(
             model.train()
         stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9), val)
         result.epochs.append(stats)
-        log.info(
+        log.debug(
             "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)%s",
             epoch,
             cfg.epochs,

@@ -86,7 +86,7 @@ def save_model(
     with atomic_path(directory / VersionFiles.MODEL_WEIGHTS) as tmp:
         torch.save(tensors, tmp)
     atomic_write_bytes(directory / VersionFiles.MODEL_CONFIG, config_text.encode("utf-8"))
-    log.info("saved model (%d tensors) to %s", len(tensors), directory)
+    log.debug("saved model (%d tensors) to %s", len(tensors), directory)
 
 
 def load_model(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -115,7 +115,7 @@ def save_index(path: Path, index: faiss.Index) -> None:
     path = Path(path)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-    log.info("saved index (%d vectors) to %s", index.ntotal, path)
+    log.debug("saved index (%d vectors) to %s", index.ntotal, path)
 
 
 def load_index(path: Path, mmap: bool = False) -> faiss.Index:

@@ -181,7 +181,7 @@ def write_table(
     conformed = _conform(table, spec, path, dims)
     with atomic_path(path) as tmp:
         pq.write_table(conformed, tmp, compression=_COMPRESSION)
-    log.info("wrote table '%s' (%d rows) to %s", spec.name, conformed.num_rows, path)
+    log.debug("wrote table '%s' (%d rows) to %s", spec.name, conformed.num_rows, path)
 
 
 class TableWriter:
@@ -235,7 +235,7 @@ class TableWriter:
             raise err
         self._atomic.__exit__(exc_type, exc, tb)
         if exc_type is None:
-            log.info("wrote table '%s' (%d rows) to %s", self.spec.name, self.rows, self.path)
+            log.debug("wrote table '%s' (%d rows) to %s", self.spec.name, self.rows, self.path)
 
 
 def _open_checked(

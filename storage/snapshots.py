@@ -64,7 +64,7 @@ def begin_snapshot(layout: Layout, snapshot_id: str) -> Path:
     staging.parent.mkdir(parents=True, exist_ok=True)
     write_owner(staging, "snapshot")  # first: once this process dies the folder is garbage
     staging.mkdir()
-    log.info("staging snapshot %s at %s", snapshot_id, staging)
+    log.debug("staging snapshot %s at %s", snapshot_id, staging)
     return staging
 
 
@@ -112,7 +112,7 @@ def commit_snapshot(layout: Layout, snapshot_id: str, staging_path: Path) -> Pat
     fsync_dir(layout.data_dir)
     owner_path(staging_path).unlink(missing_ok=True)
     fsync_dir(layout.staging_snapshots_dir)
-    log.info("committed snapshot %s at %s", snapshot_id, target)
+    log.debug("committed snapshot %s at %s", snapshot_id, target)
     return target
 
 

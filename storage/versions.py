@@ -148,7 +148,7 @@ class VersionStore:
                 raise FileExistsError(
                     f"version {vid!r} is already being staged at {staging}"
                 ) from None
-        log.info("staging version %s at %s", vid, staging)
+        log.debug("staging version %s at %s", vid, staging)
         return staging
 
     def staging_path(self, version_id: str) -> Path:
@@ -254,7 +254,7 @@ class VersionStore:
             raise
         step("committed")
         owner_path(staging).unlink(missing_ok=True)
-        log.info("published version %s (parent %s)", version_id, expected_current)
+        log.debug("published version %s (parent %s)", version_id, expected_current)
 
         try:
             self.prune()
