@@ -64,11 +64,16 @@ __all__ = [
     "debug_requested",
     "describe",
     "is_disk_full",
+    "verbosity",
 ]
 
 DEBUG_ENV: Final = "TOWERFLOW_DEBUG"
 _DEBUG_KEY: Final = "towerflow.debug"
 _JSON_KEY: Final = "towerflow.json"
+_VERBOSE_KEY: Final = "towerflow.verbose"
+VERBOSE_ENV: Final = "TOWERFLOW_VERBOSE"
+# -v, -vv, ... and --verbose: how many times each raises the terminal's log level.
+_VERBOSE_FLAGS: Final = {"--verbose": 1, **{"-" + "v" * n: n for n in range(1, 4)}}
 
 
 class ExitCode(IntEnum):
@@ -83,6 +88,7 @@ class ExitCode(IntEnum):
     DISK_FULL = 7
     SERVER = 8
     CONFLICT = 9
+    TIMEOUT = 10
 
     @property
     def kind(self) -> str:
@@ -209,6 +215,7 @@ _RULES: Final[tuple[tuple[ExitCode, Callable[[BaseException], bool]], ...]] = (
         ExitCode.QUALITY_GATE,
         _any(("core.evaluation", "QualityGateError"), ("core.indexing", "IndexRecallError")),
     ),
+    (ExitCode.TIMEOUT, _any(("core.lifecycle", "StepTimeoutError"))),
     (ExitCode.SERVER, _server),
     (ExitCode.NOT_FOUND, lambda e: isinstance(e, FileNotFoundError) or _missing(e)),
     (ExitCode.PERMISSION, _permission),
@@ -309,6 +316,21 @@ def debug_requested(ctx: Context | None = None) -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def verbosity(ctx: Context | None = None) -> int:
+    """How many ``-v`` the command line of ``ctx`` (default the running command's) gave,
+    anywhere on it (``-vv`` counts 2), or ``TOWERFLOW_VERBOSE`` (a number) when none."""
+    ctx = ctx or get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:
+        ctx = ctx.parent  # the group's context holds it
+    count = int(ctx.meta.get(_VERBOSE_KEY, 0)) if ctx is not None else 0
+    if count:
+        return count
+    try:
+        return max(int(os.environ.get(VERBOSE_ENV, "0") or 0), 0)
+    except ValueError:
+        return 0
+
+
 def _report(failure: Failure, exc: BaseException, as_json: bool, debug: bool) -> None:
     if debug:
         shown = exc.cause if isinstance(exc, CommandError) and exc.cause is not None else exc
@@ -325,13 +347,16 @@ class TowerflowGroup(TyperGroup):
     command line; ``--debug`` may stand before or after the command name."""
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
-        """Note ``--json`` and take out every ``--debug`` (options after ``--`` excepted)."""
+        """Note ``--json``; take out every ``--debug`` and ``-v`` / ``-vv`` / ``--verbose``
+        (options after ``--`` excepted): they may stand before or after the command name."""
         end = args.index("--") if "--" in args else len(args)
         head, tail = args[:end], args[end:]
         ctx.meta[_JSON_KEY] = "--json" in head
         if "--debug" in head:
             ctx.meta[_DEBUG_KEY] = True
             head = [a for a in head if a != "--debug"]
+        ctx.meta[_VERBOSE_KEY] = sum(_VERBOSE_FLAGS.get(a, 0) for a in head)
+        head = [a for a in head if a not in _VERBOSE_FLAGS]
         return super().parse_args(ctx, [*head, *tail])
 
     def invoke(self, ctx: Context) -> Any:

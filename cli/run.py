@@ -11,25 +11,88 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.options import JsonOpt, RootOpt, apply_prefect_defaults, open_store, setup_logging
+from cli.options import (
+    JsonOpt,
+    RootOpt,
+    apply_prefect_defaults,
+    fail,
+    open_store,
+    setup_logging,
+)
+
+if TYPE_CHECKING:
+    from core.config import DataConfig
 
 __all__ = ["run_command"]
 
 
+def _data_tag(data: DataConfig) -> str:
+    """The run's data tag in the UI: ``scale-small``, ``import`` or ``snapshot``."""
+    return f"scale-{data.scale}" if data.source == "synthetic" else data.source
+
+
 def run_command(
     scale: Annotated[
-        str | None, typer.Option(help="Synthetic data scale: tiny, small, medium, large.")
+        str | None,
+        typer.Option(
+            help="Synthetic data scale: tiny, small, medium, large (default: the config's "
+            "data.scale, else small).",
+            show_default=False,
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML/JSON file of nightly parameters.")
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML/JSON file of nightly parameters (default: none, the built-in "
+            "defaults; options given here override the file).",
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Data generator seed.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch / Faiss threads.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Data generator seed (default: the config's data.seed, else 42).",
+            show_default=False,
+        ),
+    ] = None,
+    snapshot: Annotated[
+        str | None,
+        typer.Option(
+            "--snapshot",
+            help="Train on this stored data snapshot (the id `towerflow import` prints, or "
+            "any under <root>/data/) instead of generating or importing (default: none).",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Training epochs (default: the config's train.epochs, else 5).",
+            show_default=False,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch / Faiss threads (default: runtime.threads, else $TOWERFLOW_THREADS, "
+            "else the CPUs this process may use, adapting to the load).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Reuse the training, embedding and evaluation that a failed run finished "
+            "for the same snapshot, configuration and code (default: runtime.resume, on).",
+            show_default=False,
+        ),
+    ] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -38,7 +101,9 @@ def run_command(
     if os.environ.get("PREFECT_HOME"):
         # Prefect creates its home without parents and then fails to start its server.
         Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
-    setup_logging(verbose=not as_json)
+    setup_logging()
+    if snapshot is not None and (scale is not None or seed is not None):
+        raise fail("--snapshot names stored data: --scale and --seed do not apply", 2)
     from core.config import load_config
     from core.precheck import precheck
 
@@ -48,8 +113,11 @@ def run_command(
         {
             "data.scale": scale,
             "data.seed": seed,
+            "data.source": "snapshot" if snapshot is not None else None,
+            "data.snapshot_id": snapshot,
             "train.epochs": epochs,
             "runtime.threads": threads,
+            "runtime.resume": resume,
             "runtime.storage_root": str(root) if root else None,
         },
     )
@@ -70,7 +138,7 @@ def run_command(
     # A failing step raises its own exception here (the quality gate's, ...): cli.errors
     # reports it once; Prefect's tracebacks of it stay in the run's logs.
     with (
-        tags("towerflow", "nightly", "cli", f"scale-{cfg.data.scale}"),
+        tags("towerflow", "nightly", "cli", _data_tag(cfg.data)),
         progress_bars(enabled=not as_json),
         quiet_run_failures(enabled=not debug_requested()),
     ):

@@ -32,7 +32,9 @@ __all__ = [
     "IndexConfig",
     "NightlyConfig",
     "RuntimeConfig",
+    "TaskTimeouts",
     "TowerConfig",
+    "TrackingConfig",
     "TrainConfig",
     "load_config",
     "resolve_root",
@@ -45,10 +47,16 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: Literal["synthetic", "import"] = Field(
+    source: Literal["synthetic", "import", "snapshot"] = Field(
         "synthetic",
         description="Data source: 'synthetic' generates a world with ground truth; 'import' "
-        "reads real logs described by `importing`.",
+        "reads real logs described by `importing`; 'snapshot' reuses the stored snapshot "
+        "`snapshot_id` (generated or imported earlier) as it is.",
+    )
+    snapshot_id: str | None = Field(
+        None,
+        description="Source 'snapshot': the id of a stored data snapshot (`towerflow "
+        "snapshots` lists them; `towerflow import` prints the id it made).",
     )
     importing: ImportConfig | None = Field(
         None, description="Files, column mapping and rules of source 'import'."
@@ -85,6 +93,12 @@ class DataConfig(BaseModel):
     def _import_needs_files(self) -> Self:
         if self.source == "import" and self.importing is None:
             raise ValueError("source 'import' needs `importing` (files and column mapping)")
+        if self.source == "snapshot" and not self.snapshot_id:
+            raise ValueError("source 'snapshot' needs `snapshot_id` (a stored snapshot's id)")
+        if self.snapshot_id is not None and self.source != "snapshot":
+            raise ValueError(
+                f"`snapshot_id` is only read with source 'snapshot' (source is {self.source!r})"
+            )
         return self
 
 
@@ -157,6 +171,34 @@ class IndexConfig(BaseModel):
     seed: int = Field(0, description="Seed of the query sample and the IVF training sample.")
 
 
+class TaskTimeouts(BaseModel):
+    """Wall-clock limit of each step (the nightly's and the new-items flow's), in seconds,
+    by task name: a step past its limit fails the run (Prefect's task ``timeout_seconds``)
+    instead of holding the store's lock forever.
+    The defaults leave ample room for a 1M-item catalogue on 2 cores; set them closer to
+    your own runs' times (the nightly report lists each step's time)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check_config: float = Field(600, gt=0, description="check-config.")
+    prepare_data: float = Field(4 * 3600, gt=0, description="prepare-data (generate/import).")
+    begin_version: float = Field(600, gt=0, description="begin-version.")
+    train_model: float = Field(12 * 3600, gt=0, description="train-model.")
+    embed_items: float = Field(3 * 3600, gt=0, description="embed-items.")
+    evaluate: float = Field(6 * 3600, gt=0, description="evaluate (full ranking + baselines).")
+    quality_gate: float = Field(600, gt=0, description="quality-gate.")
+    merge_catalogue: float = Field(3 * 3600, gt=0, description="merge-catalogue.")
+    build_index: float = Field(6 * 3600, gt=0, description="build-index (build + tuning).")
+    stage_report: float = Field(1800, gt=0, description="stage-report.")
+    publish_version: float = Field(3 * 3600, gt=0, description="publish-version.")
+    post_report: float = Field(1800, gt=0, description="post-report.")
+    track_run: float = Field(1800, gt=0, description="track-run (experiment tracking).")
+    record_items: float = Field(1800, gt=0, description="record-items (items event).")
+    announce_rejections: float = Field(300, gt=0, description="announce-rejections.")
+    publish_catalogue: float = Field(3 * 3600, gt=0, description="publish-catalogue.")
+    report_items: float = Field(600, gt=0, description="report-items.")
+
+
 class RuntimeConfig(BaseModel):
     """Machine facts for this run."""
 
@@ -184,6 +226,34 @@ class RuntimeConfig(BaseModel):
         description="Threads for torch and Faiss; None = $TOWERFLOW_THREADS, else the CPUs "
         "the process may use (affinity mask and cgroup CPU quota, see core.cpus).",
     )
+    resume: bool = Field(
+        True,
+        description="Reuse the training, embedding and evaluation a failed run finished "
+        "for the same snapshot, configuration and code (core.resume), instead of redoing "
+        "them; False always starts from scratch.",
+    )
+    timeouts: TaskTimeouts = Field(
+        default_factory=TaskTimeouts,  # type: ignore[arg-type]
+        description="Per-step time limits in seconds.",
+    )
+
+
+class TrackingConfig(BaseModel):
+    """Experiment tracking: each nightly's and each ablation rung's parameters, metrics,
+    plots and version id sent to an MLflow tracking server (``pip install
+    'towerflow[mlflow]'``). Off by default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["none", "mlflow"] = Field(
+        "none", description="'mlflow' logs runs to `uri`; 'none' tracks nothing."
+    )
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, a folder); "
+        "None = $MLFLOW_TRACKING_URI, else MLflow's own default.",
+    )
+    experiment: str = Field("towerflow", min_length=1, description="MLflow experiment name.")
 
 
 class NightlyConfig(BaseModel):
@@ -197,6 +267,7 @@ class NightlyConfig(BaseModel):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)  # type: ignore[arg-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[arg-type]
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
 
 
 def validation_summary(error: ValidationError) -> str:

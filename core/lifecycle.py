@@ -24,6 +24,7 @@ from storage import (
     StorageSettings,
     VersionFiles,
     VersionStore,
+    clear_steps,
     file_lock,
     read_json,
 )
@@ -73,6 +74,18 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
 
 class OverlappingRunError(RuntimeError):
     """Another nightly run holds the store's nightly lock."""
+
+
+class StepTimeoutError(TimeoutError):
+    """A step of a run went past its time limit (``runtime.timeouts``)."""
+
+    def __init__(self, step: str, seconds: float, setting: str) -> None:
+        super().__init__(
+            f"step {step!r} ran past its time limit of {seconds:g} s and was stopped; "
+            f"nothing was published and CURRENT is unchanged (raise runtime.timeouts."
+            f"{setting} if the step needs longer)"
+        )
+        self.step, self.seconds, self.setting = step, seconds, setting
 
 
 @contextmanager
@@ -162,4 +175,10 @@ def publish_version(
     recipe = IndexRecipe(index.factory, index.knob, index.knob_value)
     version_id = catch_up_and_publish(store, stage.version_id, stage.parent, recipe, publish)
     logger.info("published version %s", version_id)
+    # The steps a failed run kept for a rerun (core.resume) are superseded now.
+    try:
+        removed = clear_steps(store.layout)
+        log.debug("dropped %d step result(s) kept for a rerun", removed)
+    except OSError as e:  # published already: leftovers only cost disk until the next one
+        logger.warning("could not drop kept step results: %s", e)
     return version_id

@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 
 from core.config import NightlyConfig
-from core.embedding import embed_version_items
-from core.evaluation import enforce_gate, evaluate_version
+from core.evaluation import enforce_gate
 from core.indexing import build_version_index
 from core.items import merge_catalogue
 from core.lifecycle import (
@@ -25,9 +24,10 @@ from core.lifecycle import (
 from core.precheck import precheck
 from core.progress import Progress, ProgressFactory, StepLogger
 from core.reports import stage_report_files
+from core.resume import embed_step, evaluate_step, train_step
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
-from core.training import train_version
+from core.tracking import track_version
 
 __all__ = ["run_nightly"]
 
@@ -46,10 +46,11 @@ def run_nightly(
     Steps (as in the flow): config check (``core.precheck``) -> data snapshot -> staging
     folder -> train -> embed items -> evaluate + quality gate -> fold in the item
     catalogue -> build and tune the index -> stage the report files -> compare-and-swap
-    CURRENT. A failing step (the quality gate,
-    the index's recall target, bad data) raises, leaves CURRENT unchanged and removes the
-    staging folder. Holds the store's nightly lock, like the flow, so the two never
-    overlap on one store.
+    CURRENT -> track (``tracking.backend: mlflow``). A failing step (the quality gate, the
+    index's recall target, bad data) raises, leaves CURRENT unchanged and removes the
+    staging folder; training, embedding and evaluation a failed run finished are reused
+    by the next (``core.resume``). Holds the store's nightly lock, like the flow, so the
+    two never overlap on one store.
     """
     config = config or NightlyConfig()
     precheck(config)  # a bad index factory, device or path fails here, not after training
@@ -60,19 +61,21 @@ def run_nightly(
         snapshot = ensure_snapshot(root, config.data)
         stage = begin_version(root, logger=logger)
         try:
-            trained = train_version(
+            resume = config.runtime.resume
+            trained = train_step(
                 snapshot,
                 stage,
                 config.data,
                 config.tower,
                 config.train,
                 config.evaluation,
+                resume=resume,
                 logger=logger,
                 progress=progress,
             )
-            embed_version_items(stage, logger=logger, progress=progress)
-            report = evaluate_version(
-                snapshot, stage, config.data, config.evaluation, logger=logger
+            embed_step(stage, resume=resume, logger=logger, progress=progress)
+            report = evaluate_step(
+                snapshot, stage, config.data, config.evaluation, resume=resume, logger=logger
             )
             enforce_gate(report, stage, logger=logger)
             merge_catalogue(stage, logger=logger)
@@ -85,7 +88,7 @@ def run_nightly(
                 config.evaluation.validation_metric,
                 logger=logger,
             )
-            return publish_version(
+            version_id = publish_version(
                 stage,
                 snapshot,
                 config.model_dump(mode="json"),
@@ -99,3 +102,10 @@ def run_nightly(
             # abandoned folders; here nothing else will, so remove it now.
             discard_version(stage)
             raise
+    if config.tracking.backend != "none":
+        # As the flow's track-run: published already, so a tracking failure only warns.
+        try:
+            track_version(root, version_id, config.tracking, logger=logger)
+        except Exception as e:
+            logger.warning("version %s is published but NOT tracked in MLflow: %s", version_id, e)
+    return version_id

@@ -9,12 +9,13 @@ not there, ``storage.StoreReadOnlyError`` when the store root cannot be written.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import re
 import tempfile
 from pathlib import Path
 
-from core.config import EvalConfig, IndexConfig, NightlyConfig, TrainConfig
+from core.config import EvalConfig, IndexConfig, NightlyConfig, TrackingConfig, TrainConfig
 from core.import_config import ImportConfig
 from core.store import resolve_root
 from storage import StoreReadOnlyError
@@ -27,6 +28,8 @@ __all__ = [
     "check_import_files",
     "check_index_factory",
     "check_root_writable",
+    "check_snapshot_stored",
+    "check_tracking",
     "faiss_reason",
     "precheck",
 ]
@@ -109,10 +112,32 @@ def check_import_files(cfg: ImportConfig | None) -> None:
             raise InputFileMissingError(f"data.importing.{role}.path {str(path)!r} is not readable")
 
 
+def check_tracking(cfg: TrackingConfig) -> None:
+    """``tracking.backend: mlflow`` needs the MLflow client installed. Only that: a
+    tracking server that does not answer must not stop a nightly (tracking never fails a
+    run that published, ``tasks.tracking``), so it is not contacted here."""
+    # find_spec looks the package up without importing it (importing MLflow takes ~2 s).
+    if cfg.backend == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        raise ConfigCheckError(
+            "tracking.backend is 'mlflow' but the MLflow client is not installed: "
+            "pip install 'towerflow[mlflow]'"
+        )
+
+
 def _existing_ancestor(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def check_snapshot_stored(root: Path, snapshot_id: str | None) -> None:
+    """Source 'snapshot': the named snapshot is committed in the store at ``root``; else
+    ``storage.SnapshotNotFoundError`` (a LookupError) listing the stored ids."""
+    from storage import Layout, snapshot_path
+
+    if snapshot_id is None:  # DataConfig's validator refuses it; keep mypy and callers honest
+        raise ConfigCheckError("data.snapshot_id: source 'snapshot' needs a snapshot id")
+    snapshot_path(Layout(root), snapshot_id)
 
 
 def check_root_writable(root: Path) -> None:
@@ -137,12 +162,17 @@ def check_root_writable(root: Path) -> None:
 
 def precheck(config: NightlyConfig, root: str | Path | None = None) -> None:
     """Check what a nightly run with ``config`` can check before reading data: the index
-    factory parses, the gate metric is computed, the training device exists, the import
-    files are there, the store root (``root``, default the configured one) is writable.
+    factory parses, the gate metric is computed, the training device exists, the MLflow
+    client is installed when tracking is on, the import files are there, the store root
+    (``root``, default the configured one) is writable.
     Raises on the first problem (see the module docstring)."""
     check_index_factory(config.index, config.tower.embedding_dim)
     check_gate_metric(config.evaluation)
     check_device(config.train)
+    check_tracking(config.tracking)
     if config.data.source == "import":
         check_import_files(config.data.importing)
-    check_root_writable(resolve_root(root, config.runtime.storage_root))
+    store_root = resolve_root(root, config.runtime.storage_root)
+    if config.data.source == "snapshot":
+        check_snapshot_stored(store_root, config.data.snapshot_id)
+    check_root_writable(store_root)

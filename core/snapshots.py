@@ -53,9 +53,23 @@ def _ref(layout: Layout, snapshot_id: str) -> SnapshotRef:
 
 def ensure_snapshot(root: str, cfg: DataConfig) -> SnapshotRef:
     """Generate the synthetic snapshot for ``cfg`` under store ``root`` unless it is already
-    stored; for source 'import', import the configured files (reused when unchanged)."""
+    stored; for source 'import', import the configured files (reused when unchanged); for
+    source 'snapshot', the stored snapshot ``cfg.snapshot_id`` as it is."""
     logger = log
     layout = Layout(Path(root))
+    if cfg.source == "snapshot":
+        assert cfg.snapshot_id is not None  # DataConfig's validator
+        # snapshot_path raises SnapshotNotFoundError listing the stored ids.
+        snapshot_path(layout, cfg.snapshot_id)
+        ref = _ref(layout, cfg.snapshot_id)
+        logger.info(
+            "using stored snapshot %s: %d users, %d items, %d interactions",
+            ref.snapshot_id,
+            ref.n_users,
+            ref.n_items,
+            ref.n_interactions,
+        )
+        return ref
     if cfg.source == "import":
         assert cfg.importing is not None  # DataConfig's validator
         result = run_import(layout, cfg.importing)

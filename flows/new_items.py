@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from core.config import RuntimeConfig
 from core.items_validation import ItemsBatch
 from core.lifecycle import resolve_runtime
-from tasks.items import post_items_report, publish_catalogue, record_items
+from tasks.steps import items_steps
 
 __all__ = ["NewItemsResult", "new_items"]
 
@@ -57,18 +57,25 @@ def new_items(
     Steps:
     1. record-items: validate each item (rejections and reasons -> `items-rejected`
        artifact), append the valid ones to the item catalogue: acknowledged.
-    2. publish-catalogue: CURRENT + the catalogue entries it lacks -> new version (new
+    2. announce-rejections: when items were rejected, a `towerflow.items.rejected` event
+       (the `towerflow-items-rejected` alert, docs/alerts.md).
+    3. publish-catalogue: CURRENT + the catalogue entries it lacks -> new version (new
        items embedded by CURRENT's model through the unknown-ID bucket, index edited in
        place), compare-and-swap CURRENT with bounded retries.
-    3. report-items: the `items-report` artifact (inserted / updated / unchanged /
+    4. report-items: the `items-report` artifact (inserted / updated / unchanged /
        rejected counts, rejection reasons, CURRENT afterwards).
     """
-    runtime = resolve_runtime(RuntimeConfig(storage_root=storage_root))
+    config = RuntimeConfig(storage_root=storage_root)
+    runtime = resolve_runtime(config)
+    steps = items_steps(config.timeouts)
     event_id = event_id or f"flow-run-{flow_run.get_id()}"
     batch = ItemsBatch(event_id=event_id, operation=operation, items=items, path=path)
-    recorded = record_items(runtime.root, batch)
-    version_id = publish_catalogue(runtime.root, runtime.keep_versions, runtime.keep_item_versions)
-    post_items_report(recorded, version_id)
+    recorded = steps.record_items(runtime.root, batch)
+    steps.announce_rejections(recorded)  # before publishing: the alert does not wait for it
+    version_id = steps.publish_catalogue(
+        runtime.root, runtime.keep_versions, runtime.keep_item_versions
+    )
+    steps.post_items_report(recorded, version_id)
     return NewItemsResult(
         event_id=event_id,
         duplicate=recorded.duplicate,

@@ -10,25 +10,21 @@ from prefect.runtime import flow_run
 
 from core.config import NightlyConfig
 from core.lifecycle import exclusive_nightly, resolve_runtime
-from tasks.data import prepare_data
-from tasks.embed import embed_catalogue
-from tasks.evaluate import evaluate_model, quality_gate
-from tasks.index import build_item_index
-from tasks.items import merge_catalogue
-from tasks.precheck import check_config
-from tasks.publish import begin_version, publish_version
-from tasks.report import post_report, report_failures, stage_report
-from tasks.train import train_model
+from tasks.report import report_failures
+from tasks.steps import nightly_steps
+from tasks.tracking import track_failures, track_published
 
 __all__ = ["nightly"]
 
 
 def run_name() -> str:
-    """Readable flow run names: `nightly-<source>-<scale>-<UTC date-time>`."""
+    """Readable flow run names: `nightly-<source>-<scale>-<UTC date-time>`
+    (`nightly-<snapshot id>-<UTC date-time>` on a stored snapshot)."""
     cfg = flow_run.parameters.get("config")
     config = cfg if isinstance(cfg, NightlyConfig) else NightlyConfig.model_validate(cfg or {})
     data = config.data
-    return f"nightly-{data.source}-{data.scale}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    what = data.snapshot_id if data.source == "snapshot" else f"{data.source}-{data.scale}"
+    return f"nightly-{what}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
 
 
 @flow(name="nightly", flow_run_name=run_name, log_prints=False)
@@ -56,26 +52,43 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
        fsync, verify, compare-and-swap CURRENT (on a conflict: catch up, retry).
     10. post-report: `nightly-report` (markdown + plots), `nightly-metrics` (table) and
         `nightly-report-file` (HTML) artifacts.
+    11. track-run (``tracking.backend: mlflow``): parameters, metrics, plots and the
+        version id to MLflow; a failed run is tracked too, with its reason.
     Two nightly runs on one store never overlap (the second fails at once); a run that
-    fails still posts `nightly-report` with the reason.
+    fails still posts `nightly-report` with the reason. Each step fails past its time
+    limit (``runtime.timeouts``, seconds).
     """
     runtime = resolve_runtime(config.runtime)
-    root, threads = runtime.root, runtime.threads
+    root, threads, resume = runtime.root, runtime.threads, config.runtime.resume
+    steps = nightly_steps(config.runtime.timeouts)
     with report_failures(root):
-        check_config(config)  # before the lock and the data: a bad config fails in seconds
-    with exclusive_nightly(root, f"flow run {flow_run.get_name()}"), report_failures(root):
-        snapshot = prepare_data(root, config.data)
-        stage = begin_version(root)
-        trained = train_model(
-            snapshot, stage, config.data, config.tower, config.train, threads, config.evaluation
+        steps.check_config(config)  # before the lock and the data: a bad config fails fast
+    with (
+        exclusive_nightly(root, f"flow run {flow_run.get_name()}"),
+        report_failures(root),
+        track_failures(config),
+    ):
+        snapshot = steps.prepare_data(root, config.data)
+        stage = steps.begin_version(root)
+        trained = steps.train_model(
+            snapshot,
+            stage,
+            config.data,
+            config.tower,
+            config.train,
+            threads,
+            config.evaluation,
+            resume,
         )
-        embed_catalogue(stage, threads)
-        report = evaluate_model(snapshot, stage, config.data, config.evaluation, threads)
-        quality_gate(report, stage)
-        merge_catalogue(stage)
-        index = build_item_index(stage, config.index, threads)
-        stage_report(stage, snapshot, trained, report, config.evaluation.validation_metric)
-        version_id = publish_version(
+        steps.embed_catalogue(stage, threads, resume)
+        report = steps.evaluate_model(
+            snapshot, stage, config.data, config.evaluation, threads, resume
+        )
+        steps.quality_gate(report, stage)
+        steps.merge_catalogue(stage)
+        index = steps.build_item_index(stage, config.index, threads)
+        steps.stage_report(stage, snapshot, trained, report, config.evaluation.validation_metric)
+        version_id = steps.publish_version(
             stage,
             snapshot,
             config.model_dump(mode="json"),
@@ -83,5 +96,8 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
             runtime.keep_versions,
             runtime.keep_item_versions,
         )
-        post_report(version_id, root)
+        steps.post_report(version_id, root)
+    # Outside the lock: a slow tracking server must not hold the store. Never fails the
+    # run (tasks.tracking): the version is published already.
+    track_published(version_id, root, config)
     return version_id

@@ -72,6 +72,7 @@ from storage.snapshots import (
     snapshot_exists,
     snapshot_path,
 )
+from storage.stepcache import clear_steps, restore_step, save_step, stage_listing, step_outputs
 from storage.versions import (
     PUBLISH_STEPS,
     REQUIRED_FILES,
@@ -133,6 +134,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "begin_snapshot",
+    "clear_steps",
     "commit_snapshot",
     "file_lock",
     "fsync_dir",
@@ -144,11 +146,15 @@ __all__ = [
     "read_json",
     "read_num_rows",
     "read_table",
+    "restore_step",
     "save_index",
     "save_model",
+    "save_step",
     "sha256_file",
     "snapshot_exists",
     "snapshot_path",
+    "stage_listing",
+    "step_outputs",
     "validate_id",
     "vector",
     "vectors_to_arrow",

@@ -6,8 +6,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from core.config import DataConfig, EvalConfig
-from core.evaluation import EvalReport, enforce_gate, evaluate_version
+from core.evaluation import EvalReport, enforce_gate
 from core.refs import SnapshotRef, StageRef
+from core.resume import evaluate_step
 from core.threads import apply_threads
 
 __all__ = ["evaluate_model", "quality_gate"]
@@ -20,11 +21,13 @@ def evaluate_model(
     data_cfg: DataConfig,
     cfg: EvalConfig,
     threads: int | None = None,
+    resume: bool = False,
 ) -> EvalReport:
-    """``core.evaluation.evaluate_version``: rank every item for the test users; stage
-    metrics.json with the model, popularity, classical baseline and oracle figures."""
+    """``core.resume.evaluate_step``: rank every item for the test users (or reuse a failed
+    run's result for the same inputs); stage metrics.json with the model, popularity,
+    classical baseline and oracle figures."""
     apply_threads(threads)
-    return evaluate_version(snapshot, stage, data_cfg, cfg, logger=get_run_logger())
+    return evaluate_step(snapshot, stage, data_cfg, cfg, resume=resume, logger=get_run_logger())
 
 
 @task(name="quality-gate")

@@ -6,8 +6,9 @@ from prefect import get_run_logger, task
 
 from core.config import DataConfig, EvalConfig, TowerConfig, TrainConfig
 from core.refs import SnapshotRef, StageRef
+from core.resume import train_step
 from core.threads import apply_threads
-from core.training import TrainSummary, train_version
+from core.training import TrainSummary
 from tasks.progress import StepProgress
 
 __all__ = ["train_model"]
@@ -22,16 +23,19 @@ def train_model(
     train_cfg: TrainConfig,
     threads: int | None = None,
     eval_cfg: EvalConfig | None = None,
+    resume: bool = False,
 ) -> TrainSummary:
-    """``core.training.train_version`` with a progress artifact and the run logger."""
+    """``core.resume.train_step`` (train, or reuse a failed run's model for the same
+    inputs) with a progress artifact and the run logger."""
     apply_threads(threads)
-    return train_version(
+    return train_step(
         snapshot,
         stage,
         data_cfg,
         tower_cfg,
         train_cfg,
         eval_cfg,
+        resume=resume,
         logger=get_run_logger(),
         progress=StepProgress,
     )

@@ -23,7 +23,7 @@ from cli.app import app
 from cli.errors import CommandError, ExitCode, PrefectServerUnavailable, classify, describe
 from core.evaluation import QualityGateError
 from core.indexing import IndexRecallError
-from core.lifecycle import OverlappingRunError
+from core.lifecycle import OverlappingRunError, StepTimeoutError
 from core.precheck import ConfigCheckError, InputFileMissingError
 from core.recall_types import UnknownUserError
 from storage import (
@@ -79,6 +79,7 @@ def json_error(result: Result, code: int) -> dict[str, Any]:
         (RuntimeError(FAISS_DISK_FULL), ExitCode.DISK_FULL),
         (PublishConflictError("v1", "v2", "v3"), ExitCode.CONFLICT),
         (OverlappingRunError("another nightly run"), ExitCode.CONFLICT),
+        (StepTimeoutError("train-model", 60, "train_model"), ExitCode.TIMEOUT),
         (QualityGateError("quality gate failed"), ExitCode.QUALITY_GATE),
         (IndexRecallError("below the target"), ExitCode.QUALITY_GATE),
         (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), ExitCode.SERVER),

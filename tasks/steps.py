@@ -1,0 +1,118 @@
+"""The nightly's tasks with their time limits from configuration (``TaskTimeouts``).
+
+Prefect fixes ``timeout_seconds`` when a task is declared, so each run takes copies made
+with ``Task.with_options``. Prefect's own timeout error says only "Scope timed out after N
+second(s)"; each call here turns it into ``core.lifecycle.StepTimeoutError``, which names
+the step and the setting to raise. The flow calls ``steps.train_model(...)`` as it would
+call the task itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from prefect import Task
+from prefect.task_engine import TaskRunTimeoutError
+
+from core.config import TaskTimeouts
+from core.evaluation import EvalReport
+from core.items import RecordSummary
+from core.lifecycle import StepTimeoutError
+from core.refs import IndexSummary, SnapshotRef, StageRef
+from core.training import TrainSummary
+from tasks.data import prepare_data
+from tasks.embed import embed_catalogue
+from tasks.evaluate import evaluate_model, quality_gate
+from tasks.index import build_item_index
+from tasks.items import (
+    announce_rejections,
+    merge_catalogue,
+    post_items_report,
+    publish_catalogue,
+    record_items,
+)
+from tasks.precheck import check_config
+from tasks.publish import begin_version, publish_version
+from tasks.report import post_report, stage_report
+from tasks.train import train_model
+
+__all__ = ["ItemsSteps", "NightlySteps", "items_steps", "limited", "nightly_steps"]
+
+R = TypeVar("R")
+
+
+def limited(task: Task[..., R], timeouts: TaskTimeouts, setting: str) -> Callable[..., R]:
+    """``task`` limited to ``getattr(timeouts, setting)`` seconds; past it the call raises
+    ``StepTimeoutError`` naming the task and the setting."""
+    seconds = float(getattr(timeouts, setting))
+    bounded = task.with_options(timeout_seconds=seconds)
+
+    @functools.wraps(task.fn)
+    def call(*args: Any, **kwargs: Any) -> R:
+        try:
+            return bounded(*args, **kwargs)
+        except TaskRunTimeoutError as e:
+            raise StepTimeoutError(task.name, seconds, setting) from e
+
+    return call
+
+
+@dataclass(frozen=True)
+class NightlySteps:
+    """The nightly's tasks, each limited in time (parameters as the tasks')."""
+
+    check_config: Callable[..., None]
+    prepare_data: Callable[..., SnapshotRef]
+    begin_version: Callable[..., StageRef]
+    train_model: Callable[..., TrainSummary]
+    embed_catalogue: Callable[..., int]
+    evaluate_model: Callable[..., EvalReport]
+    quality_gate: Callable[..., None]
+    merge_catalogue: Callable[..., int]
+    build_item_index: Callable[..., IndexSummary]
+    stage_report: Callable[..., list[str]]
+    publish_version: Callable[..., str]
+    post_report: Callable[..., str]
+
+
+def nightly_steps(timeouts: TaskTimeouts) -> NightlySteps:
+    """The nightly's tasks limited to ``timeouts`` (seconds, by task name)."""
+    t = timeouts
+    return NightlySteps(
+        check_config=limited(check_config, t, "check_config"),
+        prepare_data=limited(prepare_data, t, "prepare_data"),
+        begin_version=limited(begin_version, t, "begin_version"),
+        train_model=limited(train_model, t, "train_model"),
+        embed_catalogue=limited(embed_catalogue, t, "embed_items"),
+        evaluate_model=limited(evaluate_model, t, "evaluate"),
+        quality_gate=limited(quality_gate, t, "quality_gate"),
+        merge_catalogue=limited(merge_catalogue, t, "merge_catalogue"),
+        build_item_index=limited(build_item_index, t, "build_index"),
+        stage_report=limited(stage_report, t, "stage_report"),
+        publish_version=limited(publish_version, t, "publish_version"),
+        post_report=limited(post_report, t, "post_report"),
+    )
+
+
+@dataclass(frozen=True)
+class ItemsSteps:
+    """The new-items flow's tasks, each limited in time (parameters as the tasks')."""
+
+    record_items: Callable[..., RecordSummary]
+    announce_rejections: Callable[..., bool]
+    publish_catalogue: Callable[..., str]
+    post_items_report: Callable[..., str]
+
+
+def items_steps(timeouts: TaskTimeouts) -> ItemsSteps:
+    """The new-items flow's tasks limited to ``timeouts`` (seconds, by task name)."""
+    t = timeouts
+    return ItemsSteps(
+        record_items=limited(record_items, t, "record_items"),
+        announce_rejections=limited(announce_rejections, t, "announce_rejections"),
+        publish_catalogue=limited(publish_catalogue, t, "publish_catalogue"),
+        post_items_report=limited(post_items_report, t, "report_items"),
+    )
