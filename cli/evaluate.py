@@ -1,6 +1,10 @@
 """``towerflow evaluate``: train the configured model (or, with ``--ablation``, the ladder
 of variants) on a snapshot and print one full-ranking table next to the baselines.
 
+The rung to deploy is chosen on validation (``evaluation.validation_metric``), never on
+test: the table marks it and ``--json`` carries it as ``chosen`` (None without a
+validation split), with every rung's ``validation`` score under ``runs``.
+
 Nothing is published; no Prefect server is needed. With ``tracking.backend: mlflow`` in
 the config, the result is also logged to MLflow (``core.ablation.track_ablation``). Register
 with ``app.command("evaluate")(evaluate_command)``.
@@ -49,7 +53,8 @@ def evaluate_command(
         typer.Option(
             "--ablation",
             help="Train the ladder: bce pointwise, in-batch softmax, + logQ, + item bias, "
-            "+ mixed negatives, + history (and + hard negatives with --hard).",
+            "+ mixed negatives, + history (and + hard negatives with --hard); the rung "
+            "with the best validation metric is marked as chosen.",
         ),
     ] = False,
     config: Annotated[
@@ -117,7 +122,8 @@ def evaluate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """Train and rank on a snapshot, print one table with popularity, the classical
-    baseline and (synthetic data) the oracle; publish nothing."""
+    baseline and (synthetic data) the oracle, and the variant chosen on validation;
+    publish nothing."""
     from cli.progress import progress_bars
     from core.ablation import Variant, ladder, render_table, run_ablation
     from core.config import load_config

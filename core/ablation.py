@@ -5,6 +5,11 @@ Every variant reads the same prepared snapshot (same split, vocabulary and featu
 is evaluated by the same full-ranking code as the nightly run (``core.evaluation``), so the
 table answers "what does each training ingredient buy" on equal terms.
 
+Which rung to deploy is chosen on validation, never on test: every rung's final model is
+scored on the validation split (``EvalConfig.validation_metric`` over the same sampled
+validation users for every rung) and the best one is ``AblationResult.chosen``; the test
+columns only report what the choice is worth.
+
 ``track_ablation`` logs a finished ablation to MLflow (``tracking.backend: mlflow``): a
 parent run and a nested run per rung.
 """
@@ -37,13 +42,22 @@ from core.tracking import (
 )
 from core.training import impression_examples
 from model.config import TowerConfig, TrainConfig
-from model.pipeline import Pointwise, Prepared, ScoreFn, fit, model_scorer, sampled_pointwise
+from model.pipeline import (
+    Pointwise,
+    Prepared,
+    ScoreFn,
+    fit,
+    model_scorer,
+    sampled_pointwise,
+    validator,
+)
 from storage import Layout, snapshot_path
 
 __all__ = [
     "AblationResult",
     "Variant",
     "VariantRun",
+    "choose_rung",
     "ladder",
     "render_table",
     "run_ablation",
@@ -94,19 +108,39 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
 
 @dataclass(frozen=True)
 class VariantRun:
-    """How one variant trained."""
+    """How one variant trained and how its final model scores on validation.
+
+    ``seconds``: training wall time (s). ``val_metric``: the best epoch's validation
+    metric seen during training (early stopping only, else None). ``validation``: the
+    validation metric of the final model (with early stopping: the best epoch's weights),
+    None only when the split has no validation part."""
 
     name: str
     seconds: float
     epochs: int
     best_epoch: int | None
     val_metric: float | None
+    validation: float | None
     epoch_loss: tuple[float, ...] = ()  # mean training loss of each epoch
+
+
+def choose_rung(runs: list[VariantRun]) -> str | None:
+    """The rung with the highest ``validation`` score; on a tie the earlier one (the
+    ladder adds one ingredient per rung, so earlier is simpler). None when no rung has a
+    validation score (the split has no validation part): picking by test would flatter
+    the model, so nothing is picked."""
+    best: tuple[float, str] | None = None
+    for run in runs:
+        # Strictly greater: a later rung must beat the simpler one to be chosen.
+        if run.validation is not None and (best is None or run.validation > best[0]):
+            best = (run.validation, run.name)
+    return None if best is None else best[1]
 
 
 @dataclass(frozen=True)
 class AblationResult:
-    """Test metrics of every ranker (variants and references) on the same users."""
+    """Test metrics of every ranker (variants and references) on the same users, and the
+    rung chosen on validation (``validation_metric``, e.g. 'recall@50')."""
 
     snapshot_id: str
     protocol: str
@@ -114,7 +148,14 @@ class AblationResult:
     n_items: int
     rankers: dict[str, dict[str, float]]
     runs: list[VariantRun]
+    validation_metric: str
     baseline_tuning: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def chosen(self) -> str | None:
+        """The rung to deploy: best validation score, ties to the earlier rung."""
+        # Derived, not stored, so it can never disagree with the runs' scores.
+        return choose_rung(self.runs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,6 +165,8 @@ class AblationResult:
             "n_items": self.n_items,
             "rankers": self.rankers,
             "runs": [vars(r) for r in self.runs],
+            "validation_metric": self.validation_metric,
+            "chosen": self.chosen,
             "baseline_tuning": self.baseline_tuning,
         }
 
@@ -154,6 +197,10 @@ def run_ablation(
     snapshot = ensure_snapshot(root, cfg.data)
     folder = snapshot_path(Layout(Path(root)), snapshot.snapshot_id)
     prep = load_prepared(folder, cfg.data)
+    metric = cfg.evaluation.validation_metric
+    # One validator for every rung (the base seed), so all rungs are scored on the same
+    # sampled validation users; None when the split has no validation part.
+    validate = validator(prep, metric, cfg.evaluation.validation_users, cfg.train.seed)
     scorers: dict[str, ScoreFn] = {}
     runs: list[VariantRun] = []
     for variant in variants:
@@ -170,7 +217,7 @@ def run_ablation(
             prep,
             tower,
             train,
-            validate_metric=cfg.evaluation.validation_metric,
+            validate_metric=metric,
             validate_users=cfg.evaluation.validation_users,
             pointwise=pointwise,
             on_step=_epoch_fraction(progress),
@@ -178,6 +225,10 @@ def run_ablation(
         progress.update(train.epochs, force=True)
         seconds = time.perf_counter() - start
         best = result.best_epoch
+        # The final model (with early stopping fit restored the best epoch's weights).
+        validation = None if validate is None else validate(model)
+        if validation is not None:
+            log.info("variant %r: validation %s %.4f", variant.name, metric, validation)
         runs.append(
             VariantRun(
                 variant.name,
@@ -185,6 +236,7 @@ def run_ablation(
                 len(result.epochs),
                 best,
                 None if best is None else result.epochs[best - 1].val_metric,
+                validation,
                 tuple(e.loss for e in result.epochs),
             )
         )
@@ -199,6 +251,7 @@ def run_ablation(
         prep.data.n_items,
         rankers,
         runs,
+        metric,
         tuning,
     )
 
@@ -214,15 +267,21 @@ _COLUMNS = (
     "coverage@50",
     "avg_pop_norm@50",
 )
+# Test metrics quoted for the chosen rung below the table.
+_LABELS = {"recall@10": "Recall@10", "ndcg@10": "NDCG@10"}
 
 
 def render_table(res: AblationResult) -> str:
-    """Markdown: one row per ranker (variants first, then references), the metrics, the
-    share of the oracle's Recall@50 (synthetic data) and training time."""
+    """Markdown: one row per ranker (variants first, then references), the test metrics,
+    the share of the oracle's Recall@50 (synthetic data), each rung's validation metric,
+    the rung chosen on it (✓), training time (s) and epochs; then a line naming the
+    choice and its test metrics."""
     runs = {r.name: r for r in res.runs}
+    chosen = res.chosen
     oracle = res.rankers.get("oracle", {}).get("recall@50")
     cols = [c for c in _COLUMNS if c in next(iter(res.rankers.values()))]
-    head = ["ranker", *cols, *(["of oracle R@50"] if oracle else []), "train s", "epochs"]
+    head = ["ranker", *cols, *(["of oracle R@50"] if oracle else [])]
+    head += [f"validation {res.validation_metric}", "chosen", "train s", "epochs"]
     lines = [
         f"Protocol `{res.protocol}`, snapshot `{res.snapshot_id}`: {res.n_users:,} test users, "
         f"full ranking over {res.n_items:,} items (train + validation items masked).",
@@ -236,25 +295,59 @@ def render_table(res: AblationResult) -> str:
         if oracle:
             cells.append(f"{metrics['recall@50'] / oracle:.1%}")
         if run is None:
-            cells += ["", ""]
+            cells += ["", "", "", ""]
         else:
             best = "" if run.best_epoch is None else f" (best {run.best_epoch})"
-            cells += [f"{run.seconds:.0f}", f"{run.epochs}{best}"]
+            val = "" if run.validation is None else f"{run.validation:.4f}"
+            mark = "✓" if name == chosen else ""
+            cells += [val, mark, f"{run.seconds:.0f}", f"{run.epochs}{best}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _choice_line(res)]
     if res.baseline_tuning:
         tried = ", ".join(f"{k}: {v:.4f}" for k, v in res.baseline_tuning.items())
         lines += ["", f"Classical baseline regularisation chosen on validation ({tried})."]
     return "\n".join(lines)
 
 
+def _choice_line(res: AblationResult) -> str:
+    """The rung chosen on validation with its test metrics, and (for reference only) the
+    rung the test set would have picked, by the same metric as validation."""
+    chosen = res.chosen
+    if chosen is None:
+        return "No validation split: no rung chosen (choosing by test would flatter the model)."
+    run = next(r for r in res.runs if r.name == chosen)
+    test = res.rankers[chosen]
+    shown = ", ".join(f"{_LABELS[k]} {test[k]:.4f}" for k in _LABELS if k in test)
+    line = (
+        f"Chosen on validation ({res.validation_metric} = {run.validation:.4f}): "
+        f"`{chosen}`; its test {shown}"
+    )
+    # Compare by test on the validation metric when the test has it, else Recall@10.
+    key = res.validation_metric if res.validation_metric in test else "recall@10"
+    rungs = [r.name for r in res.runs if key in res.rankers[r.name]]
+    if len(rungs) < 2:
+        return line + "."
+    # max keeps the first of equals: the earlier rung, as the validation tie rule.
+    by_test = max(rungs, key=lambda name: res.rankers[name][key])
+    if by_test == chosen:
+        return line + f" (also the best rung by test {key}: shown for reference, not a choice)."
+    return line + (
+        f" (the best rung by test {key} would be `{by_test}`: shown for reference only, "
+        "not a choice)."
+    )
+
+
 def _rung_points(res: AblationResult, name: str) -> list[Point]:
     """A rung's test metrics under ``model/`` (keyed as a nightly's model, so the two
-    compare key for key) and its training: seconds, epochs, loss per epoch (step =
+    compare key for key), its final model's validation metric under ``validation/`` (what
+    the rung was chosen on) and its training: seconds, epochs, loss per epoch (step =
     epoch), best epoch and its validation metric."""
     points = ranker_points({"model": res.rankers[name]})
     run = next((r for r in res.runs if r.name == name), None)
     if run is None:
         return points
+    if run.validation is not None:
+        points.append(Point(metric_key("validation", res.validation_metric), run.validation))
     points += [Point("train/seconds", run.seconds), Point("train/epochs", run.epochs)]
     points += [Point("train/loss", v, i) for i, v in enumerate(run.epoch_loss, 1)]
     if run.best_epoch is not None:
@@ -274,8 +367,9 @@ def track_ablation(
 ) -> TrackedRun:
     """Log a finished ablation to ``cfg.tracking``'s MLflow experiment: a parent run
     (the base config as parameters, the reference rankers' metrics, the table as
-    ablation.md and ablation.json) and a nested run per rung, named after it (its config
-    overrides as parameters, its metrics). Returns the parent run.
+    ablation.md and ablation.json, the rung chosen on validation as tag ``chosen``) and a
+    nested run per rung, named after it (its config overrides as parameters, its test and
+    validation metrics). Returns the parent run.
 
     Logged after the last rung has trained, so the runs' MLflow start times are the
     tracking time; each rung's training time is its ``train/seconds`` metric."""
@@ -283,6 +377,8 @@ def track_ablation(
     names = [v.name for v in variants]
     references = {k: v for k, v in res.rankers.items() if k not in names}
     tags = {KIND: "ablation", SNAPSHOT: res.snapshot_id, "protocol": res.protocol}
+    if res.chosen is not None:  # no tag at all without a validation split: nothing chosen
+        tags |= {"chosen": res.chosen, "chosen_on": f"validation {res.validation_metric}"}
     with tracker.run(run_name or f"ablation-{res.snapshot_id}", tags) as parent:
         # The index section plays no part in an ablation.
         params = config_params(cfg.model_dump(mode="json"), NIGHTLY_SECTIONS[:4])

@@ -234,6 +234,10 @@ def test_evaluate_ablation_prints_one_table_with_every_variant_and_baseline(
     assert res["rankers"]["+ logQ"]["recall@50"] > res["rankers"]["popularity"]["recall@50"]
     table = out.read_text()
     assert "| + history |" in table and "of oracle R@50" in table
+    # The rung to deploy is the argmax of validation (never of test), in JSON and table.
+    scores = {r["name"]: r["validation"] for r in res["runs"]}
+    assert res["chosen"] == max(scores, key=lambda name: scores[name])
+    assert f"): `{res['chosen']}`; its test Recall@10" in table
     assert json.loads(out.with_suffix(".json").read_text())["protocol"] == "temporal"
 
 

@@ -223,6 +223,8 @@ def test_the_ablation_has_a_parent_and_a_nested_run_per_rung(
     assert parent.data.params["ladder"] == " | ".join(v.name for v in tracked.variants)
     assert parent.data.params["train.epochs"] == "3"
     assert parent.data.tags["snapshot_id"] == result.snapshot_id
+    # The rung chosen on validation (every rung has a score: the split has validation).
+    assert result.chosen is not None and parent.data.tags["chosen"] == result.chosen
     references = {"popularity", "ease", "oracle"}
     assert references <= set(result.rankers)
     for ranker in references:
@@ -237,6 +239,9 @@ def test_the_ablation_has_a_parent_and_a_nested_run_per_rung(
         assert rung.data.params == overrides
         expected = {metric_key("model", k): v for k, v in result.rankers[variant.name].items()}
         assert {k: rung.data.metrics[k] for k in expected} == expected
+        validation = runs[variant.name].validation
+        assert validation is not None
+        assert rung.data.metrics["validation/recall_at_50"] == validation
         loss = tracked.client.get_metric_history(rung.info.run_id, "train/loss")
         assert [m.value for m in loss] == list(runs[variant.name].epoch_loss)
         assert len(loss) == runs[variant.name].epochs == 3
