@@ -41,7 +41,7 @@ from core.tracking import (
     ranker_points,
 )
 from core.training import impression_examples
-from model.config import TowerConfig, TrainConfig
+from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
 from model.pipeline import (
     Pointwise,
     Prepared,
@@ -83,7 +83,8 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
     """The standard ladder, each rung adding one ingredient to the one before:
     pointwise BCE (as in the seed) -> in-batch softmax -> + logQ correction -> + item bias
     (the learned per-item offset slot) -> + mixed (uniform) negatives -> + behaviour
-    history [-> + hard negatives when ``hard`` > 0]."""
+    history [-> + hard negatives when ``hard`` > 0]; beside them, the full softmax over
+    every item (skipped by ``run_ablation`` above ``FULL_SOFTMAX_MAX_ITEMS`` items)."""
     plain = {"item_bias": False}
     mixed = {"uniform_negatives": uniform_negatives}
     history = {"history_len": history_len}
@@ -93,6 +94,13 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
         Variant("+ logQ", tower=plain, train={"logq_correction": True}),
         Variant("+ item bias", tower={"item_bias": True}, train={"logq_correction": True}),
         Variant("+ mixed negatives", tower={"item_bias": True}, train=mixed),
+        # The exact objective the sampled rungs estimate: every trained item is a candidate
+        # (no sampling bias at all); only on catalogues of at most FULL_SOFTMAX_MAX_ITEMS.
+        Variant(
+            "full softmax",
+            tower={"item_bias": True},
+            train={"loss": "full_softmax", "uniform_negatives": 0},
+        ),
         Variant("+ history", tower={"item_bias": True, **history}, train=mixed),
     ]
     if hard > 0:
@@ -206,6 +214,14 @@ def run_ablation(
     for variant in variants:
         tower: TowerConfig = cfg.tower.model_copy(update=variant.tower)
         train: TrainConfig = cfg.train.model_copy(update=variant.train)
+        if train.loss == "full_softmax" and prep.vocab.n_items > FULL_SOFTMAX_MAX_ITEMS:
+            log.info(
+                "skipping %r: %d trained items is over the full softmax's limit of %d",
+                variant.name,
+                prep.vocab.n_items,
+                FULL_SOFTMAX_MAX_ITEMS,
+            )
+            continue
         pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
         log.info("training variant %r", variant.name)
         # A bar per variant in `towerflow evaluate` (cli.progress), a log line elsewhere.

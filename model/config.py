@@ -11,9 +11,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Device", "LossKind", "TowerConfig", "TowerSpec", "TrainConfig"]
+__all__ = [
+    "FULL_SOFTMAX_MAX_ITEMS",
+    "Device",
+    "LossKind",
+    "TowerConfig",
+    "TowerSpec",
+    "TrainConfig",
+]
 
-LossKind = Literal["softmax", "bce"]
+LossKind = Literal["softmax", "bce", "full_softmax"]
+
+# Catalogues up to this size may train with the full softmax: its logits are (batch, items)
+# floats and every step runs the item tower over the whole catalogue (at 50k items and
+# batch 1024, 200 MB of logits).
+FULL_SOFTMAX_MAX_ITEMS = 50_000
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -73,7 +85,10 @@ class TrainConfig(BaseModel):
 
     loss: LossKind = Field(
         "softmax",
-        description="'softmax': in-batch sampled softmax; 'bce': pointwise on impressions.",
+        description="'softmax': in-batch sampled softmax; 'bce': pointwise on impressions; "
+        f"'full_softmax': softmax over every trained item (catalogues up to "
+        f"{FULL_SOFTMAX_MAX_ITEMS:,} items; no sampling, so no logQ correction or extra "
+        "negatives).",
     )
     epochs: int = Field(5, ge=1, description="Passes over the training interactions.")
     batch_size: int = Field(1024, ge=2, description="Examples per step (in-batch negatives).")

@@ -14,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "bce_loss",
+    "full_softmax_loss",
     "in_batch_softmax_loss",
     "log_expected_count",
     "log_sampling_probability",
@@ -139,3 +140,22 @@ def bce_loss(
     """
     logits = (user_vecs * item_vecs).sum(dim=1) / temperature + bias
     return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def full_softmax_loss(
+    user_vecs: Tensor, catalogue_vecs: Tensor, item_rows: Tensor, temperature: float
+) -> Tensor:
+    """Cross-entropy of each example's positive against every item of the catalogue: the
+    exact softmax that sampled softmax estimates (no sampling, so no bias to correct).
+
+    Args:
+        user_vecs: (B, D) user vectors.
+        catalogue_vecs: (I, D) vectors of item rows 1..I (row 0, the unknown bucket, is not
+            a candidate).
+        item_rows: (B,) int64 rows (1..I) of each example's positive.
+        temperature: divides the inner-product scores.
+    Returns the scalar mean cross-entropy. Another positive of the same user is a
+    candidate like any item (as in the full-softmax objective of the literature).
+    """
+    logits = user_vecs @ catalogue_vecs.T / temperature
+    return F.cross_entropy(logits, item_rows - 1)

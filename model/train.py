@@ -17,10 +17,11 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from model.config import TowerSpec, TrainConfig
+from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerSpec, TrainConfig
 from model.features import FeatureTables
 from model.losses import (
     bce_loss,
+    full_softmax_loss,
     log_expected_count,
     log_sampling_probability,
     mixed_softmax_loss,
@@ -28,7 +29,15 @@ from model.losses import (
 from model.threadgov import adaptive_loop
 from model.towers import TwoTower
 
-__all__ = ["EpochStats", "TrainResult", "Validator", "init_model", "resolve_device", "train"]
+__all__ = [
+    "EpochStats",
+    "TrainResult",
+    "Validator",
+    "check_full_softmax",
+    "init_model",
+    "resolve_device",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +104,22 @@ class _Batches:
     labels: Tensor | None  # (N,) float32 for bce
 
 
+def check_full_softmax(cfg: TrainConfig, n_items: int) -> None:
+    """Loss 'full_softmax' scores every item: only for catalogues up to
+    ``FULL_SOFTMAX_MAX_ITEMS`` items, and without sampled negatives (they would be scored
+    twice). Raises ValueError naming the setting."""
+    if n_items > FULL_SOFTMAX_MAX_ITEMS:
+        raise ValueError(
+            f"loss 'full_softmax' scores every item each step: {n_items:,} items is over its "
+            f"limit of {FULL_SOFTMAX_MAX_ITEMS:,}; use loss 'softmax' (sampled, logQ-corrected)"
+        )
+    if cfg.uniform_negatives or cfg.hard_negatives:
+        raise ValueError(
+            "loss 'full_softmax' already scores every item: uniform_negatives and "
+            "hard_negatives must be 0"
+        )
+
+
 class _Step:
     """One optimisation step's loss for a batch of example indices."""
 
@@ -144,6 +169,9 @@ class _Step:
         u_vec = self.model.forward_user(
             _dropout_ids(u, cfg.id_dropout, gen), t.user_profile[u], hist
         )
+        if cfg.loss == "full_softmax":
+            rows = torch.arange(1, self.n_items + 1, device=i.device)
+            return full_softmax_loss(u_vec, self._items(rows, gen), i, cfg.temperature)
         i_vec = self._items(i, gen)
         if cfg.loss == "bce":
             assert data.labels is not None
@@ -209,6 +237,8 @@ def train(
         raise ValueError(f"need at least 2 training examples, got {len(user_rows)}")
     if cfg.loss == "bce" and (labels is None or len(labels) != len(user_rows)):
         raise ValueError("loss 'bce' needs one label per example")
+    if cfg.loss == "full_softmax":
+        check_full_softmax(cfg, model.spec.n_items)
     if model.history_len > 0 and (
         history is None or history.shape != (len(user_rows), model.history_len)
     ):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from model.losses import (
     bce_loss,
+    full_softmax_loss,
     in_batch_softmax_loss,
     log_expected_count,
     log_sampling_probability,
@@ -215,3 +216,17 @@ def test_logq_sign_matters_on_a_popularity_skewed_world() -> None:
     right, none, wrong = overlap(1.0), overlap(0.0), overlap(-1.0)
     # Measured: 0.82 / 0.32 / 0.09.
     assert right > none + 0.2 and none > wrong + 0.1, (right, none, wrong)
+
+
+def test_full_softmax_is_the_cross_entropy_over_every_catalogue_item() -> None:
+    gen = torch.Generator().manual_seed(0)
+    users, catalogue = torch.randn(3, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    rows = torch.tensor([1, 5, 3])  # vocabulary rows: catalogue row r is item row r + 1
+    loss = full_softmax_loss(users, catalogue, rows, 0.5)
+    logits = (users @ catalogue.T / 0.5).double()
+    by_hand = -np.mean([float(torch.log_softmax(logits[b], 0)[r - 1]) for b, r in enumerate(rows)])
+    assert float(loss) == pytest.approx(by_hand, rel=1e-5)
+    # Sampled softmax over the whole catalogue as "in-batch" candidates is the same number.
+    assert float(loss) == pytest.approx(
+        float(F.cross_entropy(users @ catalogue.T / 0.5, rows - 1)), rel=1e-6
+    )

@@ -239,3 +239,32 @@ def test_resolve_device_cpu_and_auto() -> None:
 def test_resolve_device_cuda_without_gpu_raises() -> None:
     with pytest.raises(RuntimeError, match="cuda"):
         resolve_device("cuda")
+
+
+def test_full_softmax_trains_and_beats_popularity(world: World) -> None:
+    model = world.fresh_model()
+    users, items = world.positives()
+    cfg = SOFTMAX.model_copy(update={"loss": "full_softmax", "epochs": 3})
+    result = train(model, world.tables, users, items, cfg)
+    losses = [e.loss for e in result.epochs]
+    # The full softmax's loss starts near log(#items) and falls.
+    assert losses[0] < np.log(world.spec.n_items) and losses[-1] < losses[0] - 0.3, losses
+    assert _model_recall(world, model) > 1.5 * _popularity_recall(world)
+
+
+def test_full_softmax_refuses_large_catalogues_and_sampled_negatives(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users, items = world.positives()
+    cfg = SOFTMAX.model_copy(update={"loss": "full_softmax", "epochs": 1})
+    with pytest.raises(ValueError, match="uniform_negatives and hard_negatives must be 0"):
+        train(
+            world.fresh_model(),
+            world.tables,
+            users,
+            items,
+            cfg.model_copy(update={"uniform_negatives": 8}),
+        )
+    monkeypatch.setattr("model.train.FULL_SOFTMAX_MAX_ITEMS", world.spec.n_items - 1)
+    with pytest.raises(ValueError, match="over its limit"):
+        train(world.fresh_model(), world.tables, users, items, cfg)
