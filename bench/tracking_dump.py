@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.ablation import ladder, run_ablation, track_ablation
+from core.ablation import ladder, run_ablation
+from core.ablation_tracking import track_ablation
 from core.config import NightlyConfig
 from core.evaluation import QualityGateError
 from core.nightly import run_nightly

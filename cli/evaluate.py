@@ -6,8 +6,9 @@ test: the table marks it and ``--json`` carries it as ``chosen`` (None without a
 validation split), with every rung's ``validation`` score under ``runs``.
 
 Nothing is published; no Prefect server is needed. With ``tracking.backend: mlflow`` in
-the config, the result is also logged to MLflow (``core.ablation.track_ablation``). Register
-with ``app.command("evaluate")(evaluate_command)``.
+the config, the result is also logged to MLflow
+(``core.ablation_tracking.track_ablation``). Register with
+``app.command("evaluate")(evaluate_command)``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _track(cfg: NightlyConfig, variants: list[Variant], result: AblationResult) 
 
     A tracking failure is a warning, not the command's failure: the table, which may have
     taken hours, is still printed and written, and stdout keeps its one JSON object."""
-    from core.ablation import track_ablation
+    from core.ablation_tracking import track_ablation
 
     try:
         run = track_ablation(cfg, variants, result)

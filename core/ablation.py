@@ -10,8 +10,8 @@ scored on the validation split (``EvalConfig.validation_metric`` over the same s
 validation users for every rung) and the best one is ``AblationResult.chosen``; the test
 columns only report what the choice is worth.
 
-``track_ablation`` logs a finished ablation to MLflow (``tracking.backend: mlflow``): a
-parent run and a nested run per rung.
+``core.ablation_tracking.track_ablation`` logs a finished ablation to MLflow
+(``tracking.backend: mlflow``): a parent run and a nested run per rung.
 """
 
 from __future__ import annotations
@@ -26,20 +26,9 @@ from typing import Any
 from core.config import NightlyConfig
 from core.dataio import load_prepared
 from core.evaluation import rank_all, reference_scorers
-from core.progress import Progress, StepLogger
+from core.progress import Progress
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
-from core.tracking import (
-    KIND,
-    NIGHTLY_SECTIONS,
-    SNAPSHOT,
-    Point,
-    TrackedRun,
-    Tracker,
-    config_params,
-    metric_key,
-    ranker_points,
-)
 from core.training import impression_examples
 from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
 from model.pipeline import (
@@ -61,7 +50,6 @@ __all__ = [
     "ladder",
     "render_table",
     "run_ablation",
-    "track_ablation",
 ]
 
 log = logging.getLogger(__name__)
@@ -351,68 +339,3 @@ def _choice_line(res: AblationResult) -> str:
         f" (the best rung by test {key} would be `{by_test}`: shown for reference only, "
         "not a choice)."
     )
-
-
-def _rung_points(res: AblationResult, name: str) -> list[Point]:
-    """A rung's test metrics under ``model/`` (keyed as a nightly's model, so the two
-    compare key for key), its final model's validation metric under ``validation/`` (what
-    the rung was chosen on) and its training: seconds, epochs, loss per epoch (step =
-    epoch), best epoch and its validation metric."""
-    points = ranker_points({"model": res.rankers[name]})
-    run = next((r for r in res.runs if r.name == name), None)
-    if run is None:
-        return points
-    if run.validation is not None:
-        points.append(Point(metric_key("validation", res.validation_metric), run.validation))
-    points += [Point("train/seconds", run.seconds), Point("train/epochs", run.epochs)]
-    points += [Point("train/loss", v, i) for i, v in enumerate(run.epoch_loss, 1)]
-    if run.best_epoch is not None:
-        points.append(Point("train/best_epoch", run.best_epoch))
-    if run.val_metric is not None:
-        points.append(Point("train/best_validation", run.val_metric))
-    return points
-
-
-def track_ablation(
-    cfg: NightlyConfig,
-    variants: list[Variant],
-    res: AblationResult,
-    *,
-    run_name: str | None = None,
-    logger: StepLogger = log,
-) -> TrackedRun:
-    """Log a finished ablation to ``cfg.tracking``'s MLflow experiment: a parent run
-    (the base config as parameters, the reference rankers' metrics, the table as
-    ablation.md and ablation.json, the rung chosen on validation as tag ``chosen``) and a
-    nested run per rung, named after it (its config overrides as parameters, its test and
-    validation metrics). Returns the parent run.
-
-    Logged after the last rung has trained, so the runs' MLflow start times are the
-    tracking time; each rung's training time is its ``train/seconds`` metric."""
-    tracker = Tracker.open(cfg.tracking)
-    names = [v.name for v in variants]
-    references = {k: v for k, v in res.rankers.items() if k not in names}
-    tags = {KIND: "ablation", SNAPSHOT: res.snapshot_id, "protocol": res.protocol}
-    if res.chosen is not None:  # no tag at all without a validation split: nothing chosen
-        tags |= {"chosen": res.chosen, "chosen_on": f"validation {res.validation_metric}"}
-    with tracker.run(run_name or f"ablation-{res.snapshot_id}", tags) as parent:
-        # The index section plays no part in an ablation.
-        params = config_params(cfg.model_dump(mode="json"), NIGHTLY_SECTIONS[:4])
-        params["ladder"] = " | ".join(names)
-        points = ranker_points(references)
-        points += [Point("eval/n_users", res.n_users), Point("eval/n_items", res.n_items)]
-        points += [
-            Point(metric_key("baseline_tuning", k), v) for k, v in res.baseline_tuning.items()
-        ]
-        tracker.log(parent, params, points)
-        tracker.client.log_text(parent, render_table(res), "ablation.md")
-        tracker.client.log_dict(parent, res.to_json(), "ablation.json")
-        for rung, variant in enumerate(variants):
-            # mlflow.parentRunId is what nests a run under another in MLflow's UI.
-            child_tags = {"mlflow.parentRunId": parent, KIND: "ablation-rung", "rung": str(rung)}
-            with tracker.run(variant.name, {**child_tags, SNAPSHOT: res.snapshot_id}) as child:
-                overrides = {"tower": variant.tower, "train": variant.train}
-                params = config_params(overrides, ("tower", "train"))
-                tracker.log(child, params, _rung_points(res, variant.name))
-    logger.info("tracked the ablation in MLflow: parent run %s, %d rungs", parent, len(variants))
-    return tracker.tracked(parent)

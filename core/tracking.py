@@ -1,6 +1,6 @@
 """Experiment tracking in MLflow (``tracking.backend: mlflow``): one run per published
 nightly version and one per failed nightly; the ablation's parent and rung runs
-(``core.ablation.track_ablation``) use the same client, ``Tracker``.
+(``core.ablation_tracking.track_ablation``) use the same client, ``Tracker``.
 
 What a nightly run holds is read back from the published version (its manifest,
 metrics.json, training.json, plots), not from the flow's memory, so a version can be

@@ -1,4 +1,4 @@
-"""Experiment tracking (``core.tracking``, ``core.ablation.track_ablation``, the track-run
+"""Experiment tracking (``core.tracking``, ``core.ablation_tracking.track_ablation``, the track-run
 task) against a real MLflow store in a temporary folder.
 
 The store is MLflow's file store (``file://``): it needs nothing beyond the MLflow client
@@ -22,7 +22,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 
-from core.ablation import AblationResult, Variant, ladder, run_ablation, track_ablation
+from core.ablation import AblationResult, Variant, ladder, run_ablation
+from core.ablation_tracking import track_ablation
 from core.config import NightlyConfig, TaskTimeouts, TrackingConfig
 from core.evaluation import QualityGateError
 from core.nightly import run_nightly
