@@ -116,6 +116,11 @@ def train_key(
     )
 
 
+def _staging(stage: StageRef) -> Path:
+    """The staging folder of ``stage``."""
+    return VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
+
+
 def _staged_digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file staged in ``folder`` so far (hidden files excluded)."""
     return {name: sha256_file(folder / name) for name in sorted(stage_listing(folder))}
@@ -135,7 +140,7 @@ def _resumable(
     case its files are copied into the stage and its value loaded; a fresh result is kept
     for a later rerun (best effort: a failure to keep it only logs a warning)."""
     layout = Layout(Path(stage.root))
-    staging = VersionStore(layout).staging_path(stage.version_id)
+    staging = _staging(stage)
     if enabled:
         start = time.perf_counter()
         entry = restore_step(layout, step, key, staging)
@@ -217,8 +222,7 @@ def embed_step(
 ) -> int:
     """``core.embedding.embed_version_items``, or its kept result for the same staged
     model and catalogue; returns the number of items embedded."""
-    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-    key = _key("embed-items", _staged_digest(staging)) if resume else ""
+    key = _key("embed-items", _staged_digest(_staging(stage))) if resume else ""
     return _resumable(
         stage,
         "embed-items",
@@ -242,7 +246,6 @@ def evaluate_step(
 ) -> EvalReport:
     """``core.evaluation.evaluate_version``, or its kept result for the same snapshot,
     settings and staged model and vectors."""
-    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
     key = ""
     if resume:
         key = _key(
@@ -250,7 +253,7 @@ def evaluate_step(
             snapshot.snapshot_id,
             split_settings(data_cfg),
             cfg.model_dump(mode="json"),
-            _staged_digest(staging),
+            _staged_digest(_staging(stage)),
         )
     return _resumable(
         stage,

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Spelled in pieces, so that this file does not itself read as a reference to them.
 _NOTES = "_NOTES"
 _SHARED = "shared"
+_STYLE = "STY" + "LE"  # the style notes' name, also spelled in pieces
 OUTSIDE = re.compile(
     "|".join(
         [
@@ -65,7 +66,7 @@ def test_the_check_flags_such_references(tmp_path: Path) -> None:
         "# fine: a shared_memory buffer, /dev/shm, model/shared_layers.py\n"
         f"# bad: see PERF{_NOTES}\n"
         f"# bad: ../{_SHARED}/data/README.md\n"
-        f"# bad: copied from {_SHARED}/STYLE.md\n"
+        f"# bad: copied from {_SHARED}/{_STYLE}.md\n"
     )
     assert [hit.split(":")[1] for hit in outside_references(sample, tmp_path)] == ["3", "4", "5"]
 
