@@ -63,6 +63,13 @@ class TowerConfig(BaseModel):
         description="Behaviour-history feature: the user's last N interacted items, pooled "
         "through the item tower's ID embedding into the user tower (0 = off).",
     )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on each tower's MLP input (ID embedding, features, pooled "
+        "history) while training; inactive when embedding or serving (0 = off).",
+    )
 
 
 class TowerSpec(BaseModel):
@@ -110,6 +117,18 @@ class TrainConfig(BaseModel):
         lt=1,
         description="Probability of replacing an ID with the unknown bucket while training, "
         "so cold users and new items get useful vectors from features alone.",
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0,
+        description="Decoupled weight decay of the dense layers (AdamW; 0 = plain Adam).",
+    )
+    id_l2: float = Field(
+        0.0,
+        ge=0,
+        description="L2 penalty on the ID embedding rows of each batch (users and items), "
+        "added to the loss as id_l2 * mean squared row norm: the sparse tables' "
+        "regulariser, which SparseAdam has no weight decay for (0 = off).",
     )
     uniform_negatives: int = Field(
         0,

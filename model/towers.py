@@ -90,6 +90,8 @@ class UserTower(nn.Module):
         self.item_bias = cfg.item_bias
         out_dim = cfg.embedding_dim - 1 if cfg.item_bias else cfg.embedding_dim
         self.mlp = _mlp(cfg.id_dim + spec.profile_dim + history_dim, cfg.hidden, out_dim)
+        # No parameters, so saved state_dicts are the same with or without it.
+        self.dropout = nn.Dropout(cfg.dropout)
         nn.init.normal_(self.id_embedding.weight, std=cfg.id_init_std)
 
     def forward(self, id_rows: Tensor, profile: Tensor, pooled: Tensor | None = None) -> Tensor:
@@ -99,7 +101,7 @@ class UserTower(nn.Module):
         parts = [self.id_embedding(id_rows), self.profile_norm(profile)]
         if pooled is not None:
             parts.append(pooled)
-        vec = F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
+        vec = F.normalize(self.mlp(self.dropout(torch.cat(parts, dim=1))), dim=1)
         if self.item_bias:
             vec = F.pad(vec, (0, 1), value=1.0)
         return vec
@@ -119,6 +121,7 @@ class ItemTower(nn.Module):
         self.content_norm = _Standardise(spec.content_dim)
         in_dim = cfg.id_dim + cfg.category_dim + spec.content_dim
         self.mlp = _mlp(in_dim, cfg.hidden, cfg.embedding_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.item_bias = cfg.item_bias
         nn.init.normal_(self.id_embedding.weight, std=cfg.id_init_std)
 
@@ -133,7 +136,7 @@ class ItemTower(nn.Module):
             ],
             dim=1,
         )
-        h = self.mlp(x)
+        h = self.mlp(self.dropout(x))
         return _unit_with_bias(h) if self.item_bias else F.normalize(h, dim=1)
 
 

@@ -169,6 +169,22 @@ class _Step:
         u_vec = self.model.forward_user(
             _dropout_ids(u, cfg.id_dropout, gen), t.user_profile[u], hist
         )
+        return self._objective(u_vec, u, i, idx, gen) + self._id_penalty(u, i)
+
+    def _id_penalty(self, u: Tensor, i: Tensor) -> Tensor | float:
+        """``id_l2`` * mean squared norm of the batch's user and item ID rows (B, id_dim):
+        the sparse tables' regulariser; the lookups' gradients stay sparse."""
+        if self.cfg.id_l2 <= 0:
+            return 0.0
+        users = self.model.user_tower.id_embedding(u)
+        items = self.model.item_tower.id_embedding(i)
+        return self.cfg.id_l2 * (users.square().sum(1).mean() + items.square().sum(1).mean())
+
+    def _objective(
+        self, u_vec: Tensor, u: Tensor, i: Tensor, idx: Tensor, gen: torch.Generator
+    ) -> Tensor:
+        """The configured loss of user vectors (B, D) against positives i (B,)."""
+        cfg, data = self.cfg, self.data
         if cfg.loss == "full_softmax":
             rows = torch.arange(1, self.n_items + 1, device=i.device)
             return full_softmax_loss(u_vec, self._items(rows, gen), i, cfg.temperature)
@@ -269,7 +285,10 @@ def train(
     dense = [*model.dense_parameters(), *([step.bias] if cfg.loss == "bce" else [])]
     optimisers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr),
-        torch.optim.Adam(dense, lr=cfg.lr),
+        # AdamW with decay 0 is Adam; kept as Adam then, so existing runs are unchanged.
+        torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.weight_decay > 0
+        else torch.optim.Adam(dense, lr=cfg.lr),
     ]
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
@@ -279,58 +298,63 @@ def train(
     steps_per_epoch = -(-n // cfg.batch_size)
     # ~50 progress calls per epoch: frequent enough for a bar, too rare to cost anything.
     every = max(1, steps_per_epoch // 50)
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=device)
-        total, steps = 0.0, 0
-        # Adapts the CPU thread count to the cores this run really gets (model.threadgov).
-        tick = adaptive_loop(device.type == "cpu")
-        for lo in range(0, n, cfg.batch_size):
-            idx = perm[lo : lo + cfg.batch_size]
-            if len(idx) < 2:
-                continue  # a softmax over one example has no negatives
-            loss = step.loss(idx, gen)
-            for opt in optimisers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimisers:
-                opt.step()
-            total += float(loss.detach())
-            steps += 1
-            tick(len(idx))
-            if on_step is not None and steps % every == 0:
-                on_step(epoch, steps, steps_per_epoch)
-        if on_step is not None:
-            on_step(epoch, steps_per_epoch, steps_per_epoch)
-        seconds = time.perf_counter() - start
-        val = None
-        if validate is not None:
-            val = float(validate(model.eval()))
-            model.train()
-        stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9), val)
-        result.epochs.append(stats)
-        log.debug(
-            "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)%s",
-            epoch,
-            cfg.epochs,
-            stats.loss,
-            seconds,
-            stats.examples_per_s,
-            "" if val is None else f" validation {val:.4f}",
-        )
-        if on_epoch is not None:
-            on_epoch(stats)
-        if val is not None and (best is None or val > best[0]):
-            best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()})
-            result.best_epoch = epoch
-        patience = cfg.early_stopping_patience
-        if (
-            patience is not None
-            and result.best_epoch is not None
-            and epoch - result.best_epoch >= patience
-        ):
-            result.stopped_early = epoch < cfg.epochs
-            break
+    # Tower dropout draws from the global RNG: seeded here, and restored afterwards, so a
+    # run is reproducible without touching the caller's random state.
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(cfg.seed)
+        for epoch in range(1, cfg.epochs + 1):
+            start = time.perf_counter()
+            perm = torch.randperm(n, generator=gen, device=device)
+            total, steps = 0.0, 0
+            # Adapts the CPU thread count to the cores this run really gets (model.threadgov).
+            tick = adaptive_loop(device.type == "cpu")
+            for lo in range(0, n, cfg.batch_size):
+                idx = perm[lo : lo + cfg.batch_size]
+                if len(idx) < 2:
+                    continue  # a softmax over one example has no negatives
+                loss = step.loss(idx, gen)
+                for opt in optimisers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in optimisers:
+                    opt.step()
+                total += float(loss.detach())
+                steps += 1
+                tick(len(idx))
+                if on_step is not None and steps % every == 0:
+                    on_step(epoch, steps, steps_per_epoch)
+            if on_step is not None:
+                on_step(epoch, steps_per_epoch, steps_per_epoch)
+            seconds = time.perf_counter() - start
+            val = None
+            if validate is not None:
+                val = float(validate(model.eval()))
+                model.train()
+            stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9), val)
+            result.epochs.append(stats)
+            log.debug(
+                "epoch %d/%d loss %.4f (%.1f s, %.0f ex/s)%s",
+                epoch,
+                cfg.epochs,
+                stats.loss,
+                seconds,
+                stats.examples_per_s,
+                "" if val is None else f" validation {val:.4f}",
+            )
+            if on_epoch is not None:
+                on_epoch(stats)
+            if val is not None and (best is None or val > best[0]):
+                best = (val, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                result.best_epoch = epoch
+            patience = cfg.early_stopping_patience
+            if (
+                patience is not None
+                and result.best_epoch is not None
+                and epoch - result.best_epoch >= patience
+            ):
+                result.stopped_early = epoch < cfg.epochs
+                break
     if best is not None and cfg.early_stopping_patience is not None:
         model.load_state_dict(best[1])
     model.eval()

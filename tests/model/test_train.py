@@ -268,3 +268,59 @@ def test_full_softmax_refuses_large_catalogues_and_sampled_negatives(
     monkeypatch.setattr("model.train.FULL_SOFTMAX_MAX_ITEMS", world.spec.n_items - 1)
     with pytest.raises(ValueError, match="over its limit"):
         train(world.fresh_model(), world.tables, users, items, cfg)
+
+
+def _id_norm(model: TwoTower) -> float:
+    """Mean squared norm of the trained ID rows (row 0, the unknown bucket, excluded)."""
+    rows = [model.user_tower.id_embedding.weight[1:], model.item_tower.id_embedding.weight[1:]]
+    return float(sum(r.detach().square().sum(1).mean() for r in rows))
+
+
+def test_id_l2_shrinks_the_id_tables(world: World) -> None:
+    users, items = world.positives()
+    norms = []
+    for id_l2 in (0.0, 1.0):
+        model = world.fresh_model()
+        train(model, world.tables, users, items, SOFTMAX.model_copy(update={"id_l2": id_l2}))
+        norms.append(_id_norm(model))
+    plain, penalised = norms
+    assert penalised < 0.5 * plain, norms
+
+
+def test_weight_decay_shrinks_the_dense_layers(world: World) -> None:
+    users, items = world.positives()
+
+    def dense_norm(decay: float) -> float:
+        model = world.fresh_model()
+        cfg = SOFTMAX.model_copy(update={"weight_decay": decay, "lr": 1e-2})
+        train(model, world.tables, users, items, cfg)
+        return float(sum(p.detach().square().sum() for p in model.dense_parameters()))
+
+    assert dense_norm(0.5) < 0.8 * dense_norm(0.0)
+
+
+def test_tower_dropout_is_seeded_and_off_at_inference(world: World) -> None:
+    users, items = world.positives()
+    spec = world.spec.model_copy(update={"tower": TOWER.model_copy(update={"dropout": 0.3})})
+    runs = []
+    for _ in range(2):
+        model = init_model(spec, 0)
+        model.fit_feature_scaling(world.tables.user_profile[1:], world.tables.item_content[1:])
+        result = train(model, world.tables, users, items, SOFTMAX.model_copy(update={"epochs": 2}))
+        runs.append(([e.loss for e in result.epochs], model))
+    (loss_a, model_a), (loss_b, model_b) = runs
+    assert loss_a == loss_b  # the seed fixes the dropout masks too
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(value, model_b.state_dict()[key]), key
+    plain = world.fresh_model()
+    result = train(plain, world.tables, users, items, SOFTMAX.model_copy(update={"epochs": 2}))
+    assert [e.loss for e in result.epochs] != loss_a  # dropout changed training
+    # Same state_dict keys as a model without dropout (saved models stay loadable), and
+    # the eval-mode tower is deterministic: dropout is off when embedding.
+    assert model_a.state_dict().keys() == plain.state_dict().keys()
+    rows = torch.arange(1, 50)
+    t = world.tables
+    first = model_a.forward_item(rows, t.item_category_rows[rows], t.item_content[rows])
+    again = model_a.forward_item(rows, t.item_category_rows[rows], t.item_content[rows])
+    assert torch.equal(first, again)
+    assert _model_recall(world, model_a) > 1.5 * _popularity_recall(world)
