@@ -22,6 +22,7 @@ from cli.options import apply_openmp_defaults, global_options
 from cli.recommend import recommend_command
 from cli.report import report_command
 from cli.run import run_command
+from cli.tune import tune_command
 from cli.versions import rollback_command, verify_command, versions_command
 
 __all__ = ["app"]
@@ -54,6 +55,8 @@ app.command("rollback")(rollback_command)
 app.command("import")(import_command)
 # `towerflow evaluate [--ablation]`: train variants on a snapshot, one table with baselines.
 app.command("evaluate")(evaluate_command)
+# `towerflow tune`: the training recipe searched on validation (Optuna).
+app.command("tune")(tune_command)
 app.command("report")(report_command)
 # New items between nightly runs: send item events, serve the deployments that react.
 app.command("add-items")(add_items_command)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.options import root_path
+from cli.options import root_path, setup_logging
 
 if TYPE_CHECKING:
     from core.ablation import AblationResult, Variant
@@ -54,8 +54,9 @@ def evaluate_command(
         typer.Option(
             "--ablation",
             help="Train the ladder: bce pointwise, in-batch softmax, + logQ, + item bias, "
-            "+ mixed negatives, + history (and + hard negatives with --hard); the rung "
-            "with the best validation metric is marked as chosen.",
+            "+ mixed negatives, full softmax, + history (and + hard negatives with --hard; "
+            "the history rungs sit out random_ratio); the rung with the best validation "
+            "metric is marked as chosen.",
         ),
     ] = False,
     config: Annotated[
@@ -78,6 +79,14 @@ def evaluate_command(
         typer.Option(
             help="Split: temporal, random_ratio or leave_one_out (default: the config's "
             "data.protocol, else temporal).",
+            show_default=False,
+        ),
+    ] = None,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the random split (random_ratio, leave_one_out ties; default: "
+            "the config's data.split_seed, else 0).",
             show_default=False,
         ),
     ] = None,
@@ -130,9 +139,11 @@ def evaluate_command(
     from core.config import load_config
     from core.precheck import precheck
 
+    setup_logging()  # -v: a line per trial / rung
     overrides = {
         "data.scale": scale,
         "data.protocol": protocol,
+        "data.split_seed": split_seed,
         "train.epochs": epochs,
         "train.early_stopping_patience": patience,
     }

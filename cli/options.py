@@ -117,6 +117,9 @@ def setup_logging(verbose: bool = False) -> None:
             isinstance(f, _RoutineStates) for f in handler.filters
         ):
             handler.addFilter(_RoutineStates())
+    # One line per HTTP call to Prefect's API drowns the run's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 class _RoutineStates(logging.Filter):
@@ -129,10 +132,6 @@ class _RoutineStates(logging.Filter):
             and record.levelno == logging.INFO
             and record.getMessage() == "Finished in state Completed()"
         )
-
-    # One line per HTTP call to Prefect's API drowns the run's own messages.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def fail(message: str, code: int | None = None) -> CommandError:

@@ -26,12 +26,14 @@ if TYPE_CHECKING:
     from core.nightly import run_nightly
     from core.recall import Recaller
     from core.store import open_store
+    from core.tuning import TuneBudget, run_tuning
 
 __all__ = [
     "ImportConfig",
     "ItemsBatch",
     "NightlyConfig",
     "Recaller",
+    "TuneBudget",
     "apply_items",
     "import_log",
     "ladder",
@@ -40,6 +42,7 @@ __all__ = [
     "render_table",
     "run_ablation",
     "run_nightly",
+    "run_tuning",
 ]
 
 # public name -> the core module that defines it
@@ -48,6 +51,7 @@ _HOME: dict[str, str] = {
     "ItemsBatch": "core.items_validation",
     "NightlyConfig": "core.config",
     "Recaller": "core.recall",
+    "TuneBudget": "core.tuning",
     "apply_items": "core.items",
     "import_log": "core.importing",
     "ladder": "core.ablation",
@@ -56,6 +60,7 @@ _HOME: dict[str, str] = {
     "render_table": "core.ablation",
     "run_ablation": "core.ablation",
     "run_nightly": "core.nightly",
+    "run_tuning": "core.tuning",
 }
 
 

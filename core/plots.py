@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-__all__ = ["history_plot", "loss_plot", "recall_curve_plot"]
+__all__ = ["history_plot", "loss_plot", "png", "recall_curve_plot"]
 
 _SIZE = (6.4, 3.8)
 _DPI = 110
@@ -32,7 +32,8 @@ _COLOURS = {
 }
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (tight layout); closes it."""
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -67,7 +68,7 @@ def loss_plot(
         ax2.legend(loc="upper center", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("Training: loss per epoch")
-    return _png(fig)
+    return png(fig)
 
 
 def recall_curve_plot(curves: Mapping[str, Mapping[int, float]]) -> bytes:
@@ -87,7 +88,7 @@ def recall_curve_plot(curves: Mapping[str, Mapping[int, float]]) -> bytes:
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Recall@K vs K: model, baselines, oracle")
-    return _png(fig)
+    return png(fig)
 
 
 def _when(version_id: str) -> str:
@@ -122,4 +123,4 @@ def history_plot(history: Sequence[Mapping[str, Any]], metric: str) -> bytes:
     ax.grid(True, linewidth=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{metric} across published versions")
-    return _png(fig)
+    return png(fig)

@@ -1,0 +1,189 @@
+"""``towerflow tune``: search the training recipe on validation (Optuna, ``core.tuning``)
+within a budget of trials or minutes, then write the tuned config, the trial history
+(markdown, JSON, plot) and the test table of the base and tuned recipes.
+
+``towerflow run --config OUT/tuned.yaml`` trains the nightly with the tuned recipe. Nothing
+is published; no Prefect server is needed. Register with
+``app.command("tune")(tune_command)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from cli.options import root_path, setup_logging
+
+__all__ = ["tune_command"]
+
+log = logging.getLogger(__name__)
+
+
+def _raw_config(path: Path | None) -> dict[str, Any]:
+    """The base config file's mapping as written (empty without a file); load_config has
+    already validated it."""
+    if path is None:
+        return {}
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def tune_command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="NightlyConfig YAML/JSON to tune (its data, evaluation and base recipe; "
+            "default: none, the built-in defaults).",
+            show_default=False,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop after this many trials (trial 0 is the config's own recipe; "
+            "default: 30, or no limit when --minutes is given).",
+            show_default=False,
+        ),
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop starting trials after this many minutes (default: no time limit).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the search's sampler.")] = 0,
+    scale: Annotated[
+        str | None,
+        typer.Option(
+            help="Synthetic data scale (default: the config's data.scale, else small).",
+            show_default=False,
+        ),
+    ] = None,
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="Split: temporal, random_ratio or leave_one_out (default: the config's "
+            "data.protocol, else temporal).",
+            show_default=False,
+        ),
+    ] = None,
+    split_seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the random split (random_ratio, leave_one_out ties; default: "
+            "the config's data.split_seed, else 0).",
+            show_default=False,
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Maximum epochs per trial; early stopping picks each trial's epoch "
+            "(default: the config's train.epochs, else 5).",
+            show_default=False,
+        ),
+    ] = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate/--no-evaluate",
+            help="After the search, rank the base and tuned models on test beside "
+            "popularity and the classical baseline.",
+        ),
+    ] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads for torch and Faiss (default: runtime.threads, else "
+            "$TOWERFLOW_THREADS, else the CPUs this process may use).",
+            show_default=False,
+        ),
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Store root (default: $TOWERFLOW_ROOT or ./.towerflow)."),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for tuned.yaml, trials.md/.json/.png and test.md (created; files "
+            "in it are replaced)."
+        ),
+    ] = Path("tune-results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Tune the training recipe on validation and write the best one as a config."""
+    import optuna
+
+    from cli.progress import progress_bars
+    from core.config import load_config
+    from core.precheck import precheck
+    from core.tuning import TuneBudget, run_tuning
+    from core.tuning_report import (
+        render_test_table,
+        render_trials,
+        trials_plot,
+        tuned_config_yaml,
+    )
+    from storage import atomic_write_bytes
+
+    setup_logging()  # -v: a line per trial / rung
+    budget = TuneBudget(trials if trials is not None or minutes is not None else 30, minutes)
+    overrides = {
+        "data.scale": scale,
+        "data.protocol": protocol,
+        "data.split_seed": split_seed,
+        "train.epochs": epochs,
+    }
+    cfg = load_config(config, overrides)  # a bad value: exit 2 (cli.errors)
+    store_root = str(root_path(root, cfg.runtime.storage_root))
+    precheck(cfg, store_root)
+    # Optuna's own per-trial INFO lines duplicate ours (core.tuning logs each trial).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with progress_bars(enabled=not as_json):
+        result = run_tuning(
+            cfg,
+            store_root,
+            budget,
+            seed=seed,
+            threads=threads or cfg.runtime.threads,
+            evaluate=evaluate,
+        )
+    trials_md, test_md = render_trials(result), render_test_table(result)
+    best = result.best
+    header = (
+        f"Tuned by `towerflow tune` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: snapshot "
+        f"{result.snapshot_id} ({result.protocol}),\ntrial {best.number} of "
+        f"{len(result.trials)} chosen on validation {result.validation_metric} "
+        f"{best.validation:.4f} (base recipe: "
+        + ("-" if result.base.validation is None else f"{result.base.validation:.4f}")
+        + f").\nTrial history: {out / 'trials.md'}."
+    )
+    raw = _raw_config(config)
+    files = {
+        "tuned.yaml": tuned_config_yaml(raw, result, header).encode(),
+        "trials.md": (trials_md + "\n").encode(),
+        "trials.json": (json.dumps(result.to_json(), indent=2) + "\n").encode(),
+        "trials.png": trials_plot(result),
+    }
+    if test_md:
+        files["test.md"] = (test_md + "\n").encode()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+        return
+    typer.echo(trials_md)
+    if test_md:
+        typer.echo("\n" + test_md)
+    typer.echo(
+        f"\ntuned config: {out / 'tuned.yaml'} (towerflow run --config {out / 'tuned.yaml'})"
+    )
