@@ -11,7 +11,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
 .PHONY: install run test test-fast test-slow check lint format clean bench ablation ablation-movielens \
-	ablation-real ceiling browser ui
+	ablation-real tune-real real-seeds ceiling browser ui
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -98,17 +98,46 @@ ablation-movielens: install
 SHARED_DIR ?= $(abspath $(CURDIR)/..)/shared
 DATA ?= $(SHARED_DIR)/data
 ML_SMALL := $(abspath $(DATA))/ml-latest-small
+# Links .towerflow/ml-latest-small to the data folder, or says why the target does nothing.
+define real_data_link
+	if [ ! -f "$(ML_SMALL)/ratings.csv" ]; then \
+		echo "$@: skipped: $(ML_SMALL)/ratings.csv not found" \
+			"(DATA=DIR names the folder holding ml-latest-small/)"; exit 0; \
+	fi; \
+	mkdir -p .towerflow && \
+	{ [ -d .towerflow/ml-latest-small ] && [ ! -L .towerflow/ml-latest-small ] || \
+		ln -sfn "$(ML_SMALL)" .towerflow/ml-latest-small; }
+endef
+
 ablation-real: install
-	@if [ ! -f "$(ML_SMALL)/ratings.csv" ]; then \
-		echo "ablation-real: skipped: $(ML_SMALL)/ratings.csv not found" \
-			"(DATA=DIR names the folder holding ml-latest-small/)"; \
-	else \
-		mkdir -p .towerflow && \
-		{ [ -d .towerflow/ml-latest-small ] && [ ! -L .towerflow/ml-latest-small ] || \
-			ln -sfn "$(ML_SMALL)" .towerflow/ml-latest-small; } && \
+	@$(real_data_link) && \
+	$(BIN)/towerflow evaluate --ablation --config configs/ml-latest-small.yaml \
+		--out bench/results/ablation-ml-latest-small.md $(ABLATION_ARGS)
+
+# towerflow tune on the real log (split seed 2020): the recipe chosen on validation, the
+# trial table and plot, and the tuned config, under bench/results/tune-ml-latest-small/.
+TUNE_MINUTES ?= 20
+TUNE_TRIALS ?= 60
+tune-real: install
+	@$(real_data_link) && \
+	$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --minutes $(TUNE_MINUTES) \
+		--trials $(TUNE_TRIALS) --out bench/results/tune-ml-latest-small $(TUNE_ARGS)
+
+# The ladder and the tuner on each split seed, then mean ± std over seeds of what
+# validation chose, next to EASE and popularity (bench/real_seeds.py). About
+# (6 + TUNE_MINUTES) min per seed here.
+SEEDS ?= 1 7 2020
+REAL_OUT ?= bench/results/real-seeds
+real-seeds: install
+	@$(real_data_link) && \
+	for s in $(SEEDS); do \
 		$(BIN)/towerflow evaluate --ablation --config configs/ml-latest-small.yaml \
-			--out bench/results/ablation-ml-latest-small.md $(ABLATION_ARGS); \
-	fi
+			--split-seed $$s --out $(REAL_OUT)/seed-$$s/ablation.md $(ABLATION_ARGS) && \
+		$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --split-seed $$s \
+			--minutes $(TUNE_MINUTES) --trials $(TUNE_TRIALS) --out $(REAL_OUT)/seed-$$s/tune \
+			$(TUNE_ARGS) || exit 1; \
+	done && \
+	$(BIN)/python -m bench.real_seeds $(REAL_OUT) --out $(REAL_OUT)/summary.md
 
 # Information ceilings on the default synthetic world (bench/ceiling.py): the oracle, and
 # models handed the true item (or user) vectors that learn only the other side.

@@ -43,11 +43,13 @@ from model.pipeline import (
 from storage import Layout, snapshot_path
 
 __all__ = [
+    "HISTORY_UNDER_RANDOM",
     "AblationResult",
     "Variant",
     "VariantRun",
     "choose_rung",
     "ladder",
+    "protocol_skip",
     "render_table",
     "run_ablation",
 ]
@@ -102,6 +104,21 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
     return rungs
 
 
+# Why a sequence feature sits out a per-user random split (measured in docs/history.md).
+HISTORY_UNDER_RANDOM = (
+    "left out under random_ratio: the history feature learns which item follows the last "
+    "ones, and a random split's test items are not the next clicks (docs/history.md)"
+)
+
+
+def protocol_skip(variant: Variant, protocol: str) -> str | None:
+    """Why ``variant`` is left out under ``protocol``, or None when it runs: rungs with
+    the behaviour-history feature do not run under ``random_ratio``."""
+    if protocol == "random_ratio" and variant.tower.get("history_len", 0) > 0:
+        return HISTORY_UNDER_RANDOM
+    return None
+
+
 @dataclass(frozen=True)
 class VariantRun:
     """How one variant trained and how its final model scores on validation.
@@ -146,6 +163,8 @@ class AblationResult:
     runs: list[VariantRun]
     validation_metric: str
     baseline_tuning: dict[str, float] = field(default_factory=dict)
+    # Rungs not trained, and why (over the full softmax's limit, a protocol rule).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> str | None:
@@ -164,6 +183,7 @@ class AblationResult:
             "validation_metric": self.validation_metric,
             "chosen": self.chosen,
             "baseline_tuning": self.baseline_tuning,
+            "skipped": self.skipped,
         }
 
 
@@ -199,16 +219,19 @@ def run_ablation(
     validate = validator(prep, metric, cfg.evaluation.validation_users, cfg.train.seed)
     scorers: dict[str, ScoreFn] = {}
     runs: list[VariantRun] = []
+    skipped: dict[str, str] = {}
     for variant in variants:
         tower: TowerConfig = cfg.tower.model_copy(update=variant.tower)
         train: TrainConfig = cfg.train.model_copy(update=variant.train)
+        reason = protocol_skip(variant, prep.split.protocol)
         if train.loss == "full_softmax" and prep.vocab.n_items > FULL_SOFTMAX_MAX_ITEMS:
-            log.info(
-                "skipping %r: %d trained items is over the full softmax's limit of %d",
-                variant.name,
-                prep.vocab.n_items,
-                FULL_SOFTMAX_MAX_ITEMS,
+            reason = (
+                f"{prep.vocab.n_items:,} trained items is over the full softmax's limit of "
+                f"{FULL_SOFTMAX_MAX_ITEMS:,}"
             )
+        if reason is not None:
+            log.info("skipping %r: %s", variant.name, reason)
+            skipped[variant.name] = reason
             continue
         pointwise = _pointwise(prep, folder, train.seed) if train.loss == "bce" else None
         log.info("training variant %r", variant.name)
@@ -257,6 +280,7 @@ def run_ablation(
         runs,
         metric,
         tuning,
+        skipped,
     )
 
 
@@ -307,6 +331,7 @@ def render_table(res: AblationResult) -> str:
             cells += [val, mark, f"{run.seconds:.0f}", f"{run.epochs}{best}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _choice_line(res)]
+    lines += [f"Not trained: `{name}`, {why}." for name, why in res.skipped.items()]
     if res.baseline_tuning:
         tried = ", ".join(f"{k}: {v:.4f}" for k, v in res.baseline_tuning.items())
         lines += ["", f"Classical baseline regularisation chosen on validation ({tried})."]

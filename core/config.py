@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from core.import_config import ImportConfig
+from core.recipes import SelectionConfig, candidates
 from core.store import resolve_root
 from model.config import TowerConfig, TrainConfig
 from model.dataset import SplitProtocol
@@ -32,6 +33,7 @@ __all__ = [
     "IndexConfig",
     "NightlyConfig",
     "RuntimeConfig",
+    "SelectionConfig",
     "TaskTimeouts",
     "TowerConfig",
     "TrackingConfig",
@@ -268,6 +270,16 @@ class NightlyConfig(BaseModel):
     index: IndexConfig = Field(default_factory=IndexConfig)  # type: ignore[arg-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[arg-type]
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+    selection: SelectionConfig = Field(
+        default_factory=SelectionConfig,
+        description="Candidate training recipes chosen between on validation (core.recipes).",
+    )
+
+    @model_validator(mode="after")
+    def _recipes_resolve(self) -> Self:
+        # A bad override fails at load time, naming the recipe, not after hours of training.
+        candidates(self.selection, self.tower, self.train)
+        return self
 
 
 def validation_summary(error: ValidationError) -> str:

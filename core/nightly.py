@@ -69,6 +69,7 @@ def run_nightly(
                 config.tower,
                 config.train,
                 config.evaluation,
+                selection=config.selection,
                 resume=resume,
                 logger=logger,
                 progress=progress,

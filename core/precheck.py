@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.config import EvalConfig, IndexConfig, NightlyConfig, TrackingConfig, TrainConfig
 from core.import_config import ImportConfig
+from core.recipes import candidates
 from core.store import resolve_root
 from storage import StoreReadOnlyError
 
@@ -166,9 +167,13 @@ def precheck(config: NightlyConfig, root: str | Path | None = None) -> None:
     client is installed when tracking is on, the import files are there, the store root
     (``root``, default the configured one) is writable.
     Raises on the first problem (see the module docstring)."""
-    check_index_factory(config.index, config.tower.embedding_dim)
+    # Every candidate recipe's vector size and device (selection may pick any of them).
+    recipes = candidates(config.selection, config.tower, config.train)
+    for dim in sorted({tower.embedding_dim for _, tower, _ in recipes}):
+        check_index_factory(config.index, dim)
     check_gate_metric(config.evaluation)
-    check_device(config.train)
+    for device in sorted({train.device for _, _, train in recipes}):
+        check_device(config.train.model_copy(update={"device": device}))
     check_tracking(config.tracking)
     if config.data.source == "import":
         check_import_files(config.data.importing)

@@ -181,6 +181,10 @@ def _training(t: TrainSummary) -> Section:
         + (f"; best epoch {t.best_epoch}" if t.best_epoch is not None else "")
         + ("; stopped early" if t.stopped_early else ""),
     ]
+    if t.recipe_validation:
+        # selection: the recipe chosen on validation, and what each candidate scored.
+        scores = ", ".join(f"{name} {score:.4f}" for name, score in t.recipe_validation.items())
+        lines.append(f"recipe chosen on validation: {t.recipe} ({scores})")
     rows = [
         [str(i + 1), f"{loss:.4f}", _fmt(val), f"{sec:.1f}"]
         for i, (loss, val, sec) in enumerate(

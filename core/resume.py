@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from core.config import DataConfig, EvalConfig, TowerConfig, TrainConfig
+from core.config import DataConfig, EvalConfig, SelectionConfig, TowerConfig, TrainConfig
 from core.embedding import embed_version_items
 from core.evaluation import EvalReport, evaluate_version
 from core.progress import Progress, ProgressFactory, StepLogger
@@ -103,9 +103,10 @@ def train_key(
     tower_cfg: TowerConfig,
     train_cfg: TrainConfig,
     eval_cfg: EvalConfig,
+    selection: SelectionConfig | None = None,
 ) -> str:
     """Key of the training step (see the module docstring)."""
-    return _key(
+    parts: list[Any] = [
         "train-model",
         snapshot.snapshot_id,
         split_settings(data_cfg),
@@ -113,7 +114,11 @@ def train_key(
         train_cfg.model_dump(mode="json"),
         # Early stopping measures this metric on these users after every epoch.
         [eval_cfg.validation_metric, eval_cfg.validation_users],
-    )
+    ]
+    if selection is not None and selection.enabled:
+        # Only when set, so keys kept by runs without a choice stay valid.
+        parts.append(selection.model_dump(mode="json"))
+    return _key(*parts)
 
 
 def _staging(stage: StageRef) -> Path:
@@ -185,6 +190,7 @@ def train_step(
     train_cfg: TrainConfig,
     eval_cfg: EvalConfig | None = None,
     *,
+    selection: SelectionConfig | None = None,
     resume: bool = True,
     logger: StepLogger = log,
     progress: ProgressFactory = Progress,
@@ -194,7 +200,7 @@ def train_step(
     return _resumable(
         stage,
         "train-model",
-        train_key(snapshot, data_cfg, tower_cfg, train_cfg, eval_cfg),
+        train_key(snapshot, data_cfg, tower_cfg, train_cfg, eval_cfg, selection),
         resume,
         lambda: train_version(
             snapshot,
@@ -203,6 +209,7 @@ def train_step(
             tower_cfg,
             train_cfg,
             eval_cfg,
+            selection=selection,
             logger=logger,
             progress=progress,
         ),

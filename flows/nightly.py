@@ -79,6 +79,7 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
             threads,
             config.evaluation,
             resume,
+            config.selection,
         )
         steps.embed_catalogue(stage, threads, resume)
         report = steps.evaluate_model(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from core.config import DataConfig, EvalConfig, TowerConfig, TrainConfig
+from core.config import DataConfig, EvalConfig, SelectionConfig, TowerConfig, TrainConfig
 from core.refs import SnapshotRef, StageRef
 from core.resume import train_step
 from core.threads import apply_threads
@@ -24,9 +24,11 @@ def train_model(
     threads: int | None = None,
     eval_cfg: EvalConfig | None = None,
     resume: bool = False,
+    selection: SelectionConfig | None = None,
 ) -> TrainSummary:
     """``core.resume.train_step`` (train, or reuse a failed run's model for the same
-    inputs) with a progress artifact and the run logger."""
+    inputs; with ``selection``, every candidate recipe and keep the best on validation)
+    with a progress artifact and the run logger."""
     apply_threads(threads)
     return train_step(
         snapshot,
@@ -35,6 +37,7 @@ def train_model(
         tower_cfg,
         train_cfg,
         eval_cfg,
+        selection=selection,
         resume=resume,
         logger=get_run_logger(),
         progress=StepProgress,

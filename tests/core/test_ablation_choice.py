@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from core.ablation import (
+    HISTORY_UNDER_RANDOM,
     AblationResult,
     VariantRun,
     choose_rung,
     ladder,
+    protocol_skip,
     render_table,
     run_ablation,
 )
@@ -144,3 +146,31 @@ def test_a_split_without_validation_chooses_nothing() -> None:
     assert _row(table, "b")[head.index("validation recall@50")] == ""
     assert "✓" not in table and "best rung by test" not in table
     assert table.splitlines()[-1].startswith("No validation split: no rung chosen")
+
+
+def test_history_rungs_sit_out_the_random_split_and_the_table_says_why() -> None:
+    rungs = {v.name: v for v in ladder(uniform_negatives=32, history_len=4, hard=8)}
+    for protocol in ("temporal", "leave_one_out"):
+        assert all(protocol_skip(v, protocol) is None for v in rungs.values())
+    skipped = {n for n, v in rungs.items() if protocol_skip(v, "random_ratio")}
+    assert skipped == {"+ history", "+ hard negatives"}  # both read the history
+    res = _result({"a": 0.2}, {"a": 0.2})
+    res = AblationResult(
+        res.snapshot_id, "random_ratio", res.n_users, res.n_items, res.rankers, res.runs,
+        res.validation_metric, skipped={"+ history": HISTORY_UNDER_RANDOM},
+    )  # fmt: skip
+    assert (
+        render_table(res).splitlines()[-1] == f"Not trained: `+ history`, {HISTORY_UNDER_RANDOM}."
+    )
+    assert res.to_json()["skipped"] == {"+ history": HISTORY_UNDER_RANDOM}
+
+
+@pytest.mark.e2e
+def test_a_random_split_ablation_does_not_train_the_history_rung(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, protocol="random_ratio")
+    variants = [
+        v for v in ladder(uniform_negatives=32, history_len=4) if v.name in {"+ logQ", "+ history"}
+    ]
+    res = run_ablation(cfg, variants, str(tmp_path))
+    assert [r.name for r in res.runs] == ["+ logQ"]
+    assert set(res.skipped) == {"+ history"} and "+ history" not in res.rankers
