@@ -67,6 +67,15 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take the tower and train sections from this config file instead (e.g. "
+            "towerflow tune's tuned.yaml), keeping --config's data and evaluation "
+            "(default: none).",
+            show_default=False,
+        ),
+    ] = None,
     scale: Annotated[
         str | None,
         typer.Option(
@@ -140,13 +149,21 @@ def evaluate_command(
     from core.precheck import precheck
 
     setup_logging()  # -v: a line per trial / rung
-    overrides = {
+    overrides: dict[str, Any] = {
         "data.scale": scale,
         "data.protocol": protocol,
         "data.split_seed": split_seed,
         "train.epochs": epochs,
         "train.early_stopping_patience": patience,
     }
+    if recipe is not None:
+        # Whole sections: the recipe's tower and train replace the config's.
+        tuned = load_config(recipe, {})
+        overrides = {
+            "tower": tuned.tower.model_dump(mode="json"),
+            "train": tuned.train.model_dump(mode="json"),
+            **overrides,
+        }
     cfg = load_config(config, overrides)  # a bad value: exit 2 (cli.errors)
     variants = ladder(uniform_negatives, history_len, hard) if ablation else [Variant("model")]
     # --root, else the file's runtime.storage_root, else the env (as `towerflow run`).

@@ -163,3 +163,22 @@ def test_the_tune_command_writes_its_files(tmp_path: Path) -> None:
     tuned = yaml.safe_load((out / "tuned.yaml").read_text())
     assert tuned["train"]["epochs"] == 1 and "tower" in tuned
     assert load_config(out / "tuned.yaml", {}).train.early_stopping_patience is not None
+
+
+def test_evaluate_takes_a_recipe_from_another_config(tmp_path: Path) -> None:
+    from cli.app import app
+
+    # Only the recipe's tower and train sections are read (its data section is ignored).
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data: {scale: tiny}\ntower: {embedding_dim: 16}\ntrain: {epochs: 2, temperature: 0.2}\n"
+    )
+    args = ["evaluate", "--recipe", str(recipe), "--scale", "tiny", "--threads", "1"]
+    res = CliRunner().invoke(app, [*args, "--root", str(tmp_path / "root"), "--json"])
+    assert res.exit_code == 0, res.output
+    (run,) = json.loads(res.stdout)["runs"]
+    assert run["epochs"] == 2  # the recipe's, not the default 5
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 0}\n")
+    res = CliRunner().invoke(app, ["evaluate", "--recipe", str(bad), "--json"])
+    assert res.exit_code == 2 and "train.epochs" in res.stdout
