@@ -54,7 +54,7 @@ def evaluate_command(
         typer.Option(
             "--ablation",
             help="Train the ladder: bce pointwise, in-batch softmax, + logQ, + item bias, "
-            "+ mixed negatives, full softmax, + history (and + hard negatives with --hard; "
+            "+ mixed negatives, + wide, full softmax, + history (and + hard negatives with --hard; "
             "the history rungs sit out random_ratio); the rung with the best validation "
             "metric is marked as chosen.",
         ),

@@ -60,7 +60,7 @@ class SelectionConfig(BaseModel):
     ladder: bool = Field(
         False,
         description="Also try the ablation ladder's softmax rungs (in-batch softmax, "
-        "+ logQ, + item bias, + mixed negatives, full softmax, + history).",
+        "+ logQ, + item bias, + mixed negatives, + wide, full softmax, + history).",
     )
 
     @field_validator("recipes")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from core.evaluation import rank_all, reference_scorers
 from core.progress import Progress
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
+from core.tuning_space import DEFAULT_PATIENCE, base_params, base_values, search_space
 from model.config import TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit, model_scorer
 from model.towers import TwoTower
@@ -41,49 +43,13 @@ from model.train import EpochStats
 from storage import Layout, snapshot_path
 
 __all__ = [
-    "HIDDEN_CHOICES",
     "TuneBudget",
     "TuneResult",
     "TuneTrial",
     "run_tuning",
-    "search_space",
 ]
 
 log = logging.getLogger(__name__)
-
-# Hidden layers as Optuna categories (strings: categories must be plain values).
-HIDDEN_CHOICES: dict[str, tuple[int, ...]] = {
-    "linear": (),
-    "128": (128,),
-    "256": (256,),
-    "256-128": (256, 128),
-}
-# The space's categories and ranges, in one place (search_space and _base_params).
-_CHOICES: dict[str, list[Any]] = {
-    "hidden": list(HIDDEN_CHOICES),
-    "embedding_dim": [32, 64, 128],
-    "id_dim": [16, 32, 64, 128],
-    "item_bias": [True, False],
-    "batch_size": [256, 512, 1024, 2048],
-    "patience": [2, 3, 5],
-    "uniform_negatives": [0, 256, 1024, 4096],
-}
-# Ranges where a first search on ml-latest-small found every good trial (dropouts above
-# 0.3 or dense rates under 3e-4 never came within 20% of the best): a budget of tens of
-# trials is better spent inside them.
-_RANGES: dict[str, tuple[float, float]] = {
-    "dropout": (0.0, 0.3),
-    "temperature": (0.05, 0.5),
-    "lr": (3e-4, 1e-2),
-    "sparse_lr": (3e-3, 1e-1),
-    "id_dropout": (0.0, 0.3),
-    "weight_decay": (1e-6, 1e-1),
-    "id_l2": (1e-6, 1e-1),
-}
-_LOG = {"temperature", "lr", "sparse_lr", "weight_decay", "id_l2"}
-# Patience used while tuning when the config has none: every trial needs early stopping,
-# both to find its epoch and to be pruned.
-_DEFAULT_PATIENCE = 3
 
 
 @dataclass(frozen=True)
@@ -163,81 +129,6 @@ class TuneResult:
         }
 
 
-def search_space(
-    trial: optuna.trial.BaseTrial, tower: TowerConfig, train: TrainConfig
-) -> tuple[TowerConfig, TrainConfig]:
-    """The recipe a trial draws, on top of the base configs (whose loss, epoch cap,
-    history and device are kept). Log scales for rates and penalties (their effect is
-    multiplicative); a penalty near the bottom of its range is in effect off."""
-
-    def cat(name: str) -> Any:
-        return trial.suggest_categorical(name, _CHOICES[name])
-
-    def num(name: str) -> float:
-        lo, hi = _RANGES[name]
-        return trial.suggest_float(name, lo, hi, log=name in _LOG)
-
-    tower_update = {
-        "embedding_dim": cat("embedding_dim"),
-        "id_dim": cat("id_dim"),
-        "hidden": HIDDEN_CHOICES[cat("hidden")],
-        "item_bias": cat("item_bias"),
-        "dropout": num("dropout"),
-    }
-    train_update: dict[str, Any] = {
-        "temperature": num("temperature"),
-        "lr": num("lr"),
-        "sparse_lr": num("sparse_lr"),
-        "batch_size": cat("batch_size"),
-        "id_dropout": num("id_dropout"),
-        "weight_decay": num("weight_decay"),
-        "id_l2": num("id_l2"),
-        "early_stopping_patience": cat("patience"),
-    }
-    if train.loss == "softmax":
-        # Sampled softmax only: the full softmax already scores every item, and the
-        # pointwise loss has no in-batch negatives to correct.
-        train_update["uniform_negatives"] = cat("uniform_negatives")
-        train_update["logq_correction"] = True
-    return tower.model_copy(update=tower_update), train.model_copy(update=train_update)
-
-
-def _base_params(tower: TowerConfig, train: TrainConfig) -> dict[str, Any]:
-    """The base recipe in ``search_space``'s parameter names, for trial 0. Values the
-    space cannot express (a hidden shape not in HIDDEN_CHOICES, a rate out of range) are
-    left out, and Optuna draws those."""
-    hidden = next((k for k, v in HIDDEN_CHOICES.items() if v == tuple(tower.hidden)), None)
-    params: dict[str, Any] = {
-        "embedding_dim": tower.embedding_dim,
-        "id_dim": tower.id_dim,
-        "item_bias": tower.item_bias,
-        "dropout": tower.dropout,
-        "temperature": train.temperature,
-        "lr": train.lr,
-        "sparse_lr": train.sparse_lr,
-        "batch_size": train.batch_size,
-        "id_dropout": train.id_dropout,
-        "patience": train.early_stopping_patience or _DEFAULT_PATIENCE,
-        "uniform_negatives": train.uniform_negatives,
-        # Off in the base recipe: the bottom of the range.
-        "weight_decay": max(train.weight_decay, 1e-6),
-        "id_l2": max(train.id_l2, 1e-6),
-    }
-    if hidden is not None:
-        params["hidden"] = hidden
-    # Keep only what the space can express (Optuna fails a trial whose enqueued value is
-    # not one of its choices or is out of its range).
-    return {k: v for k, v in params.items() if _expressible(k, v)}
-
-
-def _expressible(name: str, value: Any) -> bool:
-    choices = _CHOICES.get(name)
-    if choices is not None:
-        return value in choices
-    lo, hi = _RANGES[name]
-    return bool(lo <= value <= hi)
-
-
 class _Keeper:
     """Holds the weights of trial 0 (the base recipe) and of the best trial so far, on
     the CPU: two models at most, whatever the number of trials."""
@@ -258,7 +149,9 @@ class _Keeper:
 
 def _objective(
     prep: Prepared, cfg: NightlyConfig, keeper: _Keeper, records: list[TuneTrial]
-) -> Any:
+) -> Callable[[optuna.Trial], float]:
+    """The study's objective: train the trial's recipe, report each epoch's validation
+    metric to the pruner, and return the kept epoch's; every trial lands in ``records``."""
     metric = cfg.evaluation.validation_metric
     users = cfg.evaluation.validation_users
 
@@ -279,13 +172,8 @@ def _objective(
                 raise optuna.TrialPruned(f"epoch {stats.epoch}: {metric} {stats.val_metric:.4f}")
 
         def record(state: str, value: float | None, best: int | None, error: str | None) -> None:
-            params = dict(trial.params)
-            if trial.number == 0:  # what trial 0 trained: the base values, not their stand-ins
-                params |= {
-                    "weight_decay": train.weight_decay,
-                    "id_l2": train.id_l2,
-                    "patience": train.early_stopping_patience,
-                }
+            # Trial 0 trained the base recipe: its values, not the sampler's stand-ins.
+            params = base_values(tower, train) if trial.number == 0 else dict(trial.params)
             records.append(
                 TuneTrial(
                     trial.number,
@@ -360,22 +248,25 @@ def run_tuning(
     if cfg.train.early_stopping_patience is None:
         cfg = cfg.model_copy(
             update={
-                "train": cfg.train.model_copy(update={"early_stopping_patience": _DEFAULT_PATIENCE})
+                "train": cfg.train.model_copy(update={"early_stopping_patience": DEFAULT_PATIENCE})
             }
         )
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
-    # A trial is pruned when, from its 5th epoch on, its validation curve is in the bottom
-    # quarter of earlier trials at the same epoch (after 5 trials have finished). Not the
-    # median rule: late epochs are reached only by the strong trials, and the median of
-    # those pruned good trials at epoch 10-15 in a first search on ml-latest-small.
-    pruner = optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=4)
+    # A trial is pruned when, from its 5th epoch on, its best validation so far is below
+    # the lower quartile of the completed trials at the same epoch (Optuna's percentile
+    # keeps the top `percentile` %: 75 prunes the bottom quarter). Not the median rule:
+    # only completed trials count, and they are the strong ones.
+    pruner = optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=4)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     # Trial 0: the config's recipe. Trial 1 (sampled softmax): the same with the ablation
     # ladder's strongest sampled ingredients, item bias and 1,024 mixed negatives.
-    base = _base_params(cfg.tower, cfg.train)
+    base = base_params(cfg.tower, cfg.train)
     study.enqueue_trial(base)
     if cfg.train.loss == "softmax":
-        study.enqueue_trial(base | {"item_bias": True, "uniform_negatives": 1024})
+        ladder_rung = base | {"item_bias": True, "uniform_negatives": 1024}
+        study.enqueue_trial(ladder_rung)
+        # Trial 2: the same, wide and linear (256-dim ID embeddings and output).
+        study.enqueue_trial(ladder_rung | {"embedding_dim": 256, "id_dim": 256, "hidden": "linear"})
     keeper: _Keeper = _Keeper()
     records: list[TuneTrial] = []
     start = time.perf_counter()

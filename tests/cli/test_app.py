@@ -226,7 +226,8 @@ def test_evaluate_ablation_prints_one_table_with_every_variant_and_baseline(
     res = json.loads(result.output)
     expected = {
         "bce pointwise", "in-batch softmax", "+ logQ", "+ item bias", "+ mixed negatives",
-        "full softmax", "+ history", "+ hard negatives", "popularity", "ease", "oracle",
+        "+ wide", "full softmax", "+ history", "+ hard negatives", "popularity", "ease",
+        "oracle",
     }  # fmt: skip
     assert set(res["rankers"]) == expected
     assert all(0.0 <= r["recall@50"] <= 1.0 for r in res["rankers"].values())

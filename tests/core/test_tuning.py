@@ -46,9 +46,12 @@ def test_trial_zero_is_the_config_recipe_and_the_best_is_chosen_on_validation(
     assert base.params["temperature"] == cfg.train.temperature
     assert base.params["lr"] == cfg.train.lr
     assert base.params["weight_decay"] == 0.0 and base.params["id_l2"] == 0.0
-    # Trial 1: the base with the ladder's item bias and mixed negatives.
+    # Trial 1: the base with the ladder's item bias and mixed negatives; trial 2 the same,
+    # wide and linear.
     assert result.trials[1].params["item_bias"] is True
     assert result.trials[1].params["uniform_negatives"] == 1024
+    wide = result.trials[2].params
+    assert (wide["embedding_dim"], wide["id_dim"], wide["hidden"]) == (256, 256, "linear")
     complete = [t for t in result.trials if t.state == "complete"]
     assert complete and all(t.validation is not None for t in complete)
     best = max(complete, key=lambda t: t.validation or 0.0)
@@ -95,13 +98,13 @@ def test_the_search_is_reproducible_by_seed(tmp_path: Path) -> None:
     cfg = _config(tmp_path, epochs=1)
 
     def params(seed: int) -> list[dict[str, object]]:
-        res = run_tuning(cfg, str(tmp_path), TuneBudget(trials=4), seed=seed, evaluate=False)
+        res = run_tuning(cfg, str(tmp_path), TuneBudget(trials=5), seed=seed, evaluate=False)
         return [t.params for t in res.trials]
 
     first, again, other = params(5), params(5), params(6)
     assert first == again
-    # Trials 0 and 1 are enqueued; the sampled ones follow the seed.
-    assert first[2:] != other[2:]
+    # Trials 0-2 are enqueued (the same for every seed); the sampled ones follow the seed.
+    assert first[:3] == other[:3] and first[3:] != other[3:]
 
 
 def test_a_time_budget_stops_starting_trials(tmp_path: Path) -> None:
