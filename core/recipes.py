@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core.ladder import ladder, protocol_skip
 from model.config import TowerConfig, TrainConfig
 
 __all__ = ["CONFIGURED", "Candidate", "Recipe", "SelectionConfig", "candidates"]
@@ -88,12 +89,9 @@ def candidates(
     """The configured recipe first, then the ladder's softmax rungs (``ladder``), then the
     listed recipes; each as (name, tower, train). The pointwise rung is left out (it needs
     labelled impressions, which only the temporal protocol has), and so are the rungs
-    ``core.ablation.protocol_skip`` leaves out under ``protocol`` (when given)."""
+    ``core.ladder.protocol_skip`` leaves out under ``protocol`` (when given)."""
     out: list[Candidate] = [(CONFIGURED, tower, train)]
     if selection.ladder:
-        # Imported here: core.ablation imports core.config, which imports this module.
-        from core.ablation import ladder, protocol_skip
-
         for rung in ladder():
             if rung.train.get("loss") == "bce":
                 continue
