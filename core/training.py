@@ -173,7 +173,11 @@ def _choose(
         logger.info("recipe %r: validation %s %.4f", name, metric, scores[name])
         if best is None or scores[name] > scores[best.name]:
             best = fitted  # strictly better: ties keep the earlier, simpler recipe
-    assert best is not None  # the configured recipe is always a candidate
+    if best is None:  # every candidate was a full softmax over its limit
+        raise ValueError(
+            f"no candidate recipe can train on {prep.vocab.n_items:,} items: each one is a "
+            f"full softmax over its limit of {FULL_SOFTMAX_MAX_ITEMS:,}"
+        )
     logger.info("recipe chosen on validation %s: %r (%.4f)", metric, best.name, scores[best.name])
     best.scores = scores
     return best

@@ -132,3 +132,21 @@ def test_the_ladder_candidates_follow_the_protocol_rule() -> None:
     assert "+ history" in {
         n for n, _, _ in candidates(sel, TowerConfig(), TrainConfig(), "temporal")
     }
+
+
+@pytest.mark.e2e
+def test_no_trainable_candidate_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("core.training.FULL_SOFTMAX_MAX_ITEMS", 1)
+    cfg = NightlyConfig.model_validate(
+        {
+            "data": {"scale": "tiny"},
+            "train": {"epochs": 1, "loss": "full_softmax"},
+            "runtime": {"storage_root": str(tmp_path), "resume": False},
+            "selection": {"recipes": [{"name": "warmer", "train": {"temperature": 0.3}}]},
+        }
+    )
+    with pytest.raises(ValueError, match="no candidate recipe can train"):
+        run_nightly(cfg)
+    assert not list((tmp_path / "versions").glob("v*"))  # nothing published
