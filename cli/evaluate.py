@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.options import root_path, setup_logging
+from cli.options import (
+    JsonOpt,
+    ProtocolOpt,
+    RootOpt,
+    ScaleOpt,
+    SplitSeedOpt,
+    ThreadsOpt,
+    root_path,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
     from core.ablation import AblationResult, Variant
@@ -76,29 +85,9 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
-    scale: Annotated[
-        str | None,
-        typer.Option(
-            help="Synthetic data scale (default: the config's data.scale, else small).",
-            show_default=False,
-        ),
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(
-            help="Split: temporal, random_ratio or leave_one_out (default: the config's "
-            "data.protocol, else temporal).",
-            show_default=False,
-        ),
-    ] = None,
-    split_seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed of the random split (random_ratio, leave_one_out ties; default: "
-            "the config's data.split_seed, else 0).",
-            show_default=False,
-        ),
-    ] = None,
+    scale: ScaleOpt = None,
+    protocol: ProtocolOpt = None,
+    split_seed: SplitSeedOpt = None,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -119,18 +108,8 @@ def evaluate_command(
     ] = 1024,
     history_len: Annotated[int, typer.Option(help="History length in the ladder.")] = 20,
     hard: Annotated[int, typer.Option(help="Hard negatives per example (0 = no rung).")] = 0,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Threads for torch and Faiss (default: runtime.threads, else "
-            "$TOWERFLOW_THREADS, else the CPUs this process may use).",
-            show_default=False,
-        ),
-    ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option("--root", help="Store root (default: $TOWERFLOW_ROOT or ./.towerflow)."),
-    ] = None,
+    threads: ThreadsOpt = None,
+    root: RootOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -138,7 +117,7 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train and rank on a snapshot, print one table with popularity, the classical
     baseline and (synthetic data) the oracle, and the variant chosen on validation;

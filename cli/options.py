@@ -23,7 +23,11 @@ if TYPE_CHECKING:
 __all__ = [
     "PREFECT_DEFAULTS",
     "JsonOpt",
+    "ProtocolOpt",
     "RootOpt",
+    "ScaleOpt",
+    "SplitSeedOpt",
+    "ThreadsOpt",
     "apply_openmp_defaults",
     "apply_prefect_defaults",
     "fail",
@@ -42,6 +46,39 @@ RootOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+# Options shared by the commands that train (run, evaluate, tune): one wording each.
+ScaleOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Synthetic data scale: tiny, small, medium, large (default: the config's "
+        "data.scale, else small).",
+        show_default=False,
+    ),
+]
+ProtocolOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Split: temporal, random_ratio or leave_one_out (default: the config's "
+        "data.protocol, else temporal).",
+        show_default=False,
+    ),
+]
+SplitSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Seed of the random split (random_ratio, leave_one_out ties; default: the "
+        "config's data.split_seed, else 0).",
+        show_default=False,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="torch / Faiss threads (default: runtime.threads, else $TOWERFLOW_THREADS, "
+        "else the CPUs this process may use, adapting to the load).",
+        show_default=False,
+    ),
+]
 
 # Prefect defaults that matter offline and on small machines (see README): no telemetry,
 # room for the temporary server's cold start, and our loggers in the flow run's logs

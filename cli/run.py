@@ -18,6 +18,8 @@ import typer
 from cli.options import (
     JsonOpt,
     RootOpt,
+    ScaleOpt,
+    ThreadsOpt,
     apply_prefect_defaults,
     fail,
     open_store,
@@ -36,14 +38,7 @@ def _data_tag(data: DataConfig) -> str:
 
 
 def run_command(
-    scale: Annotated[
-        str | None,
-        typer.Option(
-            help="Synthetic data scale: tiny, small, medium, large (default: the config's "
-            "data.scale, else small).",
-            show_default=False,
-        ),
-    ] = None,
+    scale: ScaleOpt = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -76,14 +71,7 @@ def run_command(
             show_default=False,
         ),
     ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="torch / Faiss threads (default: runtime.threads, else $TOWERFLOW_THREADS, "
-            "else the CPUs this process may use, adapting to the load).",
-            show_default=False,
-        ),
-    ] = None,
+    threads: ThreadsOpt = None,
     resume: Annotated[
         bool | None,
         typer.Option(

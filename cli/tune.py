@@ -18,7 +18,16 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from cli.options import root_path, setup_logging
+from cli.options import (
+    JsonOpt,
+    ProtocolOpt,
+    RootOpt,
+    ScaleOpt,
+    SplitSeedOpt,
+    ThreadsOpt,
+    root_path,
+    setup_logging,
+)
 
 __all__ = ["tune_command"]
 
@@ -59,29 +68,9 @@ def tune_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the search's sampler.")] = 0,
-    scale: Annotated[
-        str | None,
-        typer.Option(
-            help="Synthetic data scale (default: the config's data.scale, else small).",
-            show_default=False,
-        ),
-    ] = None,
-    protocol: Annotated[
-        str | None,
-        typer.Option(
-            help="Split: temporal, random_ratio or leave_one_out (default: the config's "
-            "data.protocol, else temporal).",
-            show_default=False,
-        ),
-    ] = None,
-    split_seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed of the random split (random_ratio, leave_one_out ties; default: "
-            "the config's data.split_seed, else 0).",
-            show_default=False,
-        ),
-    ] = None,
+    scale: ScaleOpt = None,
+    protocol: ProtocolOpt = None,
+    split_seed: SplitSeedOpt = None,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -98,18 +87,8 @@ def tune_command(
             "popularity and the classical baseline.",
         ),
     ] = True,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Threads for torch and Faiss (default: runtime.threads, else "
-            "$TOWERFLOW_THREADS, else the CPUs this process may use).",
-            show_default=False,
-        ),
-    ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option("--root", help="Store root (default: $TOWERFLOW_ROOT or ./.towerflow)."),
-    ] = None,
+    threads: ThreadsOpt = None,
+    root: RootOpt = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -117,7 +96,7 @@ def tune_command(
             "in it are replaced)."
         ),
     ] = Path("tune-results"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Tune the training recipe on validation and write the best one as a config."""
     import optuna
