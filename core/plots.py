@@ -16,9 +16,10 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["history_plot", "loss_plot", "png", "recall_curve_plot"]
+__all__ = ["figure", "history_plot", "loss_plot", "png", "recall_curve_plot"]
 
 _SIZE = (6.4, 3.8)
 _DPI = 110
@@ -30,6 +31,11 @@ _COLOURS = {
     "ease": "#2ca02c",
     "itemknn": "#2ca02c",
 }
+
+
+def figure() -> tuple[Figure, Axes]:
+    """A new figure and axes at the reports' size and resolution (headless)."""
+    return plt.subplots(figsize=_SIZE, dpi=_DPI)
 
 
 def png(fig: Figure) -> bytes:
@@ -52,7 +58,7 @@ def loss_plot(
     if not epoch_loss:
         raise ValueError("no epochs to plot")
     epochs = list(range(1, len(epoch_loss) + 1))
-    fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
+    fig, ax = figure()
     ax.plot(epochs, epoch_loss, "o-", color=_COLOURS["model"], label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (mean per step)")
@@ -75,7 +81,7 @@ def recall_curve_plot(curves: Mapping[str, Mapping[int, float]]) -> bytes:
     """Recall@K against K (log scale) for each ranker. Raises ``ValueError`` when empty."""
     if not curves or not any(curves.values()):
         raise ValueError("no Recall@K curve to plot")
-    fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
+    fig, ax = figure()
     for name, curve in curves.items():
         ks = sorted(curve)
         values = [curve[k] for k in ks]
@@ -106,7 +112,7 @@ def history_plot(history: Sequence[Mapping[str, Any]], metric: str) -> bytes:
     rows = [h for h in history if any(metric in m for m in h.get("metrics", {}).values())]
     if not rows:
         raise ValueError(f"no version in the history has {metric!r}")
-    fig, ax = plt.subplots(figsize=_SIZE, dpi=_DPI)
+    fig, ax = figure()
     x = list(range(len(rows)))
     names = sorted({n for h in rows for n in h["metrics"]}, key=lambda n: n != "model")
     for name in names:

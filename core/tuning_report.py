@@ -11,14 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
-
-import matplotlib.pyplot as plt
 import yaml
 
-from core.plots import png
+from core.plots import figure, png
 from core.tuning import TuneResult
 
 __all__ = ["render_test_table", "render_trials", "trials_plot", "tuned_config_yaml"]
@@ -108,7 +103,7 @@ def render_test_table(result: TuneResult) -> str:
 def trials_plot(result: TuneResult) -> bytes:
     """PNG: each trial's validation metric (complete: dots; pruned: crosses at the last
     epoch reached; the base recipe: a square) and the running best as a step line."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    fig, ax = figure()
     style = {"complete": ("o", "#1f77b4"), "pruned": ("x", "#7f7f7f")}
     for state, (marker, colour) in style.items():
         pts = [(t.number, t.validation) for t in result.trials if t.state == state and t.validation]
