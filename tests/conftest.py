@@ -19,6 +19,11 @@ os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="towerflow-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 os.environ.pop("PREFECT_API_URL", None)
+# Once a flow has run in a worker, Prefect's API log handler sits on the core loggers
+# (PREFECT_LOGGING_EXTRA_LOGGERS): a core warning logged outside any flow (the Python API,
+# `towerflow tune`) would then raise Prefect's "no flow run id" UserWarning, an error under
+# filterwarnings, depending on which tests ran before in that worker.
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 # OpenMP threads that spin while they wait steal the cores from each other when tests, test
 # subprocesses and servers share 2 cores: one logQ test took 31 s spinning and 4 s passive.
 # Set before torch or Faiss loads; subprocesses inherit it.
