@@ -28,8 +28,8 @@ from core.dataio import Truth, load_prepared, load_truth
 from core.evaluation import rank_all
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
+from model.fullrank import evaluate_ranking
 from model.losses import mixed_softmax_loss
-from model.metrics import evaluate_ranking
 from model.pipeline import Prepared, ScoreFn, score_block_users
 from model.synthetic import oracle_scores
 from storage import Layout, snapshot_path

@@ -47,8 +47,8 @@ from model.config import TrainConfig
 from model.dataset import temporal_split
 from model.embed import embed_items, embed_users
 from model.features import category_rows
+from model.fullrank import evaluate_ranking
 from model.index import build_index, tune_blas_threshold
-from model.metrics import evaluate_ranking
 from model.threadgov import active
 from model.train import train
 

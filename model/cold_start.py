@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.metrics import evaluate_ranking
+from model.fullrank import evaluate_ranking
 from model.sets import CsrSets
 
 __all__ = [

@@ -1,15 +1,14 @@
-"""Full-ranking retrieval evaluation: per-user item sets, masked top-k and ranking metrics.
+"""Full-ranking retrieval metrics: masked top-k and per-user ranking metrics.
 
-Owns how every scorer (two-tower model, popularity baseline, oracle) is evaluated: the
+Owns how every scorer (two-tower model, popularity baseline, oracle) is ranked: the
 caller supplies full score rows for blocks of users, this module masks each user's
-history, ranks all items and computes recall / NDCG / hit rate (plus MRR, precision and
-the catalogue metrics of ``model.ranking``) against held-out sets.
+history, ranks all items and computes recall / NDCG / hit rate (plus MRR and precision
+of ``model.ranking``) against held-out sets. ``model.fullrank`` puts these together into
+one evaluation, whole or in user shards.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,12 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.ranking import (
-    beyond_accuracy_metrics,
-    check_item_popularity,
-    precision_at_k,
-    reciprocal_rank,
-)
+from model.ranking import precision_at_k, reciprocal_rank
 from model.sets import CsrSets
 from model.threadgov import adaptive_loop
 
@@ -30,14 +24,13 @@ __all__ = [
     "DEFAULT_KS",
     "ScoreBlockFn",
     "UserMetrics",
-    "evaluate_ranking",
+    "check_ks",
+    "check_user_rows",
     "full_ranking_topk",
     "hit_matrix",
     "per_user_metrics",
     "ranking_metrics",
 ]
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_KS: tuple[int, ...] = (10, 50, 100)
 
@@ -55,7 +48,9 @@ class UserMetrics:
     hit_rate: npt.NDArray[np.float64]
 
 
-def _check_rows(rows: npt.ArrayLike, sets: CsrSets, what: str) -> npt.NDArray[np.int64]:
+def check_user_rows(rows: npt.ArrayLike, sets: CsrSets, what: str) -> npt.NDArray[np.int64]:
+    """``rows`` as `(n,) int64` rows of ``sets`` (named ``what`` in errors); ValueError
+    unless a 1-D integer array within `[0, sets.n_rows)`."""
     arr = np.asarray(rows)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"user_rows must be a 1-D integer array, got {arr.dtype} {arr.shape}")
@@ -65,7 +60,8 @@ def _check_rows(rows: npt.ArrayLike, sets: CsrSets, what: str) -> npt.NDArray[np
     return arr
 
 
-def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """Cut-offs as a tuple of ints; ValueError unless distinct and positive."""
     out = tuple(int(k) for k in ks)
     if not out or min(out) < 1 or len(set(out)) != len(out):
         raise ValueError(f"ks must be distinct positive cut-offs, got {ks!r}")
@@ -85,7 +81,7 @@ def hit_matrix(
     Returns:
         `(n, K) bool`, True where `topk[i, j]` is in `relevant` of `user_rows[i]`.
     """
-    rows = _check_rows(user_rows, relevant, "relevant")
+    rows = check_user_rows(user_rows, relevant, "relevant")
     topk = np.asarray(topk)
     if topk.ndim != 2 or topk.shape[0] != len(rows):
         raise ValueError(
@@ -170,8 +166,8 @@ def ranking_metrics(
         "n_users": n_eval}` (see `model.ranking` for MRR and precision).
         Users with an empty relevant set are excluded from every mean and from `n_users`.
     """
-    ks = _check_ks(ks)
-    rows = _check_rows(user_rows, relevant, "relevant")
+    ks = check_ks(ks)
+    rows = check_user_rows(user_rows, relevant, "relevant")
     hits = hit_matrix(topk, rows, relevant)
     n_rel = relevant.lengths()[rows]
     keep = n_rel > 0
@@ -264,7 +260,7 @@ def full_ranking_topk(
         `(n, k) int64` item rows, best first, ties by lower item row. Slots with score
         `-inf` (excluded or unscorable) and slots beyond `n_items` are `-1`.
     """
-    rows = _check_rows(user_rows, exclude, "exclude")
+    rows = check_user_rows(user_rows, exclude, "exclude")
     if k < 1 or n_items < 1 or block_users < 1:
         raise ValueError(f"need k, n_items, block_users >= 1, got {k}, {n_items}, {block_users}")
     if exclude.nnz and int(exclude.indices.max()) >= n_items:
@@ -283,57 +279,3 @@ def full_ranking_topk(
             out[start : start + len(block_rows), :depth] = idx.numpy()
             tick(len(block_rows))
     return out
-
-
-def evaluate_ranking(
-    score_block_fn: ScoreBlockFn,
-    user_rows: npt.ArrayLike,
-    n_items: int,
-    relevant: CsrSets,
-    exclude: CsrSets,
-    ks: Sequence[int] = DEFAULT_KS,
-    block_users: int = 1024,
-    item_popularity: npt.ArrayLike | None = None,
-) -> dict[str, float]:
-    """Full-ranking evaluation of one scorer: masked top-`max(ks)`, `ranking_metrics` and
-    the catalogue metrics of `model.ranking.beyond_accuracy_metrics`.
-
-    Args:
-        score_block_fn: see `full_ranking_topk`.
-        user_rows: `(n,)` candidate user rows; those with an empty relevant set are
-            dropped before scoring (they cannot be measured).
-        n_items: number of item rows scored.
-        relevant: held-out items per user row.
-        exclude: items masked per user row (history seen at training time).
-        ks: cut-offs.
-        block_users: users scored per block.
-        item_popularity: `(n_items,)` training-interaction counts; adds `avg_pop@k` and
-            `avg_pop_norm@k`.
-
-    Returns:
-        The `ranking_metrics` dict plus `coverage@k` (and the popularity keys), `n_users`
-        evaluated last.
-    """
-    ks = _check_ks(ks)
-    rows = _check_rows(user_rows, relevant, "relevant")
-    if relevant.nnz and int(relevant.indices.max()) >= n_items:
-        raise ValueError(f"relevant holds item rows >= n_items={n_items}")
-    rows = rows[relevant.lengths()[rows] > 0]
-    if len(rows) == 0:
-        raise ValueError("no user in user_rows has a relevant item: nothing to evaluate")
-    if item_popularity is not None:  # checked before the costly ranking
-        item_popularity = check_item_popularity(item_popularity, n_items)
-    started = time.perf_counter()
-    topk = full_ranking_topk(score_block_fn, rows, n_items, exclude, max(ks), block_users)
-    metrics = ranking_metrics(topk, rows, relevant, ks)
-    n_users = metrics.pop("n_users")
-    metrics |= beyond_accuracy_metrics(topk, ks, n_items, item_popularity)
-    metrics["n_users"] = n_users
-    logger.debug(
-        "evaluated %d users over %d items in %.2f s: %s",
-        len(rows),
-        n_items,
-        time.perf_counter() - started,
-        ", ".join(f"{name}={value:.4f}" for name, value in metrics.items() if "@" in name),
-    )
-    return metrics

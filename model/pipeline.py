@@ -22,8 +22,8 @@ from model.config import TowerConfig, TrainConfig
 from model.dataset import Dataset, Split, Vocabulary
 from model.embed import embed_items, embed_users
 from model.features import FeatureTables, category_rows
+from model.fullrank import evaluate_ranking
 from model.history import history_at_end, history_before
-from model.metrics import evaluate_ranking
 from model.sets import CsrSets
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, train
@@ -37,6 +37,7 @@ __all__ = [
     "item_vectors",
     "model_scorer",
     "prepare",
+    "refit_baseline",
     "sampled_pointwise",
     "training_examples",
     "tune_baseline",
@@ -205,13 +206,7 @@ def tune_baseline(
     if kind == "auto":
         kind = "ease" if n_active <= max_items else "itemknn"
         log.info("baseline: %s (%d trained items, EASE up to %d)", kind, n_active, max_items)
-    grid: list[tuple[str, Callable[[], Baseline]]]
-    if kind == "ease":
-        grid = [
-            (f"l2={l2:g}", partial(EASE.fit, *args, l2=l2, max_items=max_items)) for l2 in _EASE_L2
-        ]
-    else:
-        grid = [(f"k={n}", partial(ItemKNN.fit, *args, k=n)) for n in _KNN_K]
+    grid = _candidates(prep, kind, max_items)
     scores: dict[str, float] = {}
     best: tuple[float, Baseline] | None = None
     for label, make in grid:
@@ -231,6 +226,35 @@ def tune_baseline(
         ", ".join(f"{name} {score:.4f}" for name, score in scores.items()),
     )
     return best[1], scores
+
+
+def _candidates(
+    prep: Prepared, kind: str, max_items: int
+) -> list[tuple[str, Callable[[], Baseline]]]:
+    """(label, fit) of every candidate ``tune_baseline`` tries for ``kind`` ('ease' or
+    'itemknn'), fitting on the training split."""
+    d, train_mask = prep.data, prep.split.train
+    args = (d.inter_user[train_mask], d.inter_item[train_mask], d.n_users, d.n_items)
+    if kind == "ease":
+        return [
+            (f"l2={l2:g}", partial(EASE.fit, *args, l2=l2, max_items=max_items)) for l2 in _EASE_L2
+        ]
+    return [(f"k={n}", partial(ItemKNN.fit, *args, k=n)) for n in _KNN_K]
+
+
+def refit_baseline(prep: Prepared, name: str, label: str | None, max_items: int) -> Baseline:
+    """The fit ``tune_baseline`` chose, again: baseline ``name`` ('ease' or 'itemknn') with
+    the candidate ``label`` it reported best (e.g. 'l2=500'), or its library defaults when
+    ``label`` is None (no validation split). Fits are deterministic, so a worker that
+    refits gets the scores the tuning process had."""
+    if label is None:
+        d, train_mask = prep.data, prep.split.train
+        args = (d.inter_user[train_mask], d.inter_item[train_mask], d.n_users, d.n_items)
+        return fit_baseline(name, *args, max_items=max_items)  # type: ignore[arg-type]
+    for candidate, make in _candidates(prep, name, max_items):
+        if candidate == label:
+            return make()
+    raise ValueError(f"{label!r} is not a candidate of baseline {name!r}")
 
 
 # Candidates tried on validation: EASE's l2 (Steck's range for ML-20M-sized data is

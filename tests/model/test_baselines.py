@@ -13,7 +13,7 @@ import pytest
 from model import baselines
 from model.baselines import EASE, BaselineSkipped, ItemKNN, fit_baseline, interaction_matrix
 from model.dataset import random_ratio_split
-from model.metrics import evaluate_ranking
+from model.fullrank import evaluate_ranking
 from model.sets import CsrSets
 
 # Users x items: u0 {0, 1}, u1 {0, 1, 2}, u2 {2, 3}, u3 {1}; (u1, 2) appears twice.

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from model import metrics
+from model.fullrank import evaluate_ranking
 from model.metrics import (
-    evaluate_ranking,
     full_ranking_topk,
     hit_matrix,
     per_user_metrics,

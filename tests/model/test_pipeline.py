@@ -12,7 +12,7 @@ import torch
 
 from model.config import TowerConfig, TrainConfig
 from model.dataset import Dataset, temporal_split
-from model.metrics import evaluate_ranking
+from model.fullrank import evaluate_ranking
 from model.pipeline import (
     Prepared,
     fit,

@@ -7,7 +7,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model.metrics import evaluate_ranking, hit_matrix
+from model.fullrank import evaluate_ranking
+from model.metrics import hit_matrix
 from model.ranking import (
     average_popularity,
     beyond_accuracy_metrics,

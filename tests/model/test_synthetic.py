@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from model.dataset import Dataset, temporal_split
-from model.metrics import evaluate_ranking
+from model.fullrank import evaluate_ranking
 from model.synthetic import (
     SCALES,
     SyntheticConfig,

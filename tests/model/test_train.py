@@ -16,7 +16,8 @@ from model.config import LossKind, TowerConfig, TowerSpec, TrainConfig
 from model.dataset import Dataset, Split, Vocabulary, temporal_split
 from model.embed import embed_items, embed_users
 from model.features import FeatureTables, category_rows
-from model.metrics import ScoreBlockFn, evaluate_ranking
+from model.fullrank import evaluate_ranking
+from model.metrics import ScoreBlockFn
 from model.synthetic import SyntheticData, generate, synthetic_config
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, resolve_device, train
