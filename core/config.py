@@ -28,6 +28,7 @@ from model.synthetic import SCALES, check_scale
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
+    "DaskConfig",
     "DataConfig",
     "EvalConfig",
     "IndexConfig",
@@ -125,6 +126,13 @@ class EvalConfig(BaseModel):
         description="Publish only if model >= popularity * (1 + lift) on the gate metric.",
     )
     seed: int = Field(0, description="Seed of the evaluated-user sample.")
+    score_block_users: int | None = Field(
+        None,
+        ge=1,
+        description="Test users scored against every item at once (memory: this x items x "
+        "4 bytes); None = about 16M scores per block, at most 1024 users. Shards of "
+        "runtime.task_runner 'dask' start on whole blocks.",
+    )
     baseline: Literal["auto", "itemknn", "ease", "none"] = Field(
         "auto",
         description="Classical collaborative filter evaluated next to the model: EASE when the "
@@ -201,6 +209,42 @@ class TaskTimeouts(BaseModel):
     report_items: float = Field(600, gt=0, description="report-items.")
 
 
+class DaskConfig(BaseModel):
+    """The Dask cluster of ``runtime.task_runner: dask`` and how the split steps are cut.
+
+    Item embedding and full-ranking evaluation run as shards mapped over the workers
+    (``core.sharded``); each shard reads the store and writes a part file, so every worker
+    must reach the store's root at the same path (a shared or network file system)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="Scheduler of an existing cluster (e.g. tcp://10.0.0.5:8786); None = a "
+        "local cluster of n_workers processes, started and stopped with the run.",
+    )
+    n_workers: int = Field(2, ge=1, description="Worker processes of the local cluster.")
+    task_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch / Faiss threads in each shard task; None = the CPU budget divided "
+        "by n_workers on a local cluster (workers must not oversubscribe the cores), 1 on an "
+        "existing cluster (size its workers with --nthreads and this).",
+    )
+    embed_shard_items: int = Field(
+        262_144, ge=1, description="Items per embedding shard (rounded up to whole batches)."
+    )
+    eval_shard_users: int = Field(
+        4096, ge=1, description="Test users per evaluation shard (rounded up to whole blocks)."
+    )
+
+    def shard_threads(self, budget: int) -> int:
+        """Threads each shard task uses, for a machine whose CPU budget is ``budget``."""
+        if self.task_threads is not None:
+            return self.task_threads
+        return 1 if self.address else max(1, budget // self.n_workers)
+
+
 class RuntimeConfig(BaseModel):
     """Machine facts for this run."""
 
@@ -237,6 +281,22 @@ class RuntimeConfig(BaseModel):
     timeouts: TaskTimeouts = Field(
         default_factory=TaskTimeouts,  # type: ignore[arg-type]
         description="Per-step time limits in seconds.",
+    )
+    embed_batch_size: int = Field(
+        8192,
+        ge=1,
+        description="Items per forward pass of the item tower when the catalogue is "
+        "embedded (memory vs speed); shards of task_runner 'dask' start on whole batches.",
+    )
+    task_runner: Literal["local", "dask"] = Field(
+        "local",
+        description="'local': every step in this process. 'dask': item embedding and "
+        "evaluation split into shards mapped over a Dask cluster (Prefect's DaskTaskRunner; "
+        "see runtime.dask).",
+    )
+    dask: DaskConfig = Field(
+        default_factory=DaskConfig,  # type: ignore[arg-type]
+        description="The Dask cluster and shard sizes of task_runner 'dask'.",
     )
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from core.config import DataConfig, EvalConfig
 from core.dataio import load_prepared, load_truth
@@ -17,6 +18,7 @@ from core.lifecycle import discard_version
 from core.progress import StepLogger
 from core.refs import SnapshotRef, StageRef
 from core.versionio import load_served_model, read_embeddings
+from model.baselines import Baseline
 from model.cold_start import (
     NewItemScores,
     category_popularity,
@@ -24,21 +26,38 @@ from model.cold_start import (
     cold_start_metrics,
     user_category_affinity,
 )
-from model.metrics import evaluate_ranking
-from model.pipeline import Prepared, ScoreFn, score_block_users, tune_baseline, user_vectors
+from model.fullrank import evaluate_ranking
+from model.pipeline import (
+    Prepared,
+    ScoreFn,
+    refit_baseline,
+    score_block_users,
+    tune_baseline,
+    user_vectors,
+)
 from model.synthetic import oracle_scores
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
 
 __all__ = [
+    "BaselineChoice",
     "EvalReport",
     "QualityGateError",
     "Ranked",
     "baseline_scorer",
+    "block_users",
     "check_gate",
+    "choose_baseline",
     "enforce_gate",
+    "eval_ks",
+    "eval_users",
     "evaluate_version",
+    "finish_report",
+    "model_vectors",
     "rank_all",
     "reference_scorers",
+    "split_curve",
+    "train_popularity",
+    "vector_scorer",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,34 +99,73 @@ def check_gate(
     return threshold, rankers["model"][metric] >= threshold
 
 
-def baseline_scorer(
-    prep: Prepared, cfg: EvalConfig
-) -> tuple[str, ScoreFn, dict[str, float]] | None:
-    """The classical collaborative filter ``cfg.baseline``, fitted on the training split
-    with its regularisation chosen on validation, scoring each user from everything known
-    before the test (train + validation), as (its name, a score function, validation
-    metric per candidate); None for 'none' or above ``cfg.baseline_max_items``."""
-    d = prep.data
+class BaselineChoice(BaseModel):
+    """The classical baseline chosen on validation: its ``name`` ('ease' or 'itemknn'), the
+    winning candidate's ``label`` (None: no validation split, library defaults) and the
+    validation metric of every candidate. Small, so a plan can hand it to workers, which
+    refit it (``model.pipeline.refit_baseline``) instead of tuning again."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    label: str | None
+    tuning: dict[str, float] = {}
+
+
+def _baseline_skipped(prep: Prepared, cfg: EvalConfig) -> bool:
     if cfg.baseline == "none":
-        return None
-    if d.n_items > cfg.baseline_max_items:
+        return True
+    if prep.data.n_items > cfg.baseline_max_items:
         log.info(
             "classical baseline skipped: %d items > baseline_max_items=%d",
-            d.n_items,
+            prep.data.n_items,
             cfg.baseline_max_items,
         )
-        return None
+        return True
+    return False
+
+
+def _tuned_baseline(prep: Prepared, cfg: EvalConfig) -> tuple[Baseline, BaselineChoice]:
+    kind = cfg.baseline
+    if kind == "none":
+        raise ValueError("evaluation.baseline is 'none': there is no baseline to tune")
     fitted, tuning = tune_baseline(
         prep,
-        cfg.baseline,
+        kind,
         metric=cfg.validation_metric,
         max_users=cfg.validation_users,
         seed=cfg.seed,
         max_items=cfg.ease_max_items,
     )
+    # tune_baseline keeps the first best candidate, as max() does over the dict's order.
+    label = max(tuning, key=tuning.__getitem__) if tuning else None
+    return fitted, BaselineChoice(name=fitted.name, label=label, tuning=tuning)
+
+
+def choose_baseline(prep: Prepared, cfg: EvalConfig) -> BaselineChoice | None:
+    """Tune the classical baseline ``cfg.baseline`` on validation and say which fit won;
+    None for 'none' or above ``cfg.baseline_max_items``."""
+    return None if _baseline_skipped(prep, cfg) else _tuned_baseline(prep, cfg)[1]
+
+
+def baseline_scorer(
+    prep: Prepared, cfg: EvalConfig, choice: BaselineChoice | None = None
+) -> tuple[str, ScoreFn, dict[str, float]] | None:
+    """The classical collaborative filter ``cfg.baseline``, fitted on the training split
+    with its regularisation chosen on validation (or refitted as ``choice`` says), scoring
+    each user from everything known before the test (train + validation), as (its name, a
+    score function, validation metric per candidate); None for 'none' or above
+    ``cfg.baseline_max_items``."""
+    d = prep.data
+    if _baseline_skipped(prep, cfg):
+        return None
+    if choice is None:
+        fitted, choice = _tuned_baseline(prep, cfg)
+    else:
+        fitted = refit_baseline(prep, choice.name, choice.label, cfg.ease_max_items)
     known = ~prep.split.test  # what is known when the test period starts
     scoring = fitted.with_inputs(d.inter_user[known], d.inter_item[known])
-    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows)), tuning
+    return scoring.name, lambda rows: torch.from_numpy(scoring.scores(rows)), dict(choice.tuning)
 
 
 class Ranked(NamedTuple):
@@ -123,20 +181,53 @@ def _at_k(key: str) -> int | None:
     return int(key.split("@")[1]) if "@" in key else None
 
 
+def eval_users(prep: Prepared, cfg: EvalConfig) -> npt.NDArray[np.int64]:
+    """`(n,) int64` sorted test users evaluated: every user with a test item, or a seeded
+    sample of ``cfg.max_users`` of them."""
+    users = np.flatnonzero(prep.data.sets(prep.split.test).lengths() > 0)
+    if cfg.max_users is not None and len(users) > cfg.max_users:
+        rng = np.random.default_rng(cfg.seed)
+        users = np.sort(rng.choice(users, cfg.max_users, replace=False))
+    return users
+
+
+def block_users(cfg: EvalConfig, n_items: int) -> int:
+    """Users per full-ranking block: ``cfg.score_block_users``, else sized for the
+    catalogue (``model.pipeline.score_block_users``)."""
+    return cfg.score_block_users or score_block_users(n_items)
+
+
+def eval_ks(cfg: EvalConfig, n_items: int) -> tuple[tuple[int, ...], list[int]]:
+    """(every cut-off ranked: ``cfg.ks`` and the curve's, the curve's cut-offs that the
+    catalogue is deep enough for)."""
+    curve_ks = sorted({k for k in cfg.curve_ks if k <= n_items})
+    return tuple(sorted(set(cfg.ks) | set(curve_ks))), curve_ks
+
+
+def split_curve(
+    metrics: dict[str, float], cfg: EvalConfig, curve_ks: list[int]
+) -> tuple[dict[str, float], dict[int, float]]:
+    """One ranker's metrics at every cut-off -> (those at ``cfg.ks`` and the catalogue
+    metrics, its Recall@K at ``curve_ks``)."""
+    kept = {k: v for k, v in metrics.items() if _at_k(k) in (None, *cfg.ks)}
+    return kept, {k: metrics[f"recall@{k}"] for k in curve_ks}
+
+
+def train_popularity(prep: Prepared) -> npt.NDArray[np.int64]:
+    """`(n_items,)` training interactions per item (the catalogue metrics' popularity)."""
+    return np.bincount(prep.data.inter_item[prep.split.train], minlength=prep.data.n_items)
+
+
 def rank_all(prep: Prepared, scorers: dict[str, ScoreFn], cfg: EvalConfig) -> Ranked:
     """Full-ranking test metrics of every scorer over the same (sampled) test users, with
     each user's training and validation items masked. One ranking per scorer serves both
     the metrics at ``cfg.ks`` and the Recall@K curve."""
     d, split = prep.data, prep.split
     relevant, exclude = d.sets(split.test), d.sets(~split.test)
-    users = np.flatnonzero(relevant.lengths() > 0)
-    if cfg.max_users is not None and len(users) > cfg.max_users:
-        rng = np.random.default_rng(cfg.seed)
-        users = np.sort(rng.choice(users, cfg.max_users, replace=False))
-    popularity = np.bincount(d.inter_item[split.train], minlength=d.n_items)
-    block = score_block_users(d.n_items)
-    curve_ks = sorted({k for k in cfg.curve_ks if k <= d.n_items})
-    all_ks = tuple(sorted(set(cfg.ks) | set(curve_ks)))
+    users = eval_users(prep, cfg)
+    popularity = train_popularity(prep)
+    block = block_users(cfg, d.n_items)
+    all_ks, curve_ks = eval_ks(cfg, d.n_items)
     rankers: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[int, float]] = {}
     for name, fn in scorers.items():
@@ -150,28 +241,31 @@ def rank_all(prep: Prepared, scorers: dict[str, ScoreFn], cfg: EvalConfig) -> Ra
             block_users=block,
             item_popularity=popularity,
         )
-        rankers[name] = {k: v for k, v in metrics.items() if _at_k(k) in (None, *cfg.ks)}
-        curves[name] = {k: metrics[f"recall@{k}"] for k in curve_ks}
+        rankers[name], curves[name] = split_curve(metrics, cfg, curve_ks)
     return Ranked(len(users), rankers, curves)
 
 
 def reference_scorers(
-    prep: Prepared, folder: Path, cfg: EvalConfig, tuning: dict[str, float] | None = None
+    prep: Prepared,
+    folder: Path,
+    cfg: EvalConfig,
+    tuning: dict[str, float] | None = None,
+    *,
+    baseline: BaselineChoice | None = None,
 ) -> dict[str, ScoreFn]:
     """Popularity, the classical baseline and (synthetic data) the oracle; the baseline's
-    validation scores per candidate go into ``tuning`` when given."""
+    validation scores per candidate go into ``tuning`` when given. ``baseline``: refit
+    this choice instead of tuning (see ``choose_baseline``)."""
     d = prep.data
-    popularity = torch.from_numpy(
-        np.bincount(d.inter_item[prep.split.train], minlength=d.n_items).astype(np.float32)
-    )
+    popularity = torch.from_numpy(train_popularity(prep).astype(np.float32))
     scorers: dict[str, ScoreFn] = {
         "popularity": lambda rows: popularity.expand(len(rows), -1).clone()
     }
-    baseline = baseline_scorer(prep, cfg)
-    if baseline is not None:
-        scorers[baseline[0]] = baseline[1]
+    baseline_fn = baseline_scorer(prep, cfg, baseline)
+    if baseline_fn is not None:
+        scorers[baseline_fn[0]] = baseline_fn[1]
         if tuning is not None:
-            tuning.update(baseline[2])
+            tuning.update(baseline_fn[2])
     truth = load_truth(folder, d)
     if truth is not None:
         scorers["oracle"] = lambda rows: torch.from_numpy(
@@ -229,19 +323,43 @@ def evaluate_version(
     folder = snapshot_path(layout, snapshot.snapshot_id)
     staging = VersionStore(layout).staging_path(stage.version_id)
     prep = load_prepared(folder, data_cfg)
+    vectors = model_vectors(prep, staging)
+    tuning: dict[str, float] = {}
+    scorers = {"model": vector_scorer(*vectors), **reference_scorers(prep, folder, cfg, tuning)}
+    ranked = rank_all(prep, scorers, cfg)
+    return finish_report(prep, staging, cfg, ranked, vectors, tuning, logger)
+
+
+def model_vectors(prep: Prepared, staging: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, D) vectors of every user (history from train + validation) and (I, D) item
+    vectors of the staged model, checked to cover the snapshot's catalogue."""
     model = load_served_model(staging)
     item_ids, item_vecs = read_embeddings(staging)
     if not np.array_equal(item_ids, prep.data.item_id):
         raise ValueError(f"{staging}: item embeddings do not cover the snapshot's catalogue")
     user_vecs = torch.from_numpy(user_vectors(model, prep, ~prep.split.test))
-    items_t = torch.from_numpy(item_vecs)
-    tuning: dict[str, float] = {}
-    scorers: dict[str, ScoreFn] = {
-        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ items_t.T,
-        **reference_scorers(prep, folder, cfg, tuning),
-    }
-    n_users, rankers, curves = rank_all(prep, scorers, cfg)
-    cold = cold_start_report(prep, user_vecs, items_t, cfg)
+    return user_vecs, torch.from_numpy(item_vecs)
+
+
+def vector_scorer(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> ScoreFn:
+    """The model's score rows: inner products of user rows' vectors `(U, D)` with every
+    item vector `(I, D)`."""
+    return lambda rows: user_vecs[torch.from_numpy(rows)] @ item_vecs.T
+
+
+def finish_report(
+    prep: Prepared,
+    staging: Path,
+    cfg: EvalConfig,
+    ranked: Ranked,
+    vectors: tuple[torch.Tensor, torch.Tensor],
+    tuning: dict[str, float],
+    logger: StepLogger = log,
+) -> EvalReport:
+    """The report of ranked test metrics plus the cold-start figures of the model's
+    ``vectors`` (users, items) and the gate's verdict; staged as metrics.json and logged."""
+    n_users, rankers, curves = ranked
+    cold = cold_start_report(prep, vectors[0], vectors[1], cfg)
     threshold, passed = check_gate(rankers, cfg.gate_metric, cfg.gate_min_lift)
     report = EvalReport(
         n_users=n_users,

@@ -74,7 +74,13 @@ def run_nightly(
                 logger=logger,
                 progress=progress,
             )
-            embed_step(stage, resume=resume, logger=logger, progress=progress)
+            embed_step(
+                stage,
+                config.runtime.embed_batch_size,
+                resume=resume,
+                logger=logger,
+                progress=progress,
+            )
             report = evaluate_step(
                 snapshot, stage, config.data, config.evaluation, resume=resume, logger=logger
             )

@@ -50,8 +50,12 @@ from storage import (
 
 __all__ = [
     "code_version",
+    "embed_key",
     "embed_step",
+    "evaluate_key",
     "evaluate_step",
+    "keep_result",
+    "restore_kept",
     "split_settings",
     "train_key",
     "train_step",
@@ -131,6 +135,51 @@ def _staged_digest(folder: Path) -> dict[str, str]:
     return {name: sha256_file(folder / name) for name in sorted(stage_listing(folder))}
 
 
+def restore_kept(
+    stage: StageRef, step: str, key: str, logger: StepLogger = log
+) -> dict[str, Any] | None:
+    """The metadata of the kept result of ``(step, key)`` after copying its checked files
+    into the stage, or None when nothing usable is kept."""
+    start = time.perf_counter()
+    entry = restore_step(Layout(Path(stage.root)), step, key, _staging(stage))
+    if entry is None:
+        return None
+    logger.info(
+        "%s: reused the result of an earlier run (kept %s, key %s): %d file(s) restored in %.2f s",
+        step,
+        entry.created_at,
+        key,
+        len(entry.files),
+        time.perf_counter() - start,
+    )
+    return entry.meta
+
+
+def keep_result(
+    stage: StageRef,
+    step: str,
+    key: str,
+    before: dict[str, tuple[int, int, int]],
+    meta: dict[str, Any],
+    logger: StepLogger = log,
+) -> None:
+    """Keep the files the step staged since ``before`` (``storage.stage_listing``) with
+    ``meta`` for a later rerun; best effort: a failure only logs a warning."""
+    staging = _staging(stage)
+    try:
+        save_step(
+            Layout(Path(stage.root)),
+            step,
+            key,
+            staging,
+            step_outputs(before, stage_listing(staging)),
+            meta,
+        )
+    except OSError as e:
+        # A cache: the run goes on without it (a full disk fails the publish anyway).
+        logger.warning("%s: could not keep the result for a rerun: %s", step, e)
+
+
 def _resumable(
     stage: StageRef,
     step: str,
@@ -144,37 +193,14 @@ def _resumable(
     """``run()`` unless ``enabled`` and a checked result of ``(step, key)`` is kept, in which
     case its files are copied into the stage and its value loaded; a fresh result is kept
     for a later rerun (best effort: a failure to keep it only logs a warning)."""
-    layout = Layout(Path(stage.root))
-    staging = _staging(stage)
     if enabled:
-        start = time.perf_counter()
-        entry = restore_step(layout, step, key, staging)
-        if entry is not None:
-            logger.info(
-                "%s: reused the result of an earlier run (kept %s, key %s): %d file(s) "
-                "restored in %.2f s",
-                step,
-                entry.created_at,
-                key,
-                len(entry.files),
-                time.perf_counter() - start,
-            )
-            return load(entry.meta)
-    before = stage_listing(staging)
+        meta = restore_kept(stage, step, key, logger)
+        if meta is not None:
+            return load(meta)
+    before = stage_listing(_staging(stage))
     value = run()
     if enabled:
-        try:
-            save_step(
-                layout,
-                step,
-                key,
-                staging,
-                step_outputs(before, stage_listing(staging)),
-                dump(value),
-            )
-        except OSError as e:
-            # A cache: the run goes on without it (a full disk fails the publish anyway).
-            logger.warning("%s: could not keep the result for a rerun: %s", step, e)
+        keep_result(stage, step, key, before, dump(value), logger)
     return value
 
 
@@ -219,6 +245,25 @@ def train_step(
     )
 
 
+def embed_key(stage: StageRef) -> str:
+    """embed-items' key: the bytes of every file staged so far and the code version."""
+    return _key("embed-items", _staged_digest(_staging(stage)))
+
+
+def evaluate_key(
+    snapshot: SnapshotRef, stage: StageRef, data_cfg: DataConfig, cfg: EvalConfig
+) -> str:
+    """evaluate's key: the snapshot, the split and evaluation settings, the bytes of every
+    file staged so far and the code version."""
+    return _key(
+        "evaluate",
+        snapshot.snapshot_id,
+        split_settings(data_cfg),
+        cfg.model_dump(mode="json"),
+        _staged_digest(_staging(stage)),
+    )
+
+
 def embed_step(
     stage: StageRef,
     batch_size: int = 8192,
@@ -229,7 +274,7 @@ def embed_step(
 ) -> int:
     """``core.embedding.embed_version_items``, or its kept result for the same staged
     model and catalogue; returns the number of items embedded."""
-    key = _key("embed-items", _staged_digest(_staging(stage))) if resume else ""
+    key = embed_key(stage) if resume else ""
     return _resumable(
         stage,
         "embed-items",
@@ -253,15 +298,7 @@ def evaluate_step(
 ) -> EvalReport:
     """``core.evaluation.evaluate_version``, or its kept result for the same snapshot,
     settings and staged model and vectors."""
-    key = ""
-    if resume:
-        key = _key(
-            "evaluate",
-            snapshot.snapshot_id,
-            split_settings(data_cfg),
-            cfg.model_dump(mode="json"),
-            _staged_digest(_staging(stage)),
-        )
+    key = evaluate_key(snapshot, stage, data_cfg, cfg) if resume else ""
     return _resumable(
         stage,
         "evaluate",

@@ -65,6 +65,7 @@ from storage.schemas import (
     VERSION_USERS,
 )
 from storage.settings import StorageSettings
+from storage.shards import PartRef, ShardFolder
 from storage.snapshots import (
     begin_snapshot,
     commit_snapshot,
@@ -111,10 +112,12 @@ __all__ = [
     "Lineage",
     "Manifest",
     "NoCurrentVersionError",
+    "PartRef",
     "PublishConflictError",
     "PublishedVersion",
     "Registry",
     "SchemaError",
+    "ShardFolder",
     "SnapshotFiles",
     "SnapshotNotFoundError",
     "StorageError",

@@ -40,6 +40,7 @@ from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writ
 from storage.registry import Registry, VersionKind, VersionRow
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
+from storage.shards import ShardFolder
 
 __all__ = [
     "PUBLISH_STEPS",
@@ -383,6 +384,7 @@ class VersionStore:
     def discard(self, version_id: str) -> None:
         """Delete the staging folder of a version that will not be published."""
         staging = self.layout.staging_version_dir(version_id)
+        ShardFolder.remove_version(self.layout, version_id)
         shutil.rmtree(staging, ignore_errors=True)
         if not staging.exists():
             owner_path(staging).unlink(missing_ok=True)

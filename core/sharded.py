@@ -1,0 +1,171 @@
+"""Steps split into shards for a distributed task runner: plan -> shards -> merge.
+
+A distributed runner (``runtime.task_runner: dask``) maps the shard function over its
+workers; each shard reads what it needs from the store, writes its result as a part file
+(``storage.shards``) and returns a ``PartRef``. The merge checks and joins the parts in
+order. Shard boundaries sit on multiples of the batch the unsplit step uses, so every
+shard computes exactly the batches one process would: the merged result is the unsplit
+result, and a rerun after a failure reuses the kept result (``core.resume``) either way.
+
+This module holds item embedding and the shared plan type; evaluation is in
+``core.sharded_eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from core.progress import StepLogger
+from core.refs import StageRef
+from core.resume import embed_key, keep_result, restore_kept
+from core.versionio import load_served_model, read_serving_tables, write_embeddings
+from model.embed import embed_items
+from storage import (
+    ITEM_EMBEDDINGS,
+    VERSION_ITEMS,
+    Layout,
+    PartRef,
+    ShardFolder,
+    VersionFiles,
+    VersionStore,
+    arrow_to_vectors,
+    read_num_rows,
+    stage_listing,
+    vectors_to_arrow,
+)
+
+__all__ = [
+    "EmbedPlan",
+    "Span",
+    "embed_shard",
+    "merge_embeddings",
+    "plan_embedding",
+    "spans",
+]
+
+log = logging.getLogger(__name__)
+
+EMBED_STEP = "embed-items"
+
+
+class Span(BaseModel):
+    """Shard ``index`` covers rows ``[lo, hi)`` of the step's row order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    lo: int
+    hi: int
+
+
+def spans(n: int, size: int, align: int) -> list[Span]:
+    """``n`` rows cut into shards of ``size`` rows rounded up to a multiple of ``align``
+    (the step's batch), the last one shorter; one empty shard list for ``n == 0``."""
+    if n < 0 or size < 1 or align < 1:
+        raise ValueError(f"need n >= 0, size >= 1 and align >= 1, got {n}, {size}, {align}")
+    step = -(-size // align) * align
+    return [Span(index=i, lo=lo, hi=min(lo + step, n)) for i, lo in enumerate(range(0, n, step))]
+
+
+class EmbedPlan(BaseModel):
+    """What item embedding will do: restore a kept result (``restored`` items) or run
+    ``spans`` of ``batch_size``-aligned item rows; ``key`` is its resume key ('' = off)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    restored: int | None
+    spans: list[Span]
+    batch_size: int
+
+
+def _staging(stage: StageRef) -> Path:
+    return VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
+
+
+def _shards(stage: StageRef, step: str) -> ShardFolder:
+    return ShardFolder(Layout(Path(stage.root)), stage.version_id, step)
+
+
+def plan_embedding(
+    stage: StageRef,
+    shard_items: int,
+    batch_size: int = 8192,
+    *,
+    resume: bool = True,
+    logger: StepLogger = log,
+) -> EmbedPlan:
+    """Plan the embedding of every staged item in shards of about ``shard_items`` rows,
+    or restore a failed run's vectors for the same staged model."""
+    key = embed_key(stage) if resume else ""
+    if resume:
+        meta = restore_kept(stage, EMBED_STEP, key, logger)
+        if meta is not None:
+            return EmbedPlan(key=key, restored=int(meta["count"]), spans=[], batch_size=batch_size)
+    _shards(stage, EMBED_STEP).remove()  # parts of an earlier attempt are never merged
+    n = read_num_rows(_staging(stage) / VersionFiles.ITEMS, VERSION_ITEMS)
+    cut = spans(n, shard_items, batch_size)
+    logger.info("embed-items: %d items in %d shard(s)", n, len(cut))
+    return EmbedPlan(key=key, restored=None, spans=cut, batch_size=batch_size)
+
+
+def embed_shard(stage: StageRef, span: Span, batch_size: int) -> PartRef:
+    """Embed staged item rows ``[span.lo, span.hi)`` and write them as a part."""
+    staging = _staging(stage)
+    model = load_served_model(staging)
+    items = read_serving_tables(staging)
+    lo, hi = span.lo, span.hi
+    categories = items.item_category_rows(model.spec.n_categories)
+    vectors = embed_items(
+        model,
+        items.item_id_row[lo:hi],
+        categories[lo:hi],
+        items.content[lo:hi],
+        batch_size=batch_size,
+    )
+    table = pa.table({"item_id": items.item_id[lo:hi], "embedding": vectors_to_arrow(vectors)})
+    return _shards(stage, EMBED_STEP).write(
+        f"part-{span.index:05d}.parquet", table, ITEM_EMBEDDINGS
+    )
+
+
+def merge_embeddings(
+    stage: StageRef,
+    plan: EmbedPlan,
+    parts: list[PartRef],
+    *,
+    logger: StepLogger = log,
+) -> int:
+    """Check and join the parts (in shard order) into item_embeddings.parquet; keep the
+    result for a rerun when the plan has a key; returns the number of items."""
+    if plan.restored is not None:
+        return plan.restored
+    if len(parts) != len(plan.spans):
+        raise ValueError(f"embed-items: {len(parts)} part(s) for {len(plan.spans)} shard(s)")
+    staging = _staging(stage)
+    before = stage_listing(staging)
+    folder = _shards(stage, EMBED_STEP)
+    start = time.perf_counter()
+    tables = [folder.read(ref, ITEM_EMBEDDINGS) for ref in parts]
+    item_id = np.concatenate([t.column("item_id").to_numpy() for t in tables])
+    expected = read_serving_tables(staging).item_id
+    if not np.array_equal(item_id, expected):
+        raise ValueError(f"embed-items: the parts do not cover the {len(expected)} staged items")
+    vectors = np.concatenate([arrow_to_vectors(t.column("embedding"), copy=True) for t in tables])
+    write_embeddings(staging, item_id, vectors)
+    folder.remove()
+    logger.info(
+        "embed-items: merged %d part(s), %d items, in %.2f s",
+        len(parts),
+        len(item_id),
+        time.perf_counter() - start,
+    )
+    if plan.key:
+        keep_result(stage, EMBED_STEP, plan.key, before, {"count": len(item_id)}, logger)
+    return len(item_id)
