@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 
 from core.config import NightlyConfig
 from core.lifecycle import exclusive_nightly, resolve_runtime
+from flows.sharded import embed_and_evaluate_on_dask
 from tasks.report import report_failures
 from tasks.steps import nightly_steps
 from tasks.tracking import track_failures, track_published
@@ -43,6 +44,9 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
     5. evaluate + quality-gate: full-ranking test metrics vs popularity, a classical
        collaborative filter and (synthetic data) the oracle;
        below the gate the run fails and CURRENT is unchanged.
+       With ``runtime.task_runner: dask`` steps 4 and 5 run as the subflow
+       ``embed-evaluate-sharded`` (``flows.sharded``): item and user shards mapped over a
+       Dask cluster, merged into the same files and figures.
     6. merge-catalogue: items created / changed / retired since the snapshot (the item
        catalogue) folded in, new ones embedded by the new model.
     7. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
@@ -81,10 +85,15 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
             resume,
             config.selection,
         )
-        steps.embed_catalogue(stage, threads, resume)
-        report = steps.evaluate_model(
-            snapshot, stage, config.data, config.evaluation, threads, resume
-        )
+        if config.runtime.task_runner == "dask":
+            report = embed_and_evaluate_on_dask(
+                snapshot, stage, config.data, config.evaluation, config.runtime, threads
+            )
+        else:
+            steps.embed_catalogue(stage, threads, resume, config.runtime.embed_batch_size)
+            report = steps.evaluate_model(
+                snapshot, stage, config.data, config.evaluation, threads, resume
+            )
         steps.quality_gate(report, stage)
         steps.merge_catalogue(stage)
         index = steps.build_item_index(stage, config.index, threads)

@@ -1,0 +1,100 @@
+"""Tasks of the split steps (``core.sharded``, ``core.sharded_eval``): a plan and a merge
+that run in the flow's process, and shard tasks that a distributed task runner maps over
+its workers. Shards hand back part references, never data."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from core.config import DataConfig, EvalConfig
+from core.evaluation import EvalReport
+from core.refs import SnapshotRef, StageRef
+from core.sharded import EmbedPlan, Span, embed_shard, merge_embeddings, plan_embedding
+from core.sharded_eval import (
+    EvalPlan,
+    ShardResult,
+    evaluate_shard,
+    merge_evaluation,
+    plan_evaluation,
+)
+from core.threads import apply_threads
+from storage import PartRef
+from tasks.retry import IO_RETRY
+
+__all__ = [
+    "embed_items_shard",
+    "evaluate_users_shard",
+    "merge_embedded_items",
+    "merge_evaluated_users",
+    "plan_item_embedding",
+    "plan_user_evaluation",
+]
+
+
+@task(name="plan-embed-items")
+def plan_item_embedding(
+    stage: StageRef, shard_items: int, batch_size: int = 8192, resume: bool = False
+) -> EmbedPlan:
+    """``core.sharded.plan_embedding``: item shards, or a failed run's kept vectors."""
+    return plan_embedding(stage, shard_items, batch_size, resume=resume, logger=get_run_logger())
+
+
+@task(name="embed-items-shard", **IO_RETRY)
+def embed_items_shard(stage: StageRef, span: Span, batch_size: int, threads: int) -> PartRef:
+    """``core.sharded.embed_shard`` with ``threads`` torch threads (sized for a worker)."""
+    apply_threads(threads)
+    return embed_shard(stage, span, batch_size)
+
+
+@task(name="merge-embed-items")
+def merge_embedded_items(stage: StageRef, plan: EmbedPlan, parts: list[PartRef]) -> int:
+    """``core.sharded.merge_embeddings``: check and join the parts; returns the count."""
+    return merge_embeddings(stage, plan, parts, logger=get_run_logger())
+
+
+@task(name="plan-evaluate")
+def plan_user_evaluation(
+    snapshot: SnapshotRef,
+    stage: StageRef,
+    data_cfg: DataConfig,
+    cfg: EvalConfig,
+    shard_users: int,
+    threads: int | None = None,
+    resume: bool = False,
+) -> EvalPlan:
+    """``core.sharded_eval.plan_evaluation``: user shards and the baseline chosen on
+    validation, or a failed run's kept report."""
+    apply_threads(threads)
+    return plan_evaluation(
+        snapshot, stage, data_cfg, cfg, shard_users, resume=resume, logger=get_run_logger()
+    )
+
+
+@task(name="evaluate-shard", **IO_RETRY)
+def evaluate_users_shard(
+    snapshot: SnapshotRef,
+    stage: StageRef,
+    data_cfg: DataConfig,
+    cfg: EvalConfig,
+    plan: EvalPlan,
+    span: Span,
+    threads: int,
+) -> ShardResult:
+    """``core.sharded_eval.evaluate_shard`` with ``threads`` torch threads."""
+    apply_threads(threads)
+    return evaluate_shard(snapshot, stage, data_cfg, cfg, plan, span)
+
+
+@task(name="merge-evaluate")
+def merge_evaluated_users(
+    snapshot: SnapshotRef,
+    stage: StageRef,
+    data_cfg: DataConfig,
+    cfg: EvalConfig,
+    plan: EvalPlan,
+    results: list[ShardResult],
+    threads: int | None = None,
+) -> EvalReport:
+    """``core.sharded_eval.merge_evaluation``: the report from the shards' parts."""
+    apply_threads(threads)
+    return merge_evaluation(snapshot, stage, data_cfg, cfg, plan, results, logger=get_run_logger())

@@ -1,0 +1,146 @@
+"""The tiny nightly on a real Dask cluster (``runtime.task_runner: dask``): a ``dask
+scheduler`` and two ``dask worker`` processes started here on loopback. The item and user
+shards run on those workers, and the version published is the local runner's: the same
+model, item vectors, index and metrics, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.config import NightlyConfig
+from flows.nightly import nightly
+from storage import Layout, VersionStore, read_json
+
+pytestmark = [pytest.mark.prefect, pytest.mark.e2e]
+
+# What README tells a cluster's workers: no spilling (see flows.sharded.WORKER_CONFIG).
+WORKER_ENV = {
+    "DASK_DISTRIBUTED__WORKER__MEMORY__TARGET": "False",
+    "DASK_DISTRIBUTED__WORKER__MEMORY__SPILL": "False",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_workers(logs: list[Path], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("Registered to:" in p.read_text(errors="replace") for p in logs):
+            return
+        time.sleep(0.5)
+    tails = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs)
+    raise AssertionError(f"the Dask workers did not register within {timeout} s:\n{tails}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Path]]]:
+    """(scheduler address, the two workers' log files)."""
+    tmp = tmp_path_factory.mktemp("dask")
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = {**os.environ, **WORKER_ENV}
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp / "scheduler.log", tmp / "worker-0.log", tmp / "worker-1.log"]
+    commands = [
+        [dask_cli, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1]],
+        *(
+            [dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "1",
+             "--name", f"w{i}", "--local-directory", str(tmp / f"w{i}")]
+            for i in range(2)
+        ),
+    ]  # fmt: skip
+    try:
+        for command, log in zip(commands, logs, strict=True):
+            procs.append(
+                subprocess.Popen(
+                    [*command, "--no-dashboard"],
+                    cwd=tmp,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log.open("wb"),
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+            if command[1] == "scheduler":
+                time.sleep(1.0)
+        _wait_for_workers(logs[1:])
+        yield address, logs[1:]
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _config(root: Path, **runtime: Any) -> NightlyConfig:
+    return NightlyConfig.model_validate(
+        {
+            "data": {"scale": "tiny"},
+            "train": {"epochs": 2},
+            # Blocks of 64 users and batches of 128 items: the tiny world splits into
+            # several shards (377 test users, 600 items).
+            "evaluation": {"score_block_users": 64},
+            "runtime": {
+                "storage_root": str(root),
+                "threads": 1,
+                "embed_batch_size": 128,
+                **runtime,
+            },
+        }
+    )
+
+
+# Files whose bytes depend only on the data, the model and the code (not on the clock).
+_SAME_BYTES = ("model.pt", "item_embeddings.parquet", "index.faiss", "items.parquet")
+
+
+def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does(
+    prefect_harness: None, cluster: tuple[str, list[Path]], tmp_path: Path
+) -> None:
+    address, worker_logs = cluster
+    local_id = nightly(_config(tmp_path / "local"))
+    dask_id = nightly(
+        _config(
+            tmp_path / "dask",
+            task_runner="dask",
+            dask={
+                "address": address,
+                "embed_shard_items": 128,
+                "eval_shard_users": 128,
+                "task_threads": 1,
+            },
+        )
+    )
+    local = VersionStore(Layout(tmp_path / "local")).open_version(local_id)
+    dask = VersionStore(Layout(tmp_path / "dask")).open_version(dask_id)
+
+    # The published figures: exactly equal, every ranker, cold start and gate included.
+    assert read_json(dask.path / "metrics.json") == read_json(local.path / "metrics.json")
+    assert dask.manifest.metrics == local.manifest.metrics
+    assert sorted(dask.manifest.files) == sorted(local.manifest.files)
+    for name in _SAME_BYTES:
+        assert dask.manifest.files[name].sha256 == local.manifest.files[name].sha256, name
+    assert dask.manifest.item_count == local.manifest.item_count == 600
+
+    # The shards ran on the cluster's workers (5 item shards of 128, 3 user shards of 128),
+    # and no part file outlived its merge.
+    ran = "".join(p.read_text(errors="replace") for p in worker_logs)
+    assert ran.count("Task run 'embed-items-shard-") >= 5
+    assert ran.count("Task run 'evaluate-shard-") >= 3
+    assert not (tmp_path / "dask" / "staging" / "shards" / dask_id).exists()
