@@ -81,6 +81,33 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    task_runner: Annotated[
+        str | None,
+        typer.Option(
+            "--task-runner",
+            help="'local' (every step in this process) or 'dask' (item embedding and "
+            "evaluation in shards on a Dask cluster) (default: runtime.task_runner, local).",
+            show_default=False,
+        ),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            "--dask-address",
+            help="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786; implies "
+            "--task-runner dask (default: runtime.dask.address; none = a local cluster).",
+            show_default=False,
+        ),
+    ] = None,
+    dask_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--dask-workers",
+            min=1,
+            help="Worker processes of the local Dask cluster (default: runtime.dask.n_workers, 2).",
+            show_default=False,
+        ),
+    ] = None,
     root: RootOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -107,6 +134,9 @@ def run_command(
             "runtime.threads": threads,
             "runtime.resume": resume,
             "runtime.storage_root": str(root) if root else None,
+            "runtime.task_runner": "dask" if dask_address else task_runner,
+            "runtime.dask.address": dask_address,
+            "runtime.dask.n_workers": dask_workers,
         },
     )
     # Before Prefect starts (seconds): a bad index factory, device or path fails now, not

@@ -42,6 +42,7 @@ from storage import (
 
 __all__ = [
     "EmbedPlan",
+    "PartRef",
     "Span",
     "embed_shard",
     "merge_embeddings",

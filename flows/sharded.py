@@ -59,9 +59,9 @@ WORKER_CONFIG: dict[str, object] = {
 
 def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
     """Prefect's Dask runner for ``cfg``: the scheduler at ``cfg.address``, else a local
-    cluster of ``cfg.n_workers`` single-threaded worker processes (a shard is numeric work
-    that sizes its own torch threads; more Dask threads per worker would oversubscribe the
-    cores) with no dashboard (no port to hold, nothing to download)."""
+    cluster of ``cfg.n_workers`` single-threaded worker processes on loopback (a shard is
+    numeric work that sizes its own torch threads; more Dask threads per worker would
+    oversubscribe the cores) with no dashboard."""
     if cfg.address:
         return DaskTaskRunner(address=cfg.address)
     return DaskTaskRunner(
@@ -69,8 +69,11 @@ def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
             "n_workers": cfg.n_workers,
             "threads_per_worker": 1,
             "processes": True,
+            "host": "127.0.0.1",
             "dashboard_address": None,
-            "scheduler_kwargs": {"dashboard": False},
+            # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
+            # port, not 8787, which another cluster on the machine may hold.
+            "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         }
     )
 

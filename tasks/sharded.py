@@ -9,7 +9,14 @@ from prefect import get_run_logger, task
 from core.config import DataConfig, EvalConfig
 from core.evaluation import EvalReport
 from core.refs import SnapshotRef, StageRef
-from core.sharded import EmbedPlan, Span, embed_shard, merge_embeddings, plan_embedding
+from core.sharded import (
+    EmbedPlan,
+    PartRef,
+    Span,
+    embed_shard,
+    merge_embeddings,
+    plan_embedding,
+)
 from core.sharded_eval import (
     EvalPlan,
     ShardResult,
@@ -18,7 +25,6 @@ from core.sharded_eval import (
     plan_evaluation,
 )
 from core.threads import apply_threads
-from storage import PartRef
 from tasks.retry import IO_RETRY
 
 __all__ = [

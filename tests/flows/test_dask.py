@@ -5,6 +5,7 @@ model, item vectors, index and metrics, byte for byte."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.app import app
 from core.config import NightlyConfig
 from flows.nightly import nightly
 from storage import Layout, VersionStore, read_json
+from tests.conftest import Published
 
 pytestmark = [pytest.mark.prefect, pytest.mark.e2e]
 
@@ -144,3 +148,22 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
     assert ran.count("Task run 'embed-items-shard-") >= 5
     assert ran.count("Task run 'evaluate-shard-") >= 3
     assert not (tmp_path / "dask" / "staging" / "shards" / dask_id).exists()
+
+
+def test_towerflow_run_on_a_local_dask_cluster(published: Published, tmp_path: Path) -> None:
+    """`--task-runner dask` with no address starts a local cluster of worker processes for
+    the run. Its shards use one thread each (two workers on this machine's budget), the
+    session's local run two, so float sums may differ in the last bit: the model's figures
+    agree closely, popularity's (integer counts) exactly."""
+    result = CliRunner().invoke(
+        app,
+        ["run", "--scale", "tiny", "--epochs", "4", "--root", str(tmp_path), "--json",
+         "--task-runner", "dask", "--dask-workers", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])["metrics"]
+    local = published.output["metrics"]
+    assert metrics["n_users"] == local["n_users"] and metrics["gate_passed"]
+    assert metrics["rankers"]["popularity"] == local["rankers"]["popularity"]
+    for key, value in local["rankers"]["model"].items():
+        assert metrics["rankers"]["model"][key] == pytest.approx(value, abs=0.01), key

@@ -46,6 +46,7 @@ def test_all_is_explicit_and_resolvable() -> None:
         "publishing",
         "registry",
         "retention",
+        "shards",
         "stepcache",
     }
     # The raw input readers are imported on demand (they pull in pandas and pyarrow's CSV
