@@ -10,6 +10,7 @@ never data, through the scheduler.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar, cast
 
 import dask
@@ -74,8 +75,15 @@ def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
             # No dashboard; the scheduler's small HTTP server (health, metrics) on a free
             # port, not 8787, which another cluster on the machine may hold.
             "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+            # Workers print to this terminal: at the level this process's terminal shows
+            # (the CLI's quiet default, -v, -vv), as a run on the local runner would.
+            "env": {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": _terminal_level()},
         }
     )
+
+
+def _terminal_level() -> str:
+    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
 
 
 @flow(name="embed-evaluate-sharded", log_prints=False)
