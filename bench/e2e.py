@@ -1,18 +1,23 @@
 """End to end: ``towerflow run`` in a child process with its own Prefect home and store,
-timed from the outside; its peak RSS comes from ``wait4``."""
+timed from the outside; its peak RSS comes from ``wait4``, its steps' times from the
+run's Prefect database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["E2EFailedError", "end_to_end"]
+__all__ = ["E2EFailedError", "end_to_end", "run_child", "task_seconds"]
 
 
 class E2EFailedError(RuntimeError):
@@ -20,9 +25,24 @@ class E2EFailedError(RuntimeError):
 
 
 def end_to_end(scale: str, threads: int, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    """Wall seconds, the flow's own seconds and the peak RSS of ``towerflow run --scale``."""
-    home, root = workdir / "prefect-home", workdir / "e2e-store"
-    home.mkdir(parents=True, exist_ok=True)
+    """Wall seconds, the flow's own seconds, the peak RSS and the steps' seconds of
+    ``towerflow run --scale`` (see ``run_child``)."""
+    root = workdir / "e2e-store"
+    args = ["--scale", scale, "--root", str(root), "--threads", str(threads)]
+    return run_child(args, workdir, timeout_s, name="e2e")
+
+
+def run_child(
+    run_args: list[str], workdir: Path, timeout_s: float, name: str = "run"
+) -> dict[str, Any]:
+    """``towerflow run RUN_ARGS --json`` in a child process with a fresh Prefect home under
+    ``workdir``: wall and flow seconds, the peak RSS of its largest process (``wait4``
+    counts the children it waited for: a local Dask cluster's workers too), the gate
+    figures and ``steps``, each task's seconds (summed over a task's runs, e.g. shards)
+    from the run's Prefect database."""
+    home = workdir / f"{name}-prefect-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -30,9 +50,8 @@ def end_to_end(scale: str, threads: int, workdir: Path, timeout_s: float) -> dic
     }
     # A configured API would send the run to someone's server instead of a temporary one.
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "cli", "run", "--scale", scale]
-    cmd += ["--root", str(root), "--threads", str(threads), "--json"]
-    out_path, err_path = workdir / "e2e.stdout", workdir / "e2e.stderr"
+    cmd = [sys.executable, "-m", "cli", "run", *run_args, "--json"]
+    out_path, err_path = workdir / f"{name}.stdout", workdir / f"{name}.stderr"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -68,4 +87,33 @@ def end_to_end(scale: str, threads: int, workdir: Path, timeout_s: float) -> dic
         "gate_metric": gate,
         "model_gate_value": rankers.get("model", {}).get(gate),
         "popularity_gate_value": rankers.get("popularity", {}).get(gate),
+        "oracle_gate_value": rankers.get("oracle", {}).get(gate),
+        "steps": task_seconds(home / "prefect.db"),
     }
+
+
+def task_seconds(db: Path) -> dict[str, float]:
+    """Seconds per task name (a run's suffix dropped; several runs of one task summed) from
+    a Prefect home's SQLite database; empty when there is none."""
+    if not db.exists():
+        return {}
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        rows = con.execute(
+            "SELECT name, total_run_time FROM task_run WHERE state_type = 'COMPLETED'"
+        ).fetchall()
+    out: dict[str, float] = {}
+    for run_name, total in rows:
+        task = str(run_name).rsplit("-", 1)[0]
+        out[task] = out.get(task, 0.0) + _seconds(total)
+    return out
+
+
+def _seconds(value: object) -> float:
+    # Prefect stores intervals as a datetime offset from the epoch on SQLite.
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()

@@ -234,6 +234,9 @@ def test_end_to_end_times_a_real_nightly_run(tmp_path: Path) -> None:
     assert _positive(e2e["flow_s"]) and e2e["wall_s"] >= e2e["flow_s"]
     assert _positive(e2e["wall_over_flow"]) and e2e["peak_rss_mib"] > 0
     assert e2e["version"].startswith("v")
+    # Step times from the run's Prefect database: every nightly task, none longer than the flow.
+    assert {"train-model", "embed-items", "evaluate", "publish-version"} <= set(e2e["steps"])
+    assert 0 < e2e["steps"]["train-model"] <= e2e["flow_s"]
 
 
 def test_recall_latency_plot_is_a_png_of_the_trials(tmp_path: Path) -> None:
