@@ -173,6 +173,7 @@ def collect_dead(
       this host that no longer exists (`storage.owners`), with their markers; `own` is
       never touched; and a marker's temporary file whose write was cut short (the first
       step of staging) once it names such a process;
+    - shard parts (`storage.shards`) of versions no longer staged;
     - with `publish_locked` (the caller holds `Layout.publish_lock`, which every publisher
       holds from its rename to its commit): folders in `versions/` that are not registered, i.e.
       a publisher died between its rename and its commit.
@@ -201,6 +202,14 @@ def collect_dead(
             if p == folder:
                 removed.append(folder)
                 log.info("removed %s left by dead pid %d (%s)", folder, owner.pid, owner.kind)
+    shards = layout.staging_dir / "shards"  # storage.shards: parts of a staged version
+    if shards.is_dir():
+        for p in sorted(shards.iterdir()):
+            # Its version's staging folder is gone (published, discarded or removed above
+            # with its dead owner): nothing will ever merge these parts.
+            if not layout.staging_version_dir(p.name).exists() and _remove(p):
+                removed.append(p)
+                log.info("removed shard parts %s of a version no longer staged", p)
     if publish_locked and layout.versions_dir.is_dir():
         registered = {r.version_id for r in registry.list_versions()}
         registered.add(registry.current() or "")
