@@ -223,7 +223,12 @@ class DaskConfig(BaseModel):
         description="Scheduler of an existing cluster (e.g. tcp://10.0.0.5:8786); None = a "
         "local cluster of n_workers processes, started and stopped with the run.",
     )
-    n_workers: int = Field(2, ge=1, description="Worker processes of the local cluster.")
+    n_workers: int = Field(
+        2,
+        ge=1,
+        description="Worker processes of the local cluster; also the shard count when a "
+        "shard size is None (set it to the workers of an existing cluster).",
+    )
     task_threads: int | None = Field(
         None,
         ge=1,
@@ -231,11 +236,18 @@ class DaskConfig(BaseModel):
         "by n_workers on a local cluster (workers must not oversubscribe the cores), 1 on an "
         "existing cluster (size its workers with --nthreads and this).",
     )
-    embed_shard_items: int = Field(
-        262_144, ge=1, description="Items per embedding shard (rounded up to whole batches)."
+    embed_shard_items: int | None = Field(
+        None,
+        ge=1,
+        description="Items per embedding shard, rounded up to whole batches; None = the "
+        "catalogue split in n_workers shards.",
     )
-    eval_shard_users: int = Field(
-        4096, ge=1, description="Test users per evaluation shard (rounded up to whole blocks)."
+    eval_shard_users: int | None = Field(
+        None,
+        ge=1,
+        description="Test users per evaluation shard, rounded up to whole score blocks; None "
+        "= the users split in n_workers shards (each shard refits the classical baseline, so "
+        "more shards than workers cost more than they save).",
     )
 
     def shard_threads(self, budget: int) -> int:

@@ -65,9 +65,12 @@ class Span(BaseModel):
     hi: int
 
 
-def spans(n: int, size: int, align: int) -> list[Span]:
-    """``n`` rows cut into shards of ``size`` rows rounded up to a multiple of ``align``
-    (the step's batch), the last one shorter; one empty shard list for ``n == 0``."""
+def spans(n: int, size: int | None, align: int, count: int = 1) -> list[Span]:
+    """``n`` rows cut into shards of ``size`` rows (None: ``n`` split in ``count``) rounded
+    up to a multiple of ``align`` (the step's batch), the last one shorter; no shard for
+    ``n == 0``."""
+    if size is None:
+        size = max(1, -(-n // max(count, 1)))
     if n < 0 or size < 1 or align < 1:
         raise ValueError(f"need n >= 0, size >= 1 and align >= 1, got {n}, {size}, {align}")
     step = -(-size // align) * align
@@ -96,14 +99,16 @@ def _shards(stage: StageRef, step: str) -> ShardFolder:
 
 def plan_embedding(
     stage: StageRef,
-    shard_items: int,
+    shard_items: int | None,
     batch_size: int = 8192,
     *,
+    n_shards: int = 1,
     resume: bool = True,
     logger: StepLogger = log,
 ) -> EmbedPlan:
-    """Plan the embedding of every staged item in shards of about ``shard_items`` rows,
-    or restore a failed run's vectors for the same staged model."""
+    """Plan the embedding of every staged item in shards of about ``shard_items`` rows
+    (None: ``n_shards`` shards), or restore a failed run's vectors for the same staged
+    model."""
     key = embed_key(stage) if resume else ""
     if resume:
         meta = restore_kept(stage, EMBED_STEP, key, logger)
@@ -111,7 +116,7 @@ def plan_embedding(
             return EmbedPlan(key=key, restored=int(meta["count"]), spans=[], batch_size=batch_size)
     _shards(stage, EMBED_STEP).remove()  # parts of an earlier attempt are never merged
     n = read_num_rows(_staging(stage) / VersionFiles.ITEMS, VERSION_ITEMS)
-    cut = spans(n, shard_items, batch_size)
+    cut = spans(n, shard_items, batch_size, n_shards)
     logger.info("embed-items: %d items in %d shard(s)", n, len(cut))
     return EmbedPlan(key=key, restored=None, spans=cut, batch_size=batch_size)
 

@@ -107,12 +107,14 @@ def plan_evaluation(
     stage: StageRef,
     data_cfg: DataConfig,
     cfg: EvalConfig,
-    shard_users: int,
+    shard_users: int | None,
     *,
+    n_shards: int = 1,
     resume: bool = True,
     logger: StepLogger = log,
 ) -> EvalPlan:
-    """Cut the evaluated users into shards of about ``shard_users`` and choose the
+    """Cut the evaluated users into shards of about ``shard_users`` (None: ``n_shards``
+    shards) and choose the
     classical baseline on validation, or restore a failed run's report for the same
     inputs (``core.resume.evaluate_key``)."""
     key = evaluate_key(snapshot, stage, data_cfg, cfg) if resume else ""
@@ -125,7 +127,7 @@ def plan_evaluation(
     shards.remove()  # parts of an earlier attempt are never merged
     prep = load_prepared(folder, data_cfg)
     users = eval_users(prep, cfg)
-    cut = spans(len(users), shard_users, block_users(cfg, prep.data.n_items))
+    cut = spans(len(users), shard_users, block_users(cfg, prep.data.n_items), n_shards)
     logger.info("evaluate: %d test users in %d shard(s)", len(users), len(cut))
     return EvalPlan(key=key, restored=None, spans=cut, baseline=choose_baseline(prep, cfg))
 

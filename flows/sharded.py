@@ -101,7 +101,7 @@ def embed_and_evaluate(
     shard_threads = dask.shard_threads(thread_budget(threads).count)
 
     plan = limited(plan_item_embedding, timeouts, "embed_items")(
-        stage, dask.embed_shard_items, runtime.embed_batch_size, resume
+        stage, dask.embed_shard_items, runtime.embed_batch_size, dask.n_workers, resume
     )
     parts = embed_items_shard.map(
         unmapped(stage), plan.spans, unmapped(plan.batch_size), unmapped(shard_threads)
@@ -111,7 +111,7 @@ def embed_and_evaluate(
     )
 
     eplan = limited(plan_user_evaluation, timeouts, "evaluate")(
-        snapshot, stage, data_cfg, eval_cfg, dask.eval_shard_users, threads, resume
+        snapshot, stage, data_cfg, eval_cfg, dask.eval_shard_users, dask.n_workers, threads, resume
     )
     results = evaluate_users_shard.map(
         unmapped(snapshot),

@@ -39,10 +39,16 @@ __all__ = [
 
 @task(name="plan-embed-items")
 def plan_item_embedding(
-    stage: StageRef, shard_items: int, batch_size: int = 8192, resume: bool = False
+    stage: StageRef,
+    shard_items: int | None,
+    batch_size: int = 8192,
+    n_shards: int = 1,
+    resume: bool = False,
 ) -> EmbedPlan:
     """``core.sharded.plan_embedding``: item shards, or a failed run's kept vectors."""
-    return plan_embedding(stage, shard_items, batch_size, resume=resume, logger=get_run_logger())
+    return plan_embedding(
+        stage, shard_items, batch_size, n_shards=n_shards, resume=resume, logger=get_run_logger()
+    )
 
 
 @task(name="embed-items-shard", **IO_RETRY)
@@ -64,7 +70,8 @@ def plan_user_evaluation(
     stage: StageRef,
     data_cfg: DataConfig,
     cfg: EvalConfig,
-    shard_users: int,
+    shard_users: int | None,
+    n_shards: int = 1,
     threads: int | None = None,
     resume: bool = False,
 ) -> EvalPlan:
@@ -72,7 +79,14 @@ def plan_user_evaluation(
     validation, or a failed run's kept report."""
     apply_threads(threads)
     return plan_evaluation(
-        snapshot, stage, data_cfg, cfg, shard_users, resume=resume, logger=get_run_logger()
+        snapshot,
+        stage,
+        data_cfg,
+        cfg,
+        shard_users,
+        n_shards=n_shards,
+        resume=resume,
+        logger=get_run_logger(),
     )
 
 

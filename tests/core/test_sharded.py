@@ -48,6 +48,12 @@ def test_spans_cover_the_rows_on_aligned_boundaries() -> None:
     assert [(s.lo, s.hi) for s in cut] == [(0, 3072), (3072, 6144), (6144, 9216), (9216, 10_000)]
     assert [s.index for s in cut] == [0, 1, 2, 3]
     assert spans(0, 10, 4) == []
+    # No size: split in `count` shards, still on whole batches (5000 / 3 -> 1667 -> 1792).
+    assert [(s.lo, s.hi) for s in spans(5000, None, 256, 3)] == [
+        (0, 1792),
+        (1792, 3584),
+        (3584, 5000),
+    ]
     with pytest.raises(ValueError, match="size >= 1"):
         spans(10, 0, 4)
 
