@@ -20,7 +20,11 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from core.config import NightlyConfig
+from core.lifecycle import begin_version, discard_version
+from core.resume import train_step
+from core.snapshots import ensure_snapshot
 from flows.nightly import nightly
+from flows.sharded import embed_and_evaluate_on_dask
 from storage import Layout, VersionStore, read_json
 from tests.conftest import Published
 
@@ -167,3 +171,24 @@ def test_towerflow_run_on_a_local_dask_cluster(published: Published, tmp_path: P
     assert metrics["rankers"]["popularity"] == local["rankers"]["popularity"]
     for key, value in local["rankers"]["model"].items():
         assert metrics["rankers"]["model"][key] == pytest.approx(value, abs=0.01), key
+
+
+def test_a_failing_shard_fails_the_step_with_its_own_error(
+    prefect_harness: None, cluster: tuple[str, list[Path]], tmp_path: Path
+) -> None:
+    """A shard that cannot run on its worker (here: the staged weights are gone) fails the
+    step with the worker's error, naming the file, instead of merging what the other
+    shards wrote; the version's parts go with its staging."""
+    address, _ = cluster
+    cfg = _config(tmp_path, task_runner="dask", dask={"address": address, "task_threads": 1})
+    snapshot = ensure_snapshot(str(tmp_path), cfg.data)
+    stage = begin_version(str(tmp_path))
+    train_step(snapshot, stage, cfg.data, cfg.tower, cfg.train, cfg.evaluation, resume=False)
+    staging = VersionStore(Layout(tmp_path)).staging_path(stage.version_id)
+    (staging / "model.pt").unlink()
+
+    with pytest.raises(FileNotFoundError, match=r"model\.pt"):
+        embed_and_evaluate_on_dask(snapshot, stage, cfg.data, cfg.evaluation, cfg.runtime, 1)
+    assert not (staging / "item_embeddings.parquet").exists()
+    discard_version(stage)
+    assert not (tmp_path / "staging" / "shards" / stage.version_id).exists()
