@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from model.embed import embed_items
 from model.features import category_rows
 from model.ids import isin_sorted
 from model.incremental import RebuildRequired, edit_index
-from model.index import build_index, set_search_params
+from model.index import build_index, set_index_params, set_search_params
 from storage import (
     VERSION_ITEMS,
     VERSION_TOMBSTONES,
@@ -63,11 +63,18 @@ class IndexRecipe:
     knob: str | None = None
     knob_value: int | None = None
     seed: int = 0
+    # Every search parameter tuned (knob included); older manifests have the knob alone.
+    params: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any]) -> IndexRecipe:
         """From an `IndexSummary` dump (a manifest's `extra["index"]`)."""
-        return cls(summary["factory"], summary.get("knob"), summary.get("knob_value"))
+        return cls(
+            summary["factory"],
+            summary.get("knob"),
+            summary.get("knob_value"),
+            params=dict(summary.get("params") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -234,6 +241,8 @@ def _rebuild(
     recipe: IndexRecipe, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]
 ) -> faiss.Index:
     index = build_index(vectors, ids, recipe.factory, seed=recipe.seed)
-    if recipe.knob is not None and recipe.knob_value is not None:
+    if recipe.params:
+        set_index_params(index, recipe.params)
+    elif recipe.knob is not None and recipe.knob_value is not None:
         set_search_params(index, **{recipe.knob: recipe.knob_value})
     return index

@@ -23,7 +23,7 @@ from model.ann import default_factory, exact_topk, tune_index
 from model.index import build_index, tune_blas_threshold
 from storage import Layout, VersionFiles, VersionStore, save_index
 
-__all__ = ["IndexRecallError", "IndexSummary", "build_version_index"]
+__all__ = ["IndexRecallError", "IndexSummary", "build_version_index", "describe_params"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ def _user_queries(staging: Path, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(tables.user_id), min(n, len(tables.user_id)), replace=False))
     return embed_served_users(model, tables, rows)
+
+
+def describe_params(params: dict[str, float]) -> str:
+    """``nprobe=16, k_factor_rf=2``: search parameters as a log line shows them."""
+    return ", ".join(f"{name}={value:g}" for name, value in params.items())
 
 
 def build_version_index(
@@ -63,7 +68,7 @@ def build_version_index(
         factory,
         index.ntotal,
         seconds,
-        f"{tuned.knob}={tuned.value}" if tuned.knob else "exact search",
+        describe_params(tuned.params) if tuned.knob else "exact search",
         k,
         tuned.recall,
         cfg.target_recall,
@@ -74,7 +79,7 @@ def build_version_index(
         discard_version(stage)
         raise IndexRecallError(
             f"index {factory!r} reaches Recall@{k} {tuned.recall:.4f} at best "
-            f"({tuned.knob}={tuned.value}), below the target {cfg.target_recall}; version "
+            f"({describe_params(tuned.params)}), below the target {cfg.target_recall}; version "
             f"{stage.version_id} was not published and CURRENT is unchanged ({stage.parent})"
         )
     path = staging / VersionFiles.INDEX
@@ -87,6 +92,7 @@ def build_version_index(
         bytes=path.stat().st_size,
         knob=tuned.knob,
         knob_value=tuned.value,
+        params=tuned.params,
         k=k,
         target_recall=cfg.target_recall,
         recall=tuned.recall,

@@ -172,7 +172,7 @@ def publish_version(
             carried=carried,
         ).version_id
 
-    recipe = IndexRecipe(index.factory, index.knob, index.knob_value)
+    recipe = IndexRecipe(index.factory, index.knob, index.knob_value, params=index.params)
     version_id = catch_up_and_publish(store, stage.version_id, stage.parent, recipe, publish)
     logger.info("published version %s", version_id)
     # The steps a failed run kept for a rerun (core.resume) are superseded now.

@@ -40,6 +40,9 @@ class IndexSummary(BaseModel):
     bytes: int
     knob: str | None
     knob_value: int | None
+    # Every search parameter tuning set, the knob included (nprobe, k_factor_rf, ...);
+    # empty for exact search and in manifests written before it was recorded.
+    params: dict[str, float] = Field(default_factory=dict)
     k: int
     target_recall: float
     recall: float

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.evaluation import EvalReport
+from core.indexing import describe_params
 from core.refs import IndexSummary
 from core.training import TrainSummary
 from storage import PublishedVersion, VersionFiles, VersionStore, read_json
@@ -245,7 +246,9 @@ def _delta(before: float | None, e: EvalReport, col: str) -> str:
 
 
 def _index(ix: IndexSummary) -> Section:
-    knob = f"{ix.knob}={ix.knob_value}" if ix.knob else "exact search"
+    knob = describe_params(ix.params) or (
+        f"{ix.knob}={ix.knob_value}" if ix.knob else "exact search"
+    )
     lines = [
         f"`{ix.factory}`: {ix.n_items:,} items x {ix.dim} dims, built in "
         f"{ix.build_seconds:.2f} s, {ix.bytes / max(ix.n_items, 1):.0f} bytes/item",

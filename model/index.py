@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import faiss
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "default_train_size",
     "index_metric_name",
     "search",
+    "set_index_params",
     "set_search_params",
     "tune_blas_threshold",
 ]
@@ -194,11 +196,17 @@ def set_search_params(
     Raises:
         ValueError: a parameter the index does not have, or a value < 1.
     """
+    given = {"nprobe": nprobe, "efSearch": efSearch}
+    set_index_params(index, {name: v for name, v in given.items() if v is not None})
+
+
+def set_index_params(index: faiss.Index, params: Mapping[str, float]) -> None:
+    """Set any of Faiss's ``ParameterSpace`` query-time parameters by name (``nprobe``,
+    ``efSearch``, ``k_factor_rf``, ...), reaching through wrappers; ValueError for one the
+    index does not have or a value < 1."""
     space = faiss.ParameterSpace()
-    for name, value in (("nprobe", nprobe), ("efSearch", efSearch)):
-        if value is None:
-            continue
-        if int(value) < 1:
+    for name, value in params.items():
+        if float(value) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
         try:
             space.set_index_parameter(index, name, float(value))

@@ -120,9 +120,11 @@ class RecallService:
                 self._status = replace(status, rejected=(*status.rejected, rejection))
                 return False
             # The swap: one reference assignment; requests that already read the old
-            # Recaller finish on it.
-            self._recaller = recaller
+            # Recaller finish on it. The status goes first: readers take the recaller,
+            # then the status (the /metrics collector), so one that sees the new version
+            # also sees its swap counted (the other order let a scrape fall in between).
             self._status = replace(status, loaded_at=_now(), swaps=status.swaps + 1)
+            self._recaller = recaller
             log.info(
                 "serving version %s (was %s), loaded in %.2f s",
                 current,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from model.ann import (
     default_factory,
     exact_topk,
     recall_against,
+    refine_factors,
     search_knob,
     tune_index,
 )
@@ -78,7 +81,10 @@ def test_unreachable_target_is_reported_not_met(
     index = build_index(vectors, ids, "IVF16,PQ2")
     result = tune_index(index, queries, exact_topk(vectors, ids, queries, 50), 50, 0.99)
     assert not result.met and result.recall < 0.99
-    assert result.value == 16  # the most accurate setting is kept
+    # The most accurate setting is kept, the cheapest of equals (the codes' plateau).
+    best = max(t["recall"] for t in result.trials)
+    assert result.recall == best
+    assert result.value == min(t["nprobe"] for t in result.trials if t["recall"] == best)
 
 
 def test_hnsw_knob_is_ef_search_at_least_k(
@@ -89,3 +95,28 @@ def test_hnsw_knob_is_ef_search_at_least_k(
     result = tune_index(index, queries, exact_topk(vectors, ids, queries, 100), 100, 0.9)
     assert result.knob == "efSearch" and result.value is not None and result.value >= 100
     assert result.met
+
+
+def test_a_refinement_stage_gets_its_k_factor_tuned_too(
+    world: tuple[np.ndarray, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """IVF-PQ + exact re-ranking (the 'auto' factory above 5M items): 4-byte codes alone
+    plateau far below the target at any nprobe; re-ranking more candidates reaches it.
+    The settings survive the index file (what the service and item events load)."""
+    vectors, ids, queries = world
+    index = build_index(vectors, ids, "IVF32,PQ4,RFlat")
+    assert refine_factors(index) == [1, 2, 4, 8, 16]
+    exact = exact_topk(vectors, ids, queries, 50)
+    result = tune_index(index, queries, exact, 50, 0.95)
+    assert result.met and result.recall >= 0.95
+    plain = [t for t in result.trials if t["k_factor_rf"] == 1]
+    assert len(plain) == len(search_knob(index)[1])  # type: ignore[index]
+    assert max(t["recall"] for t in plain) < 0.95  # nprobe alone cannot get there
+    assert result.params["k_factor_rf"] > 1 and result.params["nprobe"] == result.value
+    # The smallest nprobe that meets the target at any factor, then the smallest factor.
+    met = [t for t in result.trials if t["recall"] >= 0.95]
+    assert result.value == min(t["nprobe"] for t in met)
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    back = faiss.read_index(str(tmp_path / "i.faiss"))
+    assert recall_against(search(back, queries, 50)[1], exact) == pytest.approx(result.recall)
+    assert refine_factors(build_index(vectors, ids, "IVF32,Flat")) == []
