@@ -53,6 +53,14 @@ def run_nightly(
     two never overlap on one store.
     """
     config = config or NightlyConfig()
+    if config.runtime.task_runner != "local":
+        # Shards are mapped by the flow's task runner (flows.sharded); without Prefect
+        # every step runs here. Same files and figures, one process.
+        logger.warning(
+            "runtime.task_runner %r applies to the nightly flow; run_nightly runs every "
+            "step in this process",
+            config.runtime.task_runner,
+        )
     precheck(config)  # a bad index factory, device or path fails here, not after training
     runtime = resolve_runtime(config.runtime)
     root = runtime.root
