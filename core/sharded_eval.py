@@ -20,14 +20,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from core.baseline_choice import BaselineChoice, choose_baseline
 from core.config import DataConfig, EvalConfig
 from core.dataio import load_prepared
 from core.evaluation import (
-    BaselineChoice,
     EvalReport,
     Ranked,
     block_users,
-    choose_baseline,
     eval_ks,
     eval_users,
     finish_report,
