@@ -113,9 +113,8 @@ def plan_evaluation(
     logger: StepLogger = log,
 ) -> EvalPlan:
     """Cut the evaluated users into shards of about ``shard_users`` (None: ``n_shards``
-    shards) and choose the
-    classical baseline on validation, or restore a failed run's report for the same
-    inputs (``core.resume.evaluate_key``)."""
+    shards) and choose the classical baseline on validation, or restore a failed run's
+    report for the same inputs (``core.resume.evaluate_key``)."""
     key = evaluate_key(snapshot, stage, data_cfg, cfg) if resume else ""
     if resume:
         meta = restore_kept(stage, EVAL_STEP, key, logger)
