@@ -42,6 +42,7 @@ __all__ = [
     "dask_task_runner",
     "embed_and_evaluate",
     "embed_and_evaluate_on_dask",
+    "gather_shards",
 ]
 
 R = TypeVar("R")
@@ -107,7 +108,7 @@ def embed_and_evaluate(
         unmapped(stage), plan.spans, unmapped(plan.batch_size), unmapped(shard_threads)
     )
     limited(merge_embedded_items, timeouts, "embed_items")(
-        stage, plan, _gather(parts, embed_items_shard.name, timeouts, "embed_items")
+        stage, plan, gather_shards(parts, embed_items_shard.name, timeouts, "embed_items")
     )
 
     eplan = limited(plan_user_evaluation, timeouts, "evaluate")(
@@ -128,12 +129,12 @@ def embed_and_evaluate(
         data_cfg,
         eval_cfg,
         eplan,
-        _gather(results, evaluate_users_shard.name, timeouts, "evaluate"),
+        gather_shards(results, evaluate_users_shard.name, timeouts, "evaluate"),
         threads,
     )
 
 
-def _gather(
+def gather_shards(
     futures: PrefectFutureList[R], name: str, timeouts: TaskTimeouts, setting: str
 ) -> list[R]:
     """The shards' results in order, once all are done; a failed shard raises its own

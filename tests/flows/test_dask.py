@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow, task
 from typer.testing import CliRunner
 
 from cli.app import app
-from core.config import NightlyConfig
-from core.lifecycle import begin_version, discard_version
+from core.config import NightlyConfig, TaskTimeouts
+from core.lifecycle import StepTimeoutError, begin_version, discard_version
 from core.resume import train_step
 from core.snapshots import ensure_snapshot
 from flows.nightly import nightly
-from flows.sharded import embed_and_evaluate_on_dask
+from flows.sharded import embed_and_evaluate_on_dask, gather_shards
 from storage import Layout, VersionStore, read_json
 from tests.conftest import Published
 
@@ -192,3 +193,27 @@ def test_a_failing_shard_fails_the_step_with_its_own_error(
     assert not (staging / "item_embeddings.parquet").exists()
     discard_version(stage)
     assert not (tmp_path / "staging" / "shards" / stage.version_id).exists()
+
+
+@task
+def _sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@flow
+def _two_shards(seconds: list[float], limit: float) -> list[float]:
+    futures = _sleepy.map(seconds)
+    return gather_shards(
+        futures, "embed-items-shard", TaskTimeouts(embed_items=limit), "embed_items"
+    )
+
+
+def test_shards_are_gathered_in_order_and_within_the_steps_time_limit(
+    prefect_harness: None,
+) -> None:
+    """The limit of a sharded step holds while its shards run (Prefect cannot interrupt a
+    task on a Dask worker thread, so the flow stops waiting instead)."""
+    assert _two_shards([0.2, 0.0], 30.0) == [0.2, 0.0]  # the shards' order, not finishing order
+    with pytest.raises(StepTimeoutError, match=r"runtime\.timeouts\.embed_items"):
+        _two_shards([0.0, 3.0], 0.5)
