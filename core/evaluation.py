@@ -113,7 +113,8 @@ def _at_k(key: str) -> int | None:
 def eval_users(prep: Prepared, cfg: EvalConfig) -> npt.NDArray[np.int64]:
     """`(n,) int64` sorted test users evaluated: every user with a test item, or a seeded
     sample of ``cfg.max_users`` of them."""
-    users = np.flatnonzero(prep.data.sets(prep.split.test).lengths() > 0)
+    d = prep.data
+    users = np.flatnonzero(np.bincount(d.inter_user[prep.split.test], minlength=d.n_users) > 0)
     if cfg.max_users is not None and len(users) > cfg.max_users:
         rng = np.random.default_rng(cfg.seed)
         users = np.sort(rng.choice(users, cfg.max_users, replace=False))

@@ -36,6 +36,7 @@ from storage import (
     VersionStore,
     arrow_to_vectors,
     read_num_rows,
+    read_table,
     stage_listing,
     vectors_to_arrow,
 )
@@ -160,7 +161,8 @@ def merge_embeddings(
     start = time.perf_counter()
     tables = [folder.read(ref, ITEM_EMBEDDINGS) for ref in parts]
     item_id = np.concatenate([t.column("item_id").to_numpy() for t in tables])
-    expected = read_serving_tables(staging).item_id
+    staged = read_table(staging / VersionFiles.ITEMS, VERSION_ITEMS, ["item_id"])
+    expected = staged.column("item_id").to_numpy()
     if not np.array_equal(item_id, expected):
         raise ValueError(f"embed-items: the parts do not cover the {len(expected)} staged items")
     vectors = np.concatenate([arrow_to_vectors(t.column("embedding"), copy=True) for t in tables])

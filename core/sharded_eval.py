@@ -40,7 +40,7 @@ from core.progress import StepLogger
 from core.refs import SnapshotRef, StageRef
 from core.resume import evaluate_key, keep_result, restore_kept
 from core.sharded import Span, spans
-from model.fullrank import RankingPart, merge_parts, rank_part
+from model.fullrank import RankingPart, merge_parts, part_keys, rank_part
 from model.pipeline import Prepared
 from storage import (
     ColumnSpec,
@@ -87,8 +87,8 @@ class ShardResult(BaseModel):
 
 
 def _values_spec(ks: tuple[int, ...]) -> TableSpec:
-    names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hit_rate", "mrr", "precision")]
-    names += [f"avg_pop@{k}" for k in ks]
+    # Shards always rank with item popularity (the catalogue metrics need it).
+    names = part_keys(ks, with_popularity=True)
     return TableSpec("eval_values", tuple(ColumnSpec(n, pa.float64()) for n in names))
 
 
@@ -174,12 +174,13 @@ def evaluate_shard(
     return ShardResult(values=values, covered=covered)
 
 
-def _read_part(shards: ShardFolder, result: ShardResult, name: str, spec: TableSpec) -> RankingPart:
+def _read_part(
+    shards: ShardFolder, result: ShardResult, name: str, spec: TableSpec, ks: tuple[int, ...]
+) -> RankingPart:
     table = shards.read(result.values[name], spec)
     values = {c: table.column(c).to_numpy() for c in spec.column_names}
     shown = shards.read(result.covered[name], _COVERED)
     k, items = shown.column("k").to_numpy(), shown.column("item_row").to_numpy()
-    ks = sorted({int(c.split("@")[1]) for c in spec.column_names})
     return RankingPart(values, {kk: items[k == kk] for kk in ks})
 
 
@@ -193,7 +194,7 @@ def _merge_ranked(
     curves: dict[str, dict[int, float]] = {}
     n_users = 0
     for name in results[0].values:  # the shards' ranker order: model first
-        parts = [_read_part(shards, r, name, spec) for r in results]
+        parts = [_read_part(shards, r, name, spec, all_ks) for r in results]
         metrics = merge_parts(parts, prep.data.n_items, all_ks, popularity)
         n_users = int(metrics["n_users"])
         rankers[name], curves[name] = split_curve(metrics, cfg, curve_ks)

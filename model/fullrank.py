@@ -38,12 +38,26 @@ from model.ranking import (
 )
 from model.sets import CsrSets
 
-__all__ = ["RankingPart", "evaluate_ranking", "merge_parts", "part_from_topk", "rank_part"]
+__all__ = [
+    "RankingPart",
+    "evaluate_ranking",
+    "merge_parts",
+    "part_from_topk",
+    "part_keys",
+    "rank_part",
+]
 
 logger = logging.getLogger(__name__)
 
 # Per-user metrics kept at each cut-off, in the order ``evaluate_ranking`` reports them.
 _PER_K = ("recall", "ndcg", "hit_rate", "mrr", "precision")
+
+
+def part_keys(ks: Sequence[int], with_popularity: bool) -> list[str]:
+    """The keys of ``RankingPart.values`` at cut-offs ``ks`` (``avg_pop@k`` too when parts
+    are ranked with item popularity), in the order ``part_from_topk`` fills them."""
+    keys = [f"{name}@{k}" for k in ks for name in _PER_K]
+    return keys + [f"avg_pop@{k}" for k in ks] if with_popularity else keys
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,11 @@ class Layout:
         return self.staging_versions_dir / validate_id("version id", version_id)
 
     @property
+    def staging_shards_dir(self) -> Path:
+        """Folder of shard parts of staged versions (`storage.shards`), by version id."""
+        return self.staging_dir / "shards"
+
+    @property
     def staging_snapshots_dir(self) -> Path:
         """Folder of snapshots being written."""
         return self.staging_dir / "snapshots"

@@ -202,7 +202,7 @@ def collect_dead(
             if p == folder:
                 removed.append(folder)
                 log.info("removed %s left by dead pid %d (%s)", folder, owner.pid, owner.kind)
-    shards = layout.staging_dir / "shards"  # storage.shards: parts of a staged version
+    shards = layout.staging_shards_dir  # storage.shards: parts of a staged version
     if shards.is_dir():
         for p in sorted(shards.iterdir()):
             # Its version's staging folder is gone (published, discarded or removed above

@@ -51,8 +51,7 @@ class ShardFolder:
     def path(self) -> Path:
         """``<root>/staging/shards/<version id>/<step>``."""
         return (
-            self.layout.staging_dir
-            / "shards"
+            self.layout.staging_shards_dir
             / validate_id("version id", self.version_id)
             / validate_id("step", self.step)
         )
@@ -98,6 +97,6 @@ class ShardFolder:
     def remove_version(layout: Layout, version_id: str) -> None:
         """Delete every shard part of ``version_id`` (a discarded or published version)."""
         shutil.rmtree(
-            layout.staging_dir / "shards" / validate_id("version id", version_id),
+            layout.staging_shards_dir / validate_id("version id", version_id),
             ignore_errors=True,
         )
