@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from core.config import NightlyConfig
-from core.dataio import load_prepared
+from core.dataio import impression_examples, load_prepared
 from core.evaluation import rank_all, reference_scorers
 from core.ladder import HISTORY_UNDER_RANDOM, Variant, ladder, protocol_skip
 from core.progress import Progress
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
-from core.training import impression_examples
 from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
 from model.pipeline import (
     Pointwise,

@@ -39,6 +39,7 @@ from storage import (
 __all__ = [
     "SnapshotData",
     "Truth",
+    "impression_examples",
     "load_dataset",
     "load_impressions",
     "load_prepared",
@@ -189,3 +190,23 @@ def load_truth(folder: Path, data: Dataset) -> Truth | None:
     item_latent[i_pos] = arrow_to_vectors(ti.column("latent"))
     log_pop[i_pos] = _np(ti, "log_popularity")
     return Truth(user_latent, item_latent, log_pop, float(meta["generator"]["temperature"]))
+
+
+def impression_examples(folder: Path, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Impressions inside the training window whose user and item the vocabulary knows
+    (the pointwise mode needs a global time cut: the temporal protocol)."""
+    if prep.split.t_val is None:
+        raise ValueError(
+            f"loss 'bce' trains on impressions before the validation cut, which only the "
+            f"'temporal' protocol has (got {prep.split.protocol!r})"
+        )
+    data, vocab = prep.data, prep.vocab
+    imp = load_impressions(folder)
+    ts = imp.column("timestamp").to_numpy()
+    u_pos = data.user_positions(imp.column("user_id").to_numpy())
+    i_pos = data.item_positions(imp.column("item_id").to_numpy())
+    # Position -1 (not in the tables) indexes the last row; the mask below drops those.
+    u, i = vocab.user_id_row[u_pos], vocab.item_id_row[i_pos]
+    keep = (ts < prep.split.t_val) & (u_pos >= 0) & (i_pos >= 0) & (u > 0) & (i > 0)
+    labels = imp.column("label").to_numpy()[keep].astype(np.float32)
+    return u[keep], i[keep], labels

@@ -7,11 +7,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import torch
 from pydantic import BaseModel
 
 from core.config import DataConfig, EvalConfig
-from core.dataio import load_impressions, load_prepared
+from core.dataio import impression_examples, load_prepared
+from core.distributed import DistributedJob, fit_distributed
 from core.progress import Progress, ProgressFactory, StepLogger
 from core.recipes import CONFIGURED, SelectionConfig, candidates
 from core.refs import SnapshotRef, StageRef
@@ -20,7 +21,15 @@ from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit, validator
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult
-from storage import Layout, VersionFiles, VersionStore, save_model, snapshot_path, write_json
+from storage import (
+    Layout,
+    ShardFolder,
+    VersionFiles,
+    VersionStore,
+    save_model,
+    snapshot_path,
+    write_json,
+)
 
 __all__ = ["TrainSummary", "impression_examples", "train_version"]
 
@@ -44,26 +53,6 @@ class TrainSummary(BaseModel):
     # was made, every candidate's validation score.
     recipe: str = CONFIGURED
     recipe_validation: dict[str, float] = {}
-
-
-def impression_examples(folder: Path, prep: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Impressions inside the training window whose user and item the vocabulary knows
-    (the pointwise mode needs a global time cut: the temporal protocol)."""
-    if prep.split.t_val is None:
-        raise ValueError(
-            f"loss 'bce' trains on impressions before the validation cut, which only the "
-            f"'temporal' protocol has (got {prep.split.protocol!r})"
-        )
-    data, vocab = prep.data, prep.vocab
-    imp = load_impressions(folder)
-    ts = imp.column("timestamp").to_numpy()
-    u_pos = data.user_positions(imp.column("user_id").to_numpy())
-    i_pos = data.item_positions(imp.column("item_id").to_numpy())
-    # Position -1 (not in the tables) indexes the last row; the mask below drops those.
-    u, i = vocab.user_id_row[u_pos], vocab.item_id_row[i_pos]
-    keep = (ts < prep.split.t_val) & (u_pos >= 0) & (i_pos >= 0) & (u > 0) & (i > 0)
-    labels = imp.column("label").to_numpy()[keep].astype(np.float32)
-    return u[keep], i[keep], labels
 
 
 def train_version(
@@ -95,7 +84,7 @@ def train_version(
     folder = snapshot_path(layout, snapshot.snapshot_id)
     prep = load_prepared(folder, data_cfg)
     chosen = _choose(
-        prep, folder, stage, tower_cfg, train_cfg, eval_cfg, selection, logger, progress
+        prep, folder, data_cfg, stage, tower_cfg, train_cfg, eval_cfg, selection, logger, progress
     )
     model, result = chosen.model, chosen.result
     staging = VersionStore(layout).staging_path(stage.version_id)
@@ -137,6 +126,7 @@ class _Fitted:
 def _choose(
     prep: Prepared,
     folder: Path,
+    data_cfg: DataConfig,
     stage: StageRef,
     tower_cfg: TowerConfig,
     train_cfg: TrainConfig,
@@ -149,7 +139,16 @@ def _choose(
     with the best validation score (one model in memory besides the one training)."""
     if selection is None or not selection.enabled:
         return _fit_one(
-            prep, folder, stage, CONFIGURED, tower_cfg, train_cfg, eval_cfg, logger, progress
+            prep,
+            folder,
+            data_cfg,
+            stage,
+            CONFIGURED,
+            tower_cfg,
+            train_cfg,
+            eval_cfg,
+            logger,
+            progress,
         )
     metric = eval_cfg.validation_metric
     validate = validator(prep, metric, eval_cfg.validation_users, train_cfg.seed)
@@ -168,7 +167,9 @@ def _choose(
                 prep.vocab.n_items,
             )
             continue
-        fitted = _fit_one(prep, folder, stage, name, tower, train, eval_cfg, logger, progress)
+        fitted = _fit_one(
+            prep, folder, data_cfg, stage, name, tower, train, eval_cfg, logger, progress
+        )
         scores[name] = validate(fitted.model)
         logger.info("recipe %r: validation %s %.4f", name, metric, scores[name])
         if best is None or scores[name] > scores[best.name]:
@@ -186,6 +187,7 @@ def _choose(
 def _fit_one(
     prep: Prepared,
     folder: Path,
+    data_cfg: DataConfig,
     stage: StageRef,
     name: str,
     tower_cfg: TowerConfig,
@@ -235,15 +237,30 @@ def _fit_one(
             tower_cfg.history_len,
             label,
         )
-    model, result = fit(
-        prep,
-        tower_cfg,
-        train_cfg,
-        validate_metric=eval_cfg.validation_metric,
-        validate_users=eval_cfg.validation_users,
-        on_epoch=report,
-        pointwise=pointwise,
-        on_step=step,
-    )
+    if train_cfg.world_size > 1:
+        job = DistributedJob(
+            snapshot=folder,
+            # Under the version's shard folder: removed after the fit, and with the
+            # version's other parts if the run dies first (storage.shards).
+            scratch=ShardFolder(Layout(Path(stage.root)), stage.version_id, "train").path,
+            data_cfg=data_cfg,
+            tower_cfg=tower_cfg,
+            train_cfg=train_cfg,
+            validate_metric=eval_cfg.validation_metric,
+            validate_users=eval_cfg.validation_users,
+            threads=max(1, torch.get_num_threads() // train_cfg.world_size),
+        )
+        model, result = fit_distributed(job, on_epoch=report, on_step=step)
+    else:
+        model, result = fit(
+            prep,
+            tower_cfg,
+            train_cfg,
+            validate_metric=eval_cfg.validation_metric,
+            validate_users=eval_cfg.validation_users,
+            on_epoch=report,
+            pointwise=pointwise,
+            on_step=step,
+        )
     bar.update(train_cfg.epochs, force=True)  # early stopping ends before the last epoch
     return _Fitted(name, model, result, n_examples)

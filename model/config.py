@@ -153,3 +153,12 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     device: Device = Field("auto", description="'auto' = CUDA when present, else CPU.")
+    world_size: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Training processes (torch.distributed data parallelism: gloo on CPU, "
+        "NCCL on CUDA). Each step's batch of batch_size examples is split over the "
+        "processes, so the step count and learning rates mean the same as in one process. "
+        "1 = one process, no process group.",
+    )

@@ -2,6 +2,13 @@
 
 Batches are index slices of a per-epoch permutation (no per-sample DataLoader, which costs
 ~50% of SparseAdam throughput here). ID tables train with SparseAdam, the MLPs with Adam.
+
+With ``TrainConfig.world_size`` > 1 the loop runs in every process of an initialised
+``torch.distributed`` group (gloo) under ``DistributedDataParallel``. Every process draws
+the same permutation; each step's batch is split by rank (``batch[rank::world]``) and the
+gradients are averaged (``model.ddp``), so a step's gradient is the whole batch's mean
+gradient apart from the in-batch negatives, which each process takes from its own part.
+Starting the processes is the caller's job (``core.distributed``).
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerSpec, TrainConfig
+from model.ddp import average_sparse_grads, check_rank, from_rank0, sum_over_ranks, wrap_loss
 from model.features import FeatureTables
 from model.losses import (
     bce_loss,
@@ -130,7 +138,10 @@ class _Step:
         if cfg.loss == "softmax" and cfg.logq_correction:
             counts = torch.bincount(data.items, minlength=self.n_items + 1)
             self.log_q = log_sampling_probability(counts).to(data.items.device)
-        self.bias = torch.zeros((), device=data.items.device, requires_grad=cfg.loss == "bce")
+        # The BCE logit bias is a Parameter so DDP syncs its gradient like the towers'.
+        self.bias = nn.Parameter(
+            torch.zeros((), device=data.items.device), requires_grad=cfg.loss == "bce"
+        )
 
     def _items(self, rows: Tensor, gen: torch.Generator) -> Tensor:
         t = self.tables
@@ -246,6 +257,11 @@ def train(
             with ``cfg.early_stopping_patience`` the best epoch's weights are restored.
         on_step: ``(epoch, step, steps_per_epoch)`` about 50 times per epoch and after its
             last step (progress bars; steps count from 1).
+
+    With ``cfg.world_size`` > 1 every process of the group calls this with the same
+    arguments; only rank 0 runs ``validate`` (its figure is broadcast, so every process
+    stops at the same epoch). The returned losses are means over all processes' steps and
+    the throughput counts every process's examples.
     """
     if len(user_rows) != len(item_rows):
         raise ValueError(f"user_rows ({len(user_rows)}) and item_rows ({len(item_rows)}) differ")
@@ -266,6 +282,7 @@ def train(
     if cfg.early_stopping_patience is not None and validate is None:
         raise ValueError("early stopping needs a validate function")
 
+    rank, world = check_rank(cfg.world_size), cfg.world_size
     device = resolve_device(cfg.device)
     # Guard against denormal floats in the backward pass (they slowed steps ~5x here).
     # Process-wide and left on: flushing denormals to zero is harmless for this workload.
@@ -282,6 +299,9 @@ def train(
         else torch.as_tensor(labels, dtype=torch.float32, device=device),
     )
     step = _Step(model, tables.to(device), data, cfg)
+    loss_of: Callable[[Tensor, torch.Generator], Tensor] = step.loss
+    if world > 1:
+        loss_of = wrap_loss(model, step.bias, step.loss, model.sparse_parameters())
     dense = [*model.dense_parameters(), *([step.bias] if cfg.loss == "bce" else [])]
     optimisers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(model.sparse_parameters(), lr=cfg.sparse_lr),
@@ -292,6 +312,13 @@ def train(
     ]
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
+    # Every process shuffles alike (so the ranks split one batch); dropout and negatives
+    # differ per rank. One process keeps a single generator, as before world_size existed.
+    order = gen
+    if world > 1:
+        order = torch.Generator(device=device)
+        order.manual_seed(cfg.seed)
+        gen.manual_seed(cfg.seed + rank)
     result = TrainResult(device=str(device))
     best: tuple[float, dict[str, Tensor]] | None = None
     n = len(data.users)
@@ -302,21 +329,26 @@ def train(
     # run is reproducible without touching the caller's random state.
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rank)
         for epoch in range(1, cfg.epochs + 1):
             start = time.perf_counter()
-            perm = torch.randperm(n, generator=gen, device=device)
+            perm = torch.randperm(n, generator=order, device=device)
             total, steps = 0.0, 0
-            # Adapts the CPU thread count to the cores this run really gets (model.threadgov).
-            tick = adaptive_loop(device.type == "cpu")
+            # Adapts the CPU thread count to the cores this run really gets
+            # (model.threadgov); not under DDP, whose processes share the cores by design.
+            tick = adaptive_loop(device.type == "cpu" and world == 1)
             for lo in range(0, n, cfg.batch_size):
                 idx = perm[lo : lo + cfg.batch_size]
-                if len(idx) < 2:
+                if len(idx) < 2 * world:
                     continue  # a softmax over one example has no negatives
-                loss = step.loss(idx, gen)
+                if world > 1:
+                    idx = idx[rank::world]
+                loss = loss_of(idx, gen)
                 for opt in optimisers:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if world > 1:
+                    average_sparse_grads(model.sparse_parameters())
                 for opt in optimisers:
                     opt.step()
                 total += float(loss.detach())
@@ -326,11 +358,15 @@ def train(
                     on_step(epoch, steps, steps_per_epoch)
             if on_step is not None:
                 on_step(epoch, steps_per_epoch, steps_per_epoch)
+            if world > 1:
+                total, steps = sum_over_ranks(total, steps, device)
             seconds = time.perf_counter() - start
             val = None
             if validate is not None:
-                val = float(validate(model.eval()))
+                val = float(validate(model.eval())) if rank == 0 else math.nan
                 model.train()
+                if world > 1:
+                    val = from_rank0(val, device)
             stats = EpochStats(epoch, total / max(steps, 1), seconds, n / max(seconds, 1e-9), val)
             result.epochs.append(stats)
             log.debug(

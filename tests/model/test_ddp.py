@@ -1,0 +1,125 @@
+"""``train.world_size`` > 1: the training loop under DistributedDataParallel (gloo) in
+real processes (``torch.multiprocessing.spawn``), against the same loop in one process.
+
+With a per-example loss (BCE) and no randomness inside a step, splitting each batch over
+two ranks and averaging their gradients is the same step as the whole batch in one
+process, sparse ID-table gradients included: the weights must agree to float rounding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from model.config import TowerConfig, TrainConfig
+from model.dataset import Dataset, Vocabulary, temporal_split
+from model.features import FeatureTables
+from model.synthetic import generate, synthetic_config
+from model.towers import TwoTower
+from model.train import init_model, train
+
+TOWER = TowerConfig(embedding_dim=16, id_dim=8, category_dim=4, hidden=(32,), dropout=0.0)
+# BCE (a mean of per-example terms), no ID dropout: nothing in a step depends on the rank.
+BCE = TrainConfig(loss="bce", epochs=2, batch_size=512, id_dropout=0.0, seed=3, device="cpu")
+
+
+def _setup() -> tuple[TwoTower, FeatureTables, np.ndarray, np.ndarray, np.ndarray]:
+    """A fresh model and the tiny world's labelled impressions before validation."""
+    cfg = synthetic_config("tiny")
+    raw = generate(cfg)
+    data = Dataset.from_raw(
+        raw.user_id, raw.profile, raw.item_id, raw.category, raw.content, cfg.n_categories,
+        raw.inter_user, raw.inter_item, raw.inter_ts,
+    )  # fmt: skip
+    split = temporal_split(data.inter_ts, 0.1, 0.1)
+    vocab = Vocabulary.from_training(data, split.train)
+    tables = vocab.feature_tables(data)
+    model = init_model(vocab.tower_spec(data, TOWER), 0)
+    model.fit_feature_scaling(tables.user_profile[1:], tables.item_content[1:])
+    u = vocab.user_id_row[data.user_positions(raw.imp_user)]
+    i = vocab.item_id_row[data.item_positions(raw.imp_item)]
+    assert split.t_val is not None
+    keep = (raw.imp_ts < split.t_val) & (u > 0) & (i > 0)
+    # An even count in whole batches: every rank's half-batch has the same size, so the
+    # mean of the two half-batch means is the whole batch's mean.
+    n = (int(keep.sum()) // BCE.batch_size) * BCE.batch_size
+    return model, tables, u[keep][:n], i[keep][:n], raw.imp_label[keep][:n].astype(np.float32)
+
+
+def _rank(rank: int, world: int, init_file: str, out: str, cfg_json: dict[str, object]) -> None:
+    """One spawned rank: join the group, train, save its weights as ``rank{r}.pt``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig.model_validate(cfg_json)
+        model, tables, users, items, labels = _setup()
+        result = train(model, tables, users, items, cfg, labels=labels)
+        torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {"loss": torch.tensor([e.loss for e in result.epochs])}, Path(out) / f"loss{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path: Path, cfg: TrainConfig, world: int = 2) -> list[dict[str, torch.Tensor]]:
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.spawn(
+        _rank,
+        args=(world, str(tmp_path / "init"), str(out), cfg.model_dump(mode="json")),
+        nprocs=world,
+        join=True,
+    )
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_ranks_take_the_whole_batch_step_of_one_process(tmp_path: Path) -> None:
+    ranks = _spawn(tmp_path, BCE.model_copy(update={"world_size": 2}))
+    # DDP keeps the replicas identical: the same all-reduced gradients, the same steps.
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+    model, tables, users, items, labels = _setup()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, tables, users, items, BCE, labels=labels)
+    single = model.state_dict()
+    moved = 0
+    for key, value in single.items():
+        # Float rounding only: the two halves' gradients are summed in another order.
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-4, atol=2e-5, msg=key)
+        moved += int(not torch.equal(value, before[key]))
+    # The comparison means something: training moved the ID tables (sparse gradients) and
+    # the dense layers away from their initial values.
+    assert moved >= 4
+    assert not torch.equal(
+        single["item_tower.id_embedding.weight"], before["item_tower.id_embedding.weight"]
+    )
+
+
+def test_softmax_ranks_stay_identical_and_differ_from_one_process(tmp_path: Path) -> None:
+    """In-batch softmax: each rank's negatives are its own half-batch, so the run is not
+    the single-process one, but the replicas still agree bit for bit."""
+    soft = TrainConfig(epochs=1, batch_size=512, seed=3, device="cpu", world_size=2)
+    ranks = _spawn(tmp_path, soft)
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+
+
+def test_world_size_without_a_process_group_is_refused() -> None:
+    model, tables, users, items, labels = _setup()
+    cfg = BCE.model_copy(update={"world_size": 2})
+    with pytest.raises(RuntimeError, match=r"world_size=2 needs an initialised torch.distributed"):
+        train(model, tables, users[:64], items[:64], cfg, labels=labels[:64])
