@@ -212,9 +212,10 @@ class TaskTimeouts(BaseModel):
 class DaskConfig(BaseModel):
     """The Dask cluster of ``runtime.task_runner: dask`` and how the split steps are cut.
 
-    Item embedding and full-ranking evaluation run as shards mapped over the workers
-    (``core.sharded``); each shard reads the store and writes a part file, so every worker
-    must reach the store's root at the same path (a shared or network file system)."""
+    Item embedding, full-ranking evaluation and the index build run as shards mapped over
+    the workers (``core.sharded``); each shard reads the store and writes a part file, so
+    every worker must reach the store's root at the same path (a shared or network file
+    system)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -248,6 +249,13 @@ class DaskConfig(BaseModel):
         description="Test users per evaluation shard, rounded up to whole score blocks; None "
         "= the users split in n_workers shards (each shard refits the classical baseline, so "
         "more shards than workers cost more than they save).",
+    )
+    index_shard_items: int | None = Field(
+        None,
+        ge=1,
+        description="Items per index-build shard (each adds its items to a copy of the "
+        "trained, empty index; the merge appends the inverted lists); None = the catalogue "
+        "split in n_workers shards.",
     )
 
     def shard_threads(self, budget: int) -> int:

@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from core.config import IndexConfig
@@ -23,7 +24,14 @@ from model.ann import default_factory, exact_topk, tune_index
 from model.index import build_index, tune_blas_threshold
 from storage import Layout, VersionFiles, VersionStore, save_index
 
-__all__ = ["IndexRecallError", "IndexSummary", "build_version_index", "describe_params"]
+__all__ = [
+    "IndexRecallError",
+    "IndexSummary",
+    "build_version_index",
+    "describe_params",
+    "resolve_factory",
+    "tune_and_stage",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +61,34 @@ def build_version_index(
     ``IndexRecallError`` (discarding the version) below the recall target."""
     staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
     ids, vectors = read_embeddings(staging)
-    factory = default_factory(len(ids), vectors.shape[1]) if cfg.factory == "auto" else cfg.factory
+    factory = resolve_factory(cfg, len(ids), vectors.shape[1])
     start = time.perf_counter()
     index = build_index(vectors, ids, factory, seed=cfg.seed)
     seconds = time.perf_counter() - start
+    return tune_and_stage(stage, cfg, index, factory, seconds, ids, vectors, logger=logger)
 
+
+def resolve_factory(cfg: IndexConfig, n_items: int, dim: int) -> str:
+    """The factory string ``cfg.factory`` means for ``n_items`` vectors of ``dim``."""
+    return default_factory(n_items, dim) if cfg.factory == "auto" else cfg.factory
+
+
+def tune_and_stage(
+    stage: StageRef,
+    cfg: IndexConfig,
+    index: faiss.Index,
+    factory: str,
+    seconds: float,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    *,
+    logger: StepLogger = log,
+) -> IndexSummary:
+    """Tune a built ``index`` over the staged items (``ids`` (n,), ``vectors`` (n, d)) to
+    ``cfg``'s recall target on the version's user vectors and stage it as index.faiss;
+    below the target discard the version and raise ``IndexRecallError``. ``seconds``:
+    what building it took (wall)."""
+    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
     queries = _user_queries(staging, cfg.tune_queries, cfg.seed)
     k = min(cfg.k, len(ids))
     tune_blas_threshold(vectors.shape[1])  # batched exact ground truth on BLAS

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 
 from core.config import NightlyConfig
 from core.lifecycle import exclusive_nightly, resolve_runtime
-from flows.sharded import embed_and_evaluate_on_dask
+from flows.sharded import build_index_on_dask, embed_and_evaluate_on_dask
 from tasks.report import report_failures
 from tasks.steps import nightly_steps
 from tasks.tracking import track_failures, track_published
@@ -51,6 +51,8 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
        catalogue) folded in, new ones embedded by the new model.
     7. build-index: Faiss inner-product index with real item IDs, its search knob tuned on
        real user vectors to the Recall@k target vs exact search (below it the run fails).
+       With ``runtime.task_runner: dask`` it runs as the subflow ``build-index-sharded``:
+       trained once, item shards added on the workers, inverted lists merged.
     8. stage-report: metric history and plots (loss, Recall@K vs K, history) staged.
     9. publish-version: fold in catalogue entries that arrived during the run, checksum,
        fsync, verify, compare-and-swap CURRENT (on a conflict: catch up, retry).
@@ -96,7 +98,10 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
             )
         steps.quality_gate(report, stage)
         steps.merge_catalogue(stage)
-        index = steps.build_item_index(stage, config.index, threads)
+        if config.runtime.task_runner == "dask":
+            index = build_index_on_dask(stage, config.index, config.runtime, threads)
+        else:
+            index = steps.build_item_index(stage, config.index, threads)
         steps.stage_report(stage, snapshot, trained, report, config.evaluation.validation_metric)
         version_id = steps.publish_version(
             stage,

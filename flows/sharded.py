@@ -1,9 +1,12 @@
-"""Item embedding and evaluation split over a Dask cluster (``runtime.task_runner: dask``).
+"""Item embedding, evaluation and the index build split over a Dask cluster
+(``runtime.task_runner: dask``).
 
 A subflow, because Prefect fixes a flow's task runner when the flow starts and the nightly
 must stay on its default runner for everything else: this one runs on Prefect's
 ``DaskTaskRunner`` (prefect-dask), on a local cluster started for the run or on an
-existing scheduler. Each step is plan -> shards mapped over the workers -> merge; plans
+existing scheduler. Two subflows, because the quality gate and the catalogue merge come
+between evaluation and the index build. Each step is plan -> shards mapped over the
+workers -> merge; plans
 and merges run in the flow's process, and shards pass part references (``storage.shards``),
 never data, through the scheduler.
 """
@@ -22,16 +25,26 @@ from prefect.settings.legacy import Setting
 from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
-from core.config import DaskConfig, DataConfig, EvalConfig, RuntimeConfig, TaskTimeouts
+from core.config import (
+    DaskConfig,
+    DataConfig,
+    EvalConfig,
+    IndexConfig,
+    RuntimeConfig,
+    TaskTimeouts,
+)
 from core.cpus import thread_budget
 from core.evaluation import EvalReport
 from core.lifecycle import StepTimeoutError
-from core.refs import SnapshotRef, StageRef
+from core.refs import IndexSummary, SnapshotRef, StageRef
 from tasks.sharded import (
     embed_items_shard,
     evaluate_users_shard,
+    index_items_shard,
     merge_embedded_items,
     merge_evaluated_users,
+    merge_index_parts,
+    plan_index_build,
     plan_item_embedding,
     plan_user_evaluation,
 )
@@ -39,6 +52,8 @@ from tasks.steps import limited
 
 __all__ = [
     "WORKER_CONFIG",
+    "build_index",
+    "build_index_on_dask",
     "dask_task_runner",
     "embed_and_evaluate",
     "embed_and_evaluate_on_dask",
@@ -134,6 +149,31 @@ def embed_and_evaluate(
     )
 
 
+@flow(name="build-index-sharded", log_prints=False)
+def build_index(
+    stage: StageRef, cfg: IndexConfig, runtime: RuntimeConfig, threads: int | None = None
+) -> IndexSummary:
+    """Train the empty index, add the item shards on the task runner's workers, merge the
+    parts and tune the result (``core.sharded_index``); fail below the recall target."""
+    dask, timeouts = runtime.dask, runtime.timeouts
+    plan = limited(plan_index_build, timeouts, "build_index")(
+        stage, cfg, dask.index_shard_items, dask.n_workers, threads
+    )
+    parts = index_items_shard.map(
+        unmapped(stage),
+        unmapped(plan),
+        plan.spans,
+        unmapped(dask.shard_threads(thread_budget(threads).count)),
+    )
+    return limited(merge_index_parts, timeouts, "build_index")(
+        stage,
+        cfg,
+        plan,
+        gather_shards(parts, index_items_shard.name, timeouts, "build_index"),
+        threads,
+    )
+
+
 def gather_shards(
     futures: PrefectFutureList[R], name: str, timeouts: TaskTimeouts, setting: str
 ) -> list[R]:
@@ -164,6 +204,16 @@ def embed_and_evaluate_on_dask(
     # in force here (prefect-dask ships the settings context with each task).
     with dask.config.set(WORKER_CONFIG), temporary_settings(_api_for_workers()):
         return on_dask(snapshot, stage, data_cfg, eval_cfg, runtime, threads)
+
+
+def build_index_on_dask(
+    stage: StageRef, cfg: IndexConfig, runtime: RuntimeConfig, threads: int | None = None
+) -> IndexSummary:
+    """``build_index`` as a subflow on ``runtime.dask``'s cluster."""
+    runner = cast("TaskRunner[Any]", dask_task_runner(runtime.dask))
+    on_dask = build_index.with_options(task_runner=runner)
+    with dask.config.set(WORKER_CONFIG), temporary_settings(_api_for_workers()):
+        return on_dask(stage, cfg, runtime, threads)
 
 
 def _api_for_workers() -> dict[Setting, str]:

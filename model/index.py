@@ -19,10 +19,13 @@ __all__ = [
     "build_index",
     "configure_threads",
     "default_train_size",
+    "fill_index",
+    "finish_index",
     "index_metric_name",
     "search",
     "set_index_params",
     "set_search_params",
+    "trained_index",
     "tune_blas_threshold",
 ]
 
@@ -110,10 +113,41 @@ def build_index(
         A trained, filled index; wrapped in `IndexIDMap2` when the factory's index cannot
         store arbitrary IDs (Flat, HNSW, ...), so `reconstruct(id)` works for Flat. IVF
         indexes get a hashtable direct map for `reconstruct(id)` and cheap `remove_ids`.
+        The same bytes as `trained_index` + `fill_index` in parts merged by
+        `model.index_merge.merge_parts`.
     """
     xb = _as_matrix(embeddings, "embeddings")
+    item_ids = _as_ids(ids, len(xb))
+    started = time.perf_counter()
+    index = trained_index(xb, factory, train_sample=train_sample, seed=seed,
+                          ef_construction=ef_construction)  # fmt: skip
+    train_s = time.perf_counter() - started
+    fill_index(index, xb, item_ids)
+    finish_index(index)
+    logger.debug(
+        "built %s index: %d x %d, train %.2f s, add %.2f s",
+        factory,
+        len(xb),
+        xb.shape[1],
+        train_s,
+        time.perf_counter() - started - train_s,
+    )
+    return index
+
+
+def trained_index(
+    embeddings: npt.ArrayLike,
+    factory: str,
+    *,
+    train_sample: int | None = None,
+    seed: int = 0,
+    ef_construction: int | None = None,
+) -> faiss.Index:
+    """An empty inner-product index of `factory`, trained (when it needs training) on a
+    seeded sample of `embeddings` `(n, d)`, ready for `fill_index`. Arguments as in
+    `build_index`; wrapped in `IndexIDMap2` when the index cannot store arbitrary IDs."""
+    xb = _as_matrix(embeddings, "embeddings")
     n, d = xb.shape
-    item_ids = _as_ids(ids, n)
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
@@ -124,7 +158,6 @@ def build_index(
             raise ValueError(f"ef_construction applies to HNSW factories, not {factory!r}")
         index.hnsw.efConstruction = int(ef_construction)
 
-    started = time.perf_counter()
     if not index.is_trained:
         size = min(n, train_sample if train_sample is not None else default_train_size(index))
         ivf = faiss.try_extract_index_ivf(index)
@@ -137,24 +170,26 @@ def build_index(
         # Sorted rows keep the sample's memory access sequential; order does not matter.
         rows = np.sort(rng.choice(n, size=size, replace=False))
         index.train(xb[rows])
-    train_s = time.perf_counter() - started
+    if not _supports_add_with_ids(index):
+        index = faiss.IndexIDMap2(index)
+    return index
 
+
+def fill_index(index: faiss.Index, embeddings: npt.ArrayLike, ids: npt.ArrayLike) -> None:
+    """Add `embeddings` `(n, d)` under `ids` `(n,)` to a trained index (no direct map
+    yet: `finish_index` builds it once every vector is in, so parts added apart and merged
+    give the same bytes as one add)."""
+    xb = _as_matrix(embeddings, "embeddings")
+    index.add_with_ids(xb, _as_ids(ids, len(xb)))
+
+
+def finish_index(index: faiss.Index) -> None:
+    """Give an IVF index its hashtable direct map (`reconstruct(id)`, cheap
+    `remove_ids`), built from the inverted lists in list order."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         # faiss's bundled stubs omit DirectMap; it exists at runtime.
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-    if not _supports_add_with_ids(index):
-        index = faiss.IndexIDMap2(index)
-    index.add_with_ids(xb, item_ids)
-    logger.debug(
-        "built %s index: %d x %d, train %.2f s, add %.2f s",
-        factory,
-        n,
-        d,
-        train_s,
-        time.perf_counter() - started - train_s,
-    )
-    return index
 
 
 def search(

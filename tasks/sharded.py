@@ -1,14 +1,15 @@
-"""Tasks of the split steps (``core.sharded``, ``core.sharded_eval``): a plan and a merge
-that run in the flow's process, and shard tasks that a distributed task runner maps over
-its workers. Shards hand back part references, never data."""
+"""Tasks of the split steps (``core.sharded``, ``core.sharded_eval``,
+``core.sharded_index``): a plan and a merge that run in the flow's process, and shard
+tasks that a distributed task runner maps over its workers. Shards hand back part
+references, never data."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from core.config import DataConfig, EvalConfig
+from core.config import DataConfig, EvalConfig, IndexConfig
 from core.evaluation import EvalReport
-from core.refs import SnapshotRef, StageRef
+from core.refs import IndexSummary, SnapshotRef, StageRef
 from core.sharded import (
     EmbedPlan,
     PartRef,
@@ -24,14 +25,18 @@ from core.sharded_eval import (
     merge_evaluation,
     plan_evaluation,
 )
+from core.sharded_index import IndexPlan, index_shard, merge_index, plan_index
 from core.threads import apply_threads
 from tasks.retry import IO_RETRY
 
 __all__ = [
     "embed_items_shard",
     "evaluate_users_shard",
+    "index_items_shard",
     "merge_embedded_items",
     "merge_evaluated_users",
+    "merge_index_parts",
+    "plan_index_build",
     "plan_item_embedding",
     "plan_user_evaluation",
 ]
@@ -118,3 +123,37 @@ def merge_evaluated_users(
     """``core.sharded_eval.merge_evaluation``: the report from the shards' parts."""
     apply_threads(threads)
     return merge_evaluation(snapshot, stage, data_cfg, cfg, plan, results, logger=get_run_logger())
+
+
+@task(name="plan-build-index")
+def plan_index_build(
+    stage: StageRef,
+    cfg: IndexConfig,
+    shard_items: int | None,
+    n_shards: int = 1,
+    threads: int | None = None,
+) -> IndexPlan:
+    """``core.sharded_index.plan_index``: the trained empty index and the item shards."""
+    apply_threads(threads)
+    return plan_index(stage, cfg, shard_items, n_shards, logger=get_run_logger())
+
+
+@task(name="build-index-shard", **IO_RETRY)
+def index_items_shard(stage: StageRef, plan: IndexPlan, span: Span, threads: int) -> PartRef:
+    """``core.sharded_index.index_shard`` with ``threads`` Faiss threads."""
+    apply_threads(threads)
+    return index_shard(stage, plan, span)
+
+
+@task(name="merge-build-index")
+def merge_index_parts(
+    stage: StageRef,
+    cfg: IndexConfig,
+    plan: IndexPlan,
+    parts: list[PartRef],
+    threads: int | None = None,
+) -> IndexSummary:
+    """``core.sharded_index.merge_index``: merge, tune and stage index.faiss; fail
+    (discarding the version) below the recall target."""
+    apply_threads(threads)
+    return merge_index(stage, cfg, plan, parts, logger=get_run_logger())

@@ -105,6 +105,8 @@ def _config(root: Path, **runtime: Any) -> NightlyConfig:
             # Blocks of 64 users and batches of 128 items: the tiny world splits into
             # several shards (377 test users, 600 items).
             "evaluation": {"score_block_users": 64},
+            # An IVF index, trained once and filled in item shards on the Dask runner.
+            "index": {"factory": "IVF16,PQ8,RFlat", "tune_queries": 200},
             "runtime": {
                 "storage_root": str(root),
                 "threads": 1,
@@ -132,6 +134,7 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
                 "address": address,
                 "embed_shard_items": 128,
                 "eval_shard_users": 128,
+                "index_shard_items": 250,
                 "task_threads": 1,
             },
         )
@@ -147,11 +150,12 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
         assert dask.manifest.files[name].sha256 == local.manifest.files[name].sha256, name
     assert dask.manifest.item_count == local.manifest.item_count == 600
 
-    # The shards ran on the cluster's workers (5 item shards of 128, 3 user shards of 128),
-    # and no part file outlived its merge.
+    # The shards ran on the cluster's workers (5 item shards of 128, 3 user shards of 128,
+    # 3 index shards of 250), and no part file outlived its merge.
     ran = "".join(p.read_text(errors="replace") for p in worker_logs)
     assert ran.count("Task run 'embed-items-shard-") >= 5
     assert ran.count("Task run 'evaluate-shard-") >= 3
+    assert ran.count("Task run 'build-index-shard-") >= 3
     assert not (tmp_path / "dask" / "staging" / "shards" / dask_id).exists()
 
 

@@ -27,6 +27,28 @@ def test_a_part_round_trips_and_a_changed_one_is_refused(tmp_path: Path) -> None
     assert not folder.path.exists() and not folder.path.parent.exists()
 
 
+def test_an_index_part_round_trips_and_a_flipped_byte_is_refused(tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    folder = ShardFolder(Layout(tmp_path), "v1", "build-index")
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
+    index.add_with_ids(np.eye(4, dtype=np.float32), np.array([10, 11, 12, 13], dtype=np.int64))
+    ref = folder.write_index("part-00000.faiss", index)
+    assert ref.rows == 4
+    back = folder.read_index(ref)
+    assert back.ntotal == 4 and back.search(np.eye(4, dtype=np.float32)[:1], 1)[1][0, 0] == 10
+    path = folder.path / ref.name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptVersionError, match=r"part-00000.faiss.*does not match"):
+        folder.read_index(ref)
+    path.unlink()
+    with pytest.raises(CorruptVersionError, match="shard part is missing"):
+        folder.read_index(ref)
+
+
 @pytest.mark.parametrize("name", ["../escape.parquet", "/abs.parquet", ".hidden", "a/b"])
 def test_hostile_part_names_are_refused(tmp_path: Path, name: str) -> None:
     folder = ShardFolder(Layout(tmp_path), "v1", "evaluate")
