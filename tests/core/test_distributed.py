@@ -5,8 +5,11 @@ same job under ``torchrun``."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,94 @@ def test_torchrun_runs_the_same_job(runs: tuple[Path, Path, Path], tmp_path: Pat
         env={"WORLD_SIZE": "3", "RANK": "0", "PATH": ""},
     )  # fmt: skip
     assert bad.returncode == 2 and "WORLD_SIZE=3 but the job's train.world_size is 2" in bad.stderr
+
+
+def _ranks(parent: int) -> dict[int, int]:
+    """{rank: pid} of the ``python -m core.distributed`` children of ``parent`` (Linux)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"core.distributed" in cmdline:
+            rank = next((e[5:] for e in environ if e.startswith(b"RANK=")), b"-1")
+            found[int(rank)] = int(entry.name)
+    return found
+
+
+def test_a_rank_killed_mid_training_fails_the_fit_naming_it(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    scratch = tmp_path / "scratch"
+    base = _job(runs[0], scratch)
+    job = DistributedJob(**{**base.__dict__, "train_cfg": TrainConfig(epochs=50, world_size=2)})
+    killed: list[int] = []
+
+    def kill_rank_1(_: object) -> None:
+        if not killed:
+            pid = _ranks(os.getpid())[1]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    with pytest.raises(RuntimeError, match=r"rank 1 of 2 exited with code -9"):
+        fit_distributed(job, on_epoch=kill_rank_1)
+    assert killed and not scratch.exists()
+    assert _ranks(os.getpid()) == {}  # rank 0 lost its peer and is gone too
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for a parent that never reaps it does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+_PARENT = """
+import sys
+from pathlib import Path
+from core.distributed import DistributedJob, fit_distributed
+from storage import read_json
+fit_distributed(DistributedJob.from_json(read_json(Path(sys.argv[1]))))
+"""
+
+
+def test_ranks_stop_when_the_step_that_started_them_is_killed(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """kill -9 of the train step's process (no clean-up runs there): rank 0's next
+    progress line hits a closed pipe, and rank 1 then loses its peer; none trains on."""
+    base = _job(runs[0], tmp_path / "scratch")
+    job = DistributedJob(**{**base.__dict__, "train_cfg": TrainConfig(epochs=500, world_size=2)})
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job.to_json()))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(job_file)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    ranks: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(_ranks(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ranks = _ranks(parent.pid)
+        assert len(ranks) == 2, "the ranks never started"
+        time.sleep(3)  # into training
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks.values()):
+            assert time.monotonic() < deadline, f"ranks {ranks} outlived their parent by 60 s"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        for pid in ranks.values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
