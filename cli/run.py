@@ -71,6 +71,15 @@ def run_command(
             show_default=False,
         ),
     ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            "--world-size",
+            help="Training processes (torch.distributed data parallelism on this machine) "
+            "(default: the config's train.world_size, else 1).",
+            show_default=False,
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     resume: Annotated[
         bool | None,
@@ -85,8 +94,9 @@ def run_command(
         str | None,
         typer.Option(
             "--task-runner",
-            help="'local' (every step in this process) or 'dask' (item embedding and "
-            "evaluation in shards on a Dask cluster) (default: runtime.task_runner, local).",
+            help="'local' (every step in this process) or 'dask' (item embedding, "
+            "evaluation and the index build in shards on a Dask cluster) (default: "
+            "runtime.task_runner, local).",
             show_default=False,
         ),
     ] = None,
@@ -131,6 +141,7 @@ def run_command(
             "data.source": "snapshot" if snapshot is not None else None,
             "data.snapshot_id": snapshot,
             "train.epochs": epochs,
+            "train.world_size": world_size,
             "runtime.threads": threads,
             "runtime.resume": resume,
             "runtime.storage_root": str(root) if root else None,

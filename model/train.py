@@ -313,12 +313,14 @@ def train(
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     # Every process shuffles alike (so the ranks split one batch); dropout and negatives
-    # differ per rank. One process keeps a single generator, as before world_size existed.
+    # come from a stream of their own per rank, independent of the shuffle's (the same
+    # seed for both would repeat the shuffle's draws as rank 0's dropout). One process
+    # keeps a single generator, as before world_size existed.
     order = gen
     if world > 1:
         order = torch.Generator(device=device)
         order.manual_seed(cfg.seed)
-        gen.manual_seed(cfg.seed + rank)
+        gen.manual_seed(int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0]))
     result = TrainResult(device=str(device))
     best: tuple[float, dict[str, Tensor]] | None = None
     n = len(data.users)

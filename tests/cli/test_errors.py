@@ -168,6 +168,8 @@ def test_cuda_on_a_machine_without_it_is_a_config_error(tmp_path: Path) -> None:
 def test_invalid_values_and_usage_errors(tmp_path: Path) -> None:
     line = one_error(runner.invoke(app, ["run", "--epochs", "0", "--root", str(tmp_path)]), 2)
     assert "train.epochs: Input should be greater than or equal to 1 (got 0)" in line
+    line = one_error(runner.invoke(app, ["run", "--world-size", "0", "--root", str(tmp_path)]), 2)
+    assert "train.world_size: Input should be greater than or equal to 1 (got 0)" in line
     # A usage error click finds itself: its usage text normally, JSON with --json.
     assert runner.invoke(app, ["recommend"]).exit_code == 2
     assert "user-id" in json_error(runner.invoke(app, ["recommend", "--json"]), 2)["message"]
