@@ -10,9 +10,10 @@ or ``torchrun``). With ``TrainConfig.world_size`` > 1 every process shuffles ali
   all-gathers the others' (row index, gradient row) pairs and sums them, so a step moves
   only the rows some process touched, as in one process. DDP's own sparse path (gloo's
   sparse all-reduce) crashed here with heap corruption ("malloc(): unaligned tcache
-  chunk detected", rank 1, epoch 2, 2 of 3 seeds on the small world; torch 2.13 CPU), and
-  NCCL has no sparse all-reduce at all; the all-gather works on both backends. A dense
-  gradient instead would move the whole table every step (1M rows x 64 floats = 256 MB).
+  chunk detected", rank 1, epoch 2 of the small world for seeds 1 and 4, not 0; torch 2.13
+  CPU), and NCCL has no sparse all-reduce at all; the all-gather works on both backends.
+  A dense gradient instead would move the whole table every step (1M rows x 64 floats =
+  256 MB).
 """
 
 from __future__ import annotations
