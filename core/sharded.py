@@ -48,7 +48,9 @@ __all__ = [
     "embed_shard",
     "merge_embeddings",
     "plan_embedding",
+    "shard_folder",
     "spans",
+    "staging_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,13 @@ class EmbedPlan(BaseModel):
     batch_size: int
 
 
-def _staging(stage: StageRef) -> Path:
+def staging_dir(stage: StageRef) -> Path:
+    """The staged version's folder."""
     return VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
 
 
-def _shards(stage: StageRef, step: str) -> ShardFolder:
+def shard_folder(stage: StageRef, step: str) -> ShardFolder:
+    """Where ``step``'s shard parts of the staged version go (``storage.shards``)."""
     return ShardFolder(Layout(Path(stage.root)), stage.version_id, step)
 
 
@@ -115,8 +119,8 @@ def plan_embedding(
         meta = restore_kept(stage, EMBED_STEP, key, logger)
         if meta is not None:
             return EmbedPlan(key=key, restored=int(meta["count"]), spans=[], batch_size=batch_size)
-    _shards(stage, EMBED_STEP).remove()  # parts of an earlier attempt are never merged
-    n = read_num_rows(_staging(stage) / VersionFiles.ITEMS, VERSION_ITEMS)
+    shard_folder(stage, EMBED_STEP).remove()  # parts of an earlier attempt are never merged
+    n = read_num_rows(staging_dir(stage) / VersionFiles.ITEMS, VERSION_ITEMS)
     cut = spans(n, shard_items, batch_size, n_shards)
     logger.info("embed-items: %d items in %d shard(s)", n, len(cut))
     return EmbedPlan(key=key, restored=None, spans=cut, batch_size=batch_size)
@@ -124,7 +128,7 @@ def plan_embedding(
 
 def embed_shard(stage: StageRef, span: Span, batch_size: int) -> PartRef:
     """Embed staged item rows ``[span.lo, span.hi)`` and write them as a part."""
-    staging = _staging(stage)
+    staging = staging_dir(stage)
     model = load_served_model(staging)
     items = read_serving_tables(staging)
     lo, hi = span.lo, span.hi
@@ -137,7 +141,7 @@ def embed_shard(stage: StageRef, span: Span, batch_size: int) -> PartRef:
         batch_size=batch_size,
     )
     table = pa.table({"item_id": items.item_id[lo:hi], "embedding": vectors_to_arrow(vectors)})
-    return _shards(stage, EMBED_STEP).write(
+    return shard_folder(stage, EMBED_STEP).write(
         f"part-{span.index:05d}.parquet", table, ITEM_EMBEDDINGS
     )
 
@@ -155,9 +159,9 @@ def merge_embeddings(
         return plan.restored
     if len(parts) != len(plan.spans):
         raise ValueError(f"embed-items: {len(parts)} part(s) for {len(plan.spans)} shard(s)")
-    staging = _staging(stage)
+    staging = staging_dir(stage)
     before = stage_listing(staging)
-    folder = _shards(stage, EMBED_STEP)
+    folder = shard_folder(stage, EMBED_STEP)
     start = time.perf_counter()
     tables = [folder.read(ref, ITEM_EMBEDDINGS) for ref in parts]
     item_id = np.concatenate([t.column("item_id").to_numpy() for t in tables])

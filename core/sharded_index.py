@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import faiss
 from pydantic import BaseModel, ConfigDict
@@ -28,11 +27,11 @@ from core.config import IndexConfig
 from core.indexing import resolve_factory, tune_and_stage
 from core.progress import StepLogger
 from core.refs import IndexSummary, StageRef
-from core.sharded import Span, spans
+from core.sharded import Span, shard_folder, spans, staging_dir
 from core.versionio import read_embeddings
 from model.index import build_index, fill_index, finish_index, trained_index
 from model.index_merge import can_merge, merge_parts
-from storage import Layout, PartRef, ShardFolder, VersionStore
+from storage import PartRef, ShardFolder
 
 __all__ = ["INDEX_STEP", "IndexPlan", "index_shard", "merge_index", "plan_index"]
 
@@ -56,14 +55,6 @@ class IndexPlan(BaseModel):
     started: float
 
 
-def _staging(stage: StageRef) -> Path:
-    return VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-
-
-def _shards(stage: StageRef) -> ShardFolder:
-    return ShardFolder(Layout(Path(stage.root)), stage.version_id, INDEX_STEP)
-
-
 def plan_index(
     stage: StageRef,
     cfg: IndexConfig,
@@ -75,9 +66,9 @@ def plan_index(
     """Train the empty index on the staged vectors and cut the items into shards of about
     ``shard_items`` rows (None: ``n_shards`` shards)."""
     started = time.time()
-    folder = _shards(stage)
+    folder = shard_folder(stage, INDEX_STEP)
     folder.remove()  # parts of an earlier attempt are never merged
-    ids, vectors = read_embeddings(_staging(stage))
+    ids, vectors = read_embeddings(staging_dir(stage))
     factory = resolve_factory(cfg, len(ids), vectors.shape[1])
     start = time.perf_counter()
     template = trained_index(vectors, factory, seed=cfg.seed)
@@ -101,9 +92,9 @@ def index_shard(stage: StageRef, plan: IndexPlan, span: Span) -> PartRef:
     written as a part."""
     if plan.template is None:
         raise ValueError(f"build-index: {plan.factory!r} has no shards to add")
-    folder = _shards(stage)
+    folder = shard_folder(stage, INDEX_STEP)
     index = folder.read_index(plan.template)
-    ids, vectors = read_embeddings(_staging(stage))
+    ids, vectors = read_embeddings(staging_dir(stage))
     fill_index(index, vectors[span.lo : span.hi], ids[span.lo : span.hi])
     return folder.write_index(f"part-{span.index:05d}.faiss", index)
 
@@ -118,8 +109,8 @@ def merge_index(
 ) -> IndexSummary:
     """Check and merge the parts in shard order (or build whole an index that cannot be
     merged), then tune and stage it as ``core.indexing.build_version_index`` does."""
-    ids, vectors = read_embeddings(_staging(stage))
-    folder = _shards(stage)
+    ids, vectors = read_embeddings(staging_dir(stage))
+    folder = shard_folder(stage, INDEX_STEP)
     if plan.template is None:
         start = time.perf_counter()
         index = build_index(vectors, ids, plan.factory, seed=cfg.seed)

@@ -119,10 +119,9 @@ def build_index(
     xb = _as_matrix(embeddings, "embeddings")
     item_ids = _as_ids(ids, len(xb))
     started = time.perf_counter()
-    index = trained_index(xb, factory, train_sample=train_sample, seed=seed,
-                          ef_construction=ef_construction)  # fmt: skip
+    index = _trained(xb, factory, train_sample, seed, ef_construction)
     train_s = time.perf_counter() - started
-    fill_index(index, xb, item_ids)
+    index.add_with_ids(xb, item_ids)
     finish_index(index)
     logger.debug(
         "built %s index: %d x %d, train %.2f s, add %.2f s",
@@ -147,6 +146,17 @@ def trained_index(
     seeded sample of `embeddings` `(n, d)`, ready for `fill_index`. Arguments as in
     `build_index`; wrapped in `IndexIDMap2` when the index cannot store arbitrary IDs."""
     xb = _as_matrix(embeddings, "embeddings")
+    return _trained(xb, factory, train_sample, seed, ef_construction)
+
+
+def _trained(
+    xb: npt.NDArray[np.float32],
+    factory: str,
+    train_sample: int | None,
+    seed: int,
+    ef_construction: int | None,
+) -> faiss.Index:
+    """`trained_index` on an already checked `(n, d)` float32 matrix."""
     n, d = xb.shape
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)

@@ -17,11 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model.config import TowerConfig, TrainConfig
-from model.dataset import Dataset, Vocabulary, temporal_split
 from model.features import FeatureTables
-from model.synthetic import generate, synthetic_config
 from model.towers import TwoTower
-from model.train import init_model, train
+from model.train import train
+from tests.model.test_train import build_world
 
 TOWER = TowerConfig(embedding_dim=16, id_dim=8, category_dim=4, hidden=(32,), dropout=0.0)
 # BCE (a mean of per-example terms), no ID dropout: nothing in a step depends on the rank.
@@ -30,25 +29,12 @@ BCE = TrainConfig(loss="bce", epochs=2, batch_size=512, id_dropout=0.0, seed=3, 
 
 def _setup() -> tuple[TwoTower, FeatureTables, np.ndarray, np.ndarray, np.ndarray]:
     """A fresh model and the tiny world's labelled impressions before validation."""
-    cfg = synthetic_config("tiny")
-    raw = generate(cfg)
-    data = Dataset.from_raw(
-        raw.user_id, raw.profile, raw.item_id, raw.category, raw.content, cfg.n_categories,
-        raw.inter_user, raw.inter_item, raw.inter_ts,
-    )  # fmt: skip
-    split = temporal_split(data.inter_ts, 0.1, 0.1)
-    vocab = Vocabulary.from_training(data, split.train)
-    tables = vocab.feature_tables(data)
-    model = init_model(vocab.tower_spec(data, TOWER), 0)
-    model.fit_feature_scaling(tables.user_profile[1:], tables.item_content[1:])
-    u = vocab.user_id_row[data.user_positions(raw.imp_user)]
-    i = vocab.item_id_row[data.item_positions(raw.imp_item)]
-    assert split.t_val is not None
-    keep = (raw.imp_ts < split.t_val) & (u > 0) & (i > 0)
+    world = build_world(TOWER)
+    users, items, labels = world.impressions()
     # An even count in whole batches: every rank's half-batch has the same size, so the
     # mean of the two half-batch means is the whole batch's mean.
-    n = (int(keep.sum()) // BCE.batch_size) * BCE.batch_size
-    return model, tables, u[keep][:n], i[keep][:n], raw.imp_label[keep][:n].astype(np.float32)
+    n = (len(users) // BCE.batch_size) * BCE.batch_size
+    return world.fresh_model(), world.tables, users[:n], items[:n], labels[:n]
 
 
 def _rank(rank: int, world: int, init_file: str, out: str, cfg_json: dict[str, object]) -> None:

@@ -96,8 +96,9 @@ def _model_recall(world: World, model: TwoTower, cold_users: bool = False) -> fl
     return _test_recall(world, lambda rows: user_vecs[rows] @ item_vecs.T)
 
 
-@pytest.fixture(scope="module")
-def world() -> World:
+def build_world(tower: TowerConfig = TOWER) -> World:
+    """The tiny synthetic world with a temporal 8:1:1 split and ``tower``'s spec (also
+    built in processes a test spawns, which cannot share a fixture)."""
     cfg = synthetic_config("tiny")
     raw = generate(cfg)
     data = Dataset.from_raw(
@@ -106,8 +107,13 @@ def world() -> World:
     )  # fmt: skip
     split = temporal_split(data.inter_ts, 0.1, 0.1)
     vocab = Vocabulary.from_training(data, split.train)
-    spec = vocab.tower_spec(data, TOWER)
+    spec = vocab.tower_spec(data, tower)
     return World(raw, data, split, vocab, vocab.feature_tables(data), spec)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return build_world()
 
 
 @dataclass(frozen=True)
