@@ -26,6 +26,7 @@ from model.cold_start import (
     cold_start_metrics,
     user_category_affinity,
 )
+from model.fast_rank import SharedScores, VectorScores
 from model.fullrank import evaluate_ranking
 from model.pipeline import (
     Prepared,
@@ -33,7 +34,7 @@ from model.pipeline import (
     score_block_users,
     user_vectors,
 )
-from model.synthetic import oracle_scores
+from model.synthetic import oracle_vectors
 from storage import Layout, VersionFiles, VersionStore, snapshot_path, write_json
 
 __all__ = [
@@ -187,9 +188,8 @@ def reference_scorers(
     validation scores per candidate go into ``tuning`` when given. ``baseline``: refit
     this choice instead of tuning (see ``choose_baseline``)."""
     d = prep.data
-    popularity = torch.from_numpy(train_popularity(prep).astype(np.float32))
     scorers: dict[str, ScoreFn] = {
-        "popularity": lambda rows: popularity.expand(len(rows), -1).clone()
+        "popularity": SharedScores(train_popularity(prep).astype(np.float32))
     }
     baseline_fn = baseline_scorer(prep, cfg, baseline)
     if baseline_fn is not None:
@@ -198,12 +198,9 @@ def reference_scorers(
             tuning.update(baseline_fn[2])
     truth = load_truth(folder, d)
     if truth is not None:
-        scorers["oracle"] = lambda rows: torch.from_numpy(
-            oracle_scores(
-                truth.user_latent[rows],
-                truth.item_latent,
-                truth.log_popularity,
-                truth.temperature,
+        scorers["oracle"] = VectorScores(
+            *oracle_vectors(
+                truth.user_latent, truth.item_latent, truth.log_popularity, truth.temperature
             )
         )
     return scorers
@@ -221,12 +218,12 @@ def cold_start_report(
     new_vecs = item_vecs[torch.from_numpy(new)]
     cats = d.category.astype(np.int64)
     rng = np.random.default_rng(cfg.seed)
-    cat_pop = torch.from_numpy(category_popularity(cats, d.inter_item, split.train, new))
+    cat_pop = category_popularity(cats, d.inter_item, split.train, new).astype(np.float32)
     affinity = user_category_affinity(cats, d.inter_user, d.inter_item, ~split.test, new, d.n_users)
     scorers: dict[str, NewItemScores] = {
-        "model": lambda rows: user_vecs[torch.from_numpy(rows)] @ new_vecs.T,
+        "model": VectorScores.of(user_vecs, new_vecs),
         "random": lambda rows: rng.random((len(rows), len(new)), dtype=np.float32),
-        "category popularity": lambda rows: cat_pop.expand(len(rows), -1).clone(),
+        "category popularity": SharedScores(cat_pop),
         "user's categories": affinity,
     }
     return cold_start_metrics(
@@ -274,7 +271,7 @@ def model_vectors(prep: Prepared, staging: Path) -> tuple[torch.Tensor, torch.Te
 def vector_scorer(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> ScoreFn:
     """The model's score rows: inner products of user rows' vectors `(U, D)` with every
     item vector `(I, D)`."""
-    return lambda rows: user_vecs[torch.from_numpy(rows)] @ item_vecs.T
+    return VectorScores.of(user_vecs, item_vecs)
 
 
 def finish_report(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from model.fast_rank import SharedScores, VectorScores, shared_topk, vector_topk
 from model.metrics import (
     DEFAULT_KS,
     ScoreBlockFn,
@@ -121,12 +122,20 @@ def rank_part(
     item_popularity: npt.NDArray[np.float64] | None = None,
 ) -> RankingPart:
     """Rank every item for ``user_rows`` (each with a relevant item), masking ``exclude``,
-    and keep per-user values at ``ks`` (see ``evaluate_ranking``).
+    and keep per-user values at ``ks`` (see ``evaluate_ranking``). Inner-product and
+    shared-row scorers (``model.fast_rank``) are ranked without dense score blocks.
 
     A shard whose first user sits at a multiple of ``block_users`` in the whole list scores
-    exactly the blocks an unsplit run scores, so its top-k lists are bit-for-bit the same.
+    exactly the blocks an unsplit run scores, so its top-k lists are bit-for-bit the same
+    (the fast paths give the same lists however the users are split).
     """
-    topk = full_ranking_topk(score_block_fn, user_rows, n_items, exclude, max(ks), block_users)
+    k = max(ks)
+    if isinstance(score_block_fn, VectorScores):
+        topk = vector_topk(score_block_fn, user_rows, n_items, exclude, k)
+    elif isinstance(score_block_fn, SharedScores):
+        topk = shared_topk(score_block_fn, user_rows, n_items, exclude, k)
+    else:
+        topk = full_ranking_topk(score_block_fn, user_rows, n_items, exclude, k, block_users)
     return part_from_topk(topk, user_rows, relevant, ks, item_popularity)
 
 

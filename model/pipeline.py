@@ -21,6 +21,7 @@ from model.baselines import EASE, Baseline, BaselineKind, ItemKNN, fit_baseline
 from model.config import TowerConfig, TrainConfig
 from model.dataset import Dataset, Split, Vocabulary
 from model.embed import embed_items, embed_users
+from model.fast_rank import VectorScores
 from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
 from model.history import history_at_end, history_before
@@ -131,9 +132,7 @@ def user_vectors(
 def model_scorer(model: TwoTower, prep: Prepared, history_mask: npt.NDArray[np.bool_]) -> ScoreFn:
     """Full score rows (b, I) of the model for user positions (inner product, higher =
     better)."""
-    users_t = torch.from_numpy(user_vectors(model, prep, history_mask))
-    items_t = torch.from_numpy(item_vectors(model, prep))
-    return lambda rows: users_t[torch.from_numpy(rows)] @ items_t.T
+    return VectorScores.of(user_vectors(model, prep, history_mask), item_vectors(model, prep))
 
 
 def validator(

@@ -25,6 +25,7 @@ __all__ = [
     "check_scale",
     "generate",
     "oracle_scores",
+    "oracle_vectors",
     "synthetic_config",
 ]
 
@@ -201,6 +202,24 @@ def oracle_scores(
     scores /= np.float32(temperature)
     scores += log_popularity[None, :]
     return scores.astype(np.float32, copy=False)
+
+
+def oracle_vectors(
+    user_latent: npt.NDArray[np.float32],
+    item_latent: npt.NDArray[np.float32],
+    log_popularity: npt.NDArray[np.float32],
+    temperature: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``oracle_scores`` as inner products, so exact inner-product search can rank them:
+    users `(U, L + 1)` = [latent / temperature, 1], items `(I, L + 1)` = [latent, log
+    popularity]; user u . item i = u.i / temperature + log_pop[i] (float32 rounding apart)."""
+    users = np.empty((len(user_latent), user_latent.shape[1] + 1), np.float32)
+    users[:, :-1] = user_latent / np.float32(temperature)
+    users[:, -1] = 1.0
+    items = np.empty((len(item_latent), item_latent.shape[1] + 1), np.float32)
+    items[:, :-1] = item_latent
+    items[:, -1] = log_popularity
+    return users, items
 
 
 def _sample_interactions(
