@@ -34,7 +34,13 @@ _STEPS = {
     "train-model": ("train-model",),
     "embed-items": ("embed-items", "plan-embed-items", "embed-items-shard", "merge-embed-items"),
     "evaluate": ("evaluate", "plan-evaluate", "evaluate-shard", "merge-evaluate"),
-    "build-index": ("build-index", "plan-build-index", "build-index-shard", "merge-build-index"),
+    "build-index": (
+        "build-index",
+        "plan-build-index",
+        "build-index-shard",
+        "tune-index-shard",
+        "merge-build-index",
+    ),
     "publish-version": ("publish-version",),
 }
 

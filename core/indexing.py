@@ -31,6 +31,8 @@ __all__ = [
     "describe_params",
     "resolve_factory",
     "tune_and_stage",
+    "tuning_queries",
+    "tuning_truth",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,24 @@ log = logging.getLogger(__name__)
 
 class IndexRecallError(RuntimeError):
     """The tuned index misses its recall target; nothing was published."""
+
+
+def tuning_queries(stage: StageRef, cfg: IndexConfig) -> np.ndarray:
+    """(q, D) float32 vectors of the seeded sample of the staged version's users that the
+    index is tuned on (``cfg.tune_queries`` of them, ``cfg.seed``), as served."""
+    staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
+    return _user_queries(staging, cfg.tune_queries, cfg.seed)
+
+
+def tuning_truth(
+    vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, cfg: IndexConfig
+) -> np.ndarray:
+    """(q, k) item IDs of the exact top-k of ``queries`` over the staged items (``ids``
+    (n,), ``vectors`` (n, d)), k = min(cfg.k, n): the ground truth tuning measures
+    recall against. A query's row does not depend on the others (``model.ann.exact_topk``),
+    so query shards can compute it apart."""
+    tune_blas_threshold(vectors.shape[1])  # batched exact search on BLAS
+    return exact_topk(vectors, ids, queries, min(cfg.k, len(ids)))
 
 
 def _user_queries(staging: Path, n: int, seed: int) -> np.ndarray:
@@ -82,17 +102,22 @@ def tune_and_stage(
     ids: np.ndarray,
     vectors: np.ndarray,
     *,
+    truth: np.ndarray | None = None,
     logger: StepLogger = log,
 ) -> IndexSummary:
     """Tune a built ``index`` over the staged items (``ids`` (n,), ``vectors`` (n, d)) to
     ``cfg``'s recall target on the version's user vectors and stage it as index.faiss;
     below the target discard the version and raise ``IndexRecallError``. ``seconds``:
-    what building it took (wall)."""
+    what building it took (wall). ``truth``: the queries' exact top-k when already
+    computed (``tuning_truth``, e.g. by query shards); computed here otherwise."""
     staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
-    queries = _user_queries(staging, cfg.tune_queries, cfg.seed)
+    queries = tuning_queries(stage, cfg)
     k = min(cfg.k, len(ids))
-    tune_blas_threshold(vectors.shape[1])  # batched exact ground truth on BLAS
-    tuned = tune_index(index, queries, exact_topk(vectors, ids, queries, k), k, cfg.target_recall)
+    if truth is None:
+        truth = tuning_truth(vectors, ids, queries, cfg)
+    if truth.shape != (len(queries), k):
+        raise ValueError(f"tuning ground truth is {truth.shape}, expected {(len(queries), k)}")
+    tuned = tune_index(index, queries, truth, k, cfg.target_recall)
     logger.info(
         "%s over %d items built in %.2f s; %s gives Recall@%d %.4f (target %.2f), "
         "single query p50 %.3f ms p99 %.3f ms",

@@ -46,6 +46,7 @@ from tasks.sharded import (
     plan_index_build,
     plan_item_embedding,
     plan_user_evaluation,
+    tuning_truth_shard,
 )
 from tasks.steps import limited
 
@@ -152,23 +153,22 @@ def embed_and_evaluate(
 def build_index(
     stage: StageRef, cfg: IndexConfig, runtime: RuntimeConfig, threads: int | None = None
 ) -> IndexSummary:
-    """Train the empty index, add the item shards on the task runner's workers, merge the
-    parts and tune the result (``core.sharded_index``); fail below the recall target."""
+    """Train the empty index, add the item shards and compute the tuning queries' ground
+    truth by query shards on the task runner's workers, merge the parts and tune the
+    result (``core.sharded_index``); fail below the recall target."""
     dask, timeouts = runtime.dask, runtime.timeouts
     plan = limited(plan_index_build, timeouts, "build_index")(
         stage, cfg, dask.index_shard_items, dask.n_workers, threads
     )
-    parts = index_items_shard.map(
-        unmapped(stage),
-        unmapped(plan),
-        plan.spans,
-        unmapped(dask.shard_threads(thread_budget(threads).count)),
-    )
+    shard_threads = unmapped(dask.shard_threads(thread_budget(threads).count))
+    parts = index_items_shard.map(unmapped(stage), unmapped(plan), plan.spans, shard_threads)
+    truth = tuning_truth_shard.map(unmapped(stage), unmapped(cfg), plan.query_spans, shard_threads)
     return limited(merge_index_parts, timeouts, "build_index")(
         stage,
         cfg,
         plan,
         gather_shards(parts, index_items_shard.name, timeouts, "build_index"),
+        gather_shards(truth, tuning_truth_shard.name, timeouts, "build_index"),
         threads,
     )
 

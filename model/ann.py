@@ -16,7 +16,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from model.fast_rank import VectorScores, vector_topk
 from model.index import search, set_index_params
+from model.sets import CsrSets
 
 __all__ = [
     "TuneResult",
@@ -73,10 +75,24 @@ def exact_topk(
     queries: npt.NDArray[np.float32],
     k: int,
 ) -> npt.NDArray[np.int64]:
-    """(q, k) item IDs of the exact inner-product top-k (the ground truth for tuning)."""
-    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-    flat.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids)
-    return search(flat, queries, k)[1]
+    """(q, k) item IDs of the exact inner-product top-k (the ground truth for tuning), ties
+    by lower row, -1 past the end.
+
+    Through ``model.fast_rank.vector_topk``: a query's answer does not depend on the other
+    queries searched with it, so ground truth computed by query shards on several workers
+    is the one-process ground truth, bit for bit."""
+    if len(vectors) != len(ids):
+        raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+    n_queries = len(queries)
+    none = np.zeros(0, np.int64)
+    rows = vector_topk(
+        VectorScores.of(queries, vectors),
+        np.arange(n_queries, dtype=np.int64),
+        len(vectors),
+        CsrSets.from_pairs(none, none, n_queries),
+        k,
+    )
+    return np.where(rows >= 0, np.asarray(ids, np.int64)[np.maximum(rows, 0)], -1)
 
 
 def recall_against(approx: npt.NDArray[np.int64], exact: npt.NDArray[np.int64]) -> float:

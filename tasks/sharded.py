@@ -25,7 +25,7 @@ from core.sharded_eval import (
     merge_evaluation,
     plan_evaluation,
 )
-from core.sharded_index import IndexPlan, index_shard, merge_index, plan_index
+from core.sharded_index import IndexPlan, index_shard, merge_index, plan_index, truth_shard
 from core.threads import apply_threads
 from tasks.retry import IO_RETRY
 
@@ -39,6 +39,7 @@ __all__ = [
     "plan_index_build",
     "plan_item_embedding",
     "plan_user_evaluation",
+    "tuning_truth_shard",
 ]
 
 
@@ -145,15 +146,23 @@ def index_items_shard(stage: StageRef, plan: IndexPlan, span: Span, threads: int
     return index_shard(stage, plan, span)
 
 
+@task(name="tune-index-shard", **IO_RETRY)
+def tuning_truth_shard(stage: StageRef, cfg: IndexConfig, span: Span, threads: int) -> PartRef:
+    """``core.sharded_index.truth_shard`` with ``threads`` Faiss threads."""
+    apply_threads(threads)
+    return truth_shard(stage, cfg, span)
+
+
 @task(name="merge-build-index")
 def merge_index_parts(
     stage: StageRef,
     cfg: IndexConfig,
     plan: IndexPlan,
     parts: list[PartRef],
+    truth: list[PartRef],
     threads: int | None = None,
 ) -> IndexSummary:
     """``core.sharded_index.merge_index``: merge, tune and stage index.faiss; fail
     (discarding the version) below the recall target."""
     apply_threads(threads)
-    return merge_index(stage, cfg, plan, parts, logger=get_run_logger())
+    return merge_index(stage, cfg, plan, parts, truth, logger=get_run_logger())

@@ -151,11 +151,13 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
     assert dask.manifest.item_count == local.manifest.item_count == 600
 
     # The shards ran on the cluster's workers (5 item shards of 128, 3 user shards of 128,
-    # 3 index shards of 250), and no part file outlived its merge.
+    # 3 index shards of 250, a tuning query shard per worker), and no part file outlived
+    # its merge.
     ran = "".join(p.read_text(errors="replace") for p in worker_logs)
     assert ran.count("Task run 'embed-items-shard-") >= 5
     assert ran.count("Task run 'evaluate-shard-") >= 3
     assert ran.count("Task run 'build-index-shard-") >= 3
+    assert ran.count("Task run 'tune-index-shard-") >= 2
     assert not (tmp_path / "dask" / "staging" / "shards" / dask_id).exists()
 
 
