@@ -11,6 +11,7 @@ import pytest
 from model.ann import (
     default_factory,
     exact_topk,
+    measure_latency,
     recall_against,
     refine_factors,
     search_knob,
@@ -120,3 +121,30 @@ def test_a_refinement_stage_gets_its_k_factor_tuned_too(
     back = faiss.read_index(str(tmp_path / "i.faiss"))
     assert recall_against(search(back, queries, 50)[1], exact) == pytest.approx(result.recall)
     assert refine_factors(build_index(vectors, ids, "IVF32,Flat")) == []
+
+
+def test_latency_is_measured_on_one_faiss_thread_as_served() -> None:
+    """Single queries are timed as the API runs them (one Faiss thread), and the
+    process's thread count is restored afterwards, also when a search fails."""
+    seen: list[int] = []
+
+    class Recorder:
+        def search(self, q: np.ndarray, k: int) -> None:
+            seen.append(faiss.omp_get_max_threads())
+
+    class Failing:
+        def search(self, q: np.ndarray, k: int) -> None:
+            raise RuntimeError("search failed")
+
+    queries = np.zeros((5, 4), np.float32)
+    original = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        p50, p99 = measure_latency(Recorder(), queries, 3)  # type: ignore[arg-type]
+        assert seen == [1] * 5 and 0 <= p50 <= p99
+        assert faiss.omp_get_max_threads() == 2
+        with pytest.raises(RuntimeError, match="search failed"):
+            measure_latency(Failing(), queries, 3)  # type: ignore[arg-type]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(original)
