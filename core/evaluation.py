@@ -218,7 +218,7 @@ def cold_start_report(
     new_vecs = item_vecs[torch.from_numpy(new)]
     cats = d.category.astype(np.int64)
     rng = np.random.default_rng(cfg.seed)
-    cat_pop = category_popularity(cats, d.inter_item, split.train, new).astype(np.float32)
+    cat_pop = category_popularity(cats, d.inter_item, split.train, new)
     affinity = user_category_affinity(cats, d.inter_user, d.inter_item, ~split.test, new, d.n_users)
     scorers: dict[str, NewItemScores] = {
         "model": VectorScores.of(user_vecs, new_vecs),

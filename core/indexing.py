@@ -21,7 +21,7 @@ from core.versionio import (
     read_serving_tables,
 )
 from model.ann import default_factory, exact_topk, tune_index
-from model.index import build_index, tune_blas_threshold
+from model.index import build_index
 from storage import Layout, VersionFiles, VersionStore, save_index
 
 __all__ = [
@@ -56,7 +56,6 @@ def tuning_truth(
     (n,), ``vectors`` (n, d)), k = min(cfg.k, n): the ground truth tuning measures
     recall against. A query's row does not depend on the others (``model.ann.exact_topk``),
     so query shards can compute it apart."""
-    tune_blas_threshold(vectors.shape[1])  # batched exact search on BLAS
     return exact_topk(vectors, ids, queries, min(cfg.k, len(ids)))
 
 
