@@ -5,25 +5,46 @@ vectors and a Zipf popularity prior. Observable features (item category and cont
 profile) are noisy views of the hidden vectors, and interactions are drawn from
 ``softmax(pref . latent / temperature + log_popularity)``, so an oracle that knows the
 hidden vectors ranks items optimally and a model can only approach it by learning.
+
+Two stages with their own random streams (``numpy.random.SeedSequence`` spawn keys), so
+the events can be drawn block by block on any number of machines:
+
+- ``generate_world``: users and items, hidden and observable, O(users + items), one stream.
+- ``generate_events``: the clicks and impressions of a range of users, one stream per block
+  of ``block_users`` users; ``merge_events`` joins any split of the blocks into the same
+  time-ordered log. ``generate`` is the two in one process.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field
+
+from model.synthetic_config import (
+    SCALES,
+    ScaleName,
+    SyntheticConfig,
+    check_scale,
+    synthetic_config,
+)
 
 __all__ = [
     "SCALES",
+    "Events",
     "ScaleName",
     "SyntheticConfig",
     "SyntheticData",
+    "World",
     "check_scale",
+    "event_blocks",
     "generate",
+    "generate_events",
+    "generate_world",
+    "merge_events",
     "oracle_scores",
     "oracle_vectors",
     "synthetic_config",
@@ -31,128 +52,39 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ScaleName = Literal["tiny", "small", "medium", "large"]
-
 _START_TS = 1_767_225_600  # 2026-01-01T00:00:00Z: a fixed epoch keeps snapshots reproducible.
+_WORLD_STREAM, _EVENT_STREAM = 0, 1  # first spawn-key word: which stage draws
 
 
-class SyntheticConfig(BaseModel):
-    """Knobs of the generator. Difficulty rises with the noise terms and the temperature."""
+@dataclass(frozen=True)
+class World:
+    """Users and items, hidden and observable: everything but the events. Rows align with
+    the IDs. Shapes: U users, I items, L latent dim."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_users: int = Field(10_000, ge=2, description="Number of users.")
-    n_items: int = Field(20_000, ge=2, description="Number of items in the catalogue.")
-    n_categories: int = Field(40, ge=1, description="Number of item categories.")
-    interactions_per_user: float = Field(
-        40.0, gt=0, description="Mean interactions per user (Poisson, at least min_per_user)."
-    )
-    min_per_user: int = Field(5, ge=1, description="Minimum interactions per user.")
-    latent_dim: int = Field(16, ge=2, description="Dimension of the hidden latent space.")
-    profile_dim: int = Field(4, ge=1, description="Observable user profile floats.")
-    content_dim: int = Field(8, ge=1, description="Observable item content floats.")
-    favourite_categories: int = Field(
-        3, ge=1, description="Categories a user's hidden preference is built from."
-    )
-    user_noise: float = Field(
-        0.3, ge=0, description="Spread of a user's preference around its favourite categories."
-    )
-    item_noise: float = Field(
-        0.6, ge=0, description="Spread of an item's latent around its category centroid."
-    )
-    profile_noise: float = Field(
-        0.3, ge=0, description="Noise on the observable user profile (vs the hidden preference)."
-    )
-    content_noise: float = Field(
-        0.3, ge=0, description="Noise on the observable item content (vs the hidden latent)."
-    )
-    temperature: float = Field(
-        0.1,
-        gt=0,
-        description="Softmax temperature of the true score: lower = sharper, more predictable.",
-    )
-    popularity_skew: float = Field(
-        0.7,
-        ge=0,
-        description="Zipf exponent s of the popularity prior: log_pop = -s * log(rank).",
-    )
-    impressions_per_click: int = Field(
-        2,
-        ge=0,
-        description="Non-clicked impressions drawn from popularity per click (draws that hit "
-        "an item the user clicks are dropped).",
-    )
-    days: int = Field(28, ge=1, description="Length of the interaction window in days.")
-    new_item_frac: float = Field(
-        0.02,
-        ge=0,
-        lt=1,
-        description="Share of items held back as new: they exist only in the last "
-        "`new_item_window` of the timeline (earlier interactions with them are dropped), so "
-        "a temporal split sees them only at test time (cold-start evaluation).",
-    )
-    new_item_window: float = Field(
-        0.1, gt=0, le=1, description="Tail of the timeline in which held-back items appear."
-    )
-    candidate_cap: int = Field(
-        50_000,
-        ge=100,
-        description=(
-            "Above this many items each user block samples from a uniform random subset of "
-            "this size (bounded memory at 1M items); at or below it sampling is exact."
-        ),
-    )
-    block_users: int = Field(512, ge=1, description="Users generated per block (memory bound).")
-    seed: int = Field(42, description="Seed: the same config gives the same data.")
+    user_id: npt.NDArray[np.int64]  # (U,) raw user IDs 1..U
+    profile: npt.NDArray[np.float32]  # (U, profile_dim)
+    item_id: npt.NDArray[np.int64]  # (I,) raw item IDs, unique, non-contiguous
+    category: npt.NDArray[np.int32]  # (I,) in [0, n_categories)
+    content: npt.NDArray[np.float32]  # (I, content_dim)
+    category_names: list[str]  # (n_categories,)
+    user_latent: npt.NDArray[np.float32]  # (U, L) hidden preference
+    item_latent: npt.NDArray[np.float32]  # (I, L) hidden item vector
+    log_popularity: npt.NDArray[np.float32]  # (I,) hidden popularity prior
+    held_back: npt.NDArray[np.bool_]  # (I,) items that exist only from the release time on
+    release: int  # unix seconds from which held-back items exist
 
 
-SCALES: dict[str, SyntheticConfig] = {
-    # tiny holds back 5% of its items: 2% of 600 is too few new items to measure.
-    "tiny": SyntheticConfig(
-        n_users=400, n_items=600, n_categories=8, interactions_per_user=30.0, new_item_frac=0.05
-    ),
-    "small": SyntheticConfig(),
-    "medium": SyntheticConfig(n_users=50_000, n_items=100_000, n_categories=100),
-    "large": SyntheticConfig(
-        n_users=100_000, n_items=1_000_000, n_categories=200, interactions_per_user=100.0
-    ),
-}
+@dataclass(frozen=True)
+class Events:
+    """Clicks and impressions, raw IDs. Shapes: N interactions, M impressions."""
 
-
-def check_scale(scale: str) -> str:
-    """``scale`` if it names a scale, else ValueError listing the scales."""
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
-    return scale
-
-
-def synthetic_config(scale: str, **overrides: object) -> SyntheticConfig:
-    """The named scale's config with field overrides applied (validated)."""
-    check_scale(scale)
-    return SyntheticConfig.model_validate({**SCALES[scale].model_dump(), **overrides})
-
-
-def _hold_back(
-    cfg: SyntheticConfig,
-    rng: np.random.Generator,
-    i_rows: npt.NDArray[np.int64],
-    ts: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.bool_], int, npt.NDArray[np.bool_]]:
-    """Pick ``new_item_frac`` of the items as new: they exist only from the release time
-    (the last ``new_item_window`` of the timeline) on, so their earlier interactions are
-    dropped and their demand after release is the natural one (not a compressed burst).
-
-    Returns the (I,) new-item mask, the release time (unix seconds) and the (N,) mask of
-    interactions to keep. Draws nothing when no item is held back, so such configs
-    generate exactly what they did before the knob existed."""
-    n_new = round(cfg.new_item_frac * cfg.n_items)
-    is_new = np.zeros(cfg.n_items, bool)
-    window = cfg.days * 86_400
-    release = _START_TS + window - int(cfg.new_item_window * window)
-    if n_new == 0:
-        return is_new, release, np.ones(len(i_rows), bool)
-    is_new[rng.choice(cfg.n_items, n_new, replace=False)] = True
-    return is_new, release, ~(is_new[i_rows] & (ts < release))
+    inter_user: npt.NDArray[np.int64]  # (N,)
+    inter_item: npt.NDArray[np.int64]  # (N,)
+    inter_ts: npt.NDArray[np.int64]  # (N,) unix seconds
+    imp_user: npt.NDArray[np.int64]  # (M,)
+    imp_item: npt.NDArray[np.int64]  # (M,)
+    imp_ts: npt.NDArray[np.int64]  # (M,)
+    imp_label: npt.NDArray[np.int8]  # (M,) 1 click, 0 shown but not clicked
 
 
 @dataclass(frozen=True)
@@ -222,52 +154,14 @@ def oracle_vectors(
     return users, items
 
 
-def _sample_interactions(
-    cfg: SyntheticConfig,
-    rng: np.random.Generator,
-    user_latent: npt.NDArray[np.float32],
-    item_latent: npt.NDArray[np.float32],
-    log_pop: npt.NDArray[np.float32],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Per user, draw distinct items from softmax(true score) via Gumbel top-k.
-
-    Gumbel top-k equals sequential sampling without replacement from the softmax
-    (Plackett-Luce), so a user never interacts with the same item twice.
-    Returns (user_rows, item_rows), both (N,) int64.
-    """
-    n_users, n_items = len(user_latent), len(item_latent)
-    counts = np.maximum(rng.poisson(cfg.interactions_per_user, n_users), cfg.min_per_user)
-    n_candidates = min(n_items, cfg.candidate_cap)
-    counts = np.minimum(counts, n_candidates).astype(np.int64)
-    users_out: list[npt.NDArray[np.int64]] = []
-    items_out: list[npt.NDArray[np.int64]] = []
-    for start in range(0, n_users, cfg.block_users):
-        stop = min(start + cfg.block_users, n_users)
-        if n_candidates < n_items:
-            # Uniform subset: the restricted softmax keeps the true relative odds.
-            cand = np.sort(rng.choice(n_items, n_candidates, replace=False))
-        else:
-            cand = np.arange(n_items)
-        scores = oracle_scores(
-            user_latent[start:stop], item_latent[cand], log_pop[cand], cfg.temperature
-        )
-        scores += rng.gumbel(size=scores.shape).astype(np.float32)
-        block_counts = counts[start:stop]
-        kmax = int(block_counts.max())
-        top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1)
-        top = np.take_along_axis(top, order, axis=1)
-        keep = np.arange(kmax)[None, :] < block_counts[:, None]
-        rows = np.broadcast_to(np.arange(start, stop)[:, None], top.shape)
-        users_out.append(rows[keep].astype(np.int64))
-        items_out.append(cand[top[keep]].astype(np.int64))
-    return np.concatenate(users_out), np.concatenate(items_out)
+def _stream(cfg: SyntheticConfig, *key: int) -> np.random.Generator:
+    """The random stream of one stage (and block): independent of every other one."""
+    return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=key))
 
 
-def generate(cfg: SyntheticConfig) -> SyntheticData:
-    """Draw a full synthetic world from ``cfg`` (deterministic per ``cfg.seed``)."""
-    rng = np.random.default_rng(cfg.seed)
+def generate_world(cfg: SyntheticConfig) -> World:
+    """Draw users and items, hidden and observable (deterministic per ``cfg.seed``)."""
+    rng = _stream(cfg, _WORLD_STREAM)
     dim = cfg.latent_dim
     scale = 1.0 / np.sqrt(dim)
 
@@ -298,60 +192,169 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
         (cfg.n_users, cfg.profile_dim)
     ).astype(np.float32)
 
-    user_id = np.arange(1, cfg.n_users + 1, dtype=np.int64)
     # Sparse, shuffled item IDs: any code that confuses rows with IDs fails loudly.
     item_id = rng.choice(10 * cfg.n_items, cfg.n_items, replace=False).astype(np.int64) + 1
 
-    u_rows, i_rows = _sample_interactions(cfg, rng, user_latent, item_latent, log_pop)
+    # Held-back ("new") items exist only from the release time, the last
+    # `new_item_window` of the timeline: events with them before it are dropped, so their
+    # demand after release is the natural one (not a compressed burst).
+    n_new = round(cfg.new_item_frac * cfg.n_items)
+    held_back = np.zeros(cfg.n_items, bool)
+    held_back[rng.choice(cfg.n_items, n_new, replace=False)] = True
     window = cfg.days * 86_400
-    ts = _START_TS + rng.integers(0, window, len(u_rows), dtype=np.int64)
-    is_new, release, keep = _hold_back(cfg, rng, i_rows, ts)
-    u_rows, i_rows, ts = u_rows[keep], i_rows[keep], ts[keep]
-    order = np.argsort(ts, kind="stable")
-    u_rows, i_rows, ts = u_rows[order], i_rows[order], ts[order]
-
-    # Impressions: every click plus non-clicked exposures drawn from the popularity prior.
-    n_neg = len(u_rows) * cfg.impressions_per_click
-    pop = np.exp(log_pop.astype(np.float64))
-    neg_items = rng.choice(cfg.n_items, n_neg, p=pop / pop.sum())
-    neg_src = np.repeat(np.arange(len(u_rows)), cfg.impressions_per_click)
-    # A shown-but-not-clicked item must not be one the user clicks: drop those draws, so
-    # pointwise training never sees contradictory labels for a (user, item) pair.
-    clicked = u_rows * cfg.n_items + i_rows
-    fresh = ~np.isin(u_rows[neg_src] * cfg.n_items + neg_items, clicked)
-    # Nobody is shown a held-back item before it exists.
-    fresh &= ~(is_new[neg_items] & (ts[neg_src] < release))
-    neg_items, neg_src = neg_items[fresh], neg_src[fresh]
-    n_neg = len(neg_items)
-    imp_user = np.concatenate([u_rows, u_rows[neg_src]])
-    imp_item = np.concatenate([i_rows, neg_items])
-    imp_ts = np.concatenate([ts, ts[neg_src]])
-    imp_label = np.concatenate([np.ones(len(u_rows), np.int8), np.zeros(n_neg, np.int8)])
-    imp_order = np.argsort(imp_ts, kind="stable")
-
-    log.info(
-        "generated %d users, %d items, %d interactions, %d impressions",
-        cfg.n_users,
-        cfg.n_items,
-        len(u_rows),
-        len(imp_user),
-    )
-    return SyntheticData(
-        user_id=user_id,
+    return World(
+        user_id=np.arange(1, cfg.n_users + 1, dtype=np.int64),
         profile=profile.astype(np.float32),
         item_id=item_id,
         category=category,
         content=content.astype(np.float32),
         category_names=[f"category-{c:03d}" for c in range(cfg.n_categories)],
-        inter_user=user_id[u_rows],
-        inter_item=item_id[i_rows],
-        inter_ts=ts,
-        imp_user=user_id[imp_user[imp_order]],
-        imp_item=item_id[imp_item[imp_order]],
-        imp_ts=imp_ts[imp_order],
-        imp_label=imp_label[imp_order],
         user_latent=user_latent,
         item_latent=item_latent,
         log_popularity=log_pop,
-        held_back=is_new,
+        held_back=held_back,
+        release=_START_TS + window - int(cfg.new_item_window * window),
+    )
+
+
+def event_blocks(cfg: SyntheticConfig) -> int:
+    """How many user blocks (random streams) the events are drawn in."""
+    return -(-cfg.n_users // cfg.block_users)
+
+
+def generate_events(cfg: SyntheticConfig, world: World, blocks: range) -> Events:
+    """The events of user blocks ``blocks`` (block b: users ``[b * block_users, ...)``),
+    each block from its own stream, in block order; not yet sorted by time."""
+    if blocks.step != 1 or blocks.start < 0 or blocks.stop > event_blocks(cfg):
+        raise ValueError(f"blocks {blocks} outside 0..{event_blocks(cfg)} (step 1)")
+    pop = np.exp(world.log_popularity.astype(np.float64))
+    cdf = np.cumsum(pop / pop.sum())
+    parts = [_block_events(cfg, world, b, cdf) for b in blocks]
+    return _concat(parts)
+
+
+def _block_events(
+    cfg: SyntheticConfig, world: World, block: int, cdf: npt.NDArray[np.float64]
+) -> Events:
+    """One block's clicks (Gumbel top-k from the true softmax), their times, the drops of
+    held-back items and the non-clicked impressions, from the block's stream."""
+    rng = _stream(cfg, _EVENT_STREAM, block)
+    n_items = len(world.item_id)
+    lo = block * cfg.block_users
+    hi = min(lo + cfg.block_users, len(world.user_id))
+    u_rows, i_rows = _sample_clicks(cfg, rng, world, lo, hi)
+    window = cfg.days * 86_400
+    ts = _START_TS + rng.integers(0, window, len(u_rows), dtype=np.int64)
+    keep = ~(world.held_back[i_rows] & (ts < world.release))
+    u_rows, i_rows, ts = u_rows[keep], i_rows[keep], ts[keep]
+
+    # Impressions: every click plus non-clicked exposures drawn from the popularity prior
+    # (inverse CDF: rng.choice(p=...) would rebuild the CDF for every block).
+    neg_src = np.repeat(np.arange(len(u_rows)), cfg.impressions_per_click)
+    neg_items = np.minimum(np.searchsorted(cdf, rng.random(len(neg_src))), n_items - 1)
+    # A shown-but-not-clicked item must not be one the user clicks: drop those draws, so
+    # pointwise training never sees contradictory labels for a (user, item) pair.
+    clicked = u_rows * n_items + i_rows
+    fresh = ~np.isin(u_rows[neg_src] * n_items + neg_items, clicked)
+    # Nobody is shown a held-back item before it exists.
+    fresh &= ~(world.held_back[neg_items] & (ts[neg_src] < world.release))
+    neg_items, neg_src = neg_items[fresh], neg_src[fresh]
+    user_id, item_id = world.user_id, world.item_id
+    return Events(
+        inter_user=user_id[u_rows],
+        inter_item=item_id[i_rows],
+        inter_ts=ts,
+        imp_user=user_id[np.concatenate([u_rows, u_rows[neg_src]])],
+        imp_item=item_id[np.concatenate([i_rows, neg_items])],
+        imp_ts=np.concatenate([ts, ts[neg_src]]),
+        imp_label=np.concatenate([np.ones(len(u_rows), np.int8), np.zeros(len(neg_src), np.int8)]),
+    )
+
+
+def _sample_clicks(
+    cfg: SyntheticConfig, rng: np.random.Generator, world: World, lo: int, hi: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Per user of rows ``[lo, hi)``, distinct items from softmax(true score) via Gumbel
+    top-k, which equals sequential sampling without replacement from the softmax
+    (Plackett-Luce), so a user never interacts with the same item twice.
+    Returns (user_rows, item_rows), both (N,) int64."""
+    n_items = len(world.item_id)
+    n_candidates = min(n_items, cfg.candidate_cap)
+    counts = np.maximum(rng.poisson(cfg.interactions_per_user, hi - lo), cfg.min_per_user)
+    counts = np.minimum(counts, n_candidates).astype(np.int64)
+    if n_candidates < n_items:
+        # Uniform subset: the restricted softmax keeps the true relative odds.
+        cand = np.sort(rng.choice(n_items, n_candidates, replace=False))
+    else:
+        cand = np.arange(n_items)
+    scores = oracle_scores(
+        world.user_latent[lo:hi],
+        world.item_latent[cand],
+        world.log_popularity[cand],
+        cfg.temperature,
+    )
+    scores += rng.gumbel(size=scores.shape).astype(np.float32)
+    kmax = int(counts.max())
+    top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    keep = np.arange(kmax)[None, :] < counts[:, None]
+    rows = np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)
+    return rows[keep].astype(np.int64), cand[top[keep]].astype(np.int64)
+
+
+def _concat(parts: Sequence[Events]) -> Events:
+    fields = Events.__dataclass_fields__
+    return Events(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in fields})
+
+
+def merge_events(parts: Sequence[Events]) -> Events:
+    """The parts (in block order) as one log, each table stably sorted by time: the same
+    log whichever way the blocks were split."""
+    if not parts:
+        raise ValueError("merge_events needs at least one part")
+    ev = _concat(parts)
+    order = np.argsort(ev.inter_ts, kind="stable")
+    imp_order = np.argsort(ev.imp_ts, kind="stable")
+    return Events(
+        inter_user=ev.inter_user[order],
+        inter_item=ev.inter_item[order],
+        inter_ts=ev.inter_ts[order],
+        imp_user=ev.imp_user[imp_order],
+        imp_item=ev.imp_item[imp_order],
+        imp_ts=ev.imp_ts[imp_order],
+        imp_label=ev.imp_label[imp_order],
+    )
+
+
+def generate(cfg: SyntheticConfig) -> SyntheticData:
+    """Draw a full synthetic world from ``cfg`` in this process (deterministic per
+    ``cfg.seed``; the same data as any split of the blocks over workers)."""
+    world = generate_world(cfg)
+    events = merge_events([generate_events(cfg, world, range(event_blocks(cfg)))])
+    log.info(
+        "generated %d users, %d items, %d interactions, %d impressions",
+        cfg.n_users,
+        cfg.n_items,
+        len(events.inter_user),
+        len(events.imp_user),
+    )
+    return SyntheticData(
+        user_id=world.user_id,
+        profile=world.profile,
+        item_id=world.item_id,
+        category=world.category,
+        content=world.content,
+        category_names=world.category_names,
+        inter_user=events.inter_user,
+        inter_item=events.inter_item,
+        inter_ts=events.inter_ts,
+        imp_user=events.imp_user,
+        imp_item=events.imp_item,
+        imp_ts=events.imp_ts,
+        imp_label=events.imp_label,
+        user_latent=world.user_latent,
+        item_latent=world.item_latent,
+        log_popularity=world.log_popularity,
+        held_back=world.held_back,
     )
