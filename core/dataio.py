@@ -17,7 +17,7 @@ import pyarrow as pa
 from core.config import DataConfig
 from model.dataset import Dataset, make_split
 from model.pipeline import Prepared, prepare
-from model.synthetic import SyntheticData
+from model.synthetic import Events, World
 from storage import (
     CATEGORIES,
     IMPRESSIONS,
@@ -29,23 +29,27 @@ from storage import (
     SnapshotFiles,
     TableSpec,
     arrow_to_vectors,
+    iter_batches,
     read_json,
+    read_num_rows,
     read_table,
     vectors_to_arrow,
-    write_json,
     write_table,
 )
 
 __all__ = [
     "SnapshotData",
     "Truth",
+    "events_tables",
     "impression_examples",
     "load_dataset",
     "load_impressions",
     "load_prepared",
     "load_truth",
     "snapshot_tables",
-    "write_synthetic",
+    "tables_events",
+    "write_events",
+    "write_world",
 ]
 
 
@@ -100,44 +104,92 @@ def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
     }
 
 
-def write_synthetic(folder: Path, data: SyntheticData, meta: dict[str, Any]) -> None:
-    """Write every generator output as a table of the snapshot folder, then snapshot.json."""
+def write_world(folder: Path, world: World) -> None:
+    """Write the generator's users, items and categories, and its hidden world (the truth
+    tables), as tables of the snapshot folder."""
     tables = {
-        **snapshot_tables(data),
-        IMPRESSIONS: {
-            "user_id": data.imp_user,
-            "item_id": data.imp_item,
-            "timestamp": data.imp_ts,
-            "label": data.imp_label,
+        USERS: {"user_id": world.user_id, "profile": vectors_to_arrow(world.profile)},
+        ITEMS: {
+            "item_id": world.item_id,
+            "category": world.category,
+            "content": vectors_to_arrow(world.content),
         },
-        TRUTH_USERS: {"user_id": data.user_id, "latent": vectors_to_arrow(data.user_latent)},
+        CATEGORIES: {
+            "category": np.arange(len(world.category_names), dtype=np.int32),
+            "name": world.category_names,
+        },
+        TRUTH_USERS: {"user_id": world.user_id, "latent": vectors_to_arrow(world.user_latent)},
         TRUTH_ITEMS: {
-            "item_id": data.item_id,
-            "latent": vectors_to_arrow(data.item_latent),
-            "log_popularity": data.log_popularity,
+            "item_id": world.item_id,
+            "latent": vectors_to_arrow(world.item_latent),
+            "log_popularity": world.log_popularity,
         },
     }
     for spec, columns in tables.items():
         write_table(folder / spec.file_name, pa.table(columns), spec)
-    write_json(folder / SnapshotFiles.MANIFEST, meta)
 
 
-def load_dataset(folder: Path) -> Dataset:
-    """Users, items and interactions of a snapshot, sorted by ID (see ``Dataset``)."""
+def events_tables(events: Events) -> dict[TableSpec, pa.Table]:
+    """The interactions and impressions tables of ``events``."""
+    return {
+        INTERACTIONS: pa.table(
+            {
+                "user_id": events.inter_user,
+                "item_id": events.inter_item,
+                "timestamp": events.inter_ts,
+            }
+        ),
+        IMPRESSIONS: pa.table(
+            {
+                "user_id": events.imp_user,
+                "item_id": events.imp_item,
+                "timestamp": events.imp_ts,
+                "label": events.imp_label,
+            }
+        ),
+    }
+
+
+def tables_events(interactions: pa.Table, impressions: pa.Table) -> Events:
+    """``events_tables`` read back: (interactions, impressions) as ``Events``."""
+    return Events(
+        inter_user=_np(interactions, "user_id"),
+        inter_item=_np(interactions, "item_id"),
+        inter_ts=_np(interactions, "timestamp"),
+        imp_user=_np(impressions, "user_id"),
+        imp_item=_np(impressions, "item_id"),
+        imp_ts=_np(impressions, "timestamp"),
+        imp_label=_np(impressions, "label"),
+    )
+
+
+def write_events(folder: Path, events: Events) -> None:
+    """Write the generator's interactions and impressions as tables of the snapshot."""
+    for spec, table in events_tables(events).items():
+        write_table(folder / spec.file_name, table, spec)
+
+
+def load_dataset(folder: Path, batch_rows: int = 1 << 20) -> Dataset:
+    """Users, items and interactions of a snapshot, sorted by ID (see ``Dataset``). The
+    interactions are read in batches of ``batch_rows`` straight into their position
+    arrays (``Dataset.from_batches``): the raw table is never held whole."""
     users = read_table(folder / USERS.file_name, USERS)
     items = read_table(folder / ITEMS.file_name, ITEMS)
     cats = read_table(folder / CATEGORIES.file_name, CATEGORIES)
-    inter = read_table(folder / INTERACTIONS.file_name, INTERACTIONS)
-    return Dataset.from_raw(
+    path = folder / INTERACTIONS.file_name
+    batches = (
+        (b.column(0).to_numpy(), b.column(1).to_numpy(), b.column(2).to_numpy())
+        for b in iter_batches(path, INTERACTIONS, batch_rows=batch_rows)
+    )
+    return Dataset.from_batches(
         user_id=_np(users, "user_id"),
         profile=arrow_to_vectors(users.column("profile")),
         item_id=_np(items, "item_id"),
         category=_np(items, "category"),
         content=arrow_to_vectors(items.column("content")),
         n_categories=int(_np(cats, "category").max(initial=-1)) + 1,
-        inter_user_id=_np(inter, "user_id"),
-        inter_item_id=_np(inter, "item_id"),
-        inter_ts=_np(inter, "timestamp"),
+        interactions=batches,
+        n_interactions=read_num_rows(path, INTERACTIONS),
     )
 
 

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 
 from core.config import NightlyConfig
 from core.lifecycle import exclusive_nightly, resolve_runtime
-from flows.sharded import build_index_on_dask, embed_and_evaluate_on_dask
+from flows.sharded import build_index_on_dask, embed_and_evaluate_on_dask, prepare_data_on_dask
 from tasks.report import report_failures
 from tasks.steps import nightly_steps
 from tasks.tracking import track_failures, track_published
@@ -37,6 +37,8 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
        factory parses, the device exists, the import files are there, the store root is
        writable.
     1. prepare-data: generate or import (or reuse) the immutable data snapshot.
+       With ``runtime.task_runner: dask`` a new synthetic snapshot is drawn by the subflow
+       ``prepare-data-sharded``: user blocks mapped over the cluster, joined in order.
     2. begin-version: open a staging folder; remember CURRENT for the compare-and-swap.
     3. train-model: fit both towers on the training split (early stopping on validation
        when configured); stage weights and feature tables.
@@ -74,7 +76,10 @@ def nightly(config: NightlyConfig = NightlyConfig()) -> str:  # noqa: B008
         report_failures(root),
         track_failures(config),
     ):
-        snapshot = steps.prepare_data(root, config.data)
+        if config.runtime.task_runner == "dask":
+            snapshot = prepare_data_on_dask(root, config.data, config.runtime)
+        else:
+            snapshot = steps.prepare_data(root, config.data)
         stage = steps.begin_version(root)
         trained = steps.train_model(
             snapshot,

@@ -36,13 +36,17 @@ from core.cpus import thread_budget
 from core.evaluation import EvalReport
 from core.lifecycle import StepTimeoutError
 from core.refs import IndexSummary, SnapshotRef, StageRef
+from core.sharded_data import DataPlan
 from tasks.sharded import (
     embed_items_shard,
     evaluate_users_shard,
+    generate_events_shard,
     index_items_shard,
     merge_embedded_items,
     merge_evaluated_users,
+    merge_generated_events,
     merge_index_parts,
+    plan_data,
     plan_index_build,
     plan_item_embedding,
     plan_user_evaluation,
@@ -58,6 +62,8 @@ __all__ = [
     "embed_and_evaluate",
     "embed_and_evaluate_on_dask",
     "gather_shards",
+    "generate_data",
+    "prepare_data_on_dask",
 ]
 
 R = TypeVar("R")
@@ -100,6 +106,17 @@ def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
 
 def _terminal_level() -> str:
     return logging.getLevelName(logging.getLogger().getEffectiveLevel())
+
+
+@flow(name="prepare-data-sharded", log_prints=False)
+def generate_data(data_cfg: DataConfig, plan: DataPlan, runtime: RuntimeConfig) -> SnapshotRef:
+    """Draw the planned snapshot's events by user blocks mapped over the task runner's
+    workers, then join them and commit the snapshot."""
+    timeouts = runtime.timeouts
+    parts = generate_events_shard.map(unmapped(data_cfg), unmapped(plan), plan.spans)
+    return limited(merge_generated_events, timeouts, "prepare_data")(
+        data_cfg, plan, gather_shards(parts, generate_events_shard.name, timeouts, "prepare_data")
+    )
 
 
 @flow(name="embed-evaluate-sharded", log_prints=False)
@@ -185,6 +202,22 @@ def gather_shards(
     if pending:
         raise StepTimeoutError(name, seconds, setting)
     return [f.result() for f in futures]
+
+
+def prepare_data_on_dask(root: str, data_cfg: DataConfig, runtime: RuntimeConfig) -> SnapshotRef:
+    """The data step with generation split by user blocks: planned in this flow (a stored
+    or imported snapshot needs no cluster), drawn as ``generate_data`` on
+    ``runtime.dask``'s cluster."""
+    dask_cfg = runtime.dask
+    plan = limited(plan_data, runtime.timeouts, "prepare_data")(
+        root, data_cfg, dask_cfg.generate_shard_users, dask_cfg.n_workers
+    )
+    if plan.snapshot is not None:
+        return plan.snapshot
+    runner = cast("TaskRunner[Any]", dask_task_runner(dask_cfg))
+    on_dask = generate_data.with_options(task_runner=runner)
+    with dask.config.set(WORKER_CONFIG), temporary_settings(_api_for_workers()):
+        return on_dask(data_cfg, plan, runtime)
 
 
 def embed_and_evaluate_on_dask(

@@ -157,7 +157,8 @@ class Layout:
 
     @property
     def staging_shards_dir(self) -> Path:
-        """Folder of shard parts of staged versions (`storage.shards`), by version id."""
+        """Folder of shard parts of staged versions and snapshots (`storage.shards`), by
+        version id or snapshot staging folder name."""
         return self.staging_dir / "shards"
 
     @property

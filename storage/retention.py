@@ -205,9 +205,11 @@ def collect_dead(
     shards = layout.staging_shards_dir  # storage.shards: parts of a staged version
     if shards.is_dir():
         for p in sorted(shards.iterdir()):
-            # Its version's staging folder is gone (published, discarded or removed above
-            # with its dead owner): nothing will ever merge these parts.
-            if not layout.staging_version_dir(p.name).exists() and _remove(p):
+            # Its version's (or snapshot's: generation parts are kept under the snapshot's
+            # staging folder name) staging folder is gone (published, discarded or removed
+            # above with its dead owner): nothing will ever merge these parts.
+            staged = layout.staging_versions_dir / p.name, layout.staging_snapshots_dir / p.name
+            if not any(s.exists() for s in staged) and _remove(p):
                 removed.append(p)
                 log.info("removed shard parts %s of a version no longer staged", p)
     if publish_locked and layout.versions_dir.is_dir():

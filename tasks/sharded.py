@@ -18,6 +18,13 @@ from core.sharded import (
     merge_embeddings,
     plan_embedding,
 )
+from core.sharded_data import (
+    DataPlan,
+    EventParts,
+    generate_shard,
+    merge_generation,
+    plan_generation,
+)
 from core.sharded_eval import (
     EvalPlan,
     ShardResult,
@@ -32,15 +39,38 @@ from tasks.retry import IO_RETRY
 __all__ = [
     "embed_items_shard",
     "evaluate_users_shard",
+    "generate_events_shard",
     "index_items_shard",
     "merge_embedded_items",
     "merge_evaluated_users",
+    "merge_generated_events",
     "merge_index_parts",
+    "plan_data",
     "plan_index_build",
     "plan_item_embedding",
     "plan_user_evaluation",
     "tuning_truth_shard",
 ]
+
+
+@task(name="plan-prepare-data", **IO_RETRY)
+def plan_data(root: str, cfg: DataConfig, shard_users: int | None, n_shards: int = 1) -> DataPlan:
+    """``core.sharded_data.plan_generation``: the stored (or imported) snapshot, or the
+    staged world of a new synthetic one and its user-block shards."""
+    return plan_generation(root, cfg, shard_users, n_shards, logger=get_run_logger())
+
+
+@task(name="prepare-data-shard", **IO_RETRY)
+def generate_events_shard(cfg: DataConfig, plan: DataPlan, span: Span) -> EventParts:
+    """``core.sharded_data.generate_shard``: numpy only (a Dask worker's nanny limits
+    BLAS to one thread per worker)."""
+    return generate_shard(cfg, plan, span)
+
+
+@task(name="merge-prepare-data")
+def merge_generated_events(cfg: DataConfig, plan: DataPlan, parts: list[EventParts]) -> SnapshotRef:
+    """``core.sharded_data.merge_generation``: join the parts and commit the snapshot."""
+    return merge_generation(cfg, plan, parts, logger=get_run_logger())
 
 
 @task(name="plan-embed-items")

@@ -26,7 +26,8 @@ from core.resume import train_step
 from core.snapshots import ensure_snapshot
 from flows.nightly import nightly
 from flows.sharded import embed_and_evaluate_on_dask, gather_shards
-from storage import Layout, VersionStore, read_json
+from storage import Layout, VersionStore, read_json, read_table
+from tests.core.test_sharded_data import SNAPSHOT_TABLES
 from tests.conftest import Published
 
 pytestmark = [pytest.mark.prefect, pytest.mark.e2e]
@@ -100,7 +101,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
 def _config(root: Path, **runtime: Any) -> NightlyConfig:
     return NightlyConfig.model_validate(
         {
-            "data": {"scale": "tiny"},
+            # Blocks of 128 users: the tiny world's 400 users draw in 4 blocks.
+            "data": {"scale": "tiny", "overrides": {"block_users": 128}},
             "train": {"epochs": 2},
             # Blocks of 64 users and batches of 128 items: the tiny world splits into
             # several shards (377 test users, 600 items).
@@ -132,6 +134,7 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
             task_runner="dask",
             dask={
                 "address": address,
+                "generate_shard_users": 128,
                 "embed_shard_items": 128,
                 "eval_shard_users": 128,
                 "index_shard_items": 250,
@@ -142,6 +145,16 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
     local = VersionStore(Layout(tmp_path / "local")).open_version(local_id)
     dask = VersionStore(Layout(tmp_path / "dask")).open_version(dask_id)
 
+    # The snapshot drawn by user blocks on the workers is the one drawn in one process.
+    snapshot_id = local.manifest.lineage.data_snapshot
+    assert snapshot_id is not None and dask.manifest.lineage.data_snapshot == snapshot_id
+    for spec in SNAPSHOT_TABLES:
+        drawn = [
+            read_table(Layout(tmp_path / d).snapshot_dir(snapshot_id) / spec.file_name, spec)
+            for d in ("local", "dask")
+        ]
+        assert drawn[0].num_rows > 0 and drawn[1].equals(drawn[0]), spec.name
+
     # The published figures: exactly equal, every ranker, cold start and gate included.
     assert read_json(dask.path / "metrics.json") == read_json(local.path / "metrics.json")
     assert dask.manifest.metrics == local.manifest.metrics
@@ -150,15 +163,17 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
         assert dask.manifest.files[name].sha256 == local.manifest.files[name].sha256, name
     assert dask.manifest.item_count == local.manifest.item_count == 600
 
-    # The shards ran on the cluster's workers (5 item shards of 128, 3 user shards of 128,
+    # The shards ran on the cluster's workers (4 user-block shards, 5 item shards of 128, 3 user shards of 128,
     # 3 index shards of 250, a tuning query shard per worker), and no part file outlived
     # its merge.
     ran = "".join(p.read_text(errors="replace") for p in worker_logs)
+    assert ran.count("Task run 'prepare-data-shard-") >= 4
     assert ran.count("Task run 'embed-items-shard-") >= 5
     assert ran.count("Task run 'evaluate-shard-") >= 3
     assert ran.count("Task run 'build-index-shard-") >= 3
     assert ran.count("Task run 'tune-index-shard-") >= 2
     assert not (tmp_path / "dask" / "staging" / "shards" / dask_id).exists()
+    assert not any((tmp_path / "dask" / "staging" / "shards").glob("synthetic-*"))
 
 
 def test_towerflow_run_on_a_local_dask_cluster(published: Published, tmp_path: Path) -> None:

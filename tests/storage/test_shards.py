@@ -9,7 +9,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from storage import ColumnSpec, CorruptVersionError, Layout, ShardFolder, TableSpec, VersionStore
+from storage import (
+    ColumnSpec,
+    CorruptVersionError,
+    Layout,
+    ShardFolder,
+    TableSpec,
+    VersionStore,
+    begin_snapshot,
+)
 
 SPEC = TableSpec("t", (ColumnSpec("x", pa.int64()),))
 
@@ -66,10 +74,15 @@ def test_orphaned_parts_go_with_the_next_clean_up_live_ones_stay(tmp_path: Path)
     ShardFolder(layout, "v-live", "evaluate").write("p.parquet", pa.table({"x": [1]}), SPEC)
     orphan = ShardFolder(layout, "v-gone", "embed-items")
     orphan.write("p.parquet", pa.table({"x": [1]}), SPEC)  # its staging never existed here
+    # Generation parts live under the name of their snapshot's staging folder.
+    drawing = begin_snapshot(layout, "synthetic-tiny-seed1-abc")
+    generating = ShardFolder(layout, drawing.name, "generate")
+    generating.write("p.parquet", pa.table({"x": [1]}), SPEC)
 
     removed = store.collect_dead(own="v-live", publish_locked=True)
 
     assert removed == [orphan.path.parent]
     assert ShardFolder(layout, "v-live", "evaluate").path.is_dir() and live.is_dir()
+    assert generating.path.is_dir()
     store.discard("v-live")  # discarding a version takes its parts along
     assert not (layout.staging_dir / "shards" / "v-live").exists()
