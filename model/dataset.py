@@ -11,6 +11,7 @@ Two kinds of index appear in this project and must not be confused:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,16 +71,64 @@ class Dataset:
 
         Raises ValueError naming the first interaction whose user or item is not in the tables.
         """
+        return cls.from_batches(
+            user_id,
+            profile,
+            item_id,
+            category,
+            content,
+            n_categories,
+            [(inter_user_id, inter_item_id, inter_ts)],
+            len(inter_ts),
+        )
+
+    @classmethod
+    def from_batches(
+        cls,
+        user_id: npt.NDArray[np.int64],
+        profile: npt.NDArray[np.float32],
+        item_id: npt.NDArray[np.int64],
+        category: npt.NDArray[np.int32],
+        content: npt.NDArray[np.float32],
+        n_categories: int,
+        interactions: Iterable[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+        n_interactions: int,
+    ) -> Dataset:
+        """``from_raw`` with the interactions arriving in batches of (user IDs, item IDs,
+        unix seconds), ``n_interactions`` rows in all: each batch is mapped to positions
+        straight into the (N,) arrays, so the raw ID columns are never held whole (a
+        10M-row log costs its 240 MB of positions and times, plus one batch).
+
+        Raises ValueError naming the first interaction whose user or item is not in the
+        tables, or when the batches hold more or fewer rows than ``n_interactions``.
+        """
         users, items = IdVocab.from_ids(user_id), IdVocab.from_ids(item_id)
         u_order, i_order = users.order(user_id), items.order(item_id)
-        u_pos, i_pos = users.rows(inter_user_id) - 1, items.rows(inter_item_id) - 1
-        for name, pos, raw in (("user", u_pos, inter_user_id), ("item", i_pos, inter_item_id)):
-            bad = np.flatnonzero(pos < 0)
-            if len(bad):
-                raise ValueError(
-                    f"{len(bad)} interactions name an unknown {name} "
-                    f"(first: row {bad[0]}, {name}_id {raw[bad[0]]})"
-                )
+        inter_user = np.empty(n_interactions, np.int64)
+        inter_item = np.empty(n_interactions, np.int64)
+        inter_ts = np.empty(n_interactions, np.int64)
+        at = 0
+        for batch_users, batch_items, batch_ts in interactions:
+            ts = np.asarray(batch_ts, np.int64)
+            end = at + len(ts)
+            if end > n_interactions:
+                raise ValueError(f"more than the {n_interactions} interactions announced")
+            inter_ts[at:end] = ts
+            for name, vocab, raw, out in (
+                ("user", users, batch_users, inter_user),
+                ("item", items, batch_items, inter_item),
+            ):
+                pos = vocab.rows(raw) - 1
+                bad = np.flatnonzero(pos < 0)
+                if len(bad):
+                    raise ValueError(
+                        f"{len(bad)} interactions name an unknown {name} "
+                        f"(first: row {at + bad[0]}, {name}_id {np.asarray(raw)[bad[0]]})"
+                    )
+                out[at:end] = pos
+            at = end
+        if at != n_interactions:
+            raise ValueError(f"{at} interactions, not the {n_interactions} announced")
         return cls(
             user_id=users.ids,
             profile=np.ascontiguousarray(profile[u_order], np.float32),
@@ -87,9 +136,9 @@ class Dataset:
             category=np.ascontiguousarray(category[i_order], np.int32),
             content=np.ascontiguousarray(content[i_order], np.float32),
             n_categories=n_categories,
-            inter_user=u_pos,
-            inter_item=i_pos,
-            inter_ts=np.asarray(inter_ts, np.int64),
+            inter_user=inter_user,
+            inter_item=inter_item,
+            inter_ts=inter_ts,
         )
 
     @property

@@ -75,6 +75,33 @@ def test_from_raw_names_the_unknown_id(users: list[int], items: list[int], messa
         _hand_dataset(users, items)
 
 
+def _batched(batches: list[tuple[list[int], list[int]]], n: int) -> Dataset:
+    """``_hand_dataset``'s tables with the interactions in batches (times 1000, 1001, ...)."""
+    ts = iter(range(1_000, 1_100))
+    return Dataset.from_batches(
+        np.array([30, 10, 20], np.int64),
+        np.array([[3.0, -3.0], [1.0, -1.0], [2.0, -2.0]], np.float32),
+        np.array([700, 50, 300], np.int64), np.array([2, 0, 1], np.int32),
+        np.array([[700.0], [50.0], [300.0]], np.float32), 3,
+        ((u, i, [next(ts) for _ in u]) for u, i in batches), n,
+    )  # fmt: skip
+
+
+def test_batches_give_the_dataset_one_array_gives() -> None:
+    whole = _hand_dataset([10, 30, 20, 30, 20], [300, 700, 50, 50, 700])
+    batched = _batched([([10, 30], [300, 700]), ([], []), ([20, 30, 20], [50, 50, 700])], 5)
+    for name in ("user_id", "profile", "item_id", "category", "content", "inter_user",
+                 "inter_item", "inter_ts"):  # fmt: skip
+        np.testing.assert_array_equal(getattr(batched, name), getattr(whole, name), err_msg=name)
+    # An unknown ID is named by its row in the whole log, not in its batch.
+    with pytest.raises(ValueError, match=r"unknown item.*row 3, item_id 51"):
+        _batched([([10, 30], [300, 700]), ([20, 30], [50, 51])], 4)
+    with pytest.raises(ValueError, match="3 interactions, not the 4 announced"):
+        _batched([([10, 30], [300, 700]), ([20], [50])], 4)
+    with pytest.raises(ValueError, match="more than the 2 interactions announced"):
+        _batched([([10, 30], [300, 700]), ([20], [50])], 2)
+
+
 def test_from_raw_rejects_duplicate_table_ids() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         Dataset.from_raw(
