@@ -6,6 +6,7 @@ Plain functions shared by several tasks (no Prefect here): they read and write t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ import pyarrow as pa
 from core.config import DataConfig
 from model.dataset import Dataset, make_split
 from model.pipeline import Prepared, prepare
-from model.synthetic import Events, World
+from model.synthetic import Events, EventTable, World, merged_chunks
 from storage import (
     CATEGORIES,
     IMPRESSIONS,
@@ -28,6 +29,7 @@ from storage import (
     USERS,
     SnapshotFiles,
     TableSpec,
+    TableWriter,
     arrow_to_vectors,
     iter_batches,
     read_json,
@@ -163,10 +165,22 @@ def tables_events(interactions: pa.Table, impressions: pa.Table) -> Events:
     )
 
 
-def write_events(folder: Path, events: Events) -> None:
-    """Write the generator's interactions and impressions as tables of the snapshot."""
-    for spec, table in events_tables(events).items():
-        write_table(folder / spec.file_name, table, spec)
+def write_events(folder: Path, parts: Sequence[Events], chunk_rows: int = 1 << 20) -> None:
+    """Write the generator's interactions and impressions as tables of the snapshot: the
+    parts (each sorted by time, in block order) merged into one time-ordered log chunk by
+    chunk (``model.synthetic.merged_chunks``), so memory holds the parts and one chunk."""
+    columns = {INTERACTIONS: ("user", "item", "ts"), IMPRESSIONS: ("user", "item", "ts", "label")}
+    for spec, names in columns.items():
+        table: EventTable = "interactions" if spec is INTERACTIONS else "impressions"
+        with TableWriter(folder / spec.file_name, spec) as writer:
+            for chunk in merged_chunks(parts, table, chunk_rows):
+                writer.write(
+                    pa.table(
+                        {col.name: chunk[n] for col, n in zip(spec.columns, names, strict=True)}
+                    )
+                )
+            if writer.rows == 0:  # a world without events still gets its (empty) tables
+                writer.write(pa.table({c.name: pa.array([], c.kind) for c in spec.columns}))
 
 
 def load_dataset(folder: Path, batch_rows: int = 1 << 20) -> Dataset:

@@ -10,8 +10,9 @@
   blocks, each block from its own random stream (``model.synthetic``), and write them as
   interactions and impressions parts. Drawing the events is the costly part (Gumbel top-k
   over a 50k-item candidate set per user: 0.53 s per 512-user block at 1M items).
-- **Merge** (the flow's process): the parts checked and joined in block order, sorted by
-  time, written as the snapshot's event tables; ``snapshot.json`` last, then the commit.
+- **Merge** (the flow's process): the parts (each sorted by time on its worker) checked
+  and merged in block order, window by window of time, into the snapshot's event tables
+  (``core.dataio.write_events``); ``snapshot.json`` last, then the commit.
 
 Whatever the split, the snapshot holds the tables one process writes for the same config
 (``tests/core/test_sharded_data.py``).
@@ -31,7 +32,7 @@ from core.progress import StepLogger
 from core.refs import SnapshotRef
 from core.sharded import Span, spans
 from core.snapshots import commit_generated, ensure_snapshot, generator_config, snapshot_id_for
-from model.synthetic import event_blocks, generate_events, generate_world, merge_events
+from model.synthetic import event_blocks, generate_events, generate_world
 from storage import (
     IMPRESSIONS,
     INTERACTIONS,
@@ -157,24 +158,24 @@ def merge_generation(
     *,
     logger: StepLogger = log,
 ) -> SnapshotRef:
-    """Check the parts, join them in block order, sort by time, write the event tables
-    and commit the snapshot; its reference."""
+    """Check the parts, merge them in block order by time into the event tables and
+    commit the snapshot; its reference."""
     if plan.snapshot is not None:
         return plan.snapshot
     if len(parts) != len(plan.spans):
         raise ValueError(f"prepare-data: {len(parts)} part(s) for {len(plan.spans)} shard(s)")
     folder = _folder(plan)
     start = time.perf_counter()
-    events = merge_events(
+    staging = _staging(plan)
+    write_events(
+        staging,
         [
             tables_events(
                 folder.read(p.interactions, INTERACTIONS), folder.read(p.impressions, IMPRESSIONS)
             )
             for p in parts
-        ]
+        ],
     )
-    staging = _staging(plan)
-    write_events(staging, events)
     ref = commit_generated(_layout(plan), cfg, plan.snapshot_id, staging)
     folder.remove()
     logger.info(

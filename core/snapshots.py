@@ -19,7 +19,6 @@ from model.synthetic import (
     event_blocks,
     generate_events,
     generate_world,
-    merge_events,
     synthetic_config,
 )
 from storage import (
@@ -113,9 +112,7 @@ def ensure_snapshot(root: str, cfg: DataConfig) -> SnapshotRef:
     staging = begin_snapshot(layout, snapshot_id)
     world = generate_world(gen_cfg)
     write_world(staging, world)
-    write_events(
-        staging, merge_events([generate_events(gen_cfg, world, range(event_blocks(gen_cfg)))])
-    )
+    write_events(staging, [generate_events(gen_cfg, world, range(event_blocks(gen_cfg)))])
     ref = commit_generated(layout, cfg, snapshot_id, staging)
     logger.info(
         "generated snapshot %s in %.1f s: %d users, %d items, %d interactions",

@@ -10,16 +10,18 @@ Two stages with their own random streams (``numpy.random.SeedSequence`` spawn ke
 the events can be drawn block by block on any number of machines:
 
 - ``generate_world``: users and items, hidden and observable, O(users + items), one stream.
-- ``generate_events``: the clicks and impressions of a range of users, one stream per block
-  of ``block_users`` users; ``merge_events`` joins any split of the blocks into the same
-  time-ordered log. ``generate`` is the two in one process.
+- ``generate_events``: the clicks and impressions of a range of user blocks, one stream per
+  block of ``block_users`` users, sorted by time; ``merged_chunks`` merges any split of the
+  blocks into the same time-ordered log, chunk by chunk. ``generate`` is the two in one
+  process.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +36,7 @@ from model.synthetic_config import (
 
 __all__ = [
     "SCALES",
+    "EventTable",
     "Events",
     "ScaleName",
     "SyntheticConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "generate_events",
     "generate_world",
     "merge_events",
+    "merged_chunks",
     "oracle_scores",
     "oracle_vectors",
     "synthetic_config",
@@ -224,13 +228,70 @@ def event_blocks(cfg: SyntheticConfig) -> int:
 
 def generate_events(cfg: SyntheticConfig, world: World, blocks: range) -> Events:
     """The events of user blocks ``blocks`` (block b: users ``[b * block_users, ...)``),
-    each block from its own stream, in block order; not yet sorted by time."""
+    each block from its own stream; each table stably sorted by time (equal times keep
+    block order), so ``merged_chunks`` can merge parts of consecutive blocks."""
     if blocks.step != 1 or blocks.start < 0 or blocks.stop > event_blocks(cfg):
         raise ValueError(f"blocks {blocks} outside 0..{event_blocks(cfg)} (step 1)")
     pop = np.exp(world.log_popularity.astype(np.float64))
     cdf = np.cumsum(pop / pop.sum())
-    parts = [_block_events(cfg, world, b, cdf) for b in blocks]
-    return _concat(parts)
+    # Each block's events go straight into arrays sized for the expected total (grown if a
+    # tail overflows them; untouched pages of a large np.empty cost no memory), so the
+    # events are held once: joining a list of blocks would hold them twice, and the
+    # blocks' freed memory would stay with the process.
+    n_users = min(blocks.stop * cfg.block_users, cfg.n_users) - blocks.start * cfg.block_users
+    per_user = max(cfg.interactions_per_user, cfg.min_per_user)
+    clicks = int(1.5 * n_users * per_user) + 1024
+    out = {
+        names: _Columns(cap, {n: _DTYPES[n] for n in names})
+        for names, cap in ((_INTER, clicks), (_IMP, clicks * (1 + cfg.impressions_per_click)))
+    }
+    for b in blocks:
+        ev = _block_events(cfg, world, b, cdf)
+        for names, columns in out.items():
+            columns.append({n: getattr(ev, n) for n in names})
+    joined: dict[str, npt.NDArray[np.generic]] = {}
+    for names, columns in out.items():
+        arrays = columns.arrays()
+        order = np.argsort(arrays[names[2]], kind="stable")
+        for name in names:
+            arrays[name][:] = arrays[name][order]  # one column's copy at a time
+        joined.update(arrays)
+    return Events(**joined)  # type: ignore[arg-type]  # the dtypes are _DTYPES
+
+
+_DTYPES: dict[str, type[np.generic]] = {
+    "inter_user": np.int64,
+    "inter_item": np.int64,
+    "inter_ts": np.int64,
+    "imp_user": np.int64,
+    "imp_item": np.int64,
+    "imp_ts": np.int64,
+    "imp_label": np.int8,
+}
+
+
+class _Columns:
+    """Columns appended to in place, in arrays grown by doubling when they fill."""
+
+    def __init__(self, capacity: int, dtypes: dict[str, type[np.generic]]) -> None:
+        self._data = {name: np.empty(capacity, dt) for name, dt in dtypes.items()}
+        self._n = 0
+
+    def append(self, columns: dict[str, npt.NDArray[np.generic]]) -> None:
+        m = len(next(iter(columns.values())))
+        end = self._n + m
+        for name, values in columns.items():
+            data = self._data[name]
+            if end > len(data):
+                grown = np.empty(max(2 * len(data), end), data.dtype)
+                grown[: self._n] = data[: self._n]
+                self._data[name] = data = grown
+            data[self._n : end] = values
+        self._n = end
+
+    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
+        """The filled part of each column (views)."""
+        return {name: data[: self._n] for name, data in self._data.items()}
 
 
 def _block_events(
@@ -293,9 +354,19 @@ def _sample_clicks(
         world.log_popularity[cand],
         cfg.temperature,
     )
-    scores += rng.gumbel(size=scores.shape).astype(np.float32)
+    # Standard Gumbel noise -log(-log(u)), drawn and transformed in place in float32: a
+    # 512 x 50k block costs one score-sized buffer, not float64 copies of it.
+    # u = 0 (p = 2^-24 a draw) gives -inf noise: that item is simply never drawn.
+    noise = rng.random(scores.shape, dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        np.log(noise, out=noise)
+        np.negative(noise, out=noise)
+        np.log(noise, out=noise)
+    scores -= noise
+    del noise
     kmax = int(counts.max())
-    top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+    n_cand = scores.shape[1]
+    top = np.argpartition(scores, n_cand - kmax, axis=1)[:, n_cand - kmax :]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
     top = np.take_along_axis(top, order, axis=1)
     keep = np.arange(kmax)[None, :] < counts[:, None]
@@ -303,35 +374,67 @@ def _sample_clicks(
     return rows[keep].astype(np.int64), cand[top[keep]].astype(np.int64)
 
 
-def _concat(parts: Sequence[Events]) -> Events:
-    fields = Events.__dataclass_fields__
-    return Events(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in fields})
+_INTER = ("inter_user", "inter_item", "inter_ts")
+_IMP = ("imp_user", "imp_item", "imp_ts", "imp_label")
+EventTable = Literal["interactions", "impressions"]
+
+
+def merged_chunks(
+    parts: Sequence[Events], table: EventTable, chunk_rows: int = 1 << 20
+) -> Iterator[dict[str, npt.NDArray[np.generic]]]:
+    """One table of the parts (each sorted by ``generate_events``, in block order) as one
+    log in time order, in chunks of about ``chunk_rows``: the columns by name (``user``,
+    ``item``, ``ts``, and ``label`` for impressions). Equal times keep block order, so the
+    log is the same whichever way the blocks were split. Memory: the parts plus a chunk.
+
+    Each chunk is a window of times: every part's rows in it (found by bisection, the
+    parts being sorted) joined in part order, then stably sorted."""
+    names = _INTER if table == "interactions" else _IMP
+    ts_name = names[2]
+    stamps = [getattr(p, ts_name) for p in parts]
+    total = sum(len(t) for t in stamps)
+    if total == 0:
+        return
+    lo = min(int(t[0]) for t in stamps if len(t))
+    hi = max(int(t[-1]) for t in stamps if len(t)) + 1
+    n_windows = max(1, -(-total // chunk_rows))
+    edges = np.unique(np.linspace(lo, hi, n_windows + 1).astype(np.int64))
+    edges[-1] = hi
+    cuts = [np.searchsorted(t, edges) for t in stamps]
+    for w in range(len(edges) - 1):
+        spans = [(c[w], c[w + 1]) for c in cuts]
+        ts = np.concatenate([t[a:b] for t, (a, b) in zip(stamps, spans, strict=True)])
+        if not len(ts):
+            continue
+        order = np.argsort(ts, kind="stable")
+        yield {
+            name.split("_", 1)[1]: np.concatenate(
+                [getattr(p, name)[a:b] for p, (a, b) in zip(parts, spans, strict=True)]
+            )[order]
+            for name in names
+        }
 
 
 def merge_events(parts: Sequence[Events]) -> Events:
-    """The parts (in block order) as one log, each table stably sorted by time: the same
-    log whichever way the blocks were split."""
+    """The parts (in block order) as one time-ordered log in memory (``merged_chunks``
+    joined): the same log whichever way the blocks were split."""
     if not parts:
         raise ValueError("merge_events needs at least one part")
-    ev = _concat(parts)
-    order = np.argsort(ev.inter_ts, kind="stable")
-    imp_order = np.argsort(ev.imp_ts, kind="stable")
-    return Events(
-        inter_user=ev.inter_user[order],
-        inter_item=ev.inter_item[order],
-        inter_ts=ev.inter_ts[order],
-        imp_user=ev.imp_user[imp_order],
-        imp_item=ev.imp_item[imp_order],
-        imp_ts=ev.imp_ts[imp_order],
-        imp_label=ev.imp_label[imp_order],
-    )
+    out: dict[str, npt.NDArray[np.generic]] = {}
+    for table, names in (("interactions", _INTER), ("impressions", _IMP)):
+        chunks = list(merged_chunks(parts, table))  # type: ignore[arg-type]
+        for name in names:
+            key = name.split("_", 1)[1]
+            dtype = getattr(parts[0], name).dtype
+            out[name] = np.concatenate([c[key] for c in chunks]) if chunks else np.empty(0, dtype)
+    return Events(**out)  # type: ignore[arg-type]
 
 
 def generate(cfg: SyntheticConfig) -> SyntheticData:
     """Draw a full synthetic world from ``cfg`` in this process (deterministic per
     ``cfg.seed``; the same data as any split of the blocks over workers)."""
     world = generate_world(cfg)
-    events = merge_events([generate_events(cfg, world, range(event_blocks(cfg)))])
+    events = generate_events(cfg, world, range(event_blocks(cfg)))
     log.info(
         "generated %d users, %d items, %d interactions, %d impressions",
         cfg.n_users,

@@ -21,6 +21,7 @@ from model.synthetic import (
     generate_events,
     generate_world,
     merge_events,
+    merged_chunks,
     oracle_scores,
     synthetic_config,
 )
@@ -79,6 +80,12 @@ def test_any_split_of_the_user_blocks_draws_the_same_log() -> None:
     for name in ("inter_user", "inter_item", "inter_ts", "imp_user", "imp_item", "imp_ts"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), err_msg=name)
     np.testing.assert_array_equal(merged.imp_label, whole.imp_label)
+    # Merged in many small windows of time: the same log, chunk after chunk.
+    chunks = list(merged_chunks(split, "impressions", chunk_rows=300))
+    assert len(chunks) > 5 and max(len(c["ts"]) for c in chunks) < 600
+    for key, name in (("user", "imp_user"), ("item", "imp_item"), ("ts", "imp_ts")):
+        joined = np.concatenate([c[key] for c in chunks])
+        np.testing.assert_array_equal(joined, getattr(whole, name), err_msg=name)
     # A block's events depend on its stream, not on its neighbours: block 3 drawn alone is
     # the same rows as inside the split.
     alone = generate_events(cfg, world, range(3, 4))
@@ -287,3 +294,15 @@ def test_oracle_scores_are_dot_over_temperature_plus_log_popularity() -> None:
     got = oracle_scores(users, items, log_pop, 0.5)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_event_columns_grow_past_their_first_capacity() -> None:
+    # The generator sizes its event arrays for the expected count; a heavier tail grows them.
+    from model.synthetic import _Columns
+
+    cols = _Columns(2, {"a": np.int64, "b": np.int8})
+    for start in range(0, 9, 3):
+        cols.append({"a": np.arange(start, start + 3), "b": np.ones(3, np.int8)})
+    got = cols.arrays()
+    np.testing.assert_array_equal(got["a"], np.arange(9))
+    assert got["b"].dtype == np.int8 and got["b"].sum() == 9
