@@ -17,28 +17,26 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from core.embedding import embedded_chunks
 from core.progress import StepLogger
 from core.refs import StageRef
 from core.resume import embed_key, keep_result, restore_kept
-from core.versionio import load_served_model, read_serving_tables, write_embeddings
-from model.embed import embed_items
+from core.versionio import load_served_model
 from storage import (
     ITEM_EMBEDDINGS,
     VERSION_ITEMS,
     Layout,
     PartRef,
     ShardFolder,
+    TableWriter,
     VersionFiles,
     VersionStore,
-    arrow_to_vectors,
+    iter_row_range,
     read_num_rows,
-    read_table,
     stage_listing,
-    vectors_to_arrow,
 )
 
 __all__ = [
@@ -127,20 +125,11 @@ def plan_embedding(
 
 
 def embed_shard(stage: StageRef, span: Span, batch_size: int) -> PartRef:
-    """Embed staged item rows ``[span.lo, span.hi)`` and write them as a part."""
+    """Embed staged item rows ``[span.lo, span.hi)`` and write them as a part (read in
+    row groups: the shard's slice of the items, never the whole table)."""
     staging = staging_dir(stage)
     model = load_served_model(staging)
-    items = read_serving_tables(staging)
-    lo, hi = span.lo, span.hi
-    categories = items.item_category_rows(model.spec.n_categories)
-    vectors = embed_items(
-        model,
-        items.item_id_row[lo:hi],
-        categories[lo:hi],
-        items.content[lo:hi],
-        batch_size=batch_size,
-    )
-    table = pa.table({"item_id": items.item_id[lo:hi], "embedding": vectors_to_arrow(vectors)})
+    table = pa.concat_tables(list(embedded_chunks(staging, model, span.lo, span.hi, batch_size)))
     return shard_folder(stage, EMBED_STEP).write(
         f"part-{span.index:05d}.parquet", table, ITEM_EMBEDDINGS
     )
@@ -163,21 +152,33 @@ def merge_embeddings(
     before = stage_listing(staging)
     folder = shard_folder(stage, EMBED_STEP)
     start = time.perf_counter()
-    tables = [folder.read(ref, ITEM_EMBEDDINGS) for ref in parts]
-    item_id = np.concatenate([t.column("item_id").to_numpy() for t in tables])
-    staged = read_table(staging / VersionFiles.ITEMS, VERSION_ITEMS, ["item_id"])
-    expected = staged.column("item_id").to_numpy()
-    if not np.array_equal(item_id, expected):
-        raise ValueError(f"embed-items: the parts do not cover the {len(expected)} staged items")
-    vectors = np.concatenate([arrow_to_vectors(t.column("embedding"), copy=True) for t in tables])
-    write_embeddings(staging, item_id, vectors)
+    # Part by part into the table (one part in memory), each checked against the staged
+    # items it must cover; a mismatch leaves no table behind (TableWriter discards it).
+    items = staging / VersionFiles.ITEMS
+    n = read_num_rows(items, VERSION_ITEMS)
+    uncovered = ValueError(f"embed-items: the parts do not cover the {n} staged items")
+    if n == 0 or plan.spans[-1].hi != n:
+        raise uncovered
+    with TableWriter(staging / VersionFiles.ITEM_EMBEDDINGS, ITEM_EMBEDDINGS) as writer:
+        done = 0
+        for span, ref in zip(plan.spans, parts, strict=True):
+            table = folder.read(ref, ITEM_EMBEDDINGS)
+            staged = [
+                b.column(0)
+                for b in iter_row_range(items, VERSION_ITEMS, span.lo, span.hi, ["item_id"])
+            ]
+            ids = pa.chunked_array(staged, pa.int64())
+            if span.lo != done or not table.column("item_id").equals(ids):
+                raise uncovered
+            writer.write(table)
+            done += table.num_rows
     folder.remove()
     logger.info(
         "embed-items: merged %d part(s), %d items, in %.2f s",
         len(parts),
-        len(item_id),
+        done,
         time.perf_counter() - start,
     )
     if plan.key:
-        keep_result(stage, EMBED_STEP, plan.key, before, {"count": len(item_id)}, logger)
-    return len(item_id)
+        keep_result(stage, EMBED_STEP, plan.key, before, {"count": done}, logger)
+    return done

@@ -29,6 +29,7 @@ __all__ = [
     "VectorKind",
     "arrow_to_vectors",
     "iter_batches",
+    "iter_row_range",
     "read_num_rows",
     "read_table",
     "vector",
@@ -300,6 +301,46 @@ def iter_batches(
                 yield batch.select(wanted)
 
     # Checking happened eagerly above; only the reading is lazy.
+    return gen()
+
+
+def iter_row_range(
+    path: Path,
+    spec: TableSpec,
+    lo: int,
+    hi: int,
+    columns: Sequence[str] | None = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """Rows ``[lo, hi)`` of a checked table as record batches of at most ``batch_rows``,
+    decoding only the row groups that hold them (a shard of a 100M-row table reads its
+    own slice, not the file)."""
+    if batch_rows < 1 or lo < 0 or hi < lo:
+        raise ValueError(f"need 0 <= lo <= hi and batch_rows >= 1, got {lo}, {hi}, {batch_rows}")
+    pf, wanted = _open_checked(path, spec, columns, None)
+    meta = pf.metadata
+    if hi > meta.num_rows:
+        pf.close()
+        raise ValueError(f"{path}: rows [{lo}, {hi}) past its {meta.num_rows} rows")
+    groups, first, start = [], None, 0
+    for g in range(meta.num_row_groups):
+        end = start + meta.row_group(g).num_rows
+        if end > lo and start < hi:
+            groups.append(g)
+            first = start if first is None else first
+        start = end
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        at = 0 if first is None else first
+        with pf:
+            if not groups:
+                return
+            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=wanted):
+                a, b = max(lo - at, 0), min(hi - at, batch.num_rows)
+                at += batch.num_rows
+                if b > a:
+                    yield batch.slice(a, b - a).select(wanted)
+
     return gen()
 
 

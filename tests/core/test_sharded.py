@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.config import DataConfig, EvalConfig, NightlyConfig
-from core.embedding import embed_version_items
+from core.embedding import embed_version_items, embedded_chunks
 from core.evaluation import evaluate_version
 from core.lifecycle import begin_version
 from core.refs import SnapshotRef, StageRef
@@ -19,9 +19,20 @@ from core.resume import train_step
 from core.sharded import embed_shard, merge_embeddings, plan_embedding, spans
 from core.sharded_eval import evaluate_shard, merge_evaluation, plan_evaluation
 from core.snapshots import ensure_snapshot
-from core.versionio import read_embeddings
+from core.versionio import load_served_model, read_embeddings, read_serving_tables
 from model.config import TrainConfig
-from storage import CorruptVersionError, Layout, ShardFolder, VersionFiles, VersionStore
+from model.embed import embed_items
+from storage import (
+    VERSION_ITEMS,
+    CorruptVersionError,
+    Layout,
+    ShardFolder,
+    TableWriter,
+    VersionFiles,
+    VersionStore,
+    arrow_to_vectors,
+    read_table,
+)
 
 DATA = DataConfig(scale="tiny")
 # Score blocks of 64 users (not 1024), so the tiny world's 377 test users fill several
@@ -75,6 +86,35 @@ def test_sharded_embedding_equals_the_unsplit_step(staged: tuple[SnapshotRef, St
     assert not ShardFolder(Layout(Path(stage.root)), stage.version_id, "embed-items").path.exists()
 
 
+def test_streamed_chunks_are_one_pass_over_the_items_whatever_the_row_groups(
+    staged: tuple[SnapshotRef, StageRef], tmp_path: Path
+) -> None:
+    """The item table is read in row groups and regrouped into whole tower batches: the
+    vectors are bit for bit those of one pass, even when the file's row groups (here 100
+    rows) fall across the batches (64)."""
+    _, stage = staged
+    staging = _staging(stage)
+    model = load_served_model(staging)
+    items = read_serving_tables(staging)
+    categories = items.item_category_rows(model.spec.n_categories)
+    one_pass = embed_items(
+        model, items.item_id_row[64:], categories[64:], items.content[64:], batch_size=64
+    )
+    regrouped = tmp_path / "staging"
+    shutil.copytree(staging, regrouped)
+    table = read_table(staging / VersionFiles.ITEMS, VERSION_ITEMS)
+    with TableWriter(regrouped / VersionFiles.ITEMS, VERSION_ITEMS) as writer:
+        for lo in range(0, table.num_rows, 100):
+            writer.write(table.slice(lo, 100))
+    for folder in (staging, regrouped):
+        chunks = list(embedded_chunks(folder, model, 64, 600, batch_size=64, chunk_batches=2))
+        assert [c.num_rows for c in chunks] == [128, 128, 128, 128, 24]
+        got = np.concatenate([arrow_to_vectors(c.column("embedding")) for c in chunks])
+        assert got.tobytes() == one_pass.tobytes()
+        ids = np.concatenate([c.column("item_id").to_numpy() for c in chunks])
+        np.testing.assert_array_equal(ids, items.item_id[64:])
+
+
 def test_a_damaged_or_missing_part_is_refused_by_name(
     staged: tuple[SnapshotRef, StageRef],
 ) -> None:
@@ -93,6 +133,12 @@ def test_a_damaged_or_missing_part_is_refused_by_name(
         merge_embeddings(stage, plan, parts)
     with pytest.raises(ValueError, match="part"):
         merge_embeddings(stage, plan, parts[:1])
+    # Intact parts in the wrong order do not cover the items, and leave no table behind.
+    parts[1] = embed_shard(stage, plan.spans[1], plan.batch_size)
+    (_staging(stage) / VersionFiles.ITEM_EMBEDDINGS).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="do not cover the 600 staged items"):
+        merge_embeddings(stage, plan, [parts[1], parts[0], *parts[2:]])
+    assert not (_staging(stage) / VersionFiles.ITEM_EMBEDDINGS).exists()
     folder.remove()
 
 

@@ -22,6 +22,7 @@ from storage import (
     VectorKind,
     arrow_to_vectors,
     iter_batches,
+    iter_row_range,
     read_num_rows,
     read_table,
     vector,
@@ -210,6 +211,25 @@ def test_iter_batches_streams_in_bounded_batches(tmp_path: Path) -> None:
     joined = pa.Table.from_batches(batches)
     assert joined.column("item_id").to_pylist() == table.column("item_id").to_pylist()
     assert read_num_rows(path, ITEMS) == 10
+
+
+def test_iter_row_range_reads_only_the_rows_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "items.parquet"
+    table = _random_table(ITEMS, n=25)
+    with TableWriter(path, ITEMS) as w:  # row groups of 10, 10 and 5 rows
+        for lo in (0, 10, 20):
+            w.write(table.slice(lo, 10))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    ids = table.column("item_id").to_pylist()
+    for lo, hi in ((0, 25), (3, 17), (10, 20), (19, 21), (24, 25), (7, 7)):
+        batches = list(iter_row_range(path, ITEMS, lo, hi, columns=["item_id"], batch_rows=4))
+        got = [x for b in batches for x in b.column(0).to_pylist()]
+        assert got == ids[lo:hi], (lo, hi)
+        assert all(0 < b.num_rows <= 4 for b in batches)
+    with pytest.raises(ValueError, match="past its 25 rows"):
+        iter_row_range(path, ITEMS, 20, 26)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        iter_row_range(path, ITEMS, 5, 4)
 
 
 def test_iter_batches_checks_schema_before_iterating(tmp_path: Path) -> None:
