@@ -22,7 +22,9 @@ from storage import (
     ITEM_EMBEDDINGS,
     VersionFiles,
     arrow_to_vectors,
+    iter_batches,
     load_model,
+    read_num_rows,
     read_table,
     vectors_to_arrow,
     write_table,
@@ -302,5 +304,21 @@ def write_embeddings(
 
 def read_embeddings(folder: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """(I,) item IDs and (I, D) float32 vectors of a version."""
-    table = read_table(folder / VersionFiles.ITEM_EMBEDDINGS, ITEM_EMBEDDINGS)
-    return _np(table, "item_id"), arrow_to_vectors(table.column("embedding"), copy=True)
+    # In row batches into writable arrays: the table is never held beside its copy.
+    path = folder / VersionFiles.ITEM_EMBEDDINGS
+    n = read_num_rows(path, ITEM_EMBEDDINGS)
+    ids = np.empty(n, np.int64)
+    vectors: npt.NDArray[np.float32] | None = None
+    at = 0
+    for batch in iter_batches(path, ITEM_EMBEDDINGS, batch_rows=1 << 16):
+        end = at + batch.num_rows
+        chunk = arrow_to_vectors(batch.column(1))
+        if vectors is None:
+            vectors = np.empty((n, chunk.shape[1]), np.float32)
+        ids[at:end] = batch.column(0).to_numpy()
+        vectors[at:end] = chunk
+        at = end
+    if vectors is None:  # no rows: the dimension comes from the schema
+        table = read_table(path, ITEM_EMBEDDINGS)
+        vectors = arrow_to_vectors(table.column("embedding"), copy=True)
+    return ids, vectors

@@ -204,6 +204,11 @@ def load_two_tower(config: dict[str, object], state_dict: dict[str, Tensor]) -> 
     """Rebuild a saved model from its JSON config (a ``TowerSpec``) and weights, strictly.
 
     A config saved before ``item_bias`` existed gets the field's default: no slot."""
-    model = TwoTower(TowerSpec.model_validate(config))
-    model.load_state_dict(state_dict, strict=True)
+    spec = TowerSpec.model_validate(config)
+    # Built on the meta device and given the loaded tensors as they are (assign): the ID
+    # tables are not allocated, initialised and then overwritten (a 1M-item table is
+    # 256 MB). strict=True still refuses a missing or unexpected key.
+    with torch.device("meta"):
+        model = TwoTower(spec)
+    model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()

@@ -41,6 +41,18 @@ def test_from_pairs_sorts_and_deduplicates() -> None:
     assert sets.lengths().tolist() == [1, 0, 2, 0]
 
 
+def test_from_pairs_matches_python_sets_and_survives_huge_item_rows() -> None:
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(0, 50, 5_000), rng.integers(0, 300, 5_000)
+    sets = CsrSets.from_pairs(users, items, 60)
+    for u in range(60):
+        assert sets.row(u).tolist() == sorted(set(items[users == u].tolist()))
+    # Rows so large that one int64 key per pair would overflow: the two-key sort path.
+    big = np.array([2**62, 5, 2**62, 7], np.int64)
+    huge = CsrSets.from_pairs(np.array([1, 1, 1, 0]), big, 3)
+    assert [huge.row(u).tolist() for u in range(3)] == [[7], [5, 2**62], []]
+
+
 @pytest.mark.parametrize(
     ("users", "items", "n_users"),
     [([0, 3], [1, 1], 3), ([-1], [0], 2), ([0], [-2], 1), ([0, 1], [1], 2)],
