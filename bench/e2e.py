@@ -59,7 +59,8 @@ def run_child(
     }
     # A configured API would send the run to someone's server instead of a temporary one.
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "cli", "run", *run_args, "--json"]
+    # -v: the steps' INFO lines (times, each step's peak RSS) go to the stderr file.
+    cmd = [sys.executable, "-m", "cli", "-v", "run", *run_args, "--json"]
     out_path, err_path = workdir / f"{name}.stdout", workdir / f"{name}.stderr"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
@@ -98,6 +99,7 @@ def run_child(
         # Per role (flow process, Dask worker, training rank, Prefect server): the largest
         # high-water mark among its processes, and how many there were.
         "peak_rss_by_role_mib": peaks.by_role(),
+        "processes": peaks.processes(),
         "version": result["version"],
         "gate_metric": gate,
         "model_gate_value": rankers.get("model", {}).get(gate),
@@ -129,10 +131,13 @@ class ProcessPeaks:
     def __init__(self, root_pid: int, interval: float = 0.25) -> None:
         self.root_pid, self.interval = root_pid, interval
         self.peaks: dict[int, tuple[str, float]] = {}
+        self.first_seen: dict[int, float] = {}  # seconds after start() a pid was first seen
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="process-peaks")
 
     def start(self) -> None:
+        self._t0 = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -147,6 +152,19 @@ class ProcessPeaks:
             entry["max_mib"] = max(entry["max_mib"], mib)
             entry["processes"] += 1
         return out
+
+    def processes(self) -> list[dict[str, float | str]]:
+        """Every process seen, in order of appearance: pid, role, peak MiB, first seen (s)."""
+        return [
+            {
+                "pid": pid,
+                "role": self.peaks[pid][0],
+                "max_mib": self.peaks[pid][1],
+                "first_seen_s": t,
+            }
+            for pid, t in sorted(self.first_seen.items(), key=lambda kv: kv[1])
+            if pid in self.peaks
+        ]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -184,6 +202,7 @@ class ProcessPeaks:
                     pid == self.root_pid,
                 )
                 self.peaks[pid] = (role, max(mib, self.peaks.get(pid, ("", 0.0))[1]))
+                self.first_seen.setdefault(pid, time.monotonic() - self._t0)
 
 
 def task_seconds(db: Path) -> dict[str, float]:

@@ -10,17 +10,20 @@ call the task itself.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prefect import Task
+from prefect import Task, get_run_logger
+from prefect.exceptions import MissingContextError
 from prefect.task_engine import TaskRunTimeoutError
 
 from core.config import TaskTimeouts
 from core.evaluation import EvalReport
 from core.items import RecordSummary
 from core.lifecycle import StepTimeoutError
+from core.memory import RssSampler
 from core.refs import IndexSummary, SnapshotRef, StageRef
 from core.training import TrainSummary
 from tasks.data import prepare_data
@@ -43,6 +46,8 @@ __all__ = ["ItemsSteps", "NightlySteps", "items_steps", "limited", "nightly_step
 
 R = TypeVar("R")
 
+log = logging.getLogger(__name__)
+
 
 def limited(task: Task[..., R], timeouts: TaskTimeouts, setting: str) -> Callable[..., R]:
     """``task`` limited to ``getattr(timeouts, setting)`` seconds; past it the call raises
@@ -52,12 +57,33 @@ def limited(task: Task[..., R], timeouts: TaskTimeouts, setting: str) -> Callabl
 
     @functools.wraps(task.fn)
     def call(*args: Any, **kwargs: Any) -> R:
+        rss = RssSampler()
         try:
-            return bounded(*args, **kwargs)
+            with rss:
+                return bounded(*args, **kwargs)
         except TaskRunTimeoutError as e:
             raise StepTimeoutError(task.name, seconds, setting) from e
+        finally:
+            _log_peak(task.name, rss)
 
     return call
+
+
+def _log_peak(name: str, rss: RssSampler) -> None:
+    """The step's peak resident set, on the run's log (the flow's process: a step's shards
+    on Dask workers are measured by their own processes)."""
+    if rss.peak_mib is None or rss.start_mib is None:
+        return
+    try:
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except MissingContextError:
+        logger = log
+    logger.info(
+        "%s: peak RSS %.0f MiB in this process (%.0f MiB when it started)",
+        name,
+        rss.peak_mib,
+        rss.start_mib,
+    )
 
 
 @dataclass(frozen=True)

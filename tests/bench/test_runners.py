@@ -71,6 +71,9 @@ def test_process_peaks_sees_a_child_that_grows_and_names_roles() -> None:
     peaks.stop()
     root = peaks.by_role()["flow process"]
     assert root["processes"] == 1 and 190 < root["max_mib"] < 400
+    [seen] = peaks.processes()
+    assert seen["pid"] == child.pid and seen["role"] == "flow process"
+    assert seen["max_mib"] == root["max_mib"] and 0 <= float(seen["first_seen_s"]) < 1.0
     assert process_role("python -c from multiprocessing.spawn import spawn_main", False) == (
         "dask worker"
     )
