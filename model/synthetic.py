@@ -19,9 +19,7 @@ the events can be drawn block by block on any number of machines:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +30,17 @@ from model.synthetic_config import (
     SyntheticConfig,
     check_scale,
     synthetic_config,
+)
+from model.synthetic_events import (
+    EVENT_DTYPES,
+    IMPRESSION_FIELDS,
+    INTERACTION_FIELDS,
+    EventColumns,
+    Events,
+    EventTable,
+    merge_events,
+    merged_chunks,
+    true_scores,
 )
 
 __all__ = [
@@ -76,19 +85,6 @@ class World:
     log_popularity: npt.NDArray[np.float32]  # (I,) hidden popularity prior
     held_back: npt.NDArray[np.bool_]  # (I,) items that exist only from the release time on
     release: int  # unix seconds from which held-back items exist
-
-
-@dataclass(frozen=True)
-class Events:
-    """Clicks and impressions, raw IDs. Shapes: N interactions, M impressions."""
-
-    inter_user: npt.NDArray[np.int64]  # (N,)
-    inter_item: npt.NDArray[np.int64]  # (N,)
-    inter_ts: npt.NDArray[np.int64]  # (N,) unix seconds
-    imp_user: npt.NDArray[np.int64]  # (M,)
-    imp_item: npt.NDArray[np.int64]  # (M,)
-    imp_ts: npt.NDArray[np.int64]  # (M,)
-    imp_label: npt.NDArray[np.int8]  # (M,) 1 click, 0 shown but not clicked
 
 
 @dataclass(frozen=True)
@@ -242,8 +238,11 @@ def generate_events(cfg: SyntheticConfig, world: World, blocks: range) -> Events
     per_user = max(cfg.interactions_per_user, cfg.min_per_user)
     clicks = int(1.5 * n_users * per_user) + 1024
     out = {
-        names: _Columns(cap, {n: _DTYPES[n] for n in names})
-        for names, cap in ((_INTER, clicks), (_IMP, clicks * (1 + cfg.impressions_per_click)))
+        names: EventColumns(cap, {n: EVENT_DTYPES[n] for n in names})
+        for names, cap in (
+            (INTERACTION_FIELDS, clicks),
+            (IMPRESSION_FIELDS, clicks * (1 + cfg.impressions_per_click)),
+        )
     }
     for b in blocks:
         ev = _block_events(cfg, world, b, cdf)
@@ -256,42 +255,7 @@ def generate_events(cfg: SyntheticConfig, world: World, blocks: range) -> Events
         for name in names:
             arrays[name][:] = arrays[name][order]  # one column's copy at a time
         joined.update(arrays)
-    return Events(**joined)  # type: ignore[arg-type]  # the dtypes are _DTYPES
-
-
-_DTYPES: dict[str, type[np.generic]] = {
-    "inter_user": np.int64,
-    "inter_item": np.int64,
-    "inter_ts": np.int64,
-    "imp_user": np.int64,
-    "imp_item": np.int64,
-    "imp_ts": np.int64,
-    "imp_label": np.int8,
-}
-
-
-class _Columns:
-    """Columns appended to in place, in arrays grown by doubling when they fill."""
-
-    def __init__(self, capacity: int, dtypes: dict[str, type[np.generic]]) -> None:
-        self._data = {name: np.empty(capacity, dt) for name, dt in dtypes.items()}
-        self._n = 0
-
-    def append(self, columns: dict[str, npt.NDArray[np.generic]]) -> None:
-        m = len(next(iter(columns.values())))
-        end = self._n + m
-        for name, values in columns.items():
-            data = self._data[name]
-            if end > len(data):
-                grown = np.empty(max(2 * len(data), end), data.dtype)
-                grown[: self._n] = data[: self._n]
-                self._data[name] = data = grown
-            data[self._n : end] = values
-        self._n = end
-
-    def arrays(self) -> dict[str, npt.NDArray[np.generic]]:
-        """The filled part of each column (views)."""
-        return {name: data[: self._n] for name, data in self._data.items()}
+    return Events(**joined)  # type: ignore[arg-type]  # the dtypes are EVENT_DTYPES
 
 
 def _block_events(
@@ -348,7 +312,7 @@ def _sample_clicks(
         cand = np.sort(rng.choice(n_items, n_candidates, replace=False))
     else:
         cand = np.arange(n_items)
-    scores = oracle_scores(
+    scores = true_scores(
         world.user_latent[lo:hi],
         world.item_latent[cand],
         world.log_popularity[cand],
@@ -372,62 +336,6 @@ def _sample_clicks(
     keep = np.arange(kmax)[None, :] < counts[:, None]
     rows = np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)
     return rows[keep].astype(np.int64), cand[top[keep]].astype(np.int64)
-
-
-_INTER = ("inter_user", "inter_item", "inter_ts")
-_IMP = ("imp_user", "imp_item", "imp_ts", "imp_label")
-EventTable = Literal["interactions", "impressions"]
-
-
-def merged_chunks(
-    parts: Sequence[Events], table: EventTable, chunk_rows: int = 1 << 20
-) -> Iterator[dict[str, npt.NDArray[np.generic]]]:
-    """One table of the parts (each sorted by ``generate_events``, in block order) as one
-    log in time order, in chunks of about ``chunk_rows``: the columns by name (``user``,
-    ``item``, ``ts``, and ``label`` for impressions). Equal times keep block order, so the
-    log is the same whichever way the blocks were split. Memory: the parts plus a chunk.
-
-    Each chunk is a window of times: every part's rows in it (found by bisection, the
-    parts being sorted) joined in part order, then stably sorted."""
-    names = _INTER if table == "interactions" else _IMP
-    ts_name = names[2]
-    stamps = [getattr(p, ts_name) for p in parts]
-    total = sum(len(t) for t in stamps)
-    if total == 0:
-        return
-    lo = min(int(t[0]) for t in stamps if len(t))
-    hi = max(int(t[-1]) for t in stamps if len(t)) + 1
-    n_windows = max(1, -(-total // chunk_rows))
-    edges = np.unique(np.linspace(lo, hi, n_windows + 1).astype(np.int64))
-    edges[-1] = hi
-    cuts = [np.searchsorted(t, edges) for t in stamps]
-    for w in range(len(edges) - 1):
-        spans = [(c[w], c[w + 1]) for c in cuts]
-        ts = np.concatenate([t[a:b] for t, (a, b) in zip(stamps, spans, strict=True)])
-        if not len(ts):
-            continue
-        order = np.argsort(ts, kind="stable")
-        yield {
-            name.split("_", 1)[1]: np.concatenate(
-                [getattr(p, name)[a:b] for p, (a, b) in zip(parts, spans, strict=True)]
-            )[order]
-            for name in names
-        }
-
-
-def merge_events(parts: Sequence[Events]) -> Events:
-    """The parts (in block order) as one time-ordered log in memory (``merged_chunks``
-    joined): the same log whichever way the blocks were split."""
-    if not parts:
-        raise ValueError("merge_events needs at least one part")
-    out: dict[str, npt.NDArray[np.generic]] = {}
-    for table, names in (("interactions", _INTER), ("impressions", _IMP)):
-        chunks = list(merged_chunks(parts, table))  # type: ignore[arg-type]
-        for name in names:
-            key = name.split("_", 1)[1]
-            dtype = getattr(parts[0], name).dtype
-            out[name] = np.concatenate([c[key] for c in chunks]) if chunks else np.empty(0, dtype)
-    return Events(**out)  # type: ignore[arg-type]
 
 
 def generate(cfg: SyntheticConfig) -> SyntheticData:

@@ -4,6 +4,9 @@ carry the hidden structure and an oracle that ranks far better than popularity."
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,6 +28,7 @@ from model.synthetic import (
     oracle_scores,
     synthetic_config,
 )
+from model.synthetic_events import EventColumns, true_scores
 
 WINDOW_START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
 
@@ -298,11 +302,44 @@ def test_oracle_scores_are_dot_over_temperature_plus_log_popularity() -> None:
 
 def test_event_columns_grow_past_their_first_capacity() -> None:
     # The generator sizes its event arrays for the expected count; a heavier tail grows them.
-    from model.synthetic import _Columns
-
-    cols = _Columns(2, {"a": np.int64, "b": np.int8})
+    cols = EventColumns(2, {"a": np.int64, "b": np.int8})
     for start in range(0, 9, 3):
         cols.append({"a": np.arange(start, start + 3), "b": np.ones(3, np.int8)})
     got = cols.arrays()
     np.testing.assert_array_equal(got["a"], np.arange(9))
     assert got["b"].dtype == np.int8 and got["b"].sum() == 9
+
+
+def test_true_scores_are_the_oracle_scores_summed_in_a_fixed_order() -> None:
+    rng = np.random.default_rng(1)
+    users = rng.standard_normal((7, 16)).astype(np.float32)
+    items = rng.standard_normal((10_000, 16)).astype(np.float32)
+    log_pop = rng.standard_normal(10_000).astype(np.float32)
+    got = true_scores(users, items, log_pop, 0.1)
+    np.testing.assert_allclose(got, oracle_scores(users, items, log_pop, 0.1), rtol=1e-5, atol=1e-4)
+    # Column chunks change nothing: each score is the same sequence of float operations.
+    assert got.tobytes() == true_scores(users, items, log_pop, 0.1, chunk=333).tobytes()
+
+
+def test_true_scores_do_not_depend_on_the_blas_threads() -> None:
+    """A Dask worker runs BLAS on one thread; the generator's scores must not depend on
+    it. OpenBLAS's sgemm does at this shape (one 512-user block of a 50k-item candidate
+    set): its digests differ between 1 and 2 threads here, which flipped near-ties in the
+    Gumbel top-k."""
+    code = (
+        "import hashlib, numpy as np\n"
+        "from model.synthetic_events import true_scores\n"
+        "rng = np.random.default_rng(0)\n"
+        "u = rng.standard_normal((512, 16)).astype(np.float32)\n"
+        "v = rng.standard_normal((50_000, 16)).astype(np.float32)\n"
+        "s = true_scores(u, v, np.zeros(50_000, np.float32), 0.1)\n"
+        "print(hashlib.sha256(s.tobytes()).hexdigest())\n"
+    )
+    digests = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout.strip().splitlines()[-1])
+    assert len(digests) == 1

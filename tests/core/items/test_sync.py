@@ -3,13 +3,23 @@ are no-ops, retirements leave results (removed, or tombstoned where the index ca
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from core.catalogue_apply import read_tombstones
+from core.catalogue_apply import apply_changes, read_catalogue_state, read_tombstones
 from core.catalogue_sync import sync_current
 from core.recall import Recaller
-from storage import CatalogueLog, Layout, NoCurrentVersionError, VersionStore
+from storage import (
+    CatalogueChanges,
+    CatalogueLog,
+    Layout,
+    NoCurrentVersionError,
+    VersionFiles,
+    VersionStore,
+)
 from tests.core.items.conftest import N_ITEMS, MakeStore, item
 from tests.core.items.helpers import create, held_ids, retire, top1_for_own_vector
 
@@ -106,3 +116,37 @@ def test_a_rollback_racing_a_sync_is_never_overwritten(make_store: MakeStore) ->
     result = sync_current(store.layout)  # re-applies entries the rolled-back-to lacks
     assert result.published and store.open_current().manifest.lineage.parent_version == first
     assert 1001 in held_ids(Recaller.load(VersionStore(store.layout))).tolist()
+
+
+def test_changes_that_change_nothing_only_move_the_catalogue_state(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    """An empty catch-up (a nightly's catalogue merge or its publish with nothing new, or
+    entries that change nothing) leaves the tables and index untouched: no 1M-item folder
+    read and rewritten for nothing."""
+    store = make_store("Flat")
+    folder = tmp_path / "copy"
+    shutil.copytree(store.open_current().path, folder)
+    names = (VersionFiles.ITEMS, VersionFiles.ITEM_EMBEDDINGS, VersionFiles.INDEX)
+    before = {n: ((folder / n).read_bytes(), (folder / n).stat().st_mtime_ns) for n in names}
+    seq, applied = read_catalogue_state(folder)
+    nothing = CatalogueChanges(
+        after=seq,
+        upto=seq + 2,
+        upsert_id=np.empty(0, np.int64),
+        upsert_category=np.empty(0, np.int32),
+        upsert_content=np.empty((0, 3), np.float32),
+        retired_id=np.empty(0, np.int64),
+        event_ids=("e-noop",),
+    )
+    summary = apply_changes(folder, nothing, None)
+    assert (summary.seq, summary.n_items, summary.upserted, summary.retired) == (
+        seq + 2,
+        N_ITEMS,
+        0,
+        0,
+    )
+    assert summary.applied_events == (*applied, "e-noop") and not summary.rebuilt_index
+    assert read_catalogue_state(folder) == (seq + 2, (*applied, "e-noop"))
+    for n in names:
+        assert ((folder / n).read_bytes(), (folder / n).stat().st_mtime_ns) == before[n], n
