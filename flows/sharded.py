@@ -1,11 +1,13 @@
-"""Item embedding, evaluation and the index build split over a Dask cluster
-(``runtime.task_runner: dask``).
+"""Synthetic data generation, item embedding, evaluation and the index build split over a
+Dask cluster (``runtime.task_runner: dask``).
 
 Subflows, because Prefect fixes a flow's task runner when the flow starts and the nightly
 must stay on its default runner for everything else: these run on Prefect's
 ``DaskTaskRunner`` (prefect-dask), on a local cluster started for the run or on an
-existing scheduler. Two of them, because the quality gate and the catalogue merge come
-between evaluation and the index build. Each step is plan -> shards mapped over the
+existing scheduler. Three of them, because training comes between generation and
+embedding, and the quality gate and the catalogue merge between evaluation and the index
+build; generation's plan runs first in the nightly, so a stored snapshot starts no
+cluster. Each step is plan -> shards mapped over the
 workers -> merge; plans and merges run in the flow's process, and shards pass part
 references (``storage.shards``), never data, through the scheduler.
 """
