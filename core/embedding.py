@@ -37,11 +37,16 @@ from storage import (
     vectors_to_arrow,
 )
 
-__all__ = ["embed_version_items", "embedded_chunks"]
+__all__ = ["EMBEDDING_ROW_GROUP", "embed_version_items", "embedded_chunks"]
 
 log = logging.getLogger(__name__)
 
 _COLUMNS = ["item_id", "id_row", "category", "content"]
+
+# Rows per row group of item_embeddings.parquet, however the vectors were produced (in
+# chunks here, in shards on Dask): the same vectors make the same file, byte for byte.
+# About 34 MB of 64-d vectors buffered.
+EMBEDDING_ROW_GROUP = 1 << 17
 
 
 def embedded_chunks(
@@ -103,7 +108,8 @@ def embed_version_items(
     chunk_batches = min(128, max(16, -(-n // 20 // batch_size)))
     start = time.perf_counter()
     done = 0
-    with TableWriter(staging / VersionFiles.ITEM_EMBEDDINGS, ITEM_EMBEDDINGS) as writer:
+    path = staging / VersionFiles.ITEM_EMBEDDINGS
+    with TableWriter(path, ITEM_EMBEDDINGS, row_group_rows=EMBEDDING_ROW_GROUP) as writer:
         for table in embedded_chunks(staging, model, 0, n, batch_size, chunk_batches):
             writer.write(table)
             done += table.num_rows

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from core.embedding import embedded_chunks
+from core.embedding import EMBEDDING_ROW_GROUP, embedded_chunks
 from core.progress import StepLogger
 from core.refs import StageRef
 from core.resume import embed_key, keep_result, restore_kept
@@ -159,7 +159,8 @@ def merge_embeddings(
     uncovered = ValueError(f"embed-items: the parts do not cover the {n} staged items")
     if n == 0 or plan.spans[-1].hi != n:
         raise uncovered
-    with TableWriter(staging / VersionFiles.ITEM_EMBEDDINGS, ITEM_EMBEDDINGS) as writer:
+    path = staging / VersionFiles.ITEM_EMBEDDINGS
+    with TableWriter(path, ITEM_EMBEDDINGS, row_group_rows=EMBEDDING_ROW_GROUP) as writer:
         done = 0
         for span, ref in zip(plan.spans, parts, strict=True):
             table = folder.read(ref, ITEM_EMBEDDINGS)

@@ -163,6 +163,14 @@ def _conform(
             raise SchemaError(f"{where}: table '{spec.name}' column '{name}' has {nulls} nulls")
     if isinstance(selected, pa.RecordBatch):
         selected = pa.Table.from_batches([selected])
+    # Vector columns under one canonical type (child field "item", as vectors_to_arrow
+    # makes it): a table read back from Parquet names it "element", and the file's stored
+    # Arrow schema, hence its bytes, would depend on where the rows came from.
+    for i, field in enumerate(selected.schema):
+        if isinstance(spec.column(field.name).kind, VectorKind):
+            canonical = pa.list_(pa.float32(), field.type.list_size)
+            if field.type != canonical or field.type.value_field.name != "item":
+                selected = selected.set_column(i, field.name, selected.column(i).cast(canonical))
     return selected
 
 
@@ -192,11 +200,25 @@ class TableWriter:
     normally makes the file appear at `path`, leaving it by an exception discards it.
     """
 
-    def __init__(self, path: Path, spec: TableSpec, dims: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: TableSpec,
+        dims: Mapping[str, int] | None = None,
+        row_group_rows: int | None = None,
+    ) -> None:
+        """``row_group_rows``: write row groups of exactly that many rows (the last one
+        shorter), whatever the sizes of the parts, so the same rows written in different
+        pieces make the same file, byte for byte; None: one row group per part."""
+        if row_group_rows is not None and row_group_rows < 1:
+            raise ValueError(f"row_group_rows must be >= 1, got {row_group_rows}")
         self.path = Path(path)
         self.spec = spec
         self.dims = dims
         self.rows = 0
+        self.row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._atomic = atomic_path(self.path)
         self._tmp: Path | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -218,8 +240,28 @@ class TableWriter:
                 f"writing {self.path}: table '{self.spec.name}' part schema "
                 f"{conformed.schema} differs from the first part's {self._writer.schema}"
             )
-        self._writer.write_table(conformed)
         self.rows += conformed.num_rows
+        if self.row_group_rows is None:
+            self._writer.write_table(conformed)
+            return
+        self._pending.append(conformed)
+        self._pending_rows += conformed.num_rows
+        if self._pending_rows >= self.row_group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        """Write the buffered rows as full row groups (and, when ``final``, the rest)."""
+        assert self._writer is not None and self.row_group_rows is not None
+        # One contiguous chunk per column: Parquet's pages follow Arrow's chunks, so the
+        # bytes would otherwise depend on how the rows arrived.
+        table = pa.concat_tables(self._pending).combine_chunks()
+        full = (
+            table.num_rows if final else table.num_rows // self.row_group_rows * self.row_group_rows
+        )
+        if full:
+            self._writer.write_table(table.slice(0, full), row_group_size=self.row_group_rows)
+        rest = table.slice(full)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
     def __exit__(
         self,
@@ -228,6 +270,8 @@ class TableWriter:
         tb: TracebackType | None,
     ) -> None:
         if self._writer is not None:
+            if exc_type is None and self._pending_rows:
+                self._flush(final=True)
             self._writer.close()
         elif exc_type is None:
             # With `vector(None)` columns there is no schema to write for zero parts.

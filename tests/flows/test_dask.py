@@ -27,8 +27,8 @@ from core.snapshots import ensure_snapshot
 from flows.nightly import nightly
 from flows.sharded import embed_and_evaluate_on_dask, gather_shards
 from storage import Layout, VersionStore, read_json, read_table
-from tests.core.test_sharded_data import SNAPSHOT_TABLES
 from tests.conftest import Published
+from tests.core.test_sharded_data import SNAPSHOT_TABLES
 
 pytestmark = [pytest.mark.prefect, pytest.mark.e2e]
 
@@ -163,9 +163,9 @@ def test_the_tiny_nightly_on_a_dask_cluster_publishes_what_the_local_runner_does
         assert dask.manifest.files[name].sha256 == local.manifest.files[name].sha256, name
     assert dask.manifest.item_count == local.manifest.item_count == 600
 
-    # The shards ran on the cluster's workers (4 user-block shards, 5 item shards of 128, 3 user shards of 128,
-    # 3 index shards of 250, a tuning query shard per worker), and no part file outlived
-    # its merge.
+    # The shards ran on the cluster's workers (4 user-block shards, 5 item shards of 128,
+    # 3 user shards of 128, 3 index shards of 250, a tuning query shard per worker), and
+    # no part file outlived its merge.
     ran = "".join(p.read_text(errors="replace") for p in worker_logs)
     assert ran.count("Task run 'prepare-data-shard-") >= 4
     assert ran.count("Task run 'embed-items-shard-") >= 5

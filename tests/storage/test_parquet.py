@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,32 @@ def test_iter_row_range_reads_only_the_rows_asked_for(tmp_path: Path) -> None:
         iter_row_range(path, ITEMS, 20, 26)
     with pytest.raises(ValueError, match="lo <= hi"):
         iter_row_range(path, ITEMS, 5, 4)
+
+
+def test_fixed_row_groups_make_the_same_file_from_any_pieces(tmp_path: Path) -> None:
+    table = _random_table(ITEM_EMBEDDINGS, n=50)
+    files = []
+    for i, cuts in enumerate(([0, 50], [0, 3, 4, 31, 50], [0, 17, 50], [0, 1, 2, 3, 49, 50])):
+        path = tmp_path / f"e{i}.parquet"
+        with TableWriter(path, ITEM_EMBEDDINGS, row_group_rows=16) as w:
+            for lo, hi in itertools.pairwise(cuts):
+                w.write(table.slice(lo, hi - lo))
+        files.append(path.read_bytes())
+        meta = pq.ParquetFile(path).metadata
+        assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [16, 16, 16, 2]
+    # Rows read back from Parquet (whose vector child field is named "element", not
+    # "item") make the same file too.
+    write_table(tmp_path / "src.parquet", table, ITEM_EMBEDDINGS)
+    back = pq.read_table(tmp_path / "src.parquet")
+    assert back.schema.field("embedding").type.value_field.name == "element"
+    with TableWriter(tmp_path / "e4.parquet", ITEM_EMBEDDINGS, row_group_rows=16) as w:
+        w.write(back.slice(0, 20))
+        w.write(back.slice(20))
+    files.append((tmp_path / "e4.parquet").read_bytes())
+    assert files[0] == files[1] == files[2] == files[3] == files[4]
+    assert read_table(tmp_path / "e1.parquet", ITEM_EMBEDDINGS).equals(table)
+    with pytest.raises(ValueError, match="row_group_rows"):
+        TableWriter(tmp_path / "x.parquet", ITEM_EMBEDDINGS, row_group_rows=0)
 
 
 def test_iter_batches_checks_schema_before_iterating(tmp_path: Path) -> None:
