@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,14 +112,26 @@ def test_torchrun_runs_the_same_job(runs: tuple[Path, Path, Path], tmp_path: Pat
     job = _job(runs[0], scratch)
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(job.to_json()))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc-per-node", "2", "-m", "core.distributed", str(job_file),
+    ]  # fmt: skip
     done = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", "2", "-m", "core.distributed", str(job_file),
-        ],
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+        command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    # KNOWN DEFECT (2026-12-04, open in #15): under a loaded machine (the full suite on 2
+    # cores) a gloo rank launched by torchrun sometimes dies with SIGABRT, "terminate
+    # called without an active exception" (2 of 2 full-suite runs, 1 of 16 runs beside
+    # a busy co-tenant, 0 of 10 alone). Until it is found, one such death is retried once;
+    # any other failure, or a second death, fails the test with both stderr logs.
+    first = done.stderr
+    if done.returncode != 0 and "terminate called without an active exception" in first:
+        shutil.rmtree(scratch)
+        scratch.mkdir()
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+        )
+    assert done.returncode == 0, f"{first[-2000:]}\n--- retry ---\n{done.stderr[-3000:]}"
     state, spec = load_model(scratch)
     assert spec["n_items"] > 0 and "item_tower.id_embedding.weight" in state
     result = read_json(scratch / "train_result.json")
