@@ -40,8 +40,10 @@ from storage import (
 )
 
 __all__ = [
+    "CatalogueData",
     "SnapshotData",
     "Truth",
+    "catalogue_tables",
     "events_tables",
     "impression_examples",
     "load_dataset",
@@ -59,11 +61,11 @@ def _np(table: pa.Table, name: str) -> npt.NDArray[Any]:
     return table.column(name).to_numpy()
 
 
-class SnapshotData(Protocol):
-    """What every snapshot source (generator, importer) provides, aligned by row."""
+class CatalogueData(Protocol):
+    """Users, items and categories, aligned by row (the generator's world, a snapshot)."""
 
     # Read-only (frozen dataclasses satisfy it). Shapes: (U,), (U, P), (I,), (I,), (I, C),
-    # n_categories names, then (N,) user IDs, item IDs and unix seconds.
+    # n_categories names.
     @property
     def user_id(self) -> npt.NDArray[np.int64]: ...
     @property
@@ -76,6 +78,12 @@ class SnapshotData(Protocol):
     def content(self) -> npt.NDArray[np.float32]: ...
     @property
     def category_names(self) -> list[str]: ...
+
+
+class SnapshotData(CatalogueData, Protocol):
+    """What every snapshot source (generator, importer) provides, aligned by row: the
+    catalogue, then (N,) interaction user IDs, item IDs and unix seconds."""
+
     @property
     def inter_user(self) -> npt.NDArray[np.int64]: ...
     @property
@@ -84,9 +92,8 @@ class SnapshotData(Protocol):
     def inter_ts(self) -> npt.NDArray[np.int64]: ...
 
 
-def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
-    """The columns of the four tables every snapshot has: users, items, categories and
-    interactions (sources add their own, e.g. impressions or ID maps)."""
+def catalogue_tables(data: CatalogueData) -> dict[TableSpec, dict[str, Any]]:
+    """The columns of the users, items and categories tables."""
     return {
         USERS: {"user_id": data.user_id, "profile": vectors_to_arrow(data.profile)},
         ITEMS: {
@@ -98,6 +105,14 @@ def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
             "category": np.arange(len(data.category_names), dtype=np.int32),
             "name": data.category_names,
         },
+    }
+
+
+def snapshot_tables(data: SnapshotData) -> dict[TableSpec, dict[str, Any]]:
+    """The columns of the four tables every snapshot has: users, items, categories and
+    interactions (sources add their own, e.g. impressions or ID maps)."""
+    return {
+        **catalogue_tables(data),
         INTERACTIONS: {
             "user_id": data.inter_user,
             "item_id": data.inter_item,
@@ -110,16 +125,7 @@ def write_world(folder: Path, world: World) -> None:
     """Write the generator's users, items and categories, and its hidden world (the truth
     tables), as tables of the snapshot folder."""
     tables = {
-        USERS: {"user_id": world.user_id, "profile": vectors_to_arrow(world.profile)},
-        ITEMS: {
-            "item_id": world.item_id,
-            "category": world.category,
-            "content": vectors_to_arrow(world.content),
-        },
-        CATEGORIES: {
-            "category": np.arange(len(world.category_names), dtype=np.int32),
-            "name": world.category_names,
-        },
+        **catalogue_tables(world),
         TRUTH_USERS: {"user_id": world.user_id, "latent": vectors_to_arrow(world.user_latent)},
         TRUTH_ITEMS: {
             "item_id": world.item_id,

@@ -102,11 +102,11 @@ def plan_generation(
     staged world of a new synthetic snapshot and its user blocks cut into shards of about
     ``shard_users`` users (None: ``n_shards`` shards), rounded up to whole blocks."""
     layout = Layout(Path(root))
-    if cfg.source != "synthetic" or snapshot_exists(layout, snapshot_id_for(cfg)):
+    snapshot_id = snapshot_id_for(cfg) if cfg.source == "synthetic" else ""
+    if not snapshot_id or snapshot_exists(layout, snapshot_id):
         return DataPlan(root=root, snapshot=ensure_snapshot(root, cfg))
     started = time.time()
     gen = generator_config(cfg)
-    snapshot_id = snapshot_id_for(cfg)
     staging = begin_snapshot(layout, snapshot_id)
     write_world(staging, generate_world(gen))
     per_shard = None if shard_users is None else -(-shard_users // gen.block_users)
