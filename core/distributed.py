@@ -26,7 +26,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ from model.towers import TwoTower
 from model.train import EpochStats, TrainResult
 from storage import load_model, read_json, save_model, write_json
 
-__all__ = ["DistributedJob", "fit_distributed", "run_rank"]
+__all__ = ["DistributedJob", "fit_distributed", "process_group", "run_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,31 @@ def _emit(kind: str, payload: Any) -> None:
     sys.stdout.flush()
 
 
+@contextmanager
+def process_group(world: int, rank: int, backend: str = "gloo") -> Iterator[None]:
+    """The ``world``-process group this process is ``rank`` of (``env://``: the
+    environment's ``MASTER_ADDR`` / ``MASTER_PORT``), destroyed on the way out.
+
+    Destroyed means its threads are joined before the interpreter shuts down. A gloo
+    group whose last reference outlives ``destroy_process_group`` keeps its worker
+    threads; at interpreter exit such a thread may still be releasing the last
+    collective's tensors, needs the GIL for it and aborts the process with "terminate
+    called without an active exception" (seen under load, about 1 run in 20). The
+    reference that outlived it: DistributedDataParallel's constructor imports
+    ``torch._dynamo``, which imports ``torch.distributed.fsdp``, whose
+    ``sharded_grad_scaler`` binds ``dist.group.WORLD`` as a default argument at import
+    time (torch 2.13). Imported here before the group exists, that default is None."""
+    import torch._dynamo  # noqa: F401  (see above: must precede init_process_group)
+
+    dist.init_process_group(
+        backend, init_method="env://", rank=rank, world_size=world, timeout=_GROUP_TIMEOUT
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def run_rank(job: DistributedJob, rank: int, events: bool = False) -> None:
     """Train as ``rank`` of ``job.train_cfg.world_size`` processes in the process group
     the environment describes (``MASTER_ADDR`` / ``MASTER_PORT``); rank 0 writes the
@@ -118,14 +144,7 @@ def run_rank(job: DistributedJob, rank: int, events: bool = False) -> None:
         # One GPU per process on a node (torchrun's LOCAL_RANK); 'cuda' then means it.
         local = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(local % torch.cuda.device_count())
-    dist.init_process_group(
-        "nccl" if cuda else "gloo",
-        init_method="env://",
-        rank=rank,
-        world_size=job.train_cfg.world_size,
-        timeout=_GROUP_TIMEOUT,
-    )
-    try:
+    with process_group(job.train_cfg.world_size, rank, "nccl" if cuda else "gloo"):
         prep = load_prepared(job.snapshot, job.data_cfg)
         pointwise = impression_examples(job.snapshot, prep) if job.train_cfg.loss == "bce" else None
         on_epoch: Callable[[EpochStats], None] | None = None
@@ -156,8 +175,6 @@ def run_rank(job: DistributedJob, rank: int, events: bool = False) -> None:
                 },
             )
         dist.barrier()  # rank 0's files are complete before any process reports success
-    finally:
-        dist.destroy_process_group()
 
 
 def fit_distributed(
