@@ -49,8 +49,8 @@ from storage import (
     PublishedVersion,
     VersionFiles,
     VersionStore,
-    file_lock,
 )
+from storage.backends import store_lock
 from storage.integrity import FileIdentity, carried_entries, file_identities
 from storage.manifest import FileEntry, read_manifest
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
@@ -153,7 +153,7 @@ def sync_current(
     catalogue = CatalogueLog(layout.catalogue_db)
     removed: list[Path] = []
     for attempt in range(1, max_attempts + 1):
-        with file_lock(layout.publish_lock, lock_timeout_s):
+        with store_lock(layout, "publish", lock_timeout_s):
             removed += store.collect_dead(publish_locked=True)
             parent = require_current(store, verify=False)
             seq = parent.manifest.lineage.catalogue_seq or 0
@@ -229,7 +229,7 @@ def catch_up_and_publish(
     """
     staging = store.staging_path(version_id)
     catalogue = CatalogueLog(store.layout.catalogue_db)
-    with file_lock(store.layout.publish_lock, lock_timeout_s):
+    with store_lock(store.layout, "publish", lock_timeout_s):
         for attempt in range(1, max_attempts + 1):
             seq, _ = read_catalogue_state(staging)
             recorded = _recorded_entries(store, version_id, staging)

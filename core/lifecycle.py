@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from core.catalogue_sync import catch_up_and_publish
 from core.config import RuntimeConfig
 from core.progress import StepLogger
 from core.refs import IndexSummary, SnapshotRef, StageRef
-from core.store import resolve_root
+from core.store import attach_database, resolve_root
 from storage import (
     Layout,
     Lineage,
@@ -25,9 +26,9 @@ from storage import (
     VersionFiles,
     VersionStore,
     clear_steps,
-    file_lock,
     read_json,
 )
+from storage.backends import StoreLockTimeout, store_lock
 from storage.manifest import FileEntry, utc_now_iso
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
@@ -62,8 +63,10 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
     TOWERFLOW_KEEP_ITEM_VERSIONS, else ./.towerflow, 5 and 10); the root becomes absolute
     so every task agrees on it."""
     env = StorageSettings()
+    root = resolve_root(None, cfg.storage_root)
+    attach_database(Layout(root), env)
     return Runtime(
-        root=str(resolve_root(None, cfg.storage_root)),
+        root=str(root),
         keep_versions=cfg.keep_versions or env.keep_versions,
         keep_item_versions=(
             env.keep_item_versions if cfg.keep_item_versions is None else cfg.keep_item_versions
@@ -92,15 +95,15 @@ class StepTimeoutError(TimeoutError):
 def exclusive_nightly(root: str, run: str) -> Iterator[None]:
     """Hold the store's nightly lock for the ``with`` block; if another nightly run holds
     it, fail at once naming that run (two overlapping rebuilds would double the load and
-    race for CURRENT). The kernel frees the lock of a crashed run."""
-    owner = f"{run} (pid {os.getpid()}, since {utc_now_iso()})"
-    lock = Layout(Path(root)).nightly_lock
+    race for CURRENT). The lock holds across machines on a store bound to PostgreSQL
+    (``storage.backends.store_lock``); the kernel, or PostgreSQL, frees a crashed run's."""
+    owner = f"{run} (host {socket.gethostname()}, pid {os.getpid()}, since {utc_now_iso()})"
     try:
-        with file_lock(lock, timeout_s=0, owner=owner):
+        with store_lock(Layout(Path(root)), "nightly", timeout_s=0, owner=owner):
             yield
-    except TimeoutError as e:
-        if lock.name not in str(e):
-            raise  # raised inside the block, not by the lock
+    except StoreLockTimeout as e:
+        if e.name != "nightly":
+            raise  # raised inside the block (a publish lock), not by this lock
         raise OverlappingRunError(
             f"another nightly run is in progress on {root}: {e}; this run did nothing"
         ) from None
@@ -112,7 +115,7 @@ def begin_version(root: str, *, logger: StepLogger = log) -> StageRef:
     # Leftovers of crashed runs: at once when their owner process is gone (publishers
     # hold the publish lock from their rename to their commit, so under it an unregistered version
     # folder is dead too); folders with no owner marker once idle this long.
-    with file_lock(store.layout.publish_lock, _PUBLISH_LOCK_TIMEOUT_S):
+    with store_lock(store.layout, "publish", _PUBLISH_LOCK_TIMEOUT_S):
         for path in store.collect_dead(publish_locked=True):
             logger.info("removed %s, left by a dead run", path)
     for path in store.gc(min_age_s=_ABANDONED_AFTER_S):

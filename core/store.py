@@ -7,9 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage import Layout, StorageSettings, VersionStore
+from storage.database import bind_database
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
-__all__ = ["DEFAULT_KEEP_ITEM_VERSIONS", "DEFAULT_KEEP_VERSIONS", "open_store", "resolve_root"]
+__all__ = [
+    "DEFAULT_KEEP_ITEM_VERSIONS",
+    "DEFAULT_KEEP_VERSIONS",
+    "attach_database",
+    "open_store",
+    "resolve_root",
+]
 
 
 def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:
@@ -40,4 +47,16 @@ def open_store(
     env = StorageSettings()
     keep = keep_versions or env.keep_versions
     keep_items = env.keep_item_versions if keep_item_versions is None else keep_item_versions
-    return VersionStore(Layout(resolve_root(root, cfg_root)), keep, keep_items)
+    layout = Layout(resolve_root(root, cfg_root))
+    attach_database(layout, env)
+    return VersionStore(layout, keep, keep_items)
+
+
+def attach_database(layout: Layout, env: StorageSettings | None = None) -> None:
+    """Bind the store to ``$TOWERFLOW_DATABASE_URL``'s PostgreSQL database when it is set
+    (``storage.database.bind_database``: once, no password written; an error if the store
+    is bound elsewhere or keeps versions in its own SQLite registry). Unset: nothing; a
+    store bound before keeps its binding."""
+    url = (env or StorageSettings()).database_url
+    if url is not None:
+        bind_database(layout, url.get_secret_value())

@@ -3,6 +3,8 @@
 The tree is::
 
     <root>/registry.sqlite                      CURRENT pointer, version rows, audit log
+    <root>/database.json                        the PostgreSQL database holding the registry
+                                                (shared stores only; no password)
     <root>/catalogue.sqlite                     item upserts/retirements log (source of truth)
     <root>/publish.lock                         advisory lock serialising publishers
     <root>/inbox/<name>                         item batch files referenced by events
@@ -97,6 +99,12 @@ class Layout:
     def registry_db(self) -> Path:
         """SQLite file holding CURRENT, the version rows and the audit log."""
         return self.root / "registry.sqlite"
+
+    @property
+    def database_binding(self) -> Path:
+        """The PostgreSQL database a shared store keeps its registry in (storage.database);
+        absent: the registry is `registry_db`."""
+        return self.root / "database.json"
 
     @property
     def catalogue_db(self) -> Path:

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, TypeVar, get_args
+from typing import Final, Literal, Protocol, TypeVar, get_args
 
 from storage._sqlite import connect, read, transaction
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
 
-__all__ = ["KINDS", "Event", "Registry", "VersionKind", "VersionRow"]
+__all__ = ["KINDS", "Event", "Registry", "RegistryLike", "VersionKind", "VersionRow"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,41 @@ class Event:
     action: str
     from_version: str | None
     to_version: str | None
+
+
+class RegistryLike(Protocol):
+    """What a store's registry does, in SQLite (`Registry`) or PostgreSQL
+    (`storage.pg_registry.PgRegistry`); `storage.backends.open_registry` picks one."""
+
+    @property
+    def path(self) -> object:
+        """Where it lives (a file, or a URL without password), for messages."""
+        ...
+
+    def current(self) -> str | None: ...
+
+    def get(self, version_id: str) -> VersionRow | None: ...
+
+    def list_versions(self) -> list[VersionRow]: ...
+
+    def events(self) -> list[Event]: ...
+
+    def register_and_swap(
+        self,
+        version_id: str,
+        *,
+        expected: str | None,
+        created_at: str,
+        data_snapshot: str | None,
+        kind: VersionKind = "nightly",
+        manifest_sha256: str | None = None,
+    ) -> VersionRow: ...
+
+    def compare_and_swap(
+        self, expected: str | None, new: str, action: str = "rollback"
+    ) -> None: ...
+
+    def unregister(self, version_id: str) -> bool: ...
 
 
 class Registry:

@@ -17,7 +17,7 @@ from typing import Final
 from storage.fs import fsync_dir, is_temp_name, newest_mtime
 from storage.layout import Layout
 from storage.owners import OWNER_SUFFIX, owner_path, read_owner, read_owner_file
-from storage.registry import Registry, VersionKind, VersionRow
+from storage.registry import RegistryLike, VersionKind, VersionRow
 
 __all__ = [
     "DEFAULT_GC_AGE_S",
@@ -72,7 +72,7 @@ def kept_versions(
 
 def prune_versions(
     layout: Layout,
-    registry: Registry,
+    registry: RegistryLike,
     keep_nightly: int,
     keep_items: int,
     kind_of: Callable[[VersionRow], VersionKind],
@@ -100,7 +100,7 @@ def prune_versions(
 
 
 def collect_garbage(
-    layout: Layout, registry: Registry, min_age_s: float = DEFAULT_GC_AGE_S
+    layout: Layout, registry: RegistryLike, min_age_s: float = DEFAULT_GC_AGE_S
 ) -> list[Path]:
     """Remove unregistered folders in `versions/` and staging folders (versions and
     snapshots) whose newest entry is at least `min_age_s` seconds old, and files in the
@@ -165,7 +165,7 @@ def _stray_files(layout: Layout) -> list[Path]:
 
 
 def collect_dead(
-    layout: Layout, registry: Registry, *, own: Collection[Path] = (), publish_locked: bool
+    layout: Layout, registry: RegistryLike, *, own: Collection[Path] = (), publish_locked: bool
 ) -> list[Path]:
     """Remove what dead runs left, at once (no age threshold). Returns what was removed.
 

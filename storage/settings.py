@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.layout import Layout
@@ -41,6 +41,14 @@ class StorageSettings(BaseSettings):
         default=DEFAULT_KEEP_ITEM_VERSIONS,
         ge=0,
         description="Item-event versions kept on CURRENT's lineage by pruning.",
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "postgresql://USER[:PASSWORD]@HOST[:PORT]/DB[?schema=NAME]: keep the registry "
+            "of a shared store in PostgreSQL (storage.database); unset: registry.sqlite."
+        ),
     )
 
     def layout(self) -> Layout:

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from storage.backends import open_registry
+from storage.database import DatabaseError
 from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
@@ -37,7 +39,7 @@ from storage.manifest import (
 )
 from storage.owners import owner_path, write_owner
 from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writing
-from storage.registry import Registry, VersionKind, VersionRow
+from storage.registry import VersionKind, VersionRow
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from storage.shards import ShardFolder
@@ -87,6 +89,10 @@ class VersionInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+# What a failed registry call raises besides the registry's own errors (conflict, not found).
+_REGISTRY_ERRORS: Final = (OSError, sqlite3.Error, DatabaseError)
+
+
 class _ReadCurrent:
     """Sentinel: `rollback` should read CURRENT itself (None is a meaningful value)."""
 
@@ -116,7 +122,7 @@ class VersionStore:
         self.layout = layout
         self.keep_versions = keep_versions  # nightly versions
         self.keep_item_versions = keep_item_versions  # item versions on CURRENT's lineage
-        self.registry = Registry(layout.registry_db)
+        self.registry = open_registry(layout)
 
     # -- staging -------------------------------------------------------------------------
 
@@ -248,7 +254,7 @@ class VersionStore:
                 owner_path(staging).unlink(missing_ok=True)
             fsync_dir(self.layout.versions_dir)
             raise
-        except (OSError, sqlite3.Error):
+        except _REGISTRY_ERRORS:
             # E.g. disk full at the commit. Drop the folder only if the registry surely
             # does not hold it (a failed read leaves it to `collect_dead`).
             self._drop_if_unregistered(version_id, final, staging)
@@ -259,7 +265,7 @@ class VersionStore:
 
         try:
             self.prune()
-        except (OSError, sqlite3.Error):
+        except _REGISTRY_ERRORS:
             # The publish itself is committed; a failed cleanup must not report it as failed.
             log.warning("pruning after publishing %s failed", version_id, exc_info=True)
         step("pruned")
@@ -275,7 +281,7 @@ class VersionStore:
         """Resolve CURRENT once and open that version (checksums checked if `verify`)."""
         vid = self.current()
         if vid is None:
-            raise NoCurrentVersionError(f"nothing published yet in {self.layout.registry_db}")
+            raise NoCurrentVersionError(f"nothing published yet in {self.registry.path}")
         return self._open(vid, verify)
 
     def open_version(self, version_id: str, verify: bool = True) -> PublishedVersion:
@@ -406,7 +412,7 @@ class VersionStore:
     def _drop_if_unregistered(self, version_id: str, final: Path, staging: Path) -> None:
         try:
             registered = self.registry.get(version_id) is not None
-        except (OSError, sqlite3.Error):
+        except _REGISTRY_ERRORS:
             return
         if not registered:
             shutil.rmtree(final, ignore_errors=True)
@@ -420,5 +426,5 @@ class VersionStore:
 
     def _not_registered(self, version_id: str) -> str:
         known = [r.version_id for r in self.registry.list_versions()]
-        db = self.layout.registry_db
+        db = self.registry.path
         return f"version {version_id!r} is not registered in {db} (registered: {known})"

@@ -63,3 +63,38 @@ def published(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])
     return Published(root=root, version_id=out["version"], output=out)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server on loopback for the session (devtools.pgserver: a cluster
+    in a temporary folder, never a system one); yields its URL (with the password).
+    Skips where the server binaries are missing, except under CI (.ci/run installs them)."""
+    import shutil
+
+    from devtools.pgserver import PgServer, find_bindir
+
+    if find_bindir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL's server binaries are missing (make postgres installs them)")
+        pytest.skip("PostgreSQL's server is not installed (make postgres installs it)")
+    # Not under pytest's tmp folder: under root the cluster belongs to the postgres user,
+    # who cannot enter root's private pytest folders.
+    server = PgServer(Path(tempfile.mkdtemp(prefix="towerflow-test-pg-")))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(server.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database URL of a schema of its own (an empty registry), with the password, set
+    as TOWERFLOW_DATABASE_URL for this test and the processes it starts."""
+    import secrets
+
+    url = f"{postgres_server}?schema=t_{secrets.token_hex(6)}"
+    monkeypatch.setenv("TOWERFLOW_DATABASE_URL", url)
+    return url

@@ -3,7 +3,8 @@
 Arrows: ``cli -> {flows, service, core}``, ``flows -> tasks -> core -> {model, storage}``,
 ``service -> core`` (service may also use storage and model). ``FORBIDDEN`` below is the
 precise rule: the top-level packages, the project's and third-party ones, that the files
-of each room must never import. Nothing outside ``bench/`` and ``tests/`` imports bench.
+of each room must never import. Nothing outside ``bench/`` and ``tests/`` imports bench or
+``devtools`` (local servers for tests and trials), and devtools imports no project room.
 
 Enforced three ways:
 
@@ -37,7 +38,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-_ROOMS = ("model", "storage", "core", "tasks", "flows", "service", "cli", "bench")
+_ROOMS = ("model", "storage", "core", "tasks", "flows", "service", "cli", "bench", "devtools")
 _UI = frozenset({"prefect", "typer", "fastapi"})
 
 # room -> top-level packages its files must never import (statically or at run time).
@@ -46,6 +47,9 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "model": frozenset({"storage", "core", "tasks", "flows", "cli", "service", "bench"}) | _UI,
     "storage": frozenset({"model", "core", "tasks", "flows", "cli", "service", "bench"}) | _UI,
     "core": frozenset({"tasks", "flows", "cli", "service", "bench"} | _UI | {"uvicorn", "rich"}),
+    "devtools": frozenset(
+        {"model", "storage", "core", "tasks", "flows", "cli", "service", "bench"}
+    ),
     # tasks and flows reach model and storage only through core.
     "tasks": frozenset(
         {"model", "storage", "flows", "cli", "service", "bench", "typer", "fastapi"}
@@ -56,6 +60,9 @@ FORBIDDEN: dict[str, frozenset[str]] = {
     "cli": frozenset({"model", "tasks", "bench"}),
     "bench": frozenset(),
 }
+# Production rooms never import the developer tools either.
+for _room in ("model", "storage", "core", "tasks", "flows", "service", "cli"):
+    FORBIDDEN[_room] = FORBIDDEN[_room] | {"devtools"}
 assert set(FORBIDDEN) == set(_ROOMS)
 
 # Rooms imported module by module in a fresh interpreter, and what else must stay out of

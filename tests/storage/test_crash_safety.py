@@ -15,15 +15,21 @@ import pytest
 
 from storage import PUBLISH_STEPS, Layout, VersionStore
 from storage.fs import is_temp_name
+from tests.storage.conftest import BACKENDS, backend_layout
 from tests.storage.publisher import publish_staged, stage_version
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_POINTS = ("writing", *PUBLISH_STEPS)
 
 
+@pytest.fixture(params=BACKENDS)
+def any_layout(request: pytest.FixtureRequest, tmp_path: Path) -> Layout:
+    return backend_layout(request, tmp_path / "store")
+
+
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
-def test_sigkill_at_any_step_leaves_a_valid_current(tmp_path: Path, kill_at: str) -> None:
-    layout = Layout(tmp_path / "store")
+def test_sigkill_at_any_step_leaves_a_valid_current(any_layout: Layout, kill_at: str) -> None:
+    layout = any_layout
     store = VersionStore(layout, keep_versions=5)
     v1 = stage_version(store, "v1", seed=1)
     publish_staged(store, v1, None)

@@ -1,0 +1,253 @@
+"""The registry of a shared store in PostgreSQL: CURRENT, the version rows and the audit
+log, with the SQLite registry's semantics (``storage.registry``) across machines.
+
+Every writing transaction first locks CURRENT's row (``SELECT ... FOR UPDATE``), so
+writers run one after another as under SQLite's ``BEGIN IMMEDIATE``: a rollback's "is the
+target registered" check and its swap cannot interleave with a prune, and the swap is the
+same compare-and-swap (``UPDATE ... WHERE version_id IS NOT DISTINCT FROM :expected``).
+A commit is durable once PostgreSQL acknowledges it (``synchronous_commit`` is the
+server's; its default, on, waits for the WAL flush). A process killed mid-transaction
+leaves nothing: the server rolls the transaction back when the connection drops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import sql
+
+from storage.database import DatabaseRef, connect, database_errors
+from storage.errors import PublishConflictError, VersionNotFoundError
+from storage.manifest import utc_now_iso
+from storage.registry import KINDS, Event, VersionKind, VersionRow
+
+__all__ = ["PgRegistry", "ensure_schema"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ROW_COLUMNS: Final = (
+    "version_id, created_at, published_at, parent, data_snapshot, kind, manifest_sha256"
+)
+
+# Schema set-up runs under this transaction-level advisory lock: concurrent
+# CREATE ... IF NOT EXISTS of one table can still collide in PostgreSQL's catalogue.
+_SCHEMA_LOCK: Final = 0x746F776572666C6F  # "towerflo"
+
+
+# Statements with {s} for the schema (see PgRegistry._q).
+_SCHEMA_SQL: Final = (
+    "CREATE SCHEMA IF NOT EXISTS {s}",
+    """CREATE TABLE IF NOT EXISTS {s}.current (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version_id TEXT
+        )""",
+    "INSERT INTO {s}.current (id, version_id) VALUES (1, NULL) ON CONFLICT DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS {s}.versions (
+            seq BIGSERIAL UNIQUE,
+            version_id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            published_at TEXT NOT NULL,
+            parent TEXT,
+            data_snapshot TEXT,
+            kind TEXT,
+            manifest_sha256 TEXT
+        )""",
+    """CREATE TABLE IF NOT EXISTS {s}.events (
+            seq BIGSERIAL PRIMARY KEY,
+            ts TEXT NOT NULL,
+            action TEXT NOT NULL,
+            from_version TEXT,
+            to_version TEXT
+        )""",
+    # Who holds an advisory lock of storage.backends.store_lock, for a waiter's error.
+    "CREATE TABLE IF NOT EXISTS {s}.lock_owners (name TEXT PRIMARY KEY, owner TEXT, since TEXT)",
+)
+
+
+def ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Create ``schema``'s tables where missing (one transaction, under an advisory lock:
+    concurrent ``CREATE ... IF NOT EXISTS`` of one table can collide in the catalogue)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        for stmt in _SCHEMA_SQL:
+            conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+
+
+class PgRegistry:
+    """The registry in ``ref``'s database; the methods and errors of
+    ``storage.registry.Registry``. Each call is one short connection and transaction
+    (constructing it connects to nothing). Reads of a database where nothing was ever
+    registered (no schema yet) read as an empty registry and create nothing."""
+
+    def __init__(self, ref: DatabaseRef) -> None:
+        self.ref = ref
+        self.path = ref.url  # what errors name, as the SQLite registry names its file
+        self._schema_ready = False
+
+    def _q(self, text: str) -> sql.Composed:
+        """``text`` with ``{s}`` replaced by this store's schema, quoted."""
+        return sql.SQL(text).format(s=sql.Identifier(self.ref.schema))
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction that holds CURRENT's row lock (the schema made on first use)."""
+        with database_errors(self.ref), connect(self.ref) as conn:
+            if not self._schema_ready:
+                ensure_schema(conn, self.ref.schema)
+                self._schema_ready = True
+            with conn.transaction():
+                conn.execute(self._q("SELECT version_id FROM {s}.current WHERE id = 1 FOR UPDATE"))
+                yield conn
+
+    def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T | None:
+        """``query`` in a read-only transaction; None when the schema does not exist."""
+        with database_errors(self.ref), connect(self.ref) as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            found = conn.execute(
+                "SELECT to_regclass(%s)", (f'"{self.ref.schema}".events',)
+            ).fetchone()
+            if found is None or found[0] is None:
+                return None
+            return query(conn)
+
+    # -- the Registry interface ----------------------------------------------------------
+
+    def current(self) -> str | None:
+        """The version CURRENT names, or None if nothing was published."""
+        return self._read(self._current)
+
+    def _current(self, conn: psycopg.Connection[Any]) -> str | None:
+        row = conn.execute(self._q("SELECT version_id FROM {s}.current WHERE id = 1")).fetchone()
+        return None if row is None else row[0]
+
+    def get(self, version_id: str) -> VersionRow | None:
+        """The registered row of ``version_id``, or None."""
+        row = self._read(
+            lambda conn: conn.execute(
+                self._q(f"SELECT {_ROW_COLUMNS} FROM {{s}}.versions WHERE version_id = %s"),
+                (version_id,),
+            ).fetchone()
+        )
+        return None if row is None else VersionRow(*row)
+
+    def list_versions(self) -> list[VersionRow]:
+        """All registered versions, most recently published first."""
+        rows = self._read(
+            lambda conn: conn.execute(
+                self._q(
+                    f"SELECT {_ROW_COLUMNS} FROM {{s}}.versions "
+                    "ORDER BY published_at DESC, seq DESC"
+                )
+            ).fetchall()
+        )
+        return [VersionRow(*r) for r in rows or []]
+
+    def events(self) -> list[Event]:
+        """The audit log, oldest first."""
+        rows = self._read(
+            lambda conn: conn.execute(
+                self._q("SELECT ts, action, from_version, to_version FROM {s}.events ORDER BY seq")
+            ).fetchall()
+        )
+        return [Event(*r) for r in rows or []]
+
+    def register_and_swap(
+        self,
+        version_id: str,
+        *,
+        expected: str | None,
+        created_at: str,
+        data_snapshot: str | None,
+        kind: VersionKind = "nightly",
+        manifest_sha256: str | None = None,
+    ) -> VersionRow:
+        """Insert the version row and CAS CURRENT ``expected`` -> ``version_id`` in one
+        transaction. Raises ``PublishConflictError``."""
+        if kind not in KINDS:
+            raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
+        row = VersionRow(
+            version_id, created_at, utc_now_iso(), expected, data_snapshot, kind, manifest_sha256
+        )
+        with self._write() as conn:
+            conn.execute(
+                self._q(
+                    f"INSERT INTO {{s}}.versions ({_ROW_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                ),
+                (
+                    row.version_id,
+                    row.created_at,
+                    row.published_at,
+                    row.parent,
+                    row.data_snapshot,
+                    row.kind,
+                    row.manifest_sha256,
+                ),
+            )
+            self._cas(conn, expected, version_id)
+            self._event(conn, "publish", expected, version_id)
+        log.info("CURRENT %s -> %s (publish)", expected, version_id)
+        return row
+
+    def compare_and_swap(self, expected: str | None, new: str, action: str = "rollback") -> None:
+        """Move CURRENT ``expected`` -> ``new`` (a registered version) and log ``action``.
+        Raises ``VersionNotFoundError`` or ``PublishConflictError``."""
+        with self._write() as conn:
+            found = conn.execute(
+                self._q("SELECT 1 FROM {s}.versions WHERE version_id = %s"),
+                (new,),
+            ).fetchone()
+            if found is None:
+                raise VersionNotFoundError(f"version {new!r} is not registered in {self.path}")
+            self._cas(conn, expected, new)
+            self._event(conn, action, expected, new)
+        log.info("CURRENT %s -> %s (%s)", expected, new, action)
+
+    def unregister(self, version_id: str) -> bool:
+        """Delete the row of ``version_id`` unless it is CURRENT; True if deleted."""
+        with self._write() as conn:
+            cur = conn.execute(
+                self._q(
+                    "DELETE FROM {s}.versions WHERE version_id = %s AND version_id IS "
+                    "DISTINCT FROM (SELECT version_id FROM {s}.current WHERE id = 1)"
+                ),
+                (version_id,),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._event(conn, "prune", version_id, None)
+        return True
+
+    def _cas(self, conn: psycopg.Connection[Any], expected: str | None, new: str) -> None:
+        cur = conn.execute(
+            self._q(
+                "UPDATE {s}.current SET version_id = %(new)s "
+                "WHERE id = 1 AND version_id IS NOT DISTINCT FROM %(expected)s"
+            ),
+            {"new": new, "expected": expected},
+        )
+        if cur.rowcount == 0:
+            raise PublishConflictError(expected=expected, actual=self._current(conn), new=new)
+
+    def _event(
+        self,
+        conn: psycopg.Connection[Any],
+        action: str,
+        from_version: str | None,
+        to_version: str | None,
+    ) -> None:
+        conn.execute(
+            self._q(
+                "INSERT INTO {s}.events (ts, action, from_version, to_version) "
+                "VALUES (%s, %s, %s, %s)"
+            ),
+            (utc_now_iso(), action, from_version, to_version),
+        )
