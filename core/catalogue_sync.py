@@ -39,7 +39,6 @@ from core.catalogue_apply import (
 )
 from storage import (
     REQUIRED_FILES,
-    CatalogueLog,
     CorruptVersionError,
     Layout,
     Lineage,
@@ -50,7 +49,7 @@ from storage import (
     VersionFiles,
     VersionStore,
 )
-from storage.backends import store_lock
+from storage.backends import open_catalogue, store_lock
 from storage.integrity import FileIdentity, carried_entries, file_identities
 from storage.manifest import FileEntry, read_manifest
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
@@ -150,7 +149,7 @@ def sync_current(
     dead publishers left (staging of dead processes, unregistered version folders).
     """
     store = VersionStore(layout, keep_versions, keep_item_versions)
-    catalogue = CatalogueLog(layout.catalogue_db)
+    catalogue = open_catalogue(layout)
     removed: list[Path] = []
     for attempt in range(1, max_attempts + 1):
         with store_lock(layout, "publish", lock_timeout_s):
@@ -228,7 +227,7 @@ def catch_up_and_publish(
     includes every entry that CURRENT includes.
     """
     staging = store.staging_path(version_id)
-    catalogue = CatalogueLog(store.layout.catalogue_db)
+    catalogue = open_catalogue(store.layout)
     with store_lock(store.layout, "publish", lock_timeout_s):
         for attempt in range(1, max_attempts + 1):
             seq, _ = read_catalogue_state(staging)

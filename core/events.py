@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from core.items_validation import MAX_INLINE_ITEMS
-from storage import CatalogueLog, Layout, VersionStore, atomic_path
+from storage import Layout, VersionStore, atomic_path
+from storage.backends import open_catalogue
 
 __all__ = ["MAX_INLINE_BYTES", "event_payload", "wait_until_published"]
 
@@ -36,7 +37,7 @@ def wait_until_published(root: Path, event_id: str, timeout_s: float) -> dict[st
     """Poll until the event is acknowledged (in the catalogue) and CURRENT includes it;
     returns the seconds to each and CURRENT. ``TimeoutError`` says which did not happen."""
     layout = Layout(root)
-    catalogue, store = CatalogueLog(layout.catalogue_db), VersionStore(layout)
+    catalogue, store = open_catalogue(layout), VersionStore(layout)
     start = time.monotonic()
     acked_s: float | None = None
     while time.monotonic() - start < timeout_s:

@@ -31,13 +31,13 @@ from core.refs import StageRef
 from model.config import TowerSpec
 from storage import (
     VERSION_ITEMS,
-    CatalogueLog,
     Layout,
     VersionFiles,
     VersionStore,
     read_json,
     read_table,
 )
+from storage.backends import open_catalogue
 from storage.manifest import verify_files
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
@@ -122,7 +122,7 @@ def record_items(
     An event whose file cannot be used fails whole with a ``ValueError`` before anything
     is recorded (so a redelivery fails the same way): `UnsafeItemsPath` when its ``path``
     is not a file inside the store's inbox (nothing is read), else a read error."""
-    catalogue = CatalogueLog(Layout(Path(root)).catalogue_db)
+    catalogue = open_catalogue(Layout(Path(root)))
     if catalogue.has_event(batch.event_id):
         logger.info("event %s was already recorded: nothing to do", batch.event_id)
         head = catalogue.head()
@@ -230,7 +230,7 @@ def merge_catalogue(stage: StageRef, *, logger: StepLogger = log) -> int:
     item count. Entries that arrive later are folded in by publish-version."""
     staging = VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
     write_catalogue_state(staging, 0, ())
-    changes = CatalogueLog(Layout(Path(stage.root)).catalogue_db).changes(0)
+    changes = open_catalogue(Layout(Path(stage.root))).changes(0)
     applied = apply_changes(staging, changes, recipe=None)
     # Built from the whole catalogue, not on top of its parent: only the entries folded in
     # at publish time count as applied events.

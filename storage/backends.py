@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Literal
 
+from storage.catalogue import CatalogueLike, CatalogueLog
 from storage.database import DatabaseRef, connect, database_errors, read_binding
 from storage.fs import file_lock
 from storage.layout import Layout
 from storage.manifest import utc_now_iso
 from storage.registry import Registry, RegistryLike
 
-__all__ = ["LockName", "StoreLockTimeout", "open_registry", "store_lock"]
+__all__ = ["LockName", "StoreLockTimeout", "open_catalogue", "open_registry", "store_lock"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,17 @@ def open_registry(layout: Layout) -> RegistryLike:
     from storage.pg_registry import PgRegistry  # here: SQLite stores never load psycopg
 
     return PgRegistry(ref)
+
+
+def open_catalogue(layout: Layout) -> CatalogueLike:
+    """The item catalogue of the store at ``layout``: PostgreSQL when the store is bound
+    to a database, else ``catalogue.sqlite``. Connects to nothing."""
+    ref = read_binding(layout)
+    if ref is None:
+        return CatalogueLog(layout.catalogue_db)
+    from storage.pg_catalogue import PgCatalogueLog  # here: SQLite stores never load psycopg
+
+    return PgCatalogueLog(ref)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +34,12 @@ from storage.manifest import utc_now_iso
 __all__ = [
     "AppendResult",
     "CatalogueChanges",
+    "CatalogueLike",
     "CatalogueLog",
     "ItemUpsert",
+    "Op",
+    "changes_from_rows",
+    "upsert_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,6 +120,47 @@ def _digest(category: int, content: npt.NDArray[np.float32]) -> str:
     return h.hexdigest()
 
 
+def upsert_rows(
+    event_id: str, items: Sequence[ItemUpsert]
+) -> list[tuple[int, int | None, bytes | None, str | None]]:
+    """(item ID, category, content as little-endian float32 bytes, digest) of each item;
+    raises ValueError when an ID appears twice (both backends store these rows)."""
+    ids = [int(it.item_id) for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"event {event_id!r}: an item ID appears twice in one append")
+    return [
+        (
+            int(it.item_id),
+            int(it.category),
+            np.ascontiguousarray(it.content, "<f4").tobytes(),
+            _digest(it.category, it.content),
+        )
+        for it in items
+    ]
+
+
+class CatalogueLike(Protocol):
+    """What a store's item catalogue does, in SQLite (`CatalogueLog`) or PostgreSQL
+    (`storage.pg_catalogue.PgCatalogueLog`); `storage.backends.open_catalogue` picks one."""
+
+    @property
+    def path(self) -> object:
+        """Where it lives (a file, or a URL without password), for messages."""
+        ...
+
+    def append_upserts(self, event_id: str, items: Sequence[ItemUpsert]) -> AppendResult: ...
+
+    def append_retirements(self, event_id: str, item_ids: Sequence[int]) -> AppendResult: ...
+
+    def head(self) -> int: ...
+
+    def has_event(self, event_id: str) -> bool: ...
+
+    def event_seq(self, event_id: str) -> int | None: ...
+
+    def changes(self, after: int, upto: int | None = None) -> CatalogueChanges: ...
+
+
 class CatalogueLog:
     """Access to `catalogue.sqlite`; each method is one short connection and transaction.
 
@@ -146,19 +191,7 @@ class CatalogueLog:
 
     def append_upserts(self, event_id: str, items: Sequence[ItemUpsert]) -> AppendResult:
         """Record `items` (created or changed) under `event_id`, atomically and durably."""
-        ids = [int(it.item_id) for it in items]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"event {event_id!r}: an item ID appears twice in one append")
-        rows: list[tuple[int, int | None, bytes | None, str | None]] = [
-            (
-                it.item_id,
-                int(it.category),
-                np.ascontiguousarray(it.content, "<f4").tobytes(),
-                _digest(it.category, it.content),
-            )
-            for it in items
-        ]
-        return self._append(event_id, "upsert", rows)
+        return self._append(event_id, "upsert", upsert_rows(event_id, items))
 
     def append_retirements(self, event_id: str, item_ids: Sequence[int]) -> AppendResult:
         """Record that `item_ids` must no longer be served, atomically and durably."""
@@ -251,17 +284,19 @@ class CatalogueLog:
 
         found = self._read(query)
         if found is None:
-            return _changes(after, max(after, upto or 0), [], ())
+            return changes_from_rows(after, max(after, upto or 0), [], ())
         end, rows, events = found
-        return _changes(after, end, rows, tuple(e[0] for e in events))
+        return changes_from_rows(after, end, rows, tuple(e[0] for e in events))
 
 
-def _changes(
+def changes_from_rows(
     after: int,
     upto: int,
     rows: list[tuple[int, str, int | None, bytes | None]],
     events: tuple[str, ...],
 ) -> CatalogueChanges:
+    """The `CatalogueChanges` of the latest entry per item in `(after, upto]`: rows of
+    (item ID, op, category, content bytes) and the events' ids in log order."""
     ups = sorted((r for r in rows if r[1] == "upsert"), key=lambda r: r[0])
     retired = np.array(sorted(r[0] for r in rows if r[1] == "retire"), np.int64)
     contents = [np.frombuffer(r[3] or b"", "<f4") for r in ups]

@@ -65,6 +65,26 @@ _SCHEMA_SQL: Final = (
             from_version TEXT,
             to_version TEXT
         )""",
+    # The item catalogue (storage.pg_catalogue), as catalogue.sqlite's tables.
+    """CREATE TABLE IF NOT EXISTS {s}.catalogue_entries (
+            seq BIGSERIAL PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            item_id BIGINT NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('upsert', 'retire')),
+            category INTEGER,
+            content BYTEA,
+            digest TEXT,
+            ts TEXT NOT NULL
+        )""",
+    "CREATE INDEX IF NOT EXISTS catalogue_entries_item ON {s}.catalogue_entries (item_id, seq)",
+    """CREATE TABLE IF NOT EXISTS {s}.catalogue_events (
+            event_id TEXT PRIMARY KEY,
+            op TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            n_items INTEGER NOT NULL,
+            n_changed INTEGER NOT NULL,
+            last_seq BIGINT NOT NULL
+        )""",
     # Who holds an advisory lock of storage.backends.store_lock, for a waiter's error.
     "CREATE TABLE IF NOT EXISTS {s}.lock_owners (name TEXT PRIMARY KEY, owner TEXT, since TEXT)",
 )

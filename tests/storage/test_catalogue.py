@@ -14,9 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import CatalogueLog, ItemUpsert, Layout
+from storage import ItemUpsert, Layout
+from storage.backends import open_catalogue
+from tests.storage.conftest import BACKENDS, backend_layout
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=BACKENDS)
+def layout(request: pytest.FixtureRequest, tmp_path: Path) -> Layout:
+    """Every test here runs on both catalogues: SQLite in the root, and PostgreSQL."""
+    return backend_layout(request, tmp_path / "store")
 
 
 def _up(item_id: int, value: float = 0.0, category: int = 1) -> ItemUpsert:
@@ -24,14 +32,14 @@ def _up(item_id: int, value: float = 0.0, category: int = 1) -> ItemUpsert:
 
 
 def test_empty_log_reads_as_empty_without_creating_the_file(layout: Layout) -> None:
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     assert log.head() == 0 and not log.has_event("e")
     assert log.changes(0).empty
     assert not layout.catalogue_db.exists()
 
 
 def test_changes_give_the_latest_state_of_each_touched_item(layout: Layout) -> None:
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     first = log.append_upserts("e1", [_up(1, 1.0), _up(2, 2.0)])
     assert (first.head, first.changed, first.duplicate) == (2, (1, 2), False)
     log.append_upserts("e2", [_up(1, 5.0, category=3)])
@@ -49,7 +57,7 @@ def test_changes_give_the_latest_state_of_each_touched_item(layout: Layout) -> N
 
 
 def test_same_event_twice_is_applied_once(layout: Layout) -> None:
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     log.append_upserts("e1", [_up(1)])
     again = log.append_upserts("e1", [_up(1, 7.0), _up(2)])
     assert again.duplicate and again.changed == () and log.head() == 1
@@ -58,7 +66,7 @@ def test_same_event_twice_is_applied_once(layout: Layout) -> None:
 
 
 def test_identical_content_under_a_new_event_adds_no_entry(layout: Layout) -> None:
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     log.append_upserts("e1", [_up(1, 1.0), _up(2, 2.0)])
     same = log.append_upserts("e2", [_up(1, 1.0), _up(2, 2.5)])
     assert same.changed == (2,) and same.unchanged == (1,) and same.head == 3
@@ -69,7 +77,7 @@ def test_identical_content_under_a_new_event_adds_no_entry(layout: Layout) -> No
 
 
 def test_one_append_cannot_name_an_item_twice(layout: Layout) -> None:
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     with pytest.raises(ValueError, match="twice"):
         log.append_upserts("e1", [_up(1), _up(1, 2.0)])
     assert log.head() == 0 and not log.has_event("e1")
@@ -77,8 +85,9 @@ def test_one_append_cannot_name_an_item_twice(layout: Layout) -> None:
 
 _WRITER = """
 import sys, numpy as np
-from storage import CatalogueLog, ItemUpsert
-log = CatalogueLog(sys.argv[1])
+from storage import ItemUpsert, Layout
+from storage.backends import open_catalogue
+log = open_catalogue(Layout(sys.argv[1]))
 for n in range(10_000):
     items = [ItemUpsert(n * 10 + j, 1, np.full(4, n, np.float32)) for j in range(5)]
     log.append_upserts(f"e{n}", items)
@@ -92,7 +101,7 @@ def test_sigkill_mid_append_loses_no_acknowledged_event_and_tears_none(
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(layout.catalogue_db)],
+        [sys.executable, "-c", _WRITER, str(layout.root)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -104,7 +113,7 @@ def test_sigkill_mid_append_loses_no_acknowledged_event_and_tears_none(
     out, _ = proc.communicate(timeout=30)
     acked = [int(x) for x in (first + out).split()]
     assert acked
-    log = CatalogueLog(layout.catalogue_db)
+    log = open_catalogue(layout)
     state = log.changes(0)
     events = sorted(int(e[1:]) for e in state.event_ids)
     # Every acknowledged event is there, whole; at most one more committed unacknowledged.

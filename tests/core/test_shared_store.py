@@ -1,0 +1,82 @@
+"""A store whose registry and item catalogue live in PostgreSQL (TOWERFLOW_DATABASE_URL):
+the tiny nightly, an items event and the recall API, through the Python API, against a
+real server on loopback. Nothing of the registry or the catalogue lands in the root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+
+from bench.http_server import serve_in_thread
+from core.config import NightlyConfig
+from core.items import apply_items
+from core.items_validation import ItemsBatch
+from core.lifecycle import OverlappingRunError, exclusive_nightly
+from core.nightly import run_nightly
+from service import ApiSettings, RecallService, create_app
+from storage import Layout, VersionStore, read_json
+from storage.database import DatabaseRef, read_binding
+
+pytestmark = pytest.mark.e2e
+
+
+def test_nightly_items_event_and_api_on_a_postgresql_registry(pg_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    cfg = NightlyConfig.model_validate(
+        {
+            "data": {"scale": "tiny"},
+            "train": {"epochs": 2},
+            "evaluation": {"baseline": "none", "gate_min_lift": 0.0},
+            "runtime": {"storage_root": str(root), "resume": False, "threads": 2},
+        }
+    )
+    first = run_nightly(cfg)
+    layout = Layout(root)
+    ref = read_binding(layout)
+    assert ref is not None and ref.same_database(DatabaseRef.from_url(pg_url))
+    store = VersionStore(layout)
+    assert store.current() == first
+
+    # An items event: recorded in the shared catalogue, published as a new CURRENT.
+    dim = read_json(store.open_current().path / "model.json")["content_dim"]
+    rng = np.random.default_rng(3)
+    new_ids = [900_001, 900_002]
+    items = [
+        {"item_id": i, "category": 1, "content": rng.normal(size=dim).round(4).tolist()}
+        for i in new_ids
+    ]
+    recorded, second = apply_items(str(root), ItemsBatch(event_id="e-1", items=items))
+    assert recorded.accepted == 2 and second != first and store.current() == second
+    again, same = apply_items(str(root), ItemsBatch(event_id="e-1", items=items))
+    assert again.duplicate and same == second  # redelivered: a no-op
+
+    # The registry and the catalogue are on the server, not in the root.
+    assert not layout.registry_db.exists() and not layout.catalogue_db.exists()
+    with psycopg.connect(pg_url.split("?")[0]) as conn:
+        s = ref.schema
+        current = conn.execute(f'SELECT version_id FROM "{s}".current').fetchone()
+        entries = conn.execute(f'SELECT COUNT(*) FROM "{s}".catalogue_entries').fetchone()
+    assert current == (second,) and entries == (2,)
+
+    # The API serves CURRENT from the shared registry, new items included.
+    service = RecallService(VersionStore(layout), poll_interval_s=0.1)
+    with (
+        serve_in_thread(create_app(service, ApiSettings())) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        health = client.get("/v1/health").json()
+        assert health["version"] == health["current_in_store"] == second, health
+        body = client.post("/v1/recall", json={"user_id": 1, "k": 10})
+        assert body.status_code == 200 and body.json()["version"] == second
+
+    # The nightly lock is the database's: held here, a second run is refused at once.
+    with (
+        exclusive_nightly(str(root), "run-A"),
+        pytest.raises(OverlappingRunError, match=r"another nightly run is in progress.*run-A"),
+        exclusive_nightly(str(root), "run-B"),
+    ):
+        pass
