@@ -4,7 +4,8 @@ binding says): publish versions in a loop, or hold a store lock.
     python -m tests.storage.shared_publisher publish ROOT SEED COUNT
         stage and publish COUNT versions on top of CURRENT, printing "step NAME" after
         each publish step and "won ID" / "lost ID" after each publish (flushed lines);
-        with SEED >= 1000 it waits for the file ROOT/go before the first publish.
+        with SEED >= 1000 it prints "ready" once staged, then waits for the file ROOT/go
+        before the first publish.
     python -m tests.storage.shared_publisher lock ROOT NAME OWNER
         hold the store lock NAME, print "locked", then sleep until killed.
 """
@@ -31,6 +32,7 @@ def publish(root: str, seed: int, count: int) -> None:
         expected = store.current()
         vid = stage_version(store, seed=seed * 100 + i)
         if seed >= 1000 and i == 0:
+            _say("ready")  # CURRENT read and the version staged: on the start line
             while not (Path(root) / "go").exists():
                 time.sleep(0.001)
         try:

@@ -54,7 +54,7 @@ def test_all_is_explicit_and_resolvable() -> None:
     # The raw input readers are imported on demand (they pull in pandas and pyarrow's CSV
     # reader); they show up once any test used them.
     submodules |= {"rawlog", "rawparse", "rawstream", "rawtext"}
-    # So is the PostgreSQL registry (psycopg), by stores bound to a database.
-    submodules |= {"pg_registry"}
+    # So are the PostgreSQL registry and catalogue (psycopg), by stores bound to a database.
+    submodules |= {"pg_registry", "pg_catalogue"}
     submodules |= {"schemas", "settings", "snapshots", "versions"}
     assert public - submodules == set(storage.__all__)

@@ -200,7 +200,8 @@ def test_two_publisher_processes_race_one_wins_one_gets_the_conflict(
         (layout.root / "go").unlink(missing_ok=True)
         seeds = (1000 + 10 * round_, 1001 + 10 * round_)
         kids = [_child("publish", str(layout.root), str(seed), "1") for seed in seeds]
-        time.sleep(0.3)  # both have staged and wait on the start line
+        for kid in kids:  # both read CURRENT, staged and wait on the start line
+            assert kid.stdout is not None and kid.stdout.readline().strip() == "ready"
         (layout.root / "go").touch()
         results = []
         for kid in kids:
