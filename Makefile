@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PREFECT_HOME ?= $(CURDIR)/.towerflow/prefect
 
-.PHONY: install run test test-fast test-slow check lint format clean bench ablation ablation-movielens postgres \
+.PHONY: install run test test-fast test-slow check lint format clean bench ablation ablation-movielens postgres shared-stack \
 	ablation-real tune-real real-seeds ceiling browser ui
 
 $(STAMP): pyproject.toml
@@ -63,6 +63,13 @@ postgres:
 			"it; under CI they fail)" >&2; \
 		test -z "$$CI"; \
 	fi
+
+# The shared deployment on this machine (README, "Shared deployment"): PostgreSQL, a
+# Prefect server on it, a process pool with two workers and a store bound to the database,
+# all on loopback under SHARED_DIR; Ctrl-C stops it.
+SHARED_DIR ?= $(CURDIR)/.towerflow-shared
+shared-stack: install postgres
+	$(BIN)/python -m devtools.stack $(SHARED_DIR)
 
 # What CI runs (.ci/run): everything but `slow`, the browser test of the Prefect UI included.
 # Two workers by file (pytest-xdist): most long tests wait on a Prefect server or a

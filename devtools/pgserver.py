@@ -81,9 +81,18 @@ class PgServer:
         command = [str(bindir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(
-            command, check=check, capture_output=True, text=True, stdin=subprocess.DEVNULL
-        )
+        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"{args[0]} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}"
+                + (
+                    " (under root the cluster belongs to the postgres user, who must be able "
+                    f"to enter every folder above {self.folder})"
+                    if os.geteuid() == 0
+                    else ""
+                )
+            )
+        return done
 
     def start(self) -> str:
         """Initialise the cluster (first time), start the server and return its URL."""

@@ -118,6 +118,8 @@ def running_stack(folder: Path, *, workers: int = 2, port: int = 0) -> Iterator[
     ``folder``)."""
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    # Under root the cluster (folder/pg) belongs to the postgres user: let it pass through.
+    folder.chmod(folder.stat().st_mode | 0o111)
     with ExitStack() as stack:
         pg = PgServer(folder / "pg")
         base_url = pg.start()
