@@ -25,6 +25,9 @@ code  kind          failures
                     connection refused, the temporary server did not start
 9     conflict      another nightly run holds the store (``OverlappingRunError``), CURRENT
                     moved during a publish or rollback (``PublishConflictError``)
+10    timeout       a nightly step ran past its time limit (``StepTimeoutError``)
+11    database      the store's PostgreSQL database cannot be reached, refused the
+                    credentials, or its binding is invalid (``DatabaseError``)
 ====  ============  ===========================================================================
 
 ``--json`` errors: ``{"error": {"type": "QualityGateError", "kind": "quality-gate",
@@ -89,6 +92,7 @@ class ExitCode(IntEnum):
     SERVER = 8
     CONFLICT = 9
     TIMEOUT = 10
+    DATABASE = 11
 
     @property
     def kind(self) -> str:
@@ -216,6 +220,8 @@ _RULES: Final[tuple[tuple[ExitCode, Callable[[BaseException], bool]], ...]] = (
         _any(("core.evaluation", "QualityGateError"), ("core.indexing", "IndexRecallError")),
     ),
     (ExitCode.TIMEOUT, _any(("core.lifecycle", "StepTimeoutError"))),
+    # Before SERVER: an unreachable database is a ConnectionError too, not Prefect's.
+    (ExitCode.DATABASE, _any(("storage.database", "DatabaseError"))),
     (ExitCode.SERVER, _server),
     (ExitCode.NOT_FOUND, lambda e: isinstance(e, FileNotFoundError) or _missing(e)),
     (ExitCode.PERMISSION, _permission),
@@ -276,6 +282,8 @@ _HINTS: Final = {
     ExitCode.CORRUPT: "`towerflow verify` shows the damaged files; `towerflow rollback "
     "VERSION` serves an intact kept version",
     ExitCode.DISK_FULL: "free space on the store's disk and run again",
+    ExitCode.DATABASE: "set TOWERFLOW_DATABASE_URL (or PGPASSWORD) to the store's database "
+    "with its password, and check the server answers",
     ExitCode.SERVER: "start one (`prefect server start --host 127.0.0.1`) and export "
     "PREFECT_API_URL, or unset PREFECT_API_URL to use a temporary server",
 }

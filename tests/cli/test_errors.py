@@ -35,6 +35,7 @@ from storage import (
     VersionNotFoundError,
     VersionStore,
 )
+from storage.database import DatabaseError, DatabaseUnavailableError
 from tests.core.items.conftest import MakeStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,6 +81,9 @@ def json_error(result: Result, code: int) -> dict[str, Any]:
         (PublishConflictError("v1", "v2", "v3"), ExitCode.CONFLICT),
         (OverlappingRunError("another nightly run"), ExitCode.CONFLICT),
         (StepTimeoutError("train-model", 60, "train_model"), ExitCode.TIMEOUT),
+        # A ConnectionError too, but the database's, not Prefect's.
+        (DatabaseUnavailableError("cannot connect to the store's database"), ExitCode.DATABASE),
+        (DatabaseError("invalid database binding"), ExitCode.DATABASE),
         (QualityGateError("quality gate failed"), ExitCode.QUALITY_GATE),
         (IndexRecallError("below the target"), ExitCode.QUALITY_GATE),
         (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), ExitCode.SERVER),
