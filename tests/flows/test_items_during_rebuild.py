@@ -21,7 +21,9 @@ from core.versionio import read_embeddings
 from flows.nightly import nightly
 from model.embed import embed_items
 from model.features import category_rows
-from storage import CatalogueLog, ItemUpsert, Layout, VersionStore
+from storage import ItemUpsert, Layout, VersionStore
+from storage.backends import open_catalogue
+from storage.database import bind_database
 from tests.conftest import Published
 
 pytestmark = pytest.mark.prefect
@@ -47,7 +49,7 @@ class Producer(threading.Thread):
         return ItemUpsert(item_id, int(self.rng.integers(0, 8)), content)
 
     def run(self) -> None:
-        log = CatalogueLog(self.layout.catalogue_db)
+        log = open_catalogue(self.layout)
         last: tuple[str, list[ItemUpsert]] | None = None
         try:
             while not self.stop.is_set():
@@ -71,12 +73,26 @@ class Producer(threading.Thread):
             self.errors.append(e)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_items_created_during_a_rebuild_are_all_served_exactly_once(
-    published: Published, tmp_path: Path
+    published: Published, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
+    """On both registries and catalogues: SQLite files in the root, and PostgreSQL."""
     root = tmp_path / "store"
-    shutil.copytree(published.root, root)
     layout = Layout(root)
+    if backend == "sqlite":
+        shutil.copytree(published.root, root)
+    else:
+        bind_database(layout, request.getfixturevalue("pg_url"))
+        first = NightlyConfig.model_validate(
+            {
+                "data": {"scale": "tiny"},
+                "train": {"epochs": 1},
+                "evaluation": {"gate_min_lift": -1.0, "baseline": "none", "max_users": 100},
+                "runtime": {"storage_root": str(root), "keep_versions": _KEEP},
+            }
+        )
+        nightly(first)  # the CURRENT the producers start from
     store = VersionStore(layout, keep_versions=_KEEP)
     before = store.current()
     content_dim = Recaller.load(store).model.spec.content_dim
