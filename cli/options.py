@@ -38,10 +38,12 @@ __all__ = [
 ]
 
 RootOpt = Annotated[
-    Path | None,
+    # A string: an object-store root (s3://bucket/prefix) is not a path.
+    str | None,
     typer.Option(
         "--root",
-        help="Artifact store root (default: $TOWERFLOW_ROOT or ./.towerflow).",
+        help="Artifact store root, a folder or s3://BUCKET/PREFIX (default: $TOWERFLOW_ROOT "
+        "or ./.towerflow).",
         show_default=False,
     ),
 ]
@@ -180,7 +182,7 @@ def fail(message: str, code: int | None = None) -> CommandError:
     return CommandError(message, code, sys.exc_info()[1])
 
 
-def root_path(root: Path | None, cfg_root: str | None = None) -> Path:
+def root_path(root: str | Path | None, cfg_root: str | None = None) -> Path:
     """The store root of a command: ``--root``, else the config file's
     ``runtime.storage_root``, else ``$TOWERFLOW_ROOT``, else ``./.towerflow`` (absolute;
     the rule is ``core.store.resolve_root``)."""
@@ -189,7 +191,7 @@ def root_path(root: Path | None, cfg_root: str | None = None) -> Path:
     return resolve_root(root, cfg_root)
 
 
-def open_store(root: Path | None, cfg_root: str | None = None) -> VersionStore:
+def open_store(root: str | Path | None, cfg_root: str | None = None) -> VersionStore:
     """The version store at ``root_path(root, cfg_root)``, keeping
     ``$TOWERFLOW_KEEP_VERSIONS`` (default 5) versions."""
     from core.store import open_store as open_root

@@ -5,9 +5,11 @@ root, one default for retention. Imports only ``storage``, so light commands suc
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from storage import Layout, StorageSettings, VersionStore
 from storage.database import bind_database
+from storage.objectstore import bind_remote, cache_root, is_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
@@ -20,18 +22,22 @@ __all__ = [
 
 
 def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:
-    """The artifact store root, absolute.
+    """The artifact store root, absolute: a local folder, or for an object store
+    (``s3://bucket/prefix``) this machine's cache of it (under ``$TOWERFLOW_CACHE_DIR``,
+    bound to the remote on first use; see ``storage.objectstore``).
 
     Precedence: an explicit ``--root`` option (or argument), then the config file's
     ``runtime.storage_root``, then ``$TOWERFLOW_ROOT``, then ``./.towerflow``.
     """
-    if option is not None:
-        root = Path(option)
-    elif cfg_root:
-        root = Path(cfg_root)
-    else:
-        root = StorageSettings().root
-    return root.expanduser().resolve()
+    env = StorageSettings()
+    raw = str(option) if option is not None else (cfg_root or env.root)
+    if raw.startswith("file://"):
+        raw = urlsplit(raw).path
+    if is_remote(raw):
+        cache = cache_root(raw, env.cache_dir)
+        bind_remote(Layout(cache), raw)
+        return cache
+    return Path(raw).expanduser().resolve()
 
 
 def open_store(

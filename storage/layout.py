@@ -5,6 +5,7 @@ The tree is::
     <root>/registry.sqlite                      CURRENT pointer, version rows, audit log
     <root>/database.json                        the PostgreSQL database holding the registry
                                                 (shared stores only; no password)
+    <root>/remote.json                          the object store this root caches (s3://...)
     <root>/catalogue.sqlite                     item upserts/retirements log (source of truth)
     <root>/publish.lock                         advisory lock serialising publishers
     <root>/inbox/<name>                         item batch files referenced by events
@@ -105,6 +106,18 @@ class Layout:
         """The PostgreSQL database a shared store keeps its registry in (storage.database);
         absent: the registry is `registry_db`."""
         return self.root / "database.json"
+
+    @property
+    def remote_binding(self) -> Path:
+        """The object store this root is the local cache of (storage.objectstore);
+        absent: the root is the store."""
+        return self.root / "remote.json"
+
+    @property
+    def fetch_dir(self) -> Path:
+        """Where versions downloaded from the remote are verified before they enter the
+        cache's `versions/` (storage.objectstore)."""
+        return self.root / "staging" / "fetch"
 
     @property
     def catalogue_db(self) -> Path:

@@ -38,6 +38,7 @@ PUBLISH_STEPS: Final[tuple[str, ...]] = (
     "fsynced",  # every staged file and the staging folder fsynced
     "verified",  # every file re-read and matched against the manifest
     "renamed",  # staging folder renamed to versions/<id>, versions/ fsynced (not yet CURRENT)
+    "uploaded",  # a remote store's copy put, manifest last, and read back (else a no-op)
     "committed",  # version row inserted and CURRENT swapped in one SQLite transaction
     "pruned",  # versions beyond keep_versions unregistered, then deleted
 )

@@ -28,9 +28,16 @@ class StorageSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TOWERFLOW_", extra="ignore")
 
-    root: Path = Field(
-        default=Path(".towerflow"),
-        description="Directory holding the registry, data snapshots and model versions.",
+    root: str = Field(
+        default=".towerflow",
+        description=(
+            "Directory holding the registry, data snapshots and model versions, or an "
+            "object store (s3://BUCKET/PREFIX) whose versions this machine caches."
+        ),
+    )
+    cache_dir: Path = Field(
+        default=Path("~/.cache/towerflow"),
+        description="Where a machine caches the versions of object-store roots.",
     )
     keep_versions: int = Field(
         default=DEFAULT_KEEP_VERSIONS,
@@ -52,5 +59,5 @@ class StorageSettings(BaseSettings):
     )
 
     def layout(self) -> Layout:
-        """The `Layout` rooted at `root`."""
-        return Layout(self.root)
+        """The `Layout` rooted at `root` (a local folder)."""
+        return Layout(Path(self.root))

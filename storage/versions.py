@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from storage.backends import open_registry
-from storage.database import DatabaseError
+from storage.database import DatabaseError, read_binding
 from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
     PublishConflictError,
+    StorageError,
     VersionNotFoundError,
 )
 from storage.fs import fsync_dir
@@ -37,6 +38,7 @@ from storage.manifest import (
     Manifest,
     read_manifest,
 )
+from storage.objectstore import RemoteError, read_remote
 from storage.owners import owner_path, write_owner
 from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writing
 from storage.registry import VersionKind, VersionRow
@@ -123,6 +125,14 @@ class VersionStore:
         self.keep_versions = keep_versions  # nightly versions
         self.keep_item_versions = keep_item_versions  # item versions on CURRENT's lineage
         self.registry = open_registry(layout)
+        # The object store this root caches (s3://...), or None for a local store.
+        self.remote = read_remote(layout)
+        if self.remote is not None and read_binding(layout) is None:
+            raise StorageError(
+                f"{self.remote.shown} keeps its registry in PostgreSQL, which every machine "
+                "shares: set TOWERFLOW_DATABASE_URL (the cache at "
+                f"{layout.root} is bound to no database)"
+            )
 
     # -- staging -------------------------------------------------------------------------
 
@@ -234,6 +244,16 @@ class VersionStore:
         fsync_dir(self.layout.versions_dir)
         fsync_dir(staging.parent)
         step("renamed")
+        if self.remote is not None:
+            try:
+                self.remote.upload_version(version_id, final, manifest_sha256)
+            except (RemoteError, CorruptVersionError):
+                # Never registered, so never visible: drop both copies.
+                shutil.rmtree(final, ignore_errors=True)
+                owner_path(staging).unlink(missing_ok=True)
+                self._delete_remote(version_id)
+                raise
+        step("uploaded")
 
         try:
             self.registry.register_and_swap(
@@ -292,6 +312,7 @@ class VersionStore:
         return self._open(version_id, verify)
 
     def _open(self, version_id: str, verify: bool) -> PublishedVersion:
+        self._cache(version_id)
         path = self.layout.version_dir(version_id)
         manifest = self.verify(version_id) if verify else read_manifest(version_id, path)
         return PublishedVersion(version_id, path, manifest)
@@ -305,6 +326,7 @@ class VersionStore:
         manifest, or the first file that is missing or has the wrong size or checksum.
         """
         row = self.registry.get(version_id)
+        self._cache(version_id, row.manifest_sha256 if row is not None else None)
         return verify_version(
             version_id,
             self.layout.version_dir(version_id),
@@ -383,9 +405,12 @@ class VersionStore:
         """Delete versions beyond the newest `keep_versions` nightly ones and the newest
         `keep_item_versions` item versions on CURRENT's lineage, never CURRENT; see
         `storage.retention.kept_versions`. Returns the pruned ids."""
-        return prune_versions(
+        pruned = prune_versions(
             self.layout, self.registry, self.keep_versions, self.keep_item_versions, self.kind_of
         )
+        for version_id in pruned:  # unregistered first, as on disk
+            self._delete_remote(version_id)
+        return pruned
 
     def discard(self, version_id: str) -> None:
         """Delete the staging folder of a version that will not be published."""
@@ -400,12 +425,61 @@ class VersionStore:
         caller holds `Layout.publish_lock`) unregistered version folders; the staging of
         version `own` is kept. See `storage.retention.collect_dead`."""
         keep = [self.layout.staging_version_dir(own)] if own else []
-        return collect_dead(self.layout, self.registry, own=keep, publish_locked=publish_locked)
+        removed = collect_dead(self.layout, self.registry, own=keep, publish_locked=publish_locked)
+        if publish_locked and self.remote is not None:
+            # Every publisher holds the lock from its upload to its commit: under it, an
+            # unregistered remote folder was left by a dead one (or a failed prune).
+            registered = {r.version_id for r in self.registry.list_versions()}
+            for version_id in sorted(self.remote.version_ids() - registered):
+                self._delete_remote(version_id)
+                log.info("removed %s from %s, left by a dead run", version_id, self.remote.shown)
+        return removed
 
     def gc(self, min_age_s: float = DEFAULT_GC_AGE_S) -> list[Path]:
         """Remove unregistered version folders and abandoned staging folders idle for at
         least `min_age_s`; see `storage.retention.collect_garbage`."""
         return collect_garbage(self.layout, self.registry, min_age_s)
+
+    # -- the remote ------------------------------------------------------------------------
+
+    def _cache(self, version_id: str, manifest_sha256: str | None = None) -> None:
+        """On a remote store, download a registered version the cache lacks, verified
+        (see `storage.objectstore`) before it enters `versions/`. Concurrent fetches of
+        one version are fine: the first rename wins, the others drop their copies."""
+        final = self.layout.version_dir(version_id)
+        if self.remote is None or final.is_dir():
+            return
+        if manifest_sha256 is None:
+            row = self.registry.get(version_id)
+            if row is None:
+                return  # not registered: nothing to fetch (the caller reports it)
+            manifest_sha256 = row.manifest_sha256
+        with writing(self.layout.root):
+            tmp = self.layout.fetch_dir / f"{version_id}.{secrets.token_hex(4)}"
+            try:
+                self.remote.fetch_version(version_id, tmp, manifest_sha256)
+                self._ensure_dir(self.layout.versions_dir)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if not final.is_dir():
+                        raise
+                    log.debug("version %s was fetched meanwhile by another process", version_id)
+                else:
+                    fsync_dir(self.layout.versions_dir)
+                    log.info("fetched %s from %s into %s", version_id, self.remote.shown, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _delete_remote(self, version_id: str) -> None:
+        """Best effort: a remote copy that stays is unregistered, and `collect_dead`
+        removes it under the publish lock."""
+        if self.remote is None:
+            return
+        try:
+            self.remote.delete_version(version_id)
+        except RemoteError:
+            log.warning("could not delete %s on %s", version_id, self.remote.shown, exc_info=True)
 
     # -- helpers ---------------------------------------------------------------------------
 

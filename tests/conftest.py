@@ -98,3 +98,59 @@ def pg_url(postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     url = f"{postgres_server}?schema=t_{secrets.token_hex(6)}"
     monkeypatch.setenv("TOWERFLOW_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3-compatible server (moto in server mode) on loopback for the session;
+    yields its endpoint. Clients reach it through the AWS SDK's usual variables."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        pytest.fail("moto_server is missing: install the dev extras (moto[server])")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def s3_root(s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://BUCKET/store`` in a bucket of its own on the session's S3 server, with the
+    AWS variables set (test credentials) and this test's cache folder."""
+    import secrets
+
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "towerflow-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "towerflow-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("TOWERFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = f"towerflow-{secrets.token_hex(4)}"
+    pafs.S3FileSystem(
+        endpoint_override=s3_server, allow_bucket_creation=True, region="us-east-1"
+    ).create_dir(bucket)
+    return f"s3://{bucket}/store"

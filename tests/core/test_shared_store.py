@@ -80,3 +80,51 @@ def test_nightly_items_event_and_api_on_a_postgresql_registry(pg_url: str, tmp_p
         exclusive_nightly(str(root), "run-B"),
     ):
         pass
+
+
+def test_nightly_items_event_and_api_on_an_s3_root(
+    s3_root: str, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole life cycle with ``runtime.storage_root: s3://...``: versions on the
+    object store, registry and catalogue in PostgreSQL, and an API on another machine
+    (another cache folder) that serves CURRENT from verified downloads."""
+    import pyarrow.fs as pafs
+
+    from core.store import open_store
+
+    cfg = NightlyConfig.model_validate(
+        {
+            "data": {"scale": "tiny"},
+            "train": {"epochs": 2},
+            "evaluation": {"baseline": "none", "gate_min_lift": 0.0},
+            "runtime": {"storage_root": s3_root, "resume": False, "threads": 2},
+        }
+    )
+    first = run_nightly(cfg)
+    store = open_store(s3_root)
+    assert store.remote is not None and store.current() == first
+    dim = read_json(store.open_current().path / "model.json")["content_dim"]
+    items = [{"item_id": 900_001, "category": 1, "content": [0.1] * dim}]
+    recorded, second = apply_items(str(store.layout.root), ItemsBatch(event_id="e-s3", items=items))
+    assert recorded.accepted == 1 and store.current() == second != first
+
+    fs, base = pafs.FileSystem.from_uri(s3_root)
+    found = fs.get_file_info(pafs.FileSelector(f"{base}/versions", recursive=True))
+    on_s3 = {i.path.split("/")[-2] for i in found if i.path.endswith("/manifest.json")}
+    assert {first, second} <= on_s3
+
+    # Another machine: an empty cache; the API fetches CURRENT and verifies it first.
+    monkeypatch.setenv("TOWERFLOW_CACHE_DIR", str(tmp_path / "replica-cache"))
+    replica = open_store(s3_root)
+    assert replica.layout.root.is_relative_to(tmp_path / "replica-cache")
+    assert not replica.layout.version_dir(second).exists()
+    service = RecallService(replica, poll_interval_s=0.1)
+    with (
+        serve_in_thread(create_app(service, ApiSettings())) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        health = client.get("/v1/health").json()
+        assert health["version"] == second, health
+        body = client.post("/v1/recall", json={"user_id": 1, "k": 10})
+        assert body.status_code == 200 and body.json()["version"] == second
+    assert replica.layout.version_dir(second).is_dir()

@@ -43,6 +43,7 @@ def test_all_is_explicit_and_resolvable() -> None:
         "integrity",
         "layout",
         "manifest",
+        "objectstore",
         "owners",
         "parquet",
         "publishing",

@@ -55,7 +55,10 @@ def test_file_name_constants_match_table_specs() -> None:
 
 
 def test_settings_read_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert StorageSettings().root == Path(".towerflow")
+    assert StorageSettings().root == ".towerflow"
+    # Kept a string: an object-store root is not a path (Path("s3://b/p") drops a slash).
+    monkeypatch.setenv("TOWERFLOW_ROOT", "s3://bucket/prefix")
+    assert StorageSettings().root == "s3://bucket/prefix"
     monkeypatch.setenv("TOWERFLOW_ROOT", str(tmp_path))
     monkeypatch.setenv("TOWERFLOW_KEEP_VERSIONS", "2")
     monkeypatch.setenv("TOWERFLOW_SOMETHING_ELSE", "ignored")

@@ -1,0 +1,253 @@
+"""Published versions on object storage: a store whose root is ``s3://bucket/prefix`` (or
+any URI ``pyarrow.fs`` opens: ``gs://``, ``file://``) keeps the bytes of its versions
+there, under the same layout and manifests as on disk, and works on a local cache.
+
+Why ``pyarrow.fs``: it is already the parquet layer's I/O, so no new client; its S3
+client is configured the usual ways of the AWS SDK (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``, ``AWS_REGION``, IAM
+roles; ``AWS_ENDPOINT_URL`` or ``?endpoint_override=`` for MinIO and other
+S3-compatible servers). No credential is ever written by towerflow.
+
+How it is used:
+
+- Each machine works in a local cache folder (``TOWERFLOW_CACHE_DIR``, default
+  ``~/.cache/towerflow``), a plain store layout whose ``remote.json`` names the remote
+  URL. Staging, locks' files and scratch stay local.
+- ``VersionStore.publish`` seals and verifies the version locally, renames it into the
+  cache, then uploads it: every file, then ``manifest.json`` last, then reads every
+  object back and checks its SHA-256 against the manifest. Only then does it move
+  CURRENT (in PostgreSQL). An object store has no rename: the manifest written last and
+  the registry's compare-and-swap are what make a version visible, never a listing.
+- Opening a version the cache lacks downloads it into a temporary folder beside the
+  cache, checks the manifest against the SHA-256 the registry recorded and every file
+  against the manifest, and only then renames it into the cache. Nothing unverified is
+  ever read, so API replicas each keep a verified local cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from storage.errors import CorruptVersionError, StorageError
+from storage.fs import atomic_write_bytes, fsync_dir
+from storage.layout import Layout, VersionFiles, validate_id
+from storage.manifest import Manifest, read_manifest, verify_files
+
+__all__ = ["RemoteError", "RemoteStore", "bind_remote", "cache_root", "is_remote", "read_remote"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK: Final = 8 << 20  # bytes per read/write when streaming a file
+
+
+class RemoteError(StorageError):
+    """The object store cannot be reached or holds something unexpected."""
+
+
+def is_remote(root: str | os.PathLike[str]) -> bool:
+    """Whether ``root`` is a URI (``s3://...``) rather than a local path."""
+    return "://" in str(root) and not str(root).startswith("file://")
+
+
+def cache_root(url: str, cache_dir: Path) -> Path:
+    """The local cache folder of the remote store ``url`` under ``cache_dir``: one per
+    scheme, bucket and prefix (query options, such as an endpoint, do not change it)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise ValueError(f"store URL {url!r} must look like s3://BUCKET/PREFIX")
+    names = [parts.scheme, parts.netloc, *[p for p in parts.path.split("/") if p]]
+    for name in names:
+        validate_id("store URL part", name)
+    return cache_dir.expanduser().resolve().joinpath(*names)
+
+
+@dataclass(frozen=True)
+class RemoteStore:
+    """The remote half of a store: ``url`` (``s3://bucket/prefix[?options]``)."""
+
+    url: str
+
+    def _fs(self) -> tuple[Any, str]:
+        import pyarrow.fs as pafs
+
+        try:
+            return pafs.FileSystem.from_uri(self.url)
+        except (OSError, ValueError) as e:
+            raise RemoteError(f"cannot open the object store {self.shown}: {e}") from e
+
+    @property
+    def shown(self) -> str:
+        """The URL without its query (options may carry endpoints, never secrets, but
+        keep messages short)."""
+        return self.url.split("?", 1)[0]
+
+    def _key(self, base: str, *parts: str) -> str:
+        return "/".join([base.rstrip("/"), *parts])
+
+    # -- versions ------------------------------------------------------------------------
+
+    def upload_version(self, version_id: str, folder: Path, manifest_sha256: str) -> None:
+        """Put every file of the sealed version ``folder``, ``manifest.json`` last, then
+        read every object back and check it against the manifest. Raises RemoteError
+        (an unreachable store) or CorruptVersionError (an object read back wrong)."""
+        fs, base = self._fs()
+        manifest = read_manifest(version_id, folder)
+        prefix = self._key(base, "versions", version_id)
+        names = [*sorted(manifest.files), VersionFiles.MANIFEST]
+        try:
+            fs.create_dir(prefix, recursive=True)
+            for name in names:
+                with (
+                    open(folder / name, "rb") as src,
+                    fs.open_output_stream(self._key(prefix, name), metadata={}) as dst,
+                ):
+                    shutil.copyfileobj(src, dst, _CHUNK)
+            for name in names:
+                want = manifest_sha256 if name == VersionFiles.MANIFEST else None
+                entry = manifest.files.get(name)
+                digest, size = self._hash(fs, self._key(prefix, name))
+                expected = want or (entry.sha256 if entry else None)
+                if digest != expected or (entry is not None and size != entry.bytes):
+                    raise CorruptVersionError(
+                        version_id, name, f"read back from {self.shown} with other bytes"
+                    )
+        except OSError as e:
+            raise RemoteError(f"uploading {version_id} to {self.shown} failed: {e}") from e
+        log.info("uploaded %s (%d files) to %s", version_id, len(names), self.shown)
+
+    def fetch_version(self, version_id: str, dest: Path, manifest_sha256: str | None) -> Manifest:
+        """Download ``version_id`` into the new folder ``dest`` and verify it: the manifest
+        against ``manifest_sha256`` (the registry's), every file against the manifest.
+        Returns the manifest. Raises CorruptVersionError or RemoteError; ``dest`` may then
+        hold a partial download (the caller removes it)."""
+        fs, base = self._fs()
+        prefix = self._key(base, "versions", version_id)
+        dest.mkdir(parents=True)
+        try:
+            self._download(
+                fs, self._key(prefix, VersionFiles.MANIFEST), dest / VersionFiles.MANIFEST
+            )
+            if manifest_sha256 is not None:
+                got = _sha256(dest / VersionFiles.MANIFEST)
+                if got != manifest_sha256:
+                    raise CorruptVersionError(
+                        version_id, VersionFiles.MANIFEST,
+                        f"on {self.shown} its SHA-256 {got[:12]} is not the registry's "
+                        f"{manifest_sha256[:12]}",
+                    )  # fmt: skip
+            manifest = read_manifest(version_id, dest)
+            for name in sorted(manifest.files):
+                self._download(fs, self._key(prefix, name), dest / name)
+        except FileNotFoundError as e:
+            raise CorruptVersionError(
+                version_id, Path(str(e.filename or e)).name, f"missing on {self.shown}"
+            ) from e
+        except OSError as e:
+            raise RemoteError(f"downloading {version_id} from {self.shown} failed: {e}") from e
+        verify_files(version_id, dest, manifest)
+        fsync_dir(dest)
+        return manifest
+
+    def delete_version(self, version_id: str) -> None:
+        """Remove the version's objects (manifest first: a half-deleted version is never
+        mistaken for a complete one)."""
+        fs, base = self._fs()
+        prefix = self._key(base, "versions", version_id)
+        try:
+            fs.delete_file(self._key(prefix, VersionFiles.MANIFEST))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise RemoteError(f"deleting {version_id} on {self.shown} failed: {e}") from e
+        try:
+            fs.delete_dir(prefix)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise RemoteError(f"deleting {version_id} on {self.shown} failed: {e}") from e
+
+    def version_ids(self) -> set[str]:
+        """Ids of the version folders on the remote (complete or not)."""
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs()
+        try:
+            infos = fs.get_file_info(
+                pafs.FileSelector(self._key(base, "versions"), allow_not_found=True)
+            )
+        except OSError as e:
+            raise RemoteError(f"listing {self.shown} failed: {e}") from e
+        return {Path(i.path).name for i in infos if i.type == pafs.FileType.Directory}
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _hash(fs: Any, key: str) -> tuple[str, int]:
+        h, size = hashlib.sha256(), 0
+        with fs.open_input_stream(key) as src:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        return h.hexdigest(), size
+
+    @staticmethod
+    def _download(fs: Any, key: str, path: Path) -> None:
+        with fs.open_input_stream(key) as src, open(path, "wb") as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- the binding of a cache to its remote --------------------------------------------------
+
+
+def read_remote(layout: Layout) -> RemoteStore | None:
+    """The remote store whose cache ``layout`` is, or None (a local store)."""
+    path = layout.remote_binding
+    try:
+        raw = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise RemoteError(f"{path}: cannot read the store's remote binding: {e}") from e
+    url = raw.get("url") if isinstance(raw, dict) else None
+    if not isinstance(url, str) or not is_remote(url):
+        raise RemoteError(f"{path}: invalid remote binding {raw!r}")
+    return RemoteStore(url)
+
+
+def bind_remote(layout: Layout, url: str) -> RemoteStore:
+    """Make ``layout`` the local cache of the remote store ``url`` (written once; the URL
+    holds no credentials), or check that it is. Raises RemoteError for a cache of
+    another remote, ValueError for a URL with credentials in it."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise ValueError(
+            f"store URL {parts.scheme}://{parts.hostname}...: put credentials in the "
+            "environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...), not in the URL"
+        )
+    bound = read_remote(layout)
+    if bound is not None:
+        if bound.url != url:
+            raise RemoteError(f"{layout.root} caches {bound.shown}, not {url.split('?', 1)[0]}")
+        return bound
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(layout.remote_binding, json.dumps({"url": url}, indent=2).encode())
+    return RemoteStore(url)
