@@ -10,7 +10,7 @@ The version is a copy of a real one (``--source`` store's CURRENT, else a nightl
 ``--scale`` into a temporary store first). Each step runs ``--repeats`` times, the
 backends interleaved; prints the medians and their ratios to ``local``.
 
-    python -m bench.shared_store [--scale default] [--source ROOT] [--repeats 5]
+    python -m bench.shared_store [--scale small] [--source ROOT] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _publish_copy(store: VersionStore, source: Path) -> tuple[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.shared_store", description=__doc__)
-    parser.add_argument("--scale", default="default")
+    parser.add_argument("--scale", default="small", help="the default scale: small")
     parser.add_argument("--source", type=Path, default=None, help="a store with a CURRENT")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
