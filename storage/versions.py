@@ -26,7 +26,6 @@ from storage.errors import (
     CorruptVersionError,
     NoCurrentVersionError,
     PublishConflictError,
-    StorageError,
     VersionNotFoundError,
 )
 from storage.fs import fsync_dir
@@ -128,7 +127,7 @@ class VersionStore:
         # The object store this root caches (s3://...), or None for a local store.
         self.remote = read_remote(layout)
         if self.remote is not None and read_binding(layout) is None:
-            raise StorageError(
+            raise DatabaseError(
                 f"{self.remote.shown} keeps its registry in PostgreSQL, which every machine "
                 "shares: set TOWERFLOW_DATABASE_URL (the cache at "
                 f"{layout.root} is bound to no database)"
@@ -272,6 +271,7 @@ class VersionStore:
             else:
                 shutil.rmtree(final)
                 owner_path(staging).unlink(missing_ok=True)
+                self._delete_remote(version_id)  # a retry of the same id would overwrite it
             fsync_dir(self.layout.versions_dir)
             raise
         except _REGISTRY_ERRORS:

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from core.store import resolve_root
-from storage import CorruptVersionError, Layout, VersionFiles, VersionStore
+from storage import CorruptVersionError, Layout, PublishConflictError, VersionFiles, VersionStore
 from storage.backends import store_lock
 from storage.database import bind_database
 from storage.errors import StorageError
@@ -156,3 +156,14 @@ def test_sigkill_at_every_publish_step_on_object_storage(s3_root: str, pg_url: s
     registered = {r.version_id for r in store.list_versions()}
     remote = {k.split("/")[1] for k in _objects(s3_root) if k.startswith("versions/")}
     assert remote == registered
+
+
+def test_the_loser_of_a_race_leaves_nothing_on_the_remote(s3_root: str, pg_url: str) -> None:
+    store = _store(s3_root, pg_url)
+    publish_staged(store, stage_version(store, "v1"), None)
+    a, b = stage_version(store, "a", seed=1), stage_version(store, "b", seed=2)
+    publish_staged(store, a, "v1")
+    with pytest.raises(PublishConflictError):
+        publish_staged(store, b, "v1")
+    remote = {k.split("/")[1] for k in _objects(s3_root) if k.startswith("versions/")}
+    assert remote == {"v1", "a"} and store.current() == "a"
