@@ -38,14 +38,24 @@ from urllib.parse import urlsplit
 
 from storage.errors import CorruptVersionError, StorageError
 from storage.fs import atomic_write_bytes, fsync_dir
-from storage.layout import Layout, VersionFiles, validate_id
+from storage.layout import Layout, SnapshotFiles, VersionFiles, validate_id
 from storage.manifest import Manifest, read_manifest, verify_files
 
-__all__ = ["RemoteError", "RemoteStore", "bind_remote", "cache_root", "is_remote", "read_remote"]
+__all__ = [
+    "SNAPSHOT_SUMS",
+    "RemoteError",
+    "RemoteStore",
+    "bind_remote",
+    "cache_root",
+    "is_remote",
+    "read_remote",
+]
 
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 8 << 20  # bytes per read/write when streaming a file
+# Beside a snapshot on the remote: {file: {"bytes", "sha256"}}, written before snapshot.json.
+SNAPSHOT_SUMS: Final = "files.sha256.json"
 
 
 class RemoteError(StorageError):
@@ -187,7 +197,89 @@ class RemoteStore:
             raise RemoteError(f"listing {self.shown} failed: {e}") from e
         return {Path(i.path).name for i in infos if i.type == pafs.FileType.Directory}
 
+    # -- data snapshots ------------------------------------------------------------------
+
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether the remote holds snapshot ``snapshot_id`` complete (its
+        ``snapshot.json``, written last, is there)."""
+        import pyarrow.fs as pafs
+
+        fs, base = self._fs()
+        key = self._key(base, "data", snapshot_id, SnapshotFiles.MANIFEST)
+        try:
+            return bool(fs.get_file_info(key).type == pafs.FileType.File)
+        except OSError as e:
+            raise RemoteError(f"reading {self.shown} failed: {e}") from e
+
+    def upload_snapshot(self, snapshot_id: str, folder: Path) -> None:
+        """Put the committed snapshot ``folder``: its tables, then ``SNAPSHOT_SUMS`` (the
+        size and SHA-256 of every file, which a snapshot's own ``snapshot.json`` does not
+        hold), then ``snapshot.json`` last; read every object back against the sums."""
+        fs, base = self._fs()
+        prefix = self._key(base, "data", snapshot_id)
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        sums = {
+            n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names
+        }
+        order = [n for n in names if n != SnapshotFiles.MANIFEST]
+        try:
+            fs.create_dir(prefix, recursive=True)
+            for name in order:
+                self._put(fs, folder / name, self._key(prefix, name))
+            with fs.open_output_stream(self._key(prefix, SNAPSHOT_SUMS)) as dst:
+                dst.write(json.dumps(sums, indent=1, sort_keys=True).encode())
+            self._put(
+                fs, folder / SnapshotFiles.MANIFEST, self._key(prefix, SnapshotFiles.MANIFEST)
+            )
+            for name, want in sums.items():
+                if self._hash(fs, self._key(prefix, name)) != (want["sha256"], want["bytes"]):
+                    raise StorageError(
+                        f"snapshot {snapshot_id}: {name} read back from {self.shown} "
+                        "with other bytes"
+                    )
+        except OSError as e:
+            raise RemoteError(
+                f"uploading snapshot {snapshot_id} to {self.shown} failed: {e}"
+            ) from e
+        log.info("uploaded snapshot %s (%d files) to %s", snapshot_id, len(names), self.shown)
+
+    def fetch_snapshot(self, snapshot_id: str, dest: Path) -> None:
+        """Download snapshot ``snapshot_id`` into the new folder ``dest``, every file
+        checked against ``SNAPSHOT_SUMS``. Raises StorageError for a missing or damaged
+        object, RemoteError for an unreachable store."""
+        fs, base = self._fs()
+        prefix = self._key(base, "data", snapshot_id)
+        dest.mkdir(parents=True)
+        try:
+            with fs.open_input_stream(self._key(prefix, SNAPSHOT_SUMS)) as src:
+                sums = json.loads(src.read())
+            for name, want in sorted(sums.items()):
+                validate_id("snapshot file", name)
+                self._download(fs, self._key(prefix, name), dest / name)
+                got = (_sha256(dest / name), (dest / name).stat().st_size)
+                if got != (want["sha256"], want["bytes"]):
+                    raise StorageError(
+                        f"snapshot {snapshot_id}: {name} on {self.shown} does not match its "
+                        f"checksum ({got[0][:12]} vs {want['sha256'][:12]})"
+                    )
+        except FileNotFoundError as e:
+            raise StorageError(f"snapshot {snapshot_id} is incomplete on {self.shown}: {e}") from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(
+                f"snapshot {snapshot_id}: bad {SNAPSHOT_SUMS} on {self.shown}: {e}"
+            ) from e
+        except OSError as e:
+            raise RemoteError(
+                f"downloading snapshot {snapshot_id} from {self.shown} failed: {e}"
+            ) from e
+        fsync_dir(dest)
+
     # -- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _put(fs: Any, path: Path, key: str) -> None:
+        with open(path, "rb") as src, fs.open_output_stream(key, metadata={}) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
 
     @staticmethod
     def _hash(fs: Any, key: str) -> tuple[str, int]:

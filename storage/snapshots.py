@@ -18,6 +18,7 @@ from pathlib import Path
 from storage.errors import SnapshotNotFoundError
 from storage.fs import fsync_dir, fsync_file, is_temp_name
 from storage.layout import Layout, SnapshotFiles, validate_id
+from storage.objectstore import read_remote
 from storage.owners import owner_path, write_owner
 
 __all__ = [
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def snapshot_exists(layout: Layout, snapshot_id: str) -> bool:
-    """Whether snapshot `snapshot_id` is committed."""
-    return layout.snapshot_dir(snapshot_id).is_dir()
+    """Whether snapshot `snapshot_id` is committed (on an object-store root: here, or on
+    the remote, in which case it is fetched into this cache, verified)."""
+    return layout.snapshot_dir(snapshot_id).is_dir() or _fetch(layout, snapshot_id)
 
 
 def list_snapshots(layout: Layout) -> list[str]:
@@ -47,7 +49,7 @@ def snapshot_path(layout: Layout, snapshot_id: str) -> Path:
     """Folder of committed snapshot `snapshot_id`; `SnapshotNotFoundError` lists the
     available ones when it is missing."""
     path = layout.snapshot_dir(snapshot_id)
-    if not path.is_dir():
+    if not path.is_dir() and not _fetch(layout, snapshot_id):
         raise SnapshotNotFoundError(
             f"snapshot {snapshot_id!r} not found at {path} "
             f"(available in {layout.data_dir}: {list_snapshots(layout)})"
@@ -107,13 +109,48 @@ def commit_snapshot(layout: Layout, snapshot_id: str, staging_path: Path) -> Pat
         # rename(2) onto a non-empty folder fails: another writer won between our check
         # and our rename.
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.is_dir():
-            return _discard(staging_path, target)
+            return _share(layout, snapshot_id, _discard(staging_path, target))
         raise
     fsync_dir(layout.data_dir)
     owner_path(staging_path).unlink(missing_ok=True)
     fsync_dir(layout.staging_snapshots_dir)
     log.debug("committed snapshot %s at %s", snapshot_id, target)
+    return _share(layout, snapshot_id, target)
+
+
+def _share(layout: Layout, snapshot_id: str, target: Path) -> Path:
+    """On an object-store root, put the committed snapshot on the remote unless it is
+    there (same id, same content: the first writer's copy stands). Returns ``target``."""
+    remote = read_remote(layout)
+    if remote is not None and not remote.has_snapshot(snapshot_id):
+        remote.upload_snapshot(snapshot_id, target)
     return target
+
+
+def _fetch(layout: Layout, snapshot_id: str) -> bool:
+    """On an object-store root, download snapshot ``snapshot_id`` from the remote into
+    ``data/``, every file verified first; False when the remote does not hold it (or the
+    root is local). Concurrent fetches: the first rename wins."""
+    validate_id("snapshot id", snapshot_id)
+    remote = read_remote(layout)
+    if remote is None or not remote.has_snapshot(snapshot_id):
+        return False
+    tmp = layout.staging_snapshots_dir / f"{snapshot_id}.fetch-{secrets.token_hex(4)}"
+    try:
+        remote.fetch_snapshot(snapshot_id, tmp)
+        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, layout.snapshot_dir(snapshot_id))
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not snapshot_exists(
+                layout, snapshot_id
+            ):
+                raise
+        fsync_dir(layout.data_dir)
+        log.info("fetched snapshot %s from %s", snapshot_id, remote.shown)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def _discard(staging_path: Path, target: Path) -> Path:

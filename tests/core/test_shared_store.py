@@ -128,3 +128,10 @@ def test_nightly_items_event_and_api_on_an_s3_root(
         body = client.post("/v1/recall", json={"user_id": 1, "k": 10})
         assert body.status_code == 200 and body.json()["version"] == second
     assert replica.layout.version_dir(second).is_dir()
+    # The nightly's data snapshot is on the object store too: another machine's nightly
+    # finds it there (fetched, verified) instead of drawing it again.
+    from storage.snapshots import snapshot_exists
+
+    snap = replica.open_current().manifest.lineage.data_snapshot
+    assert snap and not replica.layout.snapshot_dir(snap).exists()
+    assert snapshot_exists(replica.layout, snap) and replica.layout.snapshot_dir(snap).is_dir()

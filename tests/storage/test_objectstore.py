@@ -167,3 +167,32 @@ def test_the_loser_of_a_race_leaves_nothing_on_the_remote(s3_root: str, pg_url: 
         publish_staged(store, b, "v1")
     remote = {k.split("/")[1] for k in _objects(s3_root) if k.startswith("versions/")}
     assert remote == {"v1", "a"} and store.current() == "a"
+
+
+def test_snapshots_are_shared_through_the_remote_and_verified(s3_root: str, pg_url: str) -> None:
+    from storage import SnapshotNotFoundError, begin_snapshot, commit_snapshot, snapshot_path
+    from storage.snapshots import snapshot_exists
+
+    store = _store(s3_root, pg_url)
+    staging = begin_snapshot(store.layout, "snap-1")
+    (staging / "interactions.parquet").write_bytes(b"x" * 100_000)
+    (staging / "snapshot.json").write_text('{"id": "snap-1"}')
+    commit_snapshot(store.layout, "snap-1", staging)
+    keys = _objects(s3_root)
+    assert {"data/snap-1/interactions.parquet", "data/snap-1/snapshot.json"} <= keys
+    assert "data/snap-1/files.sha256.json" in keys
+
+    other = _store(s3_root, pg_url, cache="cache-b")  # another machine
+    assert snapshot_exists(other.layout, "snap-1")  # fetched, verified
+    got = snapshot_path(other.layout, "snap-1")
+    assert (got / "interactions.parquet").read_bytes() == b"x" * 100_000
+    assert not snapshot_exists(other.layout, "snap-2")
+    with pytest.raises(SnapshotNotFoundError, match="snap-2"):
+        snapshot_path(other.layout, "snap-2")
+
+    _flip(s3_root, "data/snap-1/interactions.parquet")
+    third = _store(s3_root, pg_url, cache="cache-c")
+    with pytest.raises(StorageError, match="does not match its checksum"):
+        snapshot_path(third.layout, "snap-1")
+    assert not third.layout.snapshot_dir("snap-1").exists()
+    assert not any(third.layout.staging_snapshots_dir.iterdir())
