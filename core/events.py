@@ -13,6 +13,7 @@ from typing import Any, Final
 from core.items_validation import MAX_INLINE_ITEMS
 from storage import Layout, VersionStore, atomic_path
 from storage.backends import open_catalogue
+from storage.objectstore import inbox_name, read_remote
 
 __all__ = ["MAX_INLINE_BYTES", "event_payload", "wait_until_published"]
 
@@ -26,10 +27,20 @@ def event_payload(root: Path, event_id: str, file: Path | None, items: list[Any]
     inline = json.dumps(items, default=str)
     if file is None or (len(items) <= MAX_INLINE_ITEMS and len(inline) <= MAX_INLINE_BYTES):
         return {"items": items}
-    target = Layout(root).inbox_dir / f"{event_id}{file.suffix.lower()}"
+    layout = Layout(root)
+    remote = read_remote(layout)
+    if remote is not None:
+        # An object-store root: the machine that runs the event fetches the file from the
+        # remote inbox, by a name relative to the inbox that carries its checksum.
+        target = layout.inbox_dir / inbox_name(event_id, file)
+    else:
+        target = layout.inbox_dir / f"{event_id}{file.suffix.lower()}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(file, tmp)
+    if remote is not None:
+        remote.upload_inbox(target)
+        return {"path": target.name}
     return {"path": str(target)}
 
 

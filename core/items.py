@@ -39,6 +39,7 @@ from storage import (
 )
 from storage.backends import open_catalogue
 from storage.manifest import verify_files
+from storage.objectstore import read_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
@@ -77,9 +78,14 @@ def _validate(root: Path, batch: ItemsBatch) -> Validated:
     if raw is None:
         assert batch.path is not None  # ItemsBatch's validator
         # Confined to the inbox before anything is read: `UnsafeItemsPath` otherwise.
-        raw = read_items_file(
-            resolve_inbox_path(Layout(root).inbox_dir, batch.path, batch.event_id)
-        )
+        layout = Layout(root)
+        path = resolve_inbox_path(layout.inbox_dir, batch.path, batch.event_id)
+        remote = read_remote(layout)
+        if remote is not None and not path.exists() and path.parent == layout.inbox_dir.resolve():
+            # An object-store root: the event was sent from another machine.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remote.fetch_inbox(path.name, path)
+        raw = read_items_file(path)
     limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
     if batch.operation == "retire":
         return validate_retirements(raw, limit)

@@ -274,6 +274,44 @@ class RemoteStore:
             ) from e
         fsync_dir(dest)
 
+    # -- the items inbox -----------------------------------------------------------------
+
+    def upload_inbox(self, path: Path) -> None:
+        """Put the inbox file ``path`` (named by ``inbox_name``: its SHA-256 is in its
+        name) under ``inbox/``, and read it back."""
+        fs, base = self._fs()
+        key = self._key(base, "inbox", path.name)
+        try:
+            fs.create_dir(self._key(base, "inbox"), recursive=True)
+            self._put(fs, path, key)
+            if self._hash(fs, key) != (_sha256(path), path.stat().st_size):
+                raise StorageError(f"{path.name} read back from {self.shown} with other bytes")
+        except OSError as e:
+            raise RemoteError(f"uploading {path.name} to {self.shown} failed: {e}") from e
+
+    def fetch_inbox(self, name: str, dest: Path) -> bool:
+        """Download ``inbox/<name>`` to ``dest`` (atomically) if the remote holds it, after
+        checking its bytes against the SHA-256 prefix in its name; False when absent.
+        Raises StorageError for a damaged object or a name without a checksum."""
+        validate_id("inbox file", name)
+        want = inbox_checksum(name)
+        if want is None:
+            raise StorageError(f"inbox file {name!r} carries no checksum in its name")
+        fs, base = self._fs()
+        tmp = dest.with_name(f".{dest.name}.fetch-{os.getpid()}")
+        try:
+            self._download(fs, self._key(base, "inbox", name), tmp)
+            if not _sha256(tmp).startswith(want):
+                raise StorageError(f"inbox file {name} on {self.shown} does not match its checksum")
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise RemoteError(f"downloading {name} from {self.shown} failed: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
     # -- plumbing ------------------------------------------------------------------------
 
     @staticmethod
@@ -297,6 +335,23 @@ class RemoteStore:
                 dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())
+
+
+_SUM_CHARS: Final = 16  # hex characters of the SHA-256 an inbox file's name carries
+
+
+def inbox_name(event_id_part: str, path: Path) -> str:
+    """``<event>-<first 16 hex of the file's SHA-256><suffix>``: the name an items file
+    gets in a remote store's inbox, so any machine can check what it downloads."""
+    return f"{event_id_part}-{_sha256(path)[:_SUM_CHARS]}{path.suffix.lower()}"
+
+
+def inbox_checksum(name: str) -> str | None:
+    """The SHA-256 prefix ``inbox_name`` put in ``name``, or None."""
+    stem = name.split(".", 1)[0]
+    digest = stem.rsplit("-", 1)[-1] if "-" in stem else ""
+    ok = len(digest) == _SUM_CHARS and all(c in "0123456789abcdef" for c in digest)
+    return digest if ok else None
 
 
 def _sha256(path: Path) -> str:

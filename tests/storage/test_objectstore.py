@@ -196,3 +196,33 @@ def test_snapshots_are_shared_through_the_remote_and_verified(s3_root: str, pg_u
         snapshot_path(third.layout, "snap-1")
     assert not third.layout.snapshot_dir("snap-1").exists()
     assert not any(third.layout.staging_snapshots_dir.iterdir())
+
+
+def test_an_items_file_sent_on_one_machine_is_read_verified_on_another(
+    s3_root: str, pg_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from core.events import event_payload
+    from core.items import _validate
+    from core.items_validation import ItemsBatch
+
+    sender = _store(s3_root, pg_url)
+    ids = list(range(1, 602))  # above the inline limit: the file goes through the inbox
+    file = tmp_path / "retire.json"
+    file.write_text(json.dumps(ids))
+    payload = event_payload(sender.layout.root, "ev-1", file, ids)
+    name = payload["path"]
+    assert "/" not in name and name.startswith("ev-1-") and name.endswith(".json")
+    assert f"inbox/{name}" in _objects(s3_root)
+
+    worker = _store(s3_root, pg_url, cache="cache-b")  # the machine that runs the event
+    batch = ItemsBatch(event_id="ev-1", operation="retire", path=name)
+    assert list(_validate(worker.layout.root, batch).retire_ids) == ids
+    assert (worker.layout.inbox_dir / name).read_bytes() == file.read_bytes()
+
+    _flip(s3_root, f"inbox/{name}")
+    third = _store(s3_root, pg_url, cache="cache-c")
+    with pytest.raises(StorageError, match="does not match its checksum"):
+        _validate(third.layout.root, batch)
+    assert not (third.layout.inbox_dir / name).exists()
