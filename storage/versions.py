@@ -29,7 +29,7 @@ from storage.errors import (
     VersionNotFoundError,
 )
 from storage.fs import fsync_dir
-from storage.integrity import VersionCheck, check_version, verify_version
+from storage.integrity import FileState, VersionCheck, check_version, verify_version
 from storage.layout import Layout, VersionFiles, validate_id
 from storage.manifest import (
     FileEntry,
@@ -341,6 +341,11 @@ class VersionStore:
         row = self.registry.get(version_id)
         if row is None:
             raise VersionNotFoundError(self._not_registered(version_id))
+        try:
+            self._cache(version_id, row.manifest_sha256)  # an object-store root: fetch first
+        except CorruptVersionError as e:
+            state = FileState(e.file or "manifest.json", "unreadable", None, None, None, e.reason)
+            return VersionCheck(version_id, (state,))
         return check_version(version_id, self.layout.version_dir(version_id), row.manifest_sha256)
 
     def kind_of(self, row: VersionRow) -> VersionKind:

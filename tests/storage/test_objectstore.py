@@ -226,3 +226,14 @@ def test_an_items_file_sent_on_one_machine_is_read_verified_on_another(
     with pytest.raises(StorageError, match="does not match its checksum"):
         _validate(third.layout.root, batch)
     assert not (third.layout.inbox_dir / name).exists()
+
+
+def test_check_on_a_fresh_cache_fetches_first_and_names_a_damaged_object(
+    s3_root: str, pg_url: str
+) -> None:
+    store = _store(s3_root, pg_url)
+    publish_staged(store, stage_version(store, "v1"), None)
+    assert _store(s3_root, pg_url, cache="cache-b").check("v1").intact
+    _flip(s3_root, "versions/v1/index.faiss")
+    (problem,) = _store(s3_root, pg_url, cache="cache-c").check("v1").problems
+    assert problem.name == "index.faiss" and problem.status == "unreadable"
