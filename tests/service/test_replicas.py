@@ -1,5 +1,6 @@
 """API replicas on a shared store: two `towerflow api` processes serve one store whose
-registry is in PostgreSQL, under load, while 10 versions are published (some broken).
+registry is in PostgreSQL, under load, while 10 versions are published (3 broken), on a
+shared folder and on an object-store root (each replica with its own verified cache).
 No request fails, none is answered by a broken version, and both replicas end on the last
 valid one, each after verifying it."""
 
@@ -20,6 +21,7 @@ import pytest
 
 from core.config import NightlyConfig
 from core.nightly import run_nightly
+from core.store import resolve_root
 from storage import Layout, VersionStore
 from tests.service.versions import Variant, publish_variant
 
@@ -49,39 +51,49 @@ def _health(url: str) -> dict[str, object]:
     return dict(r.json()) if r.status_code in (200, 503) else {}
 
 
-@pytest.fixture
-def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[VersionStore, list[str]]]:
+@pytest.fixture(params=["shared-disk", "s3"])
+def replicas(
+    request: pytest.FixtureRequest, pg_url: str, tmp_path: Path
+) -> Iterator[tuple[VersionStore, list[str]]]:
     """A PostgreSQL-bound store with one tiny nightly published, and two API processes
-    on it (polling CURRENT every 0.1 s); yields the store and their URLs."""
-    root = tmp_path / "store"
+    on it (polling CURRENT every 0.1 s); yields the publisher's store and their URLs.
+    ``shared-disk``: one root folder for all; ``s3``: an object-store root, each replica
+    with a cache folder of its own (another machine), fetching and verifying versions."""
+    root: str = str(tmp_path / "store")
+    if request.param == "s3":
+        root = request.getfixturevalue("s3_root")
     cfg = NightlyConfig.model_validate(
         {
             "data": {"scale": "tiny"},
             "train": {"epochs": 1},
             "evaluation": {"baseline": "none", "gate_min_lift": -1.0},
-            "runtime": {"storage_root": str(root), "resume": False},
+            "runtime": {"storage_root": root, "resume": False},
         }
     )
     run_nightly(cfg)
-    urls, procs = [], []
+    urls, procs, logs = [], [], []
     try:
-        for _ in range(2):
+        for n in range(2):
             port = _port()
+            env = dict(os.environ)
+            logs.append(open(tmp_path / f"replica-{n}.log", "wb"))  # noqa: SIM115
+            if request.param == "s3":
+                env["TOWERFLOW_CACHE_DIR"] = str(tmp_path / f"replica-{n}")
             procs.append(
                 subprocess.Popen(
                     [
                         str(Path(sys.executable).with_name("towerflow")), "api",
-                        "--root", str(root), "--port", str(port), "--poll-interval", "0.1",
+                        "--root", root, "--port", str(port), "--poll-interval", "0.1",
                         "--log-level", "warning",
                     ],
-                    env=dict(os.environ), stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                    env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=logs[-1],
                 )
             )  # fmt: skip
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:
             _wait_for(lambda u=url: _health(u).get("status") == "ok", f"{url} up", 120)
-        yield VersionStore(Layout(root), keep_versions=50), urls
+        yield VersionStore(Layout(resolve_root(root)), keep_versions=50), urls
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -90,6 +102,8 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[VersionStore, list[s
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for f in logs:
+            f.close()
 
 
 def test_two_replicas_swap_under_load_with_no_failed_request(

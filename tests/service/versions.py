@@ -18,7 +18,8 @@ from storage.manifest import read_manifest
 __all__ = ["Variant", "publish_variant"]
 
 # ok: a valid version with slightly different item vectors;
-# checksum: valid files, then a byte of index.faiss flipped before CURRENT moves;
+# checksum: valid files, then a byte of index.faiss flipped before CURRENT moves (on an
+# object-store root, in the uploaded copy);
 # count: an index missing 10 items; dim: an index of 32-dimensional vectors.
 Variant = Literal["ok", "checksum", "count", "dim"]
 
@@ -43,12 +44,25 @@ def publish_variant(store: VersionStore, base: Path, variant: Variant, seed: int
 
     def corrupt(step: str) -> None:
         # After the folder is final but before CURRENT names it, so no reader can have
-        # loaded the intact file.
-        if variant == "checksum" and step == "renamed":
+        # loaded the intact file. On an object-store root, the remote copy, once uploaded
+        # and read back: what other machines fetch.
+        if variant != "checksum":
+            return
+        if store.remote is None and step == "renamed":
             path = store.layout.version_dir(vid) / VersionFiles.INDEX
             data = bytearray(path.read_bytes())
             data[len(data) // 2] ^= 0x01
             path.write_bytes(bytes(data))
+        elif store.remote is not None and step == "uploaded":
+            import pyarrow.fs as pafs
+
+            fs, key = pafs.FileSystem.from_uri(store.remote.url)
+            key = f"{key}/versions/{vid}/{VersionFiles.INDEX}"
+            with fs.open_input_stream(key) as f:
+                data = bytearray(f.read())
+            data[len(data) // 2] ^= 0x01
+            with fs.open_output_stream(key) as f:
+                f.write(bytes(data))
 
     parent = store.current()
     store.publish(
