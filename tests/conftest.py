@@ -5,8 +5,10 @@ Set before any test imports Prefect, so no run ever touches a user's real Prefec
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from typing import Any
 import pytest
 
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="towerflow-test-prefect-")
+# Removed when the test process exits (each xdist worker has its own).
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 os.environ.pop("PREFECT_API_URL", None)
