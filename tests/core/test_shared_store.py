@@ -135,3 +135,9 @@ def test_nightly_items_event_and_api_on_an_s3_root(
     snap = replica.open_current().manifest.lineage.data_snapshot
     assert snap and not replica.layout.snapshot_dir(snap).exists()
     assert snapshot_exists(replica.layout, snap) and replica.layout.snapshot_dir(snap).is_dir()
+    # Reports are derived: any machine writes one from the fetched, verified version.
+    from core.reports import write_version_report
+
+    report, _ = write_version_report(replica.layout.root, first)
+    assert report.is_file() and first in report.read_text()
+    assert replica.layout.version_dir(first).is_dir()  # fetched for it
