@@ -30,14 +30,16 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from storage.errors import CorruptVersionError, StorageError
-from storage.fs import atomic_write_bytes, fsync_dir
+from storage.fs import atomic_write_bytes, fsync_dir, sha256_file
 from storage.layout import Layout, SnapshotFiles, VersionFiles, validate_id
 from storage.manifest import Manifest, read_manifest, verify_files
 
@@ -146,7 +148,7 @@ class RemoteStore:
                 fs, self._key(prefix, VersionFiles.MANIFEST), dest / VersionFiles.MANIFEST
             )
             if manifest_sha256 is not None:
-                got = _sha256(dest / VersionFiles.MANIFEST)
+                got = sha256_file(dest / VersionFiles.MANIFEST)
                 if got != manifest_sha256:
                     raise CorruptVersionError(
                         version_id, VersionFiles.MANIFEST,
@@ -165,6 +167,46 @@ class RemoteStore:
         verify_files(version_id, dest, manifest)
         fsync_dir(dest)
         return manifest
+
+    def cache_version(self, layout: Layout, version_id: str, manifest_sha256: str | None) -> None:
+        """Download ``version_id`` into the cache ``layout``: verified in a folder of its
+        own under ``staging/fetch/``, then renamed into ``versions/``. Concurrent fetches
+        of one version are fine: the first rename wins, the others drop their copies."""
+        final = layout.version_dir(version_id)
+        tmp = layout.fetch_dir / f"{version_id}.{secrets.token_hex(4)}"
+        try:
+            self.fetch_version(version_id, tmp, manifest_sha256)
+            if not layout.versions_dir.is_dir():
+                layout.versions_dir.mkdir(parents=True, exist_ok=True)
+                fsync_dir(layout.root)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                log.debug("version %s was fetched meanwhile by another process", version_id)
+            else:
+                fsync_dir(layout.versions_dir)
+                log.info("fetched %s from %s into %s", version_id, self.shown, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def discard_version(self, version_id: str) -> None:
+        """``delete_version``, best effort: a remote copy that stays is unregistered, and
+        ``remove_unregistered`` takes it under the publish lock."""
+        try:
+            self.delete_version(version_id)
+        except RemoteError:
+            log.warning("could not delete %s on %s", version_id, self.shown, exc_info=True)
+
+    def remove_unregistered(self, registered: Collection[str]) -> list[str]:
+        """Delete the version folders on the remote that ``registered`` lacks (call under
+        the publish lock: a live publisher's upload is registered before it lets go)."""
+        removed = sorted(self.version_ids() - set(registered))
+        for version_id in removed:
+            self.discard_version(version_id)
+            log.info("removed %s from %s, left by a dead run", version_id, self.shown)
+        return removed
 
     def delete_version(self, version_id: str) -> None:
         """Remove the version's objects (manifest first: a half-deleted version is never
@@ -219,7 +261,8 @@ class RemoteStore:
         prefix = self._key(base, "data", snapshot_id)
         names = sorted(p.name for p in folder.iterdir() if p.is_file())
         sums = {
-            n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names
+            n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+            for n in names
         }
         order = [n for n in names if n != SnapshotFiles.MANIFEST]
         try:
@@ -256,7 +299,7 @@ class RemoteStore:
             for name, want in sorted(sums.items()):
                 validate_id("snapshot file", name)
                 self._download(fs, self._key(prefix, name), dest / name)
-                got = (_sha256(dest / name), (dest / name).stat().st_size)
+                got = (sha256_file(dest / name), (dest / name).stat().st_size)
                 if got != (want["sha256"], want["bytes"]):
                     raise StorageError(
                         f"snapshot {snapshot_id}: {name} on {self.shown} does not match its "
@@ -284,7 +327,7 @@ class RemoteStore:
         try:
             fs.create_dir(self._key(base, "inbox"), recursive=True)
             self._put(fs, path, key)
-            if self._hash(fs, key) != (_sha256(path), path.stat().st_size):
+            if self._hash(fs, key) != (sha256_file(path), path.stat().st_size):
                 raise StorageError(f"{path.name} read back from {self.shown} with other bytes")
         except OSError as e:
             raise RemoteError(f"uploading {path.name} to {self.shown} failed: {e}") from e
@@ -301,7 +344,7 @@ class RemoteStore:
         tmp = dest.with_name(f".{dest.name}.fetch-{os.getpid()}")
         try:
             self._download(fs, self._key(base, "inbox", name), tmp)
-            if not _sha256(tmp).startswith(want):
+            if not sha256_file(tmp).startswith(want):
                 raise StorageError(f"inbox file {name} on {self.shown} does not match its checksum")
             os.replace(tmp, dest)
         except FileNotFoundError:
@@ -343,7 +386,7 @@ _SUM_CHARS: Final = 16  # hex characters of the SHA-256 an inbox file's name car
 def inbox_name(event_id_part: str, path: Path) -> str:
     """``<event>-<first 16 hex of the file's SHA-256><suffix>``: the name an items file
     gets in a remote store's inbox, so any machine can check what it downloads."""
-    return f"{event_id_part}-{_sha256(path)[:_SUM_CHARS]}{path.suffix.lower()}"
+    return f"{event_id_part}-{sha256_file(path)[:_SUM_CHARS]}{path.suffix.lower()}"
 
 
 def inbox_checksum(name: str) -> str | None:
@@ -352,14 +395,6 @@ def inbox_checksum(name: str) -> str | None:
     digest = stem.rsplit("-", 1)[-1] if "-" in stem else ""
     ok = len(digest) == _SUM_CHARS and all(c in "0123456789abcdef" for c in digest)
     return digest if ok else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- the binding of a cache to its remote --------------------------------------------------

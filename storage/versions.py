@@ -3,8 +3,9 @@ rolling back `versions/<id>/` folders (pruning and gc live in `storage.retention
 
 Invariant: CURRENT (in the registry) always names a registered version whose folder is
 complete and matches its manifest's checksums, whatever instant a process dies. Publish
-gets there by making the folder complete and durable *before* one SQLite transaction
-moves CURRENT; pruning unregisters *before* it deletes.
+gets there by making the folder complete and durable (on an object-store root: uploaded
+and read back) *before* one registry transaction moves CURRENT; pruning unregisters
+*before* it deletes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -30,7 +30,7 @@ from storage.errors import (
 )
 from storage.fs import fsync_dir
 from storage.integrity import FileState, VersionCheck, check_version, verify_version
-from storage.layout import Layout, VersionFiles, validate_id
+from storage.layout import Layout, validate_id
 from storage.manifest import (
     FileEntry,
     Lineage,
@@ -44,6 +44,7 @@ from storage.registry import VersionKind, VersionRow
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from storage.shards import ShardFolder
+from storage.version_views import PublishedVersion, VersionInfo
 
 __all__ = [
     "PUBLISH_STEPS",
@@ -54,40 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PublishedVersion:
-    """An opened version. CURRENT was resolved once; later publishes do not change it."""
-
-    version_id: str
-    path: Path
-    manifest: Manifest
-
-    def file(self, name: str) -> Path:
-        """Path of a file listed in the manifest (or the manifest itself)."""
-        if name != VersionFiles.MANIFEST and name not in self.manifest.files:
-            raise KeyError(
-                f"version {self.version_id!r} has no file {name!r} "
-                f"(has {sorted(self.manifest.files)})"
-            )
-        return self.path / name
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """One registered version as listed by `VersionStore.list_versions`."""
-
-    version_id: str
-    is_current: bool
-    created_at: str
-    published_at: str
-    parent: str | None
-    data_snapshot: str | None
-    kind: VersionKind = "nightly"
-    # From the manifest; None / {} when it cannot be read (see `verify`).
-    item_count: int | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 # What a failed registry call raises besides the registry's own errors (conflict, not found).
@@ -434,10 +401,7 @@ class VersionStore:
         if publish_locked and self.remote is not None:
             # Every publisher holds the lock from its upload to its commit: under it, an
             # unregistered remote folder was left by a dead one (or a failed prune).
-            registered = {r.version_id for r in self.registry.list_versions()}
-            for version_id in sorted(self.remote.version_ids() - registered):
-                self._delete_remote(version_id)
-                log.info("removed %s from %s, left by a dead run", version_id, self.remote.shown)
+            self.remote.remove_unregistered({r.version_id for r in self.registry.list_versions()})
         return removed
 
     def gc(self, min_age_s: float = DEFAULT_GC_AGE_S) -> list[Path]:
@@ -449,10 +413,8 @@ class VersionStore:
 
     def _cache(self, version_id: str, manifest_sha256: str | None = None) -> None:
         """On a remote store, download a registered version the cache lacks, verified
-        (see `storage.objectstore`) before it enters `versions/`. Concurrent fetches of
-        one version are fine: the first rename wins, the others drop their copies."""
-        final = self.layout.version_dir(version_id)
-        if self.remote is None or final.is_dir():
+        before it enters `versions/` (`RemoteStore.cache_version`)."""
+        if self.remote is None or self.layout.version_dir(version_id).is_dir():
             return
         if manifest_sha256 is None:
             row = self.registry.get(version_id)
@@ -460,31 +422,11 @@ class VersionStore:
                 return  # not registered: nothing to fetch (the caller reports it)
             manifest_sha256 = row.manifest_sha256
         with writing(self.layout.root):
-            tmp = self.layout.fetch_dir / f"{version_id}.{secrets.token_hex(4)}"
-            try:
-                self.remote.fetch_version(version_id, tmp, manifest_sha256)
-                self._ensure_dir(self.layout.versions_dir)
-                try:
-                    os.rename(tmp, final)
-                except OSError:
-                    if not final.is_dir():
-                        raise
-                    log.debug("version %s was fetched meanwhile by another process", version_id)
-                else:
-                    fsync_dir(self.layout.versions_dir)
-                    log.info("fetched %s from %s into %s", version_id, self.remote.shown, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            self.remote.cache_version(self.layout, version_id, manifest_sha256)
 
     def _delete_remote(self, version_id: str) -> None:
-        """Best effort: a remote copy that stays is unregistered, and `collect_dead`
-        removes it under the publish lock."""
-        if self.remote is None:
-            return
-        try:
-            self.remote.delete_version(version_id)
-        except RemoteError:
-            log.warning("could not delete %s on %s", version_id, self.remote.shown, exc_info=True)
+        if self.remote is not None:
+            self.remote.discard_version(version_id)
 
     # -- helpers ---------------------------------------------------------------------------
 
