@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +36,11 @@ __all__ = [
     "CatalogueChanges",
     "CatalogueLike",
     "CatalogueLog",
+    "EntryRow",
     "ItemUpsert",
     "Op",
     "changes_from_rows",
+    "plan_append",
     "upsert_rows",
 ]
 
@@ -120,9 +122,7 @@ def _digest(category: int, content: npt.NDArray[np.float32]) -> str:
     return h.hexdigest()
 
 
-def upsert_rows(
-    event_id: str, items: Sequence[ItemUpsert]
-) -> list[tuple[int, int | None, bytes | None, str | None]]:
+def upsert_rows(event_id: str, items: Sequence[ItemUpsert]) -> list[EntryRow]:
     """(item ID, category, content as little-endian float32 bytes, digest) of each item;
     raises ValueError when an ID appears twice (both backends store these rows)."""
     ids = [int(it.item_id) for it in items]
@@ -137,6 +137,53 @@ def upsert_rows(
         )
         for it in items
     ]
+
+
+# (item ID, category, content as little-endian float32 bytes, digest); None for retirements.
+EntryRow = tuple[int, int | None, bytes | None, str | None]
+
+
+@dataclass(frozen=True)
+class AppendPlan:
+    """What an append writes once the event is new: entries for the items whose latest
+    state differs, none for those already in that state (content idempotency)."""
+
+    event_id: str
+    op: Op
+    changed: list[int]
+    unchanged: list[int]
+    # (event_id, item_id, op, category, content, digest, ts): the entries table's columns
+    entries: list[tuple[str, int, Op, int | None, bytes | None, str | None, str]]
+
+    def result(self, head: int) -> AppendResult:
+        """The append's result once committed at ``head`` (logged)."""
+        log.info(
+            "event %s: %s %d items (%d unchanged), head %d",
+            self.event_id,
+            self.op,
+            len(self.changed),
+            len(self.unchanged),
+            head,
+        )
+        return AppendResult(self.event_id, False, tuple(self.changed), tuple(self.unchanged), head)
+
+
+def plan_append(
+    event_id: str,
+    op: Op,
+    rows: Sequence[EntryRow],
+    latest: Mapping[int, tuple[str, str | None]],
+    now: str,
+) -> AppendPlan:
+    """Split ``rows`` by each item's ``latest`` (op, digest) entry (both backends)."""
+    changed, unchanged, entries = [], [], []
+    for item_id, category, content, digest in rows:
+        if latest.get(item_id) == (op, digest):
+            unchanged.append(item_id)
+            continue
+        entries.append((event_id, item_id, op, category, content, digest, now))
+        changed.append(item_id)
+    return AppendPlan(event_id, op, changed, unchanged, entries)
 
 
 class CatalogueLike(Protocol):
@@ -204,7 +251,7 @@ class CatalogueLog:
         self,
         event_id: str,
         op: Op,
-        rows: list[tuple[int, int | None, bytes | None, str | None]],
+        rows: list[EntryRow],
     ) -> AppendResult:
         if not event_id:
             raise ValueError("event_id must be a non-empty string")
@@ -213,36 +260,27 @@ class CatalogueLog:
             if conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
                 log.info("event %s was already applied: no-op", event_id)
                 return AppendResult(event_id, True, (), (), _head(conn))
-            changed, unchanged = [], []
-            for item_id, category, content, digest in rows:
+            latest = {}
+            for item_id, *_ in rows:  # each item's latest entry, by the (item_id, seq) index
                 last = conn.execute(
                     "SELECT op, digest FROM entries WHERE item_id = ? ORDER BY seq DESC LIMIT 1",
                     (item_id,),
                 ).fetchone()
-                if last is not None and last[0] == op and last[1] == digest:
-                    unchanged.append(item_id)
-                    continue
-                conn.execute(
-                    "INSERT INTO entries (event_id, item_id, op, category, content, digest, ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (event_id, item_id, op, category, content, digest, now),
-                )
-                changed.append(item_id)
+                if last is not None:
+                    latest[item_id] = (last[0], last[1])
+            plan = plan_append(event_id, op, rows, latest, now)
+            conn.executemany(
+                "INSERT INTO entries (event_id, item_id, op, category, content, digest, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                plan.entries,
+            )
             head = _head(conn)
             conn.execute(
                 "INSERT INTO events (event_id, op, received_at, n_items, n_changed, last_seq) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, op, now, len(rows), len(changed), head),
+                (event_id, op, now, len(rows), len(plan.changed), head),
             )
-        log.info(
-            "event %s: %s %d items (%d unchanged), head %d",
-            event_id,
-            op,
-            len(changed),
-            len(unchanged),
-            head,
-        )
-        return AppendResult(event_id, False, tuple(changed), tuple(unchanged), head)
+        return plan.result(head)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ and numbers are committed in order. Reads run in one ``REPEATABLE READ`` snapsho
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Final, TypeVar
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -22,60 +22,35 @@ from psycopg import sql
 from storage.catalogue import (
     AppendResult,
     CatalogueChanges,
+    EntryRow,
     ItemUpsert,
     Op,
     changes_from_rows,
+    plan_append,
     upsert_rows,
 )
-from storage.database import DatabaseRef, connect, database_errors
 from storage.manifest import utc_now_iso
-from storage.pg_registry import ensure_schema
+from storage.pg_registry import PgTables
 
 __all__ = ["PgCatalogueLog"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Key of the advisory lock that serialises appends, with the schema's hash (one per store).
 _APPEND_LOCK: Final = "towerflow:catalogue-append:"
 
 
-class PgCatalogueLog:
+class PgCatalogueLog(PgTables):
     """The catalogue in ``ref``'s database; the methods of ``storage.catalogue.CatalogueLog``.
-    Each call is one short connection and transaction; reads of a database where nothing
-    was appended see an empty log (head 0) and create nothing."""
+    Reads of a database where nothing was appended see an empty log (head 0)."""
 
-    def __init__(self, ref: DatabaseRef) -> None:
-        self.ref = ref
-        self.path = ref.url
-        self._schema_ready = False
+    _probe = "catalogue_events"
 
-    def _q(self, text: str) -> sql.Composed:
-        return sql.SQL(text).format(s=sql.Identifier(self.ref.schema))
-
-    @contextmanager
-    def _append_tx(self) -> Iterator[psycopg.Connection[Any]]:
-        with database_errors(self.ref), connect(self.ref) as conn:
-            if not self._schema_ready:
-                ensure_schema(conn, self.ref.schema)
-                self._schema_ready = True
-            with conn.transaction():
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                    (_APPEND_LOCK + self.ref.schema,),
-                )
-                yield conn
-
-    def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T | None:
-        with database_errors(self.ref), connect(self.ref) as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            found = conn.execute(
-                "SELECT to_regclass(%s)", (f'"{self.ref.schema}".catalogue_events',)
-            ).fetchone()
-            if found is None or found[0] is None:
-                return None
-            return query(conn)
+    def _append_tx(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A transaction that holds the store's append lock (appends commit in order)."""
+        lock = sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))")
+        return self._transaction(lock.format(sql.Literal(_APPEND_LOCK + self.ref.schema)))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -94,7 +69,7 @@ class PgCatalogueLog:
         self,
         event_id: str,
         op: Op,
-        rows: list[tuple[int, int | None, bytes | None, str | None]],
+        rows: list[EntryRow],
     ) -> AppendResult:
         if not event_id:
             raise ValueError("event_id must be a non-empty string")
@@ -119,14 +94,8 @@ class PgCatalogueLog:
                     (ids,),
                 ).fetchall()
             )
-            changed, unchanged, new_rows = [], [], []
-            for item_id, category, content, digest in rows:
-                if latest.get(item_id) == (op, digest):
-                    unchanged.append(item_id)
-                    continue
-                new_rows.append((event_id, item_id, op, category, content, digest, now))
-                changed.append(item_id)
-            if new_rows:
+            plan = plan_append(event_id, op, rows, latest, now)
+            if plan.entries:
                 with conn.cursor() as cur:
                     cur.executemany(
                         self._q(
@@ -134,7 +103,7 @@ class PgCatalogueLog:
                             "(event_id, item_id, op, category, content, digest, ts) "
                             "VALUES (%s, %s, %s, %s, %s, %s, %s)"
                         ),
-                        new_rows,
+                        plan.entries,
                     )
             head = self._head(conn)
             conn.execute(
@@ -143,17 +112,9 @@ class PgCatalogueLog:
                     "(event_id, op, received_at, n_items, n_changed, last_seq) "
                     "VALUES (%s, %s, %s, %s, %s, %s)"
                 ),
-                (event_id, op, now, len(rows), len(changed), head),
+                (event_id, op, now, len(rows), len(plan.changed), head),
             )
-        log.info(
-            "event %s: %s %d items (%d unchanged), head %d",
-            event_id,
-            op,
-            len(changed),
-            len(unchanged),
-            head,
-        )
-        return AppendResult(event_id, False, tuple(changed), tuple(unchanged), head)
+        return plan.result(head)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -23,9 +24,9 @@ from psycopg import sql
 from storage.database import DatabaseRef, connect, database_errors
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
-from storage.registry import KINDS, Event, VersionKind, VersionRow
+from storage.registry import Event, VersionKind, VersionRow, new_row
 
-__all__ = ["PgRegistry", "ensure_schema"]
+__all__ = ["PgRegistry", "PgTables", "ensure_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -99,44 +100,59 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
             conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
 
 
-class PgRegistry:
-    """The registry in ``ref``'s database; the methods and errors of
-    ``storage.registry.Registry``. Each call is one short connection and transaction
-    (constructing it connects to nothing). Reads of a database where nothing was ever
-    registered (no schema yet) read as an empty registry and create nothing."""
+class PgTables:
+    """The tables of one store's schema in ``ref``'s database: each call is one short
+    connection and transaction (constructing it connects to nothing); the schema is
+    made by the first write, and reads before it see nothing and create nothing."""
+
+    # A table that exists once the schema does (what reads probe for).
+    _probe: str = "events"
 
     def __init__(self, ref: DatabaseRef) -> None:
         self.ref = ref
-        self.path = ref.url  # what errors name, as the SQLite registry names its file
+        self.path = ref.url  # what errors name, as the SQLite files name their path
         self._schema_ready = False
 
     def _q(self, text: str) -> sql.Composed:
         """``text`` with ``{s}`` replaced by this store's schema, quoted."""
         return sql.SQL(text).format(s=sql.Identifier(self.ref.schema))
 
-    # -- plumbing ------------------------------------------------------------------------
-
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection[Any]]:
-        """A transaction that holds CURRENT's row lock (the schema made on first use)."""
+    def _transaction(self, first: sql.Composed) -> Iterator[psycopg.Connection[Any]]:
+        """A writer's transaction that starts with ``first`` (the lock that orders the
+        writers); the schema is made on the first one."""
         with database_errors(self.ref), connect(self.ref) as conn:
             if not self._schema_ready:
                 ensure_schema(conn, self.ref.schema)
                 self._schema_ready = True
             with conn.transaction():
-                conn.execute(self._q("SELECT version_id FROM {s}.current WHERE id = 1 FOR UPDATE"))
+                conn.execute(first)
                 yield conn
 
     def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T | None:
-        """``query`` in a read-only transaction; None when the schema does not exist."""
+        """``query`` in one read-only snapshot; None when the schema does not exist."""
         with database_errors(self.ref), connect(self.ref) as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             found = conn.execute(
-                "SELECT to_regclass(%s)", (f'"{self.ref.schema}".events',)
+                "SELECT to_regclass(%s)", (f'"{self.ref.schema}".{self._probe}',)
             ).fetchone()
             if found is None or found[0] is None:
                 return None
             return query(conn)
+
+
+class PgRegistry(PgTables):
+    """The registry in ``ref``'s database; the methods and errors of
+    ``storage.registry.Registry``. Reads of a database where nothing was ever registered
+    read as an empty registry."""
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction that holds CURRENT's row lock."""
+        with self._transaction(
+            self._q("SELECT version_id FROM {s}.current WHERE id = 1 FOR UPDATE")
+        ) as conn:
+            yield conn
 
     # -- the Registry interface ----------------------------------------------------------
 
@@ -191,26 +207,14 @@ class PgRegistry:
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT ``expected`` -> ``version_id`` in one
         transaction. Raises ``PublishConflictError``."""
-        if kind not in KINDS:
-            raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
-        row = VersionRow(
-            version_id, created_at, utc_now_iso(), expected, data_snapshot, kind, manifest_sha256
-        )
+        row = new_row(version_id, expected, created_at, data_snapshot, kind, manifest_sha256)
         with self._write() as conn:
             conn.execute(
                 self._q(
                     f"INSERT INTO {{s}}.versions ({_ROW_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 ),
-                (
-                    row.version_id,
-                    row.created_at,
-                    row.published_at,
-                    row.parent,
-                    row.data_snapshot,
-                    row.kind,
-                    row.manifest_sha256,
-                ),
+                astuple(row),
             )
             self._cas(conn, expected, version_id)
             self._event(conn, "publish", expected, version_id)

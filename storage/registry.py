@@ -12,7 +12,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol, TypeVar, get_args
 
@@ -20,7 +20,7 @@ from storage._sqlite import connect, read, transaction
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
 
-__all__ = ["KINDS", "Event", "Registry", "RegistryLike", "VersionKind", "VersionRow"]
+__all__ = ["KINDS", "Event", "Registry", "RegistryLike", "VersionKind", "VersionRow", "new_row"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,23 @@ class VersionRow:
     # SHA-256 of the version's manifest.json as published: the manifest holds every other
     # file's checksum, so its own lives here. None: registered before it was recorded.
     manifest_sha256: str | None = None
+
+
+def new_row(
+    version_id: str,
+    expected: str | None,
+    created_at: str,
+    data_snapshot: str | None,
+    kind: VersionKind,
+    manifest_sha256: str | None,
+) -> VersionRow:
+    """The row a publish on top of ``expected`` registers, stamped now (both registries;
+    its fields in column order). ValueError for an unknown ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
+    return VersionRow(
+        version_id, created_at, utc_now_iso(), expected, data_snapshot, kind, manifest_sha256
+    )
 
 
 @dataclass(frozen=True)
@@ -202,24 +219,12 @@ class Registry:
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
         transaction: either both happen or neither. Raises `PublishConflictError`."""
-        if kind not in KINDS:
-            raise ValueError(f"version kind must be one of {KINDS}, got {kind!r}")
-        row = VersionRow(
-            version_id, created_at, utc_now_iso(), expected, data_snapshot, kind, manifest_sha256
-        )
+        row = new_row(version_id, expected, created_at, data_snapshot, kind, manifest_sha256)
         with self._connect() as conn, transaction(conn):
             conn.execute(
                 f"INSERT INTO versions ({_ROW_COLUMNS}, {', '.join(_LATE_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.version_id,
-                    row.created_at,
-                    row.published_at,
-                    row.parent,
-                    row.data_snapshot,
-                    row.kind,
-                    row.manifest_sha256,
-                ),
+                astuple(row),
             )
             _cas(conn, expected, version_id)
             _event(conn, "publish", expected, version_id)
