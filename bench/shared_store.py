@@ -19,19 +19,15 @@ import argparse
 import logging
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from devtools.pgserver import PgServer
+from devtools.s3server import moto_server
 from storage import Layout, Lineage, VersionFiles, VersionStore, read_json
 from storage.database import bind_database
 from storage.manifest import read_manifest
@@ -42,36 +38,6 @@ __all__ = ["main"]
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "local+pg", "s3+pg")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _moto() -> Iterator[str]:
-    port = _port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _source(args: argparse.Namespace, scratch: Path) -> Path:
@@ -130,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         pg = PgServer(scratch / "pg")
         pg_url = pg.start()
         try:
-            with _moto() as endpoint:
+            with moto_server() as endpoint:
                 _run(args, scratch, source, size, pg_url, endpoint)
         finally:
             pg.stop()

@@ -106,38 +106,12 @@ def pg_url(postgres_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """A local S3-compatible server (moto in server mode) on loopback for the session;
-    yields its endpoint. Clients reach it through the AWS SDK's usual variables."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    """A local S3-compatible server (moto in server mode, devtools.s3server) on loopback
+    for the session; yields its endpoint."""
+    from devtools.s3server import moto_server
 
-    exe = Path(sys.executable).with_name("moto_server")
-    if not exe.exists():
-        pytest.fail("moto_server is missing: install the dev extras (moto[server])")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto did not start"
-            time.sleep(0.1)
-    try:
+    with moto_server() as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 @pytest.fixture
