@@ -38,7 +38,7 @@ def report_command(
 
     which = version or "CURRENT"
     try:
-        path, missing = write_version_report(root_path(root), version, out)
+        written, missing = write_version_report(root_path(root), version, out)
     except (StorageError, ValueError) as e:  # exit 3 unknown version, 4 corrupt, ...
         raise fail(f"cannot read the report of {which}: {e}") from None
     except OSError as e:  # exit 6 unwritable --out or store, 7 disk full, ...
@@ -49,4 +49,6 @@ def report_command(
             "run without validation / history)",
             err=True,
         )
-    typer.echo(str(path.resolve()))
+    if written.shared:
+        typer.secho(f"shared as {written.shared}", err=True)
+    typer.echo(str(written.path.resolve()))

@@ -25,8 +25,10 @@ from core.report_render import data_uri, to_html, to_markdown
 from core.training import TrainSummary
 from storage import Layout, VersionFiles, VersionStore, atomic_write_bytes, write_json
 from storage.manifest import utc_now_iso
+from storage.objectstore import read_remote
 
 __all__ = [
+    "HtmlReport",
     "PublishedReport",
     "failure_markdown",
     "metrics_rows",
@@ -100,27 +102,37 @@ def stage_report_files(
     return [VersionFiles.METRICS_HISTORY, *sorted(plots)]
 
 
-def write_html_report(layout: Layout, inputs: ReportInputs, out: Path | None = None) -> Path:
+class HtmlReport(NamedTuple):
+    """Where an HTML report was written: the local file, and its object-store URL when
+    the store's root is one (None for a local store or an explicit ``out``)."""
+
+    path: Path
+    shared: str | None
+
+
+def write_html_report(layout: Layout, inputs: ReportInputs, out: Path | None = None) -> HtmlReport:
     """Write the standalone HTML report to ``out`` (a file, or a folder that gets
-    ``<version>.html``; None: ``<root>/reports/<version>.html``); returns its path."""
+    ``<version>.html``; None: ``<root>/reports/<version>.html``, and on an object-store
+    root also ``<remote>/reports/<version>.html``, read back before it counts)."""
     name = f"{inputs.version_id or 'not-published'}.html"
     path = layout.reports_dir / name if out is None else out / name if out.is_dir() else out
     html = to_html(report_sections(inputs), inputs.plots, utc_now_iso())
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, html.encode("utf-8"))
-    return path
+    remote = read_remote(layout) if out is None else None
+    return HtmlReport(path, remote.upload_report(path) if remote is not None else None)
 
 
 def write_version_report(
     root: str | Path, version_id: str | None = None, out: Path | None = None
-) -> tuple[Path, int]:
+) -> tuple[HtmlReport, int]:
     """Write the HTML report of ``version_id`` (None: CURRENT, checksums verified) as in
-    ``write_html_report``; returns its path and how many of the report's plots the
+    ``write_html_report``; returns where it went and how many of the report's plots the
     version lacks (versions built before reports existed, runs without validation)."""
     layout = Layout(Path(root))
     inputs = load_version_report(VersionStore(layout), version_id)
-    path = write_html_report(layout, inputs, out)
-    return path, len(PLOTS) - len(inputs.plots)
+    written = write_html_report(layout, inputs, out)
+    return written, len(PLOTS) - len(inputs.plots)
 
 
 class PublishedReport(NamedTuple):
@@ -140,12 +152,13 @@ def published_report(root: str, version_id: str) -> PublishedReport:
     markdown = to_markdown(
         report_sections(inputs), lambda p: data_uri(inputs.plots[p]) if p in inputs.plots else None
     )
-    html_path = write_html_report(layout, inputs)
+    html = write_html_report(layout, inputs)
+    where = f"`{html.path}`" + (f", shared as `{html.shared}`" if html.shared else "")
     markdown += (
-        f"\nThe same report as one HTML file: `{html_path}` (or `towerflow report {version_id}`).\n"
+        f"\nThe same report as one HTML file: {where} (or `towerflow report {version_id}`).\n"
     )
     rows = metrics_rows(inputs.evaluation) if inputs.evaluation is not None else None
-    return PublishedReport(markdown, html_path, rows)
+    return PublishedReport(markdown, html.path, rows)
 
 
 def failure_markdown(root: str, error: BaseException) -> str:

@@ -12,7 +12,8 @@ How it is used:
 
 - Each machine works in a local cache folder (``TOWERFLOW_CACHE_DIR``, default
   ``~/.cache/towerflow``), a plain store layout whose ``remote.json`` names the remote
-  URL. Staging, locks' files and scratch stay local.
+  URL. Staging, locks' files and scratch stay local. Run reports (HTML, derived from
+  a verified version) are uploaded under ``reports/`` as they are written.
 - ``VersionStore.publish`` seals and verifies the version locally, renames it into the
   cache, then uploads it: every file, then ``manifest.json`` last, then reads every
   object back and checks its SHA-256 against the manifest. Only then does it move
@@ -317,20 +318,22 @@ class RemoteStore:
             ) from e
         fsync_dir(dest)
 
+    # -- run reports ---------------------------------------------------------------------
+
+    def upload_report(self, path: Path) -> str:
+        """Put the HTML report ``path`` under ``reports/`` (one PUT, so readers see the old
+        object or the new one, never half of it), read it back, and return its URL.
+        A report is derived from a verified version, so a lost upload only costs a rerun
+        of ``towerflow report``."""
+        self._upload_checked(path, "reports", validate_id("report file", path.name))
+        return f"{self.shown.rstrip('/')}/reports/{path.name}"
+
     # -- the items inbox -----------------------------------------------------------------
 
     def upload_inbox(self, path: Path) -> None:
         """Put the inbox file ``path`` (named by ``inbox_name``: its SHA-256 is in its
         name) under ``inbox/``, and read it back."""
-        fs, base = self._fs()
-        key = self._key(base, "inbox", path.name)
-        try:
-            fs.create_dir(self._key(base, "inbox"), recursive=True)
-            self._put(fs, path, key)
-            if self._hash(fs, key) != (sha256_file(path), path.stat().st_size):
-                raise StorageError(f"{path.name} read back from {self.shown} with other bytes")
-        except OSError as e:
-            raise RemoteError(f"uploading {path.name} to {self.shown} failed: {e}") from e
+        self._upload_checked(path, "inbox", path.name)
 
     def fetch_inbox(self, name: str, dest: Path) -> bool:
         """Download ``inbox/<name>`` to ``dest`` (atomically) if the remote holds it, after
@@ -356,6 +359,18 @@ class RemoteStore:
         return True
 
     # -- plumbing ------------------------------------------------------------------------
+
+    def _upload_checked(self, path: Path, folder: str, name: str) -> None:
+        """Put ``path`` as ``<folder>/<name>`` and read it back against the local bytes."""
+        fs, base = self._fs()
+        key = self._key(base, folder, name)
+        try:
+            fs.create_dir(self._key(base, folder), recursive=True)
+            self._put(fs, path, key)
+            if self._hash(fs, key) != (sha256_file(path), path.stat().st_size):
+                raise StorageError(f"{name} read back from {self.shown} with other bytes")
+        except OSError as e:
+            raise RemoteError(f"uploading {name} to {self.shown} failed: {e}") from e
 
     @staticmethod
     def _put(fs: Any, path: Path, key: str) -> None:

@@ -135,9 +135,13 @@ def test_nightly_items_event_and_api_on_an_s3_root(
     snap = replica.open_current().manifest.lineage.data_snapshot
     assert snap and not replica.layout.snapshot_dir(snap).exists()
     assert snapshot_exists(replica.layout, snap) and replica.layout.snapshot_dir(snap).is_dir()
-    # Reports are derived: any machine writes one from the fetched, verified version.
+    # A report is written from the fetched, verified version on any machine, and shared
+    # on the object store, read back before it counts.
     from core.reports import write_version_report
 
     report, _ = write_version_report(replica.layout.root, first)
-    assert report.is_file() and first in report.read_text()
+    assert report.path.is_file() and first in report.path.read_text()
     assert replica.layout.version_dir(first).is_dir()  # fetched for it
+    assert report.shared == f"{s3_root.split('?')[0]}/reports/{first}.html"
+    with fs.open_input_stream(f"{base}/reports/{first}.html") as shared:
+        assert shared.read() == report.path.read_bytes()

@@ -237,3 +237,23 @@ def test_check_on_a_fresh_cache_fetches_first_and_names_a_damaged_object(
     _flip(s3_root, "versions/v1/index.faiss")
     (problem,) = _store(s3_root, pg_url, cache="cache-c").check("v1").problems
     assert problem.name == "index.faiss" and problem.status == "unreadable"
+
+
+def test_reports_are_shared_whole_and_an_unreachable_store_is_named(
+    s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = bind_remote(Layout(tmp_path / "cache"), s3_root)
+    report = tmp_path / "v1.html"
+    report.write_bytes(b"<html>first</html>")
+    url = remote.upload_report(report)
+    assert url == f"{s3_root.split('?')[0]}/reports/v1.html"
+    report.write_bytes(b"<html>second, longer</html>")  # rewritten: the object is replaced
+    remote.upload_report(report)
+    fs, base = pafs.FileSystem.from_uri(s3_root)
+    with fs.open_input_stream(f"{base}/reports/v1.html") as f:
+        assert f.read() == b"<html>second, longer</html>"
+    with pytest.raises(ValueError, match="report file"):
+        remote.upload_report(tmp_path / "..html")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(RemoteError, match=r"uploading v1\.html to s3://"):
+        remote.upload_report(report)
