@@ -215,7 +215,8 @@ class DaskConfig(BaseModel):
     Synthetic data generation, item embedding, full-ranking evaluation and the index build
     run as shards mapped over the workers (``core.sharded``); each shard reads the store
     and writes a part file, so every worker must reach the store's root at the same path
-    (a shared or network file system)."""
+    (a shared or network file system; for an ``s3://`` root, ``TOWERFLOW_CACHE_DIR`` on
+    one, since staging lives in the local cache)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -14,6 +14,7 @@ This module holds item embedding and the shared plan type; evaluation is in
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -33,7 +34,6 @@ from storage import (
     ShardFolder,
     TableWriter,
     VersionFiles,
-    VersionStore,
     iter_row_range,
     read_num_rows,
     stage_listing,
@@ -48,6 +48,7 @@ __all__ = [
     "plan_embedding",
     "shard_folder",
     "spans",
+    "staged_here",
     "staging_dir",
 ]
 
@@ -91,8 +92,28 @@ class EmbedPlan(BaseModel):
 
 
 def staging_dir(stage: StageRef) -> Path:
-    """The staged version's folder."""
-    return VersionStore(Layout(Path(stage.root))).staging_path(stage.version_id)
+    """The staged version's folder; FileNotFoundError (``staged_here``) when this worker
+    cannot see it."""
+    path = Layout(Path(stage.root)).staging_version_dir(stage.version_id)
+    return staged_here(path, f"version {stage.version_id}")
+
+
+def staged_here(path: Path, what: str) -> Path:
+    """``path``, a staged folder a shard reads, when this process sees it; else a
+    FileNotFoundError that says why a shard may not see it and what to do.
+
+    Shards pass files, not bytes, between Dask workers: the staging folders live under
+    the store's root (an object-store root's local cache), so every worker must see that
+    root at the same path."""
+    if path.is_dir():
+        return path
+    raise FileNotFoundError(
+        f"{what}: the staged folder {path} is not visible on this worker "
+        f"(host {socket.gethostname()}): the run that staged it has ended, or this worker "
+        "runs on another machine. Every Dask worker must see the store's root at the same "
+        "path: put the root on a shared file system, and for an s3:// root set "
+        "TOWERFLOW_CACHE_DIR to a folder on one."
+    )
 
 
 def shard_folder(stage: StageRef, step: str) -> ShardFolder:

@@ -30,7 +30,7 @@ from core.config import DataConfig
 from core.dataio import events_tables, tables_events, write_events, write_world
 from core.progress import StepLogger
 from core.refs import SnapshotRef
-from core.sharded import Span, spans
+from core.sharded import Span, spans, staged_here
 from core.snapshots import commit_generated, ensure_snapshot, generator_config, snapshot_id_for
 from model.synthetic import event_blocks, generate_events, generate_world
 from storage import (
@@ -133,10 +133,7 @@ def generate_shard(cfg: DataConfig, plan: DataPlan, span: Span) -> EventParts:
     """The events of user blocks ``[span.lo, span.hi)``, written as two parts."""
     if plan.snapshot is not None:
         raise ValueError("prepare-data: the plan reuses a snapshot; there is nothing to draw")
-    if not _staging(plan).is_dir():
-        raise FileNotFoundError(
-            f"prepare-data: the staged snapshot {_staging(plan)} is gone (its run ended?)"
-        )
+    staged_here(_staging(plan), f"prepare-data: snapshot {plan.snapshot_id}")
     gen = generator_config(cfg)
     events = generate_events(gen, generate_world(gen), range(span.lo, span.hi))
     tables = events_tables(events)

@@ -39,7 +39,7 @@ from core.evaluation import (
 from core.progress import StepLogger
 from core.refs import SnapshotRef, StageRef
 from core.resume import evaluate_key, keep_result, restore_kept
-from core.sharded import Span, spans
+from core.sharded import Span, spans, staging_dir
 from model.fullrank import RankingPart, merge_parts, part_keys, rank_part
 from model.pipeline import Prepared
 from storage import (
@@ -48,7 +48,6 @@ from storage import (
     PartRef,
     ShardFolder,
     TableSpec,
-    VersionStore,
     snapshot_path,
     stage_listing,
 )
@@ -94,9 +93,10 @@ def _values_spec(ks: tuple[int, ...]) -> TableSpec:
 
 def _paths(snapshot: SnapshotRef, stage: StageRef) -> tuple[Path, Path, ShardFolder]:
     layout = Layout(Path(stage.root))
+    staging = staging_dir(stage)  # first: on a worker that cannot see the root, say why
     return (
         snapshot_path(layout, snapshot.snapshot_id),
-        VersionStore(layout).staging_path(stage.version_id),
+        staging,
         ShardFolder(layout, stage.version_id, EVAL_STEP),
     )
 

@@ -186,3 +186,19 @@ def test_a_kept_result_is_restored_instead_of_planned(
     assert replan.restored == report and replan.spans == []
     assert merge_evaluation(snapshot, other, DATA, EVAL, replan, []) == report
     assert (_staging(other) / VersionFiles.METRICS).exists()
+
+
+def test_a_worker_that_cannot_see_the_staged_version_says_why(
+    staged: tuple[SnapshotRef, StageRef], tmp_path: Path
+) -> None:
+    snapshot, stage = staged
+    plan = plan_embedding(stage, shard_items=100, batch_size=64, resume=False)
+    eval_plan = plan_evaluation(snapshot, stage, DATA, EVAL, shard_users=100, resume=False)
+    # A worker on another machine: the same stage, but the root path is not there.
+    elsewhere = stage.model_copy(update={"root": str(tmp_path / "not-mounted")})
+    hint = "this worker runs on another machine.*TOWERFLOW_CACHE_DIR"
+    with pytest.raises(FileNotFoundError, match=f"version {stage.version_id}: .*{hint}"):
+        embed_shard(elsewhere, plan.spans[0], plan.batch_size)
+    with pytest.raises(FileNotFoundError, match=hint):
+        evaluate_shard(snapshot, elsewhere, DATA, EVAL, eval_plan, eval_plan.spans[0])
+    assert not (tmp_path / "not-mounted").exists()  # nothing written where it is not seen
