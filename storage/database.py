@@ -34,12 +34,14 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "DATABASE_URL_ENV",
     "DatabaseError",
     "DatabaseRef",
     "DatabaseUnavailableError",
     "bind_database",
     "connect",
+    "connection_kwargs",
     "database_errors",
     "read_binding",
 ]
@@ -52,7 +54,7 @@ _SCHEMES: Final = ("postgresql", "postgres")
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 DEFAULT_SCHEMA: Final = "towerflow"
 # Seconds a connection attempt waits for the server (libpq's default is forever).
-_CONNECT_TIMEOUT_S: Final = 10
+CONNECT_TIMEOUT_S: Final = 10
 
 
 class DatabaseError(StorageError):
@@ -240,26 +242,27 @@ def _password(ref: DatabaseRef) -> str | None:
     return unquote(password) if password is not None and env_ref.same_database(ref) else None
 
 
-def connect(ref: DatabaseRef, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A new connection to ``ref``'s database (callers qualify their tables with
-    ``ref.schema``). Raises DatabaseError naming the server when it cannot connect."""
-    import psycopg  # here: stores on SQLite never load the driver
-
+def connection_kwargs(ref: DatabaseRef) -> dict[str, Any]:
+    """libpq's connection parameters for ``ref``'s database: server, database, user, the
+    URL's options, a connect timeout, and the password when the environment has one for
+    it (so the result is a secret: never log it)."""
     params: dict[str, Any] = dict(ref.options)
-    params.setdefault("connect_timeout", str(_CONNECT_TIMEOUT_S))
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
     params.setdefault("application_name", "towerflow")
     password = _password(ref)
     if password is not None:
         params["password"] = password
+    return {"host": ref.host, "port": ref.port, "dbname": ref.dbname, "user": ref.user, **params}
+
+
+def connect(ref: DatabaseRef, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A new connection to ``ref``'s database (callers qualify their tables with
+    ``ref.schema``). Raises DatabaseError naming the server when it cannot connect.
+    Short calls take one from ``storage.pg_pool.pooled`` instead."""
+    import psycopg  # here: stores on SQLite never load the driver
+
     try:
-        conn = psycopg.connect(
-            host=ref.host,
-            port=ref.port,
-            dbname=ref.dbname,
-            user=ref.user,
-            autocommit=autocommit,
-            **params,
-        )
+        conn = psycopg.connect(autocommit=autocommit, **connection_kwargs(ref))
     except psycopg.OperationalError as e:
         raise DatabaseUnavailableError(
             f"cannot connect to the store's database {ref.url}: {e}"

@@ -21,9 +21,10 @@ from typing import Any, Final, TypeVar
 import psycopg
 from psycopg import sql
 
-from storage.database import DatabaseRef, connect, database_errors
+from storage.database import DatabaseRef, database_errors
 from storage.errors import PublishConflictError, VersionNotFoundError
 from storage.manifest import utc_now_iso
+from storage.pg_pool import pooled
 from storage.registry import Event, VersionKind, VersionRow, new_row
 
 __all__ = ["PgRegistry", "PgTables", "ensure_schema"]
@@ -36,8 +37,8 @@ _ROW_COLUMNS: Final = (
     "version_id, created_at, published_at, parent, data_snapshot, kind, manifest_sha256"
 )
 
-# Schema set-up runs under this transaction-level advisory lock: concurrent
-# CREATE ... IF NOT EXISTS of one table can still collide in PostgreSQL's catalogue.
+# Schema set-up runs under this advisory lock: concurrent CREATE ... IF NOT EXISTS of
+# one table can still collide in PostgreSQL's catalogue.
 _SCHEMA_LOCK: Final = 0x746F776572666C6F  # "towerflo"
 
 
@@ -93,16 +94,27 @@ _SCHEMA_SQL: Final = (
 
 def ensure_schema(conn: psycopg.Connection[Any], schema: str) -> None:
     """Create ``schema``'s tables where missing (one transaction, under an advisory lock:
-    concurrent ``CREATE ... IF NOT EXISTS`` of one table can collide in the catalogue)."""
+    concurrent ``CREATE ... IF NOT EXISTS`` of one table can collide in the catalogue).
+
+    The lock is taken in a transaction of its own, before the one that creates: a session
+    reads other sessions' catalogue changes when a transaction starts, so a reused
+    (pooled) connection that waited for the lock inside the creating transaction would
+    still believe, from its cache, that a schema created meanwhile is missing."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-        for stmt in _SCHEMA_SQL:
-            conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))  # held past COMMIT
+    try:
+        with conn.transaction():
+            for stmt in _SCHEMA_SQL:
+                conn.execute(sql.SQL(stmt).format(s=sql.Identifier(schema)))
+    finally:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
 
 
 class PgTables:
     """The tables of one store's schema in ``ref``'s database: each call is one short
-    connection and transaction (constructing it connects to nothing); the schema is
+    transaction on a pooled connection (``storage.pg_pool``; constructing it connects to
+    nothing); the schema is
     made by the first write, and reads before it see nothing and create nothing."""
 
     # A table that exists once the schema does (what reads probe for).
@@ -121,7 +133,7 @@ class PgTables:
     def _transaction(self, first: sql.Composed) -> Iterator[psycopg.Connection[Any]]:
         """A writer's transaction that starts with ``first`` (the lock that orders the
         writers); the schema is made on the first one."""
-        with database_errors(self.ref), connect(self.ref) as conn:
+        with database_errors(self.ref), pooled(self.ref) as conn:
             if not self._schema_ready:
                 ensure_schema(conn, self.ref.schema)
                 self._schema_ready = True
@@ -131,7 +143,7 @@ class PgTables:
 
     def _read(self, query: Callable[[psycopg.Connection[Any]], T]) -> T | None:
         """``query`` in one read-only snapshot; None when the schema does not exist."""
-        with database_errors(self.ref), connect(self.ref) as conn, conn.transaction():
+        with database_errors(self.ref), pooled(self.ref) as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             found = conn.execute(
                 "SELECT to_regclass(%s)", (f'"{self.ref.schema}".{self._probe}',)

@@ -56,6 +56,6 @@ def test_all_is_explicit_and_resolvable() -> None:
     # reader); they show up once any test used them.
     submodules |= {"rawlog", "rawparse", "rawstream", "rawtext"}
     # So are the PostgreSQL registry and catalogue (psycopg), by stores bound to a database.
-    submodules |= {"pg_registry", "pg_catalogue"}
+    submodules |= {"pg_registry", "pg_catalogue", "pg_pool"}
     submodules |= {"schemas", "settings", "snapshots", "versions", "version_views"}
     assert public - submodules == set(storage.__all__)
