@@ -63,6 +63,12 @@ class VersionFiles:
     TOMBSTONES: Final = "tombstones.parquet"
     # The catalogue entries the version includes: {"seq": int, "events": [...]}.
     CATALOGUE: Final = "catalogue.json"
+    # A delta version (kind "delta") holds only these, the catalogue state and its
+    # manifest: the upserted items' rows (VERSION_ITEMS) and vectors (the embeddings'
+    # schema), and the IDs it retires (VERSION_TOMBSTONES' schema), each sorted by ID.
+    DELTA_ITEMS: Final = "delta_items.parquet"
+    DELTA_EMBEDDINGS: Final = "delta_embeddings.parquet"
+    DELTA_RETIRED: Final = "delta_retired.parquet"
     # The run report's inputs and plots (optional: versions built outside the nightly
     # flow have none). training.json: per-epoch loss / validation / seconds;
     # metrics_history.json: headline test metrics of this version and its nightly ancestors.

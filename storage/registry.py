@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# What made a version: a nightly build (complete on its own files) or an items event
-# (its parent's files + catalogue entries; unchanged files may be hard links). Retention
-# keeps each kind by its own rule (see `storage.retention`).
-VersionKind = Literal["nightly", "items"]
+# What made a version: a nightly build (complete on its own files); an items version
+# (its parent's files + catalogue entries, complete; unchanged files may be hard links);
+# or a delta (only the items an event changed, read on top of its parent's chain down to
+# the complete version it stacks on). Retention keeps each kind by its own rule (see
+# `storage.retention`).
+VersionKind = Literal["nightly", "items", "delta"]
 KINDS: Final[tuple[VersionKind, ...]] = get_args(VersionKind)
 
 _SCHEMA: Final = (

@@ -46,7 +46,9 @@ def kept_versions(
       each is a rollback target that no other version's damage can reach);
     - the newest `keep_items` item versions on CURRENT's lineage: walking parents from
       CURRENT through item versions down to the nightly they started from, which is kept
-      too (their unchanged files may be hard links of its files).
+      too (their unchanged files may be hard links of its files);
+    - below every kept delta, each version down to the complete one it stacks on (a
+      delta is read on top of that chain, so the chain goes only with it).
 
     Item versions off CURRENT's lineage (those of an older nightly, or of a version
     rolled back from) are not kept: item events must never push a nightly out.
@@ -57,15 +59,17 @@ def kept_versions(
     if current is not None:
         keep.add(current)
     walked: set[str] = set()
-    node, items_kept = by_id.get(current or ""), 0
+    node, items_kept, chain_needed = by_id.get(current or ""), 0, False
     while node is not None and node.version_id not in walked:
         walked.add(node.version_id)
-        if kind_of(node) == "nightly":
+        kind = kind_of(node)
+        if kind == "nightly":
             keep.add(node.version_id)
             break
-        if items_kept < keep_items or node.version_id == current:
+        if chain_needed or items_kept < keep_items or node.version_id == current:
             keep.add(node.version_id)
             items_kept += 1
+            chain_needed = kind == "delta"
         node = by_id.get(node.parent or "")
     return keep
 

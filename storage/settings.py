@@ -22,6 +22,11 @@ DEFAULT_KEEP_VERSIONS: Final = 5
 # many, never push a nightly rollback target out.
 DEFAULT_KEEP_ITEM_VERSIONS: Final = 10
 
+# Deltas CURRENT may stack on its complete version before the new-items flow asks for a
+# compaction (TOWERFLOW_MAX_DELTA_CHAIN, `runtime.max_delta_chain`): each delta is one
+# more small file set a loading server reads and applies.
+DEFAULT_MAX_DELTA_CHAIN: Final = 32
+
 
 class StorageSettings(BaseSettings):
     """Storage settings; construct in the CLI or flow entry point, then pass values down."""
@@ -48,6 +53,12 @@ class StorageSettings(BaseSettings):
         default=DEFAULT_KEEP_ITEM_VERSIONS,
         ge=0,
         description="Item-event versions kept on CURRENT's lineage by pruning.",
+    )
+
+    max_delta_chain: int = Field(
+        default=DEFAULT_MAX_DELTA_CHAIN,
+        ge=1,
+        description="Deltas on CURRENT's complete version before a compaction is asked for.",
     )
 
     database_url: SecretStr | None = Field(

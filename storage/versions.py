@@ -358,7 +358,8 @@ class VersionStore:
     def rollback(
         self, version_id: str, expected_current: str | _ReadCurrent | None = _READ_CURRENT
     ) -> None:
-        """Make registered, intact `version_id` CURRENT again.
+        """Make registered, intact `version_id` CURRENT again (a delta: with its whole
+        chain intact).
 
         `expected_current` defaults to CURRENT as read now; pass the value you saw to fail
         with `PublishConflictError` if someone else moved CURRENT since.
@@ -366,7 +367,10 @@ class VersionStore:
         validate_id("version id", version_id)
         if self.registry.get(version_id) is None:
             raise VersionNotFoundError("cannot roll back: " + self._not_registered(version_id))
-        self.verify(version_id)
+        # A delta is served on top of its chain: every version under it must be intact too.
+        from storage.chains import resolve_chain, verify_chain
+
+        verify_chain(self, resolve_chain(self, self._open(version_id, verify=False)))
         expected = (
             self.current() if isinstance(expected_current, _ReadCurrent) else expected_current
         )
