@@ -1,5 +1,6 @@
-"""``towerflow versions``, ``towerflow verify`` and ``towerflow rollback``: list the
-published versions, check their files, make a kept one CURRENT again.
+"""``towerflow versions``, ``towerflow verify``, ``towerflow rollback`` and ``towerflow
+compact``: list the published versions, check their files, make a kept one CURRENT
+again, fold CURRENT's item deltas into one complete version.
 
 Register with ``app.command("versions")(versions_command)``,
 ``app.command("verify")(verify_command)`` and ``app.command("rollback")(rollback_command)``.
@@ -20,7 +21,13 @@ from cli.options import JsonOpt, RootOpt, fail, open_store
 if TYPE_CHECKING:
     from storage import VersionCheck, VersionInfo, VersionStore
 
-__all__ = ["headline_metric", "rollback_command", "verify_command", "versions_command"]
+__all__ = [
+    "compact_command",
+    "headline_metric",
+    "rollback_command",
+    "verify_command",
+    "versions_command",
+]
 
 # Exit code of `verify` when a checked version has a bad file (the code cli.errors gives
 # a corrupt version).
@@ -68,37 +75,67 @@ def verify_command(
     """Check every file of a version (or of all) against its manifest: size and SHA-256.
 
     Reports each file's state and how many names share its bytes (hard links between a
-    version and the item versions derived from it). Exit 0 when all are intact, 4 when a
-    file is missing or damaged.
+    version and the item versions derived from it); a delta is damaged too when a
+    version of its chain is. Exit 0 when all are intact, 4 when a file is missing or
+    damaged.
     """
     store = open_store(root)
     ids = [version] if version else [v.version_id for v in store.list_versions()]
-    checks = [store.check(vid) for vid in ids]
+    checks = {vid: store.check(vid) for vid in ids}
+    # A delta is served on top of its chain: it is only as good as every version under it.
+    chains = {vid: _chain_below(store, vid) for vid in ids}
+    needs = {vid: below for vid, (below, _) in chains.items()}
+    for vid in {b for below in needs.values() for b in below} - set(checks):
+        checks[vid] = store.check(vid)
+    broken = {
+        vid: [b for b in needs[vid] if not checks[b].intact] + ([gap] if gap else [])
+        for vid, (_, gap) in chains.items()
+    }
     current = store.current()
     if as_json:
         typer.echo(
             json.dumps(
                 [
                     {
-                        "version_id": c.version_id,
-                        "current": c.version_id == current,
-                        "intact": c.intact,
-                        "files": [asdict(f) for f in c.files],
+                        "version_id": vid,
+                        "current": vid == current,
+                        "intact": checks[vid].intact,
+                        "chain": needs[vid],
+                        "chain_intact": not broken[vid],
+                        "files": [asdict(f) for f in checks[vid].files],
                     }
-                    for c in checks
+                    for vid in ids
                 ]
             )
         )
     else:
-        if not checks:
+        if not ids:
             typer.echo("no published versions")
-        for c in checks:
-            _print_check(c, c.version_id == current)
-    bad = [c.version_id for c in checks if not c.intact]
+        for vid in ids:
+            _print_check(checks[vid], vid == current)
+            if broken[vid]:
+                typer.echo(f"  needs damaged {', '.join(broken[vid])} (its chain)")
+    bad = [vid for vid in ids if not checks[vid].intact or broken[vid]]
     if bad:
         if not as_json:
             typer.secho(f"damaged: {', '.join(bad)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(CORRUPT_EXIT)
+
+
+def _chain_below(store: VersionStore, version_id: str) -> tuple[list[str], str | None]:
+    """The versions a delta is read on, its base first ([] for a complete version), and
+    why its chain cannot be read, if it cannot (a missing parent)."""
+    from storage import CorruptVersionError, StorageError
+    from storage.chains import resolve_chain
+
+    try:
+        chain = resolve_chain(store, store.open_version(version_id, verify=False))
+    except CorruptVersionError as e:
+        own_manifest = e.file == "manifest.json" and "chain" not in e.reason
+        return [], None if own_manifest else e.reason  # its own check reports the former
+    except (StorageError, OSError):
+        return [], None
+    return [v.version_id for v in chain.versions[:-1]], None
 
 
 def rollback_command(
@@ -126,6 +163,22 @@ def rollback_command(
         typer.echo(f"CURRENT: {before} -> {version}")
 
 
+def compact_command(root: RootOpt = None, as_json: JsonOpt = False) -> None:
+    """Fold CURRENT's chain of item deltas into one complete version (what the
+    compact-items deployment does when a chain grows past runtime.max_delta_chain).
+    Events keep publishing meanwhile; a nightly published meanwhile supersedes it."""
+    from core.compaction import compact_current
+
+    store = open_store(root)
+    result = compact_current(store.layout, store.keep_versions, store.keep_item_versions)
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    elif result.compacted:
+        typer.echo(f"CURRENT: {result.version_id} ({result.folded} deltas folded)")
+    else:
+        typer.echo(f"nothing to compact: CURRENT {result.version_id} is complete")
+
+
 def _info_json(v: VersionInfo) -> dict[str, Any]:
     out = asdict(v)
     head = headline_metric(v.metrics)
@@ -136,8 +189,16 @@ def _info_json(v: VersionInfo) -> dict[str, Any]:
 def _intact_versions(store: VersionStore, exclude: str) -> list[str]:
     """Kept versions whose files all match their manifests, newest first (labelled)."""
     out = []
+    intact: dict[str, bool] = {}
+
+    def ok(vid: str) -> bool:
+        if vid not in intact:
+            intact[vid] = store.check(vid).intact
+        return intact[vid]
+
     for v in store.list_versions():
-        if v.version_id != exclude and store.check(v.version_id).intact:
+        below, gap = _chain_below(store, v.version_id)
+        if v.version_id != exclude and ok(v.version_id) and not gap and all(map(ok, below)):
             out.append(f"{v.version_id} ({v.kind}{', CURRENT' if v.is_current else ''})")
     return out
 

@@ -49,6 +49,7 @@ __all__ = [
     "apply_changes",
     "read_catalogue_state",
     "read_tombstones",
+    "rebuild_index",
     "write_catalogue_state",
 ]
 
@@ -242,15 +243,17 @@ def _edit_index(
         if recipe is None:
             raise ValueError(f"{path}: {e}, and no index recipe was given") from e
         log.warning("%s; rebuilding %s over %d items", e, recipe.factory, len(new_ids))
-        save_index(path, _rebuild(recipe, new_ids, new_vectors))
+        save_index(path, rebuild_index(recipe, new_ids, new_vectors))
         return np.empty(0, np.int64), True
     save_index(path, index)
     return edit.tombstones, False
 
 
-def _rebuild(
+def rebuild_index(
     recipe: IndexRecipe, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]
 ) -> faiss.Index:
+    """A new index of ``recipe`` over (I,) ``ids`` and their (I, D) ``vectors``, with the
+    recipe's tuned search parameters."""
     index = build_index(vectors, ids, recipe.factory, seed=recipe.seed)
     if recipe.params:
         set_index_params(index, recipe.params)

@@ -1,17 +1,21 @@
 """Publishing versions that include the item catalogue: the cold-start sync (CURRENT +
-new catalogue entries -> a new version) and the nightly's catch-up before it publishes.
+new catalogue entries -> a delta on top of it) and the nightly's catch-up before it
+publishes.
 
 Plain functions, no Prefect. The protocol that keeps every acknowledged item served:
 
 - Every version records `catalogue_seq` S in its lineage: it includes every catalogue
   entry up to S (`core.catalogue_apply` applies entries exactly once, in order).
-- A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it verifies P's files
-  against P's manifest, stages them (hard links), applies entries (S_P, H] with P's
-  model and publishes with a compare-and-swap expecting P. Acknowledged entries are <=
-  the head of any later read, so the next successful publish after an ack includes it.
-- Lineage is verified: a corrupt P fails the sync (`CorruptVersionError`) and nothing is
-  published. Files carried over from P unchanged keep P's recorded checksums (publish
-  reads them back against those), so damaged bytes never get fresh checksums.
+- A sync reads CURRENT P (with S_P) and the log head H; if H > S_P it publishes entries
+  (S_P, H] as a delta on top of P (`core.delta_publish`: the changed items embedded by
+  the model of P's chain), with a compare-and-swap expecting P. Acknowledged entries are
+  <= the head of any later read, so the next successful publish after an ack includes it.
+- Lineage is verified: the files a delta derives from (the base's model and item IDs,
+  the chain's deltas) are checked first, and a corrupt one fails the sync
+  (`CorruptVersionError`) with nothing published. A delta carries no other file, so
+  damaged bytes never get fresh checksums. Compaction (`core.compaction`) folds a chain
+  into a complete version; the files it takes over unchanged keep their recorded
+  checksums (publish reads them back against those).
 - The nightly builds from the whole catalogue at its start, then, right before
   publishing, folds in the entries that arrived meanwhile (embedded by its *new* model).
 - Publishers hold `Layout.publish_lock` from reading CURRENT to the compare-and-swap, so
@@ -37,12 +41,10 @@ from core.catalogue_apply import (
     read_catalogue_state,
     write_catalogue_state,
 )
+from core.delta_publish import publish_delta
 from storage import (
-    REQUIRED_FILES,
     CorruptVersionError,
     Layout,
-    Lineage,
-    Manifest,
     NoCurrentVersionError,
     PublishConflictError,
     PublishedVersion,
@@ -101,37 +103,6 @@ def stage_child(
     return version_id, staging, identities
 
 
-def _publish_child(
-    store: VersionStore,
-    version_id: str,
-    parent: Manifest,
-    applied: ApplySummary,
-    expected: str | None,
-    carried: dict[str, FileEntry],
-) -> Manifest:
-    extra = dict(parent.extra)
-    extra["coldstart"] = {"upserted": applied.upserted, "retired": applied.retired}
-    return store.publish(
-        version_id,
-        expected_current=expected,
-        config=parent.config,
-        lineage=Lineage(
-            data_snapshot=parent.lineage.data_snapshot,
-            parent_version=parent.version_id,
-            catalogue_seq=applied.seq,
-            applied_events=applied.applied_events,
-        ),
-        embedding_dim=parent.embedding_dim,
-        metric=parent.metric,
-        item_count=applied.n_items,
-        metrics=parent.metrics,
-        extra=extra,
-        required_files=REQUIRED_FILES,
-        kind="items",
-        carried=carried,
-    )
-
-
 def sync_current(
     layout: Layout,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
@@ -140,13 +111,15 @@ def sync_current(
     max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> SyncResult:
-    """Publish CURRENT + every catalogue entry it lacks (no-op when it lacks none).
+    """Publish every catalogue entry CURRENT lacks as a delta on top of it
+    (``core.delta_publish``; a no-op when it lacks none).
 
     Raises `NoCurrentVersionError` before the first nightly (the entries stay in the
-    catalogue and the first nightly includes them), and `CorruptVersionError` when
-    CURRENT's bytes do not match its manifest (nothing is published; roll back to an
-    intact version or run the nightly). Holding the publish lock, it first removes what
-    dead publishers left (staging of dead processes, unregistered version folders).
+    catalogue and the first nightly includes them), and `CorruptVersionError` when the
+    files the delta derives from (the base's model and item IDs, the chain's deltas) do
+    not match their manifests (nothing is published; roll back to an intact version or
+    run the nightly). Holding the publish lock, it first removes what dead publishers
+    left (staging of dead processes, unregistered version folders).
     """
     store = VersionStore(layout, keep_versions, keep_item_versions)
     catalogue = open_catalogue(layout)
@@ -167,38 +140,29 @@ def sync_current(
                     attempt,
                     tuple(removed),
                 )
-            # Everything below derives from the parent's bytes: check them all first.
-            store.verify(parent.version_id)
-            version_id, staging, identities = stage_child(store, parent)
             try:
-                summary = parent.manifest.extra.get("index")
-                recipe = IndexRecipe.from_summary(summary) if summary else None
-                applied = apply_changes(staging, changes, recipe)
-                carried = carried_entries(staging, parent.manifest.files, identities)
-                _publish_child(
-                    store, version_id, parent.manifest, applied, parent.version_id, carried
-                )
+                result = publish_delta(store, parent, changes)
             except PublishConflictError as e:
                 # A publisher outside the lock (e.g. a rollback) moved CURRENT: start over
                 # from the newer state.
                 log.warning("sync attempt %d lost the race: %s", attempt, e)
                 continue
-            except BaseException:
-                store.discard(version_id)
-                raise
+            m = result.manifest
             log.info(
-                "published %s = %s + catalogue (%d, %d]",
-                version_id,
+                "published %s = %s + catalogue (%d, %d]: %d upserted, %d retired",
+                m.version_id,
                 parent.version_id,
                 seq,
-                applied.seq,
+                changes.upto,
+                result.upserted,
+                result.retired,
             )
             return SyncResult(
-                version_id,
+                m.version_id,
                 True,
-                applied.seq,
-                applied.applied_events,
-                applied.n_items,
+                changes.upto,
+                m.lineage.applied_events,
+                m.item_count,
                 attempt,
                 tuple(removed),
             )

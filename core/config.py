@@ -25,7 +25,11 @@ from core.store import resolve_root
 from model.config import TowerConfig, TrainConfig
 from model.dataset import SplitProtocol
 from model.synthetic import SCALES, check_scale
-from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
+from storage.settings import (
+    DEFAULT_KEEP_ITEM_VERSIONS,
+    DEFAULT_KEEP_VERSIONS,
+    DEFAULT_MAX_DELTA_CHAIN,
+)
 
 __all__ = [
     "DaskConfig",
@@ -207,6 +211,8 @@ class TaskTimeouts(BaseModel):
     announce_rejections: float = Field(300, gt=0, description="announce-rejections.")
     publish_catalogue: float = Field(3 * 3600, gt=0, description="publish-catalogue.")
     report_items: float = Field(600, gt=0, description="report-items.")
+    request_compaction: float = Field(300, gt=0, description="request-compaction.")
+    compact_chain: float = Field(3 * 3600, gt=0, description="compact-chain.")
 
 
 class DaskConfig(BaseModel):
@@ -293,6 +299,13 @@ class RuntimeConfig(BaseModel):
         description="Item-event versions kept on top of CURRENT's nightly, apart from "
         "keep_versions; None = TOWERFLOW_KEEP_ITEM_VERSIONS, "
         f"else {DEFAULT_KEEP_ITEM_VERSIONS}.",
+    )
+    max_delta_chain: int | None = Field(
+        None,
+        ge=1,
+        description="Deltas CURRENT may stack on its complete version before the new-items "
+        "flow asks for a compaction (towerflow.chain.long); None = "
+        f"TOWERFLOW_MAX_DELTA_CHAIN, else {DEFAULT_MAX_DELTA_CHAIN}.",
     )
     threads: int | None = Field(
         None,

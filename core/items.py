@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from core.catalogue_apply import apply_changes, write_catalogue_state
 from core.catalogue_sync import require_current, sync_current
+from core.deltas import resolve_chain, served_rows, verify_chain
 from core.items_validation import (
     MAX_FILE_ITEMS,
     MAX_INLINE_ITEMS,
@@ -30,15 +31,12 @@ from core.progress import StepLogger
 from core.refs import StageRef
 from model.config import TowerSpec
 from storage import (
-    VERSION_ITEMS,
     Layout,
     VersionFiles,
     VersionStore,
     read_json,
-    read_table,
 )
 from storage.backends import open_catalogue
-from storage.manifest import verify_files
 from storage.objectstore import read_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
@@ -89,8 +87,11 @@ def _validate(root: Path, batch: ItemsBatch) -> Validated:
     limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
     if batch.operation == "retire":
         return validate_retirements(raw, limit)
-    current = require_current(VersionStore(Layout(root)))
-    spec = TowerSpec.model_validate(read_json(current.file(VersionFiles.MODEL_CONFIG)))
+    store = VersionStore(Layout(root))
+    chain = resolve_chain(store, require_current(store, verify=False))
+    # Only this file is read: check it alone (a delta holds no model: its base's).
+    store.verify(chain.base.version_id, [VersionFiles.MODEL_CONFIG])
+    spec = TowerSpec.model_validate(read_json(chain.base_file(VersionFiles.MODEL_CONFIG)))
     return validate_upserts(raw, spec.content_dim, limit)
 
 
@@ -182,11 +183,12 @@ def record_items(
 
 def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
     """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
-    current = require_current(VersionStore(Layout(root)), verify=False)
-    # Only this file is read: check it alone against the manifest (O(its size)).
-    verify_files(current.version_id, current.path, current.manifest, [VersionFiles.ITEMS])
-    items = read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, columns=["item_id"])
-    return np.asarray(items.column("item_id").to_numpy(), np.int64)
+    store = VersionStore(Layout(root))
+    chain = resolve_chain(store, require_current(store, verify=False))
+    # Only these files are read: the base's items table and the deltas, each checked
+    # against its manifest first.
+    chain = verify_chain(store, chain, [VersionFiles.ITEMS])
+    return served_rows(chain).item_id
 
 
 def publish_catalogue(

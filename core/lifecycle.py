@@ -55,6 +55,7 @@ class Runtime(BaseModel):
     root: str
     keep_versions: int
     keep_item_versions: int
+    max_delta_chain: int
     threads: int | None
 
 
@@ -71,6 +72,7 @@ def resolve_runtime(cfg: RuntimeConfig) -> Runtime:
         keep_item_versions=(
             env.keep_item_versions if cfg.keep_item_versions is None else cfg.keep_item_versions
         ),
+        max_delta_chain=cfg.max_delta_chain or env.max_delta_chain,
         threads=cfg.threads,
     )
 

@@ -8,7 +8,7 @@ reference assignment and a request never mixes a model with another version's in
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import faiss
@@ -16,7 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.catalogue_apply import read_tombstones
+from core.catalogue_apply import IndexRecipe, read_tombstones
+from core.delta_apply import ServedItems, apply_chain
+from core.deltas import Chain, resolve_chain, verify_chain
 from core.filtering import (
     EMPTY_IDS,
     FilteredSearch,
@@ -43,7 +45,7 @@ from core.versionio import (
 )
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import CorruptVersionError, Manifest, VersionFiles, VersionStore, load_index
-from storage.integrity import file_identities
+from storage.integrity import FileIdentity, file_identities
 
 __all__ = [
     "FilterMode",
@@ -119,6 +121,17 @@ class _UserRows:
         return torch.from_numpy(self.recent[pos : pos + 1]) if pos >= 0 else self.no_history
 
 
+def _identities(chain: Chain) -> dict[tuple[str, str], FileIdentity]:
+    """The identity of every file of every version of ``chain``, by (version, file)."""
+    return {
+        (v.version_id, name): identity
+        for v in chain.versions
+        for name, identity in file_identities(
+            v.path, [*v.manifest.files, VersionFiles.MANIFEST]
+        ).items()
+    }
+
+
 @dataclass(frozen=True)
 class Recaller:
     """One loaded version, ready to answer ``recall`` / ``recommend`` from many threads.
@@ -170,31 +183,45 @@ class Recaller:
             else store.open_version(version_id, verify=False)
         )
         vid = version.version_id
+        # A delta is read on top of its chain: the complete version under it, then each
+        # delta in order (core.deltas).
+        chain = resolve_chain(store, version)
         # Each file's identity (inode, size, mtime) before the checksums and again after
         # loading: bytes rewritten in place, truncated, deleted or replaced after they were
         # checked (by a stray process, say) are never served as the checked ones.
-        before = file_identities(version.path, [*version.manifest.files, VersionFiles.MANIFEST])
+        before = _identities(chain)
         if verify:
-            version = replace(version, manifest=store.verify(vid))
+            chain = verify_chain(store, chain)
+        base = chain.base
         try:
-            model = load_served_model(version.path)
+            model = load_served_model(base.path)
+            items = ServedItems(
+                read_serving_tables(base.path, model.history_len),
+                load_index(base.file(VersionFiles.INDEX)),
+                read_tombstones(base.path),
+            )
+            if chain.deltas:
+                summary = base.manifest.extra.get("index")
+                recipe = IndexRecipe.from_summary(summary) if summary else None
+                items = apply_chain(items, chain, recipe)
             recaller = cls(
                 version_id=vid,
                 model=model,
-                tables=read_serving_tables(version.path, model.history_len),
-                index=load_index(version.file(VersionFiles.INDEX)),
-                history=read_history(version.path),
-                manifest=version.manifest,
-                raw_ids=read_raw_ids(version.path),
-                tombstones=read_tombstones(version.path),
+                tables=items.tables,
+                index=items.index,
+                history=read_history(base.path),
+                manifest=chain.head.manifest,
+                raw_ids=read_raw_ids(base.path),
+                tombstones=items.tombstones,
             )
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             # Strict state_dict load, schema checks and Faiss read errors all land here.
             raise VersionRejectedError(vid, f"cannot load: {e}") from e
         if verify:
-            after = file_identities(version.path, before)
+            after = _identities(chain)
             if changed := sorted(n for n in before if after.get(n) != before[n]):
-                raise CorruptVersionError(vid, changed[0], "changed on disk while being loaded")
+                at, name = changed[0]
+                raise CorruptVersionError(at, name, "changed on disk while being loaded")
         recaller.check()
         return recaller
 

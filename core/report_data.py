@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.deltas import resolve_chain, verify_chain
 from core.evaluation import EvalReport
 from core.indexing import describe_params
 from core.refs import IndexSummary
@@ -97,9 +98,10 @@ def parent_history(store: VersionStore, parent: str | None) -> list[dict[str, An
     # Only the history file is read: check it (and the manifest) alone. A damaged parent
     # must not stop the nightly, the path that rebuilds a good version: start afresh.
     try:
-        version = store.open_version(parent, verify=False)
+        # A delta's report files are its base's (core.deltas).
+        version = resolve_chain(store, store.open_version(parent, verify=False)).base
         names = [n for n in (VersionFiles.METRICS_HISTORY,) if n in version.manifest.files]
-        store.verify(parent, names)
+        store.verify(version.version_id, names)
         if names:
             return list(read_json(version.file(VersionFiles.METRICS_HISTORY)))
         metrics = version.manifest.metrics
@@ -121,19 +123,22 @@ def load_version_report(
 ) -> ReportInputs:
     """Report inputs of a published version (default: CURRENT), checksums verified unless
     ``verify`` is False. Versions derived by the new-items flow carry their nightly
-    parent's report files."""
-    version = (
-        store.open_current(verify=verify)
+    parent's report files; a delta's are those of the complete version under it."""
+    opened = (
+        store.open_current(verify=False)
         if version_id is None
-        else store.open_version(version_id, verify=verify)
+        else store.open_version(version_id, verify=False)
     )
-    m = version.manifest
+    chain = resolve_chain(store, opened)
+    if verify:
+        chain = verify_chain(store, chain)
+    version, m = chain.base, chain.head.manifest
     training = _optional_json(version, VersionFiles.TRAINING)
     history = _optional_json(version, VersionFiles.METRICS_HISTORY) or []
     index = m.extra.get("index")
     data = history[-1].get("data", {}) if history else {}
     return ReportInputs(
-        version_id=version.version_id,
+        version_id=m.version_id,
         published=True,
         current=store.current(),
         data=data or {"snapshot_id": m.lineage.data_snapshot, "n_items": m.item_count},
@@ -141,7 +146,7 @@ def load_version_report(
         evaluation=EvalReport.model_validate(m.metrics) if "rankers" in m.metrics else None,
         index=None if index is None else IndexSummary.model_validate(index),
         history=history,
-        plots={n: version.file(n).read_bytes() for n in PLOTS if n in m.files},
+        plots={n: version.file(n).read_bytes() for n in PLOTS if n in version.manifest.files},
     )
 
 

@@ -4,6 +4,7 @@ logs (the API), off the terminal."""
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -11,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import faiss
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
@@ -19,11 +19,12 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogWorker
 from typer.testing import CliRunner
 
+import core.deltas
 from cli.app import app
 from cli.flowlogs import quiet_run_failures
 from cli.options import PREFECT_DEFAULTS
 from storage import Layout, file_lock
-from tests.cli.test_errors import FAISS_DISK_FULL, json_error, one_error
+from tests.cli.test_errors import json_error, one_error
 from tests.core.items.conftest import MakeStore, item
 
 pytestmark = pytest.mark.prefect
@@ -118,12 +119,12 @@ def test_add_items_now_failures(
     empty = runner.invoke(app, ["add-items", str(items), "--root", str(tmp_path / "e"), "--now"])
     assert "nothing published yet" in one_error(empty, 3)
 
-    # The index write hits a full disk (Faiss reports it as a RuntimeError).
-    def full(*args: object) -> None:
-        raise RuntimeError(FAISS_DISK_FULL)
+    # The delta's tables hit a full disk.
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     root = str(make_store("Flat").layout.root)
-    monkeypatch.setattr(faiss, "write_index", full)
+    monkeypatch.setattr(core.deltas, "write_table", full)
     result = runner.invoke(app, ["add-items", str(items), "--root", root, "--now"])
     line = one_error(result, 7)
     assert line.startswith("error: disk full: ") and "No space left on device" in line

@@ -18,7 +18,8 @@ runner = CliRunner()
 
 
 def _store(tmp_path: Path) -> tuple[Path, str, str, str]:
-    """Two nightly versions, then an items event on the second: (root, n1, n2, items)."""
+    """Two nightly versions, then an items event (a delta) on the second:
+    (root, n1, n2, delta)."""
     root = tmp_path / "s"
     store = publish_mini_version(root, seed=1)
     first = store.current()
@@ -41,11 +42,11 @@ def test_versions_show_kind_parent_and_item_count(tmp_path: Path) -> None:
     out = runner.invoke(app, ["versions", "--root", str(root), "--json"])
     assert out.exit_code == 0, out.output
     rows = {r["version_id"]: r for r in json.loads(out.stdout)}
-    assert rows[current]["kind"] == "items" and rows[current]["parent"] == second
+    assert rows[current]["kind"] == "delta" and rows[current]["parent"] == second
     assert rows[current]["item_count"] == rows[second]["item_count"] + 1
     assert rows[first]["kind"] == rows[second]["kind"] == "nightly"
     text = runner.invoke(app, ["versions", "--root", str(root)]).stdout
-    assert "kind" in text and "items" in text and "nightly" in text
+    assert "kind" in text and "delta" in text and "nightly" in text
 
 
 def test_verify_reports_each_file_and_fails_on_damage(tmp_path: Path) -> None:
@@ -54,16 +55,19 @@ def test_verify_reports_each_file_and_fails_on_damage(tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.count("intact") == 3
 
-    _flip(root / "versions" / current / VersionFiles.MODEL_WEIGHTS)
+    _flip(root / "versions" / second / VersionFiles.MODEL_WEIGHTS)
     bad = runner.invoke(app, ["verify", "--root", str(root), "--json"])
     assert bad.exit_code == 4
     report = {r["version_id"]: r for r in json.loads(bad.stdout)}
-    # The weights are hard links between the item version and its nightly: both damaged.
-    assert not report[current]["intact"] and not report[second]["intact"]
-    assert report[first]["intact"]
-    states = {f["name"]: f["status"] for f in report[current]["files"]}
+    # The delta's own files are intact, but it is served on its damaged base.
+    assert report[current]["intact"] and not report[current]["chain_intact"]
+    assert report[current]["chain"] == [second] and not report[second]["intact"]
+    assert report[first]["intact"] and report[first]["chain_intact"]
+    states = {f["name"]: f["status"] for f in report[second]["files"]}
     assert states[VersionFiles.MODEL_WEIGHTS] == "wrong checksum"
     assert {s for n, s in states.items() if n != VersionFiles.MODEL_WEIGHTS} == {"ok"}
+    text = runner.invoke(app, ["verify", current, "--root", str(root)])
+    assert text.exit_code == 4 and f"needs damaged {second}" in text.stdout
 
     (root / "versions" / first / VersionFiles.INDEX).unlink()
     one = runner.invoke(app, ["verify", first, "--root", str(root)])
@@ -71,8 +75,8 @@ def test_verify_reports_each_file_and_fails_on_damage(tmp_path: Path) -> None:
 
 
 def test_rollback_to_a_damaged_version_names_the_intact_ones(tmp_path: Path) -> None:
-    root, first, second, current = _store(tmp_path)
-    _flip(root / "versions" / current / VersionFiles.MODEL_WEIGHTS)
+    root, first, second, _ = _store(tmp_path)
+    _flip(root / "versions" / second / VersionFiles.MODEL_WEIGHTS)
     out = runner.invoke(app, ["rollback", second, "--root", str(root)])
     assert out.exit_code == 4
     assert "Traceback" not in out.output

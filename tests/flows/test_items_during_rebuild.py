@@ -15,9 +15,10 @@ import pytest
 
 from core.catalogue_sync import sync_current
 from core.config import NightlyConfig
+from core.delta_apply import chain_vectors
+from core.deltas import resolve_chain
 from core.filtering import index_ids
 from core.recall import Recaller
-from core.versionio import read_embeddings
 from flows.nightly import nightly
 from model.embed import embed_items
 from model.features import category_rows
@@ -139,10 +140,13 @@ def test_items_created_during_a_rebuild_are_all_served_exactly_once(
     assert not missing, f"{len(missing)} acknowledged items not served: {sorted(missing)[:10]}"
     # Served vectors come from the rebuilt model (no stale pre-rebuild embeddings) and
     # carry each item's latest acknowledged content.
+    # (events after the rebuild are deltas on it: their model is the rebuilt one's.)
+    chain = resolve_chain(store, final)
     assert (
-        final.manifest.files["model.pt"] == store.open_version(rebuilt).manifest.files["model.pt"]
+        chain.base.manifest.files["model.pt"]
+        == store.open_version(rebuilt).manifest.files["model.pt"]
     )
-    ids, vectors = read_embeddings(final.path)
+    ids, vectors = chain_vectors(chain)
     want = np.array(sorted(acked), np.int64)
     pos = np.searchsorted(ids, want)
     expected = embed_items(

@@ -6,10 +6,11 @@ import numpy as np
 import numpy.typing as npt
 
 from core.catalogue_sync import SyncResult, sync_current
+from core.delta_apply import chain_vectors
+from core.deltas import resolve_chain
 from core.filtering import index_ids
 from core.items_validation import validate_retirements, validate_upserts
 from core.recall import Recaller
-from core.versionio import read_embeddings
 from storage import CatalogueLog, Layout, VersionStore
 from tests.core.items.conftest import CONTENT_DIM
 
@@ -35,7 +36,8 @@ def held_ids(recaller: Recaller) -> npt.NDArray[np.int64]:
 def top1_for_own_vector(store: VersionStore, recaller: Recaller, item_id: int) -> int:
     """Best match for the item's stored embedding, searched as requests are (tombstones
     filtered): the item itself when it is served exactly once with that vector."""
-    ids, vecs = read_embeddings(store.open_version(recaller.version_id).path)
+    chain = resolve_chain(store, store.open_version(recaller.version_id))
+    ids, vecs = chain_vectors(chain)  # the base's embeddings with the deltas applied
     vec = np.ascontiguousarray(vecs[np.searchsorted(ids, item_id)][None])
     flt = recaller._catalogue.filter(np.empty(0, np.int64), None, None)
     _, found = recaller._searcher.search(vec, 1, flt)

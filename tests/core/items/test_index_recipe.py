@@ -15,7 +15,7 @@ def _rebuilt(summary: dict[str, object]) -> faiss.Index:
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((4000, 16)).astype(np.float32)
     ids = np.arange(4000, dtype=np.int64) * 3
-    return catalogue_apply._rebuild(IndexRecipe.from_summary(summary), ids, vectors)
+    return catalogue_apply.rebuild_index(IndexRecipe.from_summary(summary), ids, vectors)
 
 
 def test_a_rebuild_sets_every_tuned_parameter() -> None:

@@ -13,14 +13,24 @@ from pathlib import Path
 
 import pytest
 
+import core.delta_publish as delta_publish
 from core.catalogue_sync import sync_current
+from core.compaction import compact_current
+from core.delta_publish import BASE_READS
+from core.deltas import resolve_chain
 from core.items_validation import validate_upserts
+from core.recall import Recaller
 from storage import CatalogueLog, CorruptVersionError, Layout, VersionFiles, VersionStore
 from storage.owners import owner_path, write_owner
 from tests.core.items.conftest import CONTENT_DIM, item, publish_mini_version
 from tests.core.items.helpers import create
 
-DAMAGED_FILES = (VersionFiles.USERS, VersionFiles.INDEX, VersionFiles.MODEL_WEIGHTS)
+DAMAGED_FILES = (
+    VersionFiles.USERS,
+    VersionFiles.INDEX,
+    VersionFiles.MODEL_WEIGHTS,
+    VersionFiles.ITEMS,
+)
 
 
 def _flip(path: Path, offset: int = -100) -> None:
@@ -34,31 +44,46 @@ def _versions(store: VersionStore) -> list[str]:
 
 
 @pytest.mark.parametrize("name", DAMAGED_FILES)
-def test_items_publish_refuses_a_corrupt_current(tmp_path: Path, name: str) -> None:
-    """Defect 1: a flipped byte in CURRENT was re-hashed into a new, valid-looking version."""
+def test_items_publish_never_derives_from_a_corrupt_chain(tmp_path: Path, name: str) -> None:
+    """Defect 1: a flipped byte in CURRENT was re-hashed into a new, valid-looking version.
+    A delta derives from its base's model and item IDs: damage there refuses the publish;
+    damage elsewhere is not read and not carried (a delta holds only its own files),
+    and no reader serves the chain or compacts it."""
     store = publish_mini_version(tmp_path / "s")
     layout = store.layout
-    create(layout, "e1", [item(7001)])  # an item version on top of the nightly
+    create(layout, "e1", [item(7001)])  # a delta on top of the nightly
     current = store.current()
     assert current is not None
-    _flip(layout.version_dir(current) / name)
+    base = resolve_chain(store, store.open_current()).base
+    _flip(base.path / name)
+    delta_publish._known.clear()  # a new process: nothing verified in memory yet
     before = _versions(store)
 
+    if name in BASE_READS:
+        with pytest.raises(CorruptVersionError, match=name):
+            create(layout, "e2", [item(7002)])
+        assert store.current() == current and _versions(store) == before
+        assert not [p for p in layout.staging_versions_dir.iterdir()]  # nothing half-staged
+        # The event is still acknowledged: the catalogue holds it for the next good publish.
+        assert CatalogueLog(layout.catalogue_db).head() >= 2
+    else:
+        assert create(layout, "e2", [item(7002)]).published
+        assert name not in store.open_current().manifest.files
     with pytest.raises(CorruptVersionError, match=name):
-        create(layout, "e2", [item(7002)])
+        Recaller.load(store)
+    with pytest.raises(CorruptVersionError, match=name):
+        compact_current(layout)
+    with pytest.raises(CorruptVersionError, match=name):
+        store.rollback(current)  # a delta is only as intact as its chain
 
-    assert store.current() == current and _versions(store) == before
-    assert not [p for p in layout.staging_versions_dir.iterdir()]  # nothing half-staged
-    # The event is still acknowledged: the catalogue holds it for the next good publish.
-    assert CatalogueLog(layout.catalogue_db).head() >= 2
 
-
-def test_carried_files_keep_their_first_checksums(tmp_path: Path) -> None:
-    """Unchanged files of an item version are not re-hashed: their manifest entries are
-    the parent's, byte for byte, while rewritten files get fresh ones."""
+def test_compaction_carries_files_with_their_first_checksums(tmp_path: Path) -> None:
+    """Unchanged files of a compacted version are not re-hashed: their manifest entries
+    are the base's, byte for byte, while rewritten files get fresh ones."""
     store = publish_mini_version(tmp_path / "s")
     parent = store.open_current()
     create(store.layout, "e1", [item(7001)])
+    assert compact_current(store.layout).compacted
     child = store.open_current()
     assert child.version_id != parent.version_id
     for name in (VersionFiles.MODEL_WEIGHTS, VersionFiles.MODEL_CONFIG, VersionFiles.USERS):
@@ -66,16 +91,17 @@ def test_carried_files_keep_their_first_checksums(tmp_path: Path) -> None:
     assert child.manifest.files[VersionFiles.INDEX] != parent.manifest.files[VersionFiles.INDEX]
 
 
-def test_bytes_damaged_after_staging_fail_the_publish(
+def test_bytes_damaged_after_staging_fail_the_compaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Damage that lands between the parent check and the publish (a copy across
+    """Damage that lands between the chain check and the publish (a copy across
     devices, say) is caught by reading the carried file back against its first checksum."""
-    import core.catalogue_sync as sync
+    import core.compaction as compaction
 
     store = publish_mini_version(tmp_path / "s")
+    create(store.layout, "e1", [item(7001)])
     current = store.current()
-    real_stage = sync.stage_child
+    real_stage = compaction.stage_child
 
     def stage_then_damage(s: VersionStore, parent):  # type: ignore[no-untyped-def]
         version_id, staging, identities = real_stage(s, parent)
@@ -89,15 +115,16 @@ def test_bytes_damaged_after_staging_fail_the_publish(
         identities[VersionFiles.MODEL_WEIGHTS] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         return version_id, staging, identities
 
-    monkeypatch.setattr(sync, "stage_child", stage_then_damage)
+    monkeypatch.setattr(compaction, "stage_child", stage_then_damage)
     with pytest.raises(CorruptVersionError, match=VersionFiles.MODEL_WEIGHTS):
-        create(store.layout, "e1", [item(7001)])
+        compact_current(store.layout)
     assert store.current() == current
+    assert not [p for p in store.layout.staging_versions_dir.iterdir()]
 
 
 def test_nightly_versions_share_no_inode_and_stay_restorable(tmp_path: Path) -> None:
-    """Defect 2: one flipped byte in CURRENT (an item version that hard-links its nightly's
-    weights) must leave an older nightly intact and restorable, and say which are."""
+    """Defect 2: one flipped byte in CURRENT's weights (a compacted version hard-links its
+    nightly's) must leave an older nightly intact and restorable, and say which are."""
     root = tmp_path / "s"
     store = publish_mini_version(root, seed=1)
     first = store.current()
@@ -105,6 +132,7 @@ def test_nightly_versions_share_no_inode_and_stay_restorable(tmp_path: Path) -> 
     second = store.current()
     for n in range(4):
         create(store.layout, f"e{n}", [item(7000 + n)])
+    compact_current(store.layout)
     current = store.current()
     assert first and second and current and current not in (first, second)
 
@@ -145,7 +173,8 @@ def test_item_events_never_prune_nightly_versions(tmp_path: Path) -> None:
         sync_current(layout, keep_versions=2, keep_item_versions=3)
     infos = VersionStore(layout).list_versions()
     kinds = [(v.version_id, v.kind) for v in infos]
-    assert [k for _, k in kinds] == ["items"] * 3 + ["nightly"] * 2, kinds
+    # Every delta of CURRENT's chain stays (CURRENT is read on it), and both nightlies.
+    assert [k for _, k in kinds] == ["delta"] * 8 + ["nightly"] * 2, kinds
     assert {first, second} <= {v for v, _ in kinds}
     # The kept item versions are the newest ones on CURRENT's lineage.
     assert infos[0].is_current

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.catalogue_apply import apply_changes, read_catalogue_state, read_tombstones
+from core.catalogue_apply import apply_changes, read_catalogue_state
 from core.catalogue_sync import sync_current
 from core.recall import Recaller
 from storage import (
@@ -74,7 +74,7 @@ def test_retire_removes_items_from_a_removable_index(make_store: MakeStore) -> N
     assert recaller.index.ntotal == N_ITEMS - 1 and recaller.manifest is not None
     assert recaller.manifest.item_count == N_ITEMS - 1
     assert not {1001, 30} & set(held_ids(recaller).tolist())
-    assert len(read_tombstones(store.open_current().path)) == 0
+    assert len(recaller.tombstones) == 0
 
 
 def test_retire_on_hnsw_leaves_tombstones_that_recall_filters(make_store: MakeStore) -> None:
@@ -82,7 +82,7 @@ def test_retire_on_hnsw_leaves_tombstones_that_recall_filters(make_store: MakeSt
     retire(store.layout, "r1", [10, 20, 30])
     recaller = Recaller.load(store)
     assert recaller.index.ntotal == N_ITEMS and recaller.n_items == N_ITEMS - 3
-    assert read_tombstones(store.open_current().path).tolist() == [10, 20, 30]
+    assert recaller.tombstones.tolist() == [10, 20, 30]
     for user in range(1, 21):
         got = {r.item_id for r in recaller.recommend(user, k=10)}
         assert len(got) == 10 and not got & {10, 20, 30}
@@ -97,7 +97,7 @@ def test_upsert_of_a_held_item_on_hnsw_rebuilds_the_index(make_store: MakeStore)
     recaller = Recaller.load(store)
     ids = held_ids(recaller).tolist()
     assert len(ids) == len(set(ids)) == N_ITEMS + 1 and recaller.index.ntotal == N_ITEMS + 1
-    assert len(read_tombstones(store.open_current().path)) == 0
+    assert len(recaller.tombstones) == 0  # rebuilt: the retired vector is gone too
     assert top1_for_own_vector(store, recaller, 20) == 20
 
 

@@ -1,0 +1,306 @@
+"""Compaction: CURRENT's chain of deltas (``core.deltas``) folded into one complete
+version, so that readers load one version again instead of a base and N deltas.
+
+A background step, never on an event's path: the new-items flow asks for it when a
+chain is deeper than ``runtime.max_delta_chain``, and ``towerflow compact`` runs it by hand.
+The slow part (rewriting the items table, the embeddings and the index of the whole
+catalogue) runs *outside* the publish lock, so events keep publishing deltas meanwhile;
+under the lock it folds in the deltas that arrived since (a few rows) and publishes with
+a compare-and-swap on the newest one. The result is an items version: the base's
+unchanged files (model, user tables, report files) are hard links that keep their first
+checksums (``carried``), and its catalogue position is its head's, so no entry is lost
+or applied twice. A nightly published meanwhile supersedes it: it is then dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+import numpy as np
+
+from core.catalogue_apply import (
+    IndexRecipe,
+    read_tombstones,
+    rebuild_index,
+    write_catalogue_state,
+)
+from core.catalogue_sync import LOCK_TIMEOUT_S, MAX_ATTEMPTS, require_current, stage_child
+from core.deltas import Chain, apply_rows, read_delta, resolve_chain, verify_chain
+from core.versionio import read_embeddings, write_embeddings
+from model.incremental import RebuildRequired, edit_index
+from storage import (
+    REQUIRED_FILES,
+    VERSION_ITEMS,
+    VERSION_TOMBSTONES,
+    Layout,
+    Lineage,
+    PublishConflictError,
+    PublishedVersion,
+    VersionFiles,
+    VersionStore,
+    arrow_to_vectors,
+    load_index,
+    read_table,
+    save_index,
+    vectors_to_arrow,
+    write_table,
+)
+from storage.backends import store_lock
+from storage.integrity import carried_entries
+from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
+
+__all__ = [
+    "CHAIN_LONG_EVENT",
+    "CompactResult",
+    "CompactionRequest",
+    "chain_depth",
+    "compact_current",
+    "compaction_request",
+    "fold_deltas",
+]
+
+log = logging.getLogger(__name__)
+
+# The files compaction rewrites; every other file of the base is carried unchanged.
+_REWRITTEN: Final = (
+    VersionFiles.ITEMS,
+    VersionFiles.ITEM_EMBEDDINGS,
+    VersionFiles.INDEX,
+    VersionFiles.TOMBSTONES,
+    VersionFiles.CATALOGUE,
+)
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What a compaction did: ``version_id`` is CURRENT afterwards; ``folded`` the deltas
+    it folded (0: nothing to do, or superseded by a nightly)."""
+
+    version_id: str
+    compacted: bool
+    folded: int
+    depth_before: int
+
+
+def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecipe | None) -> None:
+    """Apply ``deltas`` (verified, oldest first) to the complete version staged in
+    ``folder``: its items table, embeddings, index and tombstones are replaced (never
+    written in place: the folder holds hard links of the base's files)."""
+    items = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
+    ids = np.asarray(items.column("item_id").to_numpy(), np.int64)
+    cols: list[Any] = [
+        np.asarray(items.column("id_row").to_numpy(), np.int64),
+        np.asarray(items.column("category").to_numpy(), np.int32),
+        arrow_to_vectors(items.column("content"), copy=True),
+    ]
+    del items
+    emb_ids, vectors = read_embeddings(folder)
+    if not np.array_equal(emb_ids, ids):
+        raise ValueError(f"{folder}: item_embeddings and items list different IDs")
+    index_path = folder / VersionFiles.INDEX
+    index = load_index(index_path)
+    tombstones = read_tombstones(folder)
+    rebuild = False
+    for d in deltas:
+        delta = read_delta(d.path)
+        held = np.union1d(ids, tombstones) if len(tombstones) else ids
+        if not rebuild:
+            try:
+                tombstones = edit_index(
+                    index, held, tombstones, delta.item_id, delta.vectors, delta.retired_id
+                ).tombstones
+            except RebuildRequired as e:
+                if recipe is None:
+                    raise ValueError(f"{index_path}: {e}, and no index recipe was given") from e
+                rebuild = True  # once, over the final items, after the last delta
+        ids, [*cols, vectors] = apply_rows(
+            ids,
+            [*cols, vectors],
+            delta.item_id,
+            [delta.id_row, delta.category, delta.content, delta.vectors],
+            delta.retired_id,
+        )
+    if rebuild:
+        assert recipe is not None
+        log.warning("compaction: rebuilding %s over %d items", recipe.factory, len(ids))
+        index, tombstones = rebuild_index(recipe, ids, vectors), np.empty(0, np.int64)
+    write_table(
+        folder / VersionFiles.ITEMS,
+        _items_table(ids, cols),
+        VERSION_ITEMS,
+    )
+    write_embeddings(folder, ids, vectors)
+    save_index(index_path, index)
+    tomb_path = folder / VersionFiles.TOMBSTONES
+    if len(tombstones):
+        import pyarrow as pa
+
+        write_table(tomb_path, pa.table({"item_id": tombstones}), VERSION_TOMBSTONES)
+    else:
+        tomb_path.unlink(missing_ok=True)
+
+
+def _items_table(ids: np.ndarray, cols: list[Any]) -> Any:
+    import pyarrow as pa
+
+    id_row, category, content = cols
+    return pa.table(
+        {
+            "item_id": ids,
+            "id_row": id_row,
+            "category": category,
+            "content": vectors_to_arrow(content),
+        }
+    )
+
+
+def _newer_deltas(
+    store: VersionStore, chain: Chain, head: str
+) -> tuple[PublishedVersion, list[PublishedVersion]] | None:
+    """CURRENT and the deltas published on top of ``head`` up to it (verified); None when
+    CURRENT is not ``head`` plus deltas (a nightly, a rollback: compaction is moot)."""
+    current = require_current(store, verify=False)
+    if current.version_id == head:
+        return current, []
+    now = resolve_chain(store, current)
+    ids = [d.version_id for d in now.deltas]
+    if now.base.version_id != chain.base.version_id or head not in ids:
+        return None
+    newer = now.deltas[ids.index(head) + 1 :]
+    checked = [PublishedVersion(d.version_id, d.path, store.verify(d.version_id)) for d in newer]
+    return current, checked
+
+
+def compact_current(
+    root: Layout | str | Path,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+    *,
+    max_attempts: int = MAX_ATTEMPTS,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+) -> CompactResult:
+    """Fold CURRENT's deltas into one complete version and publish it (see the module
+    docstring). A no-op when CURRENT is complete. Raises CorruptVersionError when a file
+    of the chain fails its checksum (nothing is published). ``root``: the store's layout
+    or root folder."""
+    layout = root if isinstance(root, Layout) else Layout(Path(root))
+    store = VersionStore(layout, keep_versions, keep_item_versions)
+    start = require_current(store, verify=False)
+    chain = resolve_chain(store, start)
+    if not chain.deltas:
+        return CompactResult(start.version_id, False, 0, 0)
+    chain = verify_chain(store, chain)  # everything is read: check everything
+    base, head = chain.base, chain.head
+    summary = base.manifest.extra.get("index")
+    recipe = IndexRecipe.from_summary(summary) if summary else None
+    version_id, staging, identities = stage_child(store, base)
+    try:
+        fold_deltas(staging, list(chain.deltas), recipe)
+        folded, head_id = len(chain.deltas), head.version_id
+        with store_lock(layout, "publish", lock_timeout_s):
+            for attempt in range(1, max_attempts + 1):
+                found = _newer_deltas(store, chain, head_id)
+                if found is None:
+                    log.info("compaction of %s superseded: CURRENT moved off its chain", head_id)
+                    store.discard(version_id)
+                    return CompactResult(store.current() or "", False, 0, len(chain.deltas))
+                current, newer = found
+                if newer:  # published while the fold ran: a few rows each
+                    fold_deltas(staging, newer, recipe)
+                    folded, head_id = folded + len(newer), newer[-1].version_id
+                m = current.manifest
+                seq = m.lineage.catalogue_seq or 0
+                write_catalogue_state(staging, seq, ())
+                carried = carried_entries(
+                    staging,
+                    {n: e for n, e in base.manifest.files.items() if n not in _REWRITTEN},
+                    identities,
+                )
+                extra = {k: v for k, v in m.extra.items() if k != "delta"}
+                try:
+                    store.publish(
+                        version_id,
+                        expected_current=current.version_id,
+                        config=m.config,
+                        lineage=Lineage(
+                            data_snapshot=m.lineage.data_snapshot,
+                            parent_version=current.version_id,
+                            catalogue_seq=seq,
+                            applied_events=(),
+                        ),
+                        embedding_dim=m.embedding_dim,
+                        metric=m.metric,
+                        item_count=m.item_count,
+                        metrics=m.metrics,
+                        extra=extra,
+                        required_files=REQUIRED_FILES,
+                        kind="items",
+                        carried=carried,
+                        keep_staging_on_conflict=True,
+                    )
+                except PublishConflictError as e:
+                    log.warning("compaction attempt %d lost the race: %s", attempt, e)
+                    continue
+                log.info(
+                    "compacted %s (%d deltas on %s) into %s",
+                    current.version_id,
+                    folded,
+                    base.version_id,
+                    version_id,
+                )
+                return CompactResult(version_id, True, folded, len(chain.deltas))
+    except BaseException:
+        if layout.staging_version_dir(version_id).exists():
+            store.discard(version_id)
+        raise
+    store.discard(version_id)
+    raise RuntimeError(f"CURRENT kept moving: no compaction after {max_attempts} attempts")
+
+
+# The event that asks for a compaction (the `compact-items` deployment's trigger).
+CHAIN_LONG_EVENT: Final = "towerflow.chain.long"
+
+
+class CompactionRequest(NamedTuple):
+    """What `tasks.items.request_compaction` emits (`prefect.events.emit_event`)."""
+
+    event: str
+    resource: dict[str, str]
+    payload: dict[str, Any]
+    id: uuid.UUID
+
+
+def compaction_request(
+    root: str | Path, address: str | None, max_chain: int
+) -> CompactionRequest | None:
+    """The `towerflow.chain.long` event when CURRENT of the store at ``root`` stacks
+    ``max_chain`` deltas or more on its complete version, else None. ``address``: the
+    store as the flow was given it (an absolute folder or an s3:// URL; None for the
+    workers' TOWERFLOW_ROOT), so the compaction runs on the same store whichever worker
+    takes it. One event per CURRENT (its id is derived from it): a retried task's second
+    copy is dropped."""
+    current = require_current(VersionStore(Layout(Path(root))), verify=False)
+    info = current.manifest.extra.get("delta")
+    depth = int(info.get("depth", 0)) if isinstance(info, dict) else 0
+    if depth < max_chain:
+        return None
+    return CompactionRequest(
+        event=CHAIN_LONG_EVENT,
+        resource={
+            "prefect.resource.id": f"towerflow.store.{current.version_id}",
+            "prefect.resource.name": f"delta chain of {current.version_id}",
+        },
+        payload={"root": address, "version_id": current.version_id, "depth": depth},
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"towerflow:{current.version_id}:chain-long"),
+    )
+
+
+def chain_depth(store: VersionStore) -> int:
+    """How many deltas CURRENT stacks on its complete version (0 when it is one)."""
+    current = require_current(store, verify=False)
+    info = current.manifest.extra.get("delta")
+    return int(info.get("depth", 0)) if isinstance(info, dict) else 0

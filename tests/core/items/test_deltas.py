@@ -1,0 +1,243 @@
+"""Items events as deltas (core.deltas, core.delta_publish) and compaction
+(core.compaction): a delta holds only what its event changed and touches no base file;
+reading base + chain equals applying the same entries to a full copy; compaction folds
+a chain into one complete version without losing a delta published meanwhile; a broken
+or damaged chain is refused by name; retention keeps every chain a kept version needs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import core.compaction as compaction
+import core.delta_publish as delta_publish
+from core.catalogue_apply import apply_changes, write_catalogue_state
+from core.catalogue_sync import sync_current
+from core.compaction import chain_depth, compact_current, compaction_request
+from core.deltas import DELTA_FILES, resolve_chain
+from core.recall import Recaller
+from core.versionio import read_embeddings
+from storage import (
+    VERSION_ITEMS,
+    CatalogueLog,
+    CorruptVersionError,
+    VersionFiles,
+    VersionStore,
+    read_table,
+)
+from tests.core.items.conftest import N_ITEMS, MakeStore, item, publish_mini_version
+from tests.core.items.helpers import create, held_ids, retire, top1_for_own_vector
+
+
+def _events(store: VersionStore) -> None:
+    """Creates, an update of a base item, an update of a created one, retirements."""
+    layout = store.layout
+    create(layout, "e1", [item(1001, category=2), item(1002, category=99)])
+    create(layout, "e2", [item(20, category=3, seed=7), item(1003)])
+    retire(layout, "r1", [30, 1002])
+    create(layout, "e3", [item(1001, category=4, seed=8), item(1004)])
+    retire(layout, "r2", [40])
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_a_delta_holds_only_the_event_and_touches_no_base_file(
+    make_store: MakeStore, factory: str
+) -> None:
+    store = make_store(factory)
+    base = store.open_current()
+    before = {n: _stat(base.path / n) for n in base.manifest.files}
+    _events(store)
+    head = store.open_current()
+    chain = resolve_chain(store, head)
+    assert chain.base.version_id == base.version_id and len(chain.deltas) == 5
+    assert chain_depth(store) == 5 and head.manifest.extra["delta"]["base"] == base.version_id
+    for d in chain.deltas:
+        assert set(d.manifest.files) == set(DELTA_FILES)
+        assert sum(e.bytes for e in d.manifest.files.values()) < 20_000  # O(batch)
+    assert {n: _stat(base.path / n) for n in base.manifest.files} == before
+    assert [v.kind for v in store.list_versions()] == ["delta"] * 5 + ["nightly"]
+    # What a reader serves: every created item once, retired ones never.
+    recaller = Recaller.load(store)
+    served = set(recaller.tables.item_id.tolist())
+    assert {1001, 1003, 1004, 20} <= served and not {30, 40, 1002} & served
+    assert recaller.n_items == N_ITEMS + 1 == head.manifest.item_count  # 4 new, 3 retired
+    found = [r.item_id for u in range(1, 11) for r in recaller.recommend(u, k=20)]
+    assert not {30, 40, 1002} & set(found)
+    assert top1_for_own_vector(store, recaller, 1001) == 1001
+
+
+def test_base_plus_chain_equals_the_entries_applied_to_a_full_copy(
+    make_store: MakeStore, tmp_path: Path
+) -> None:
+    store = make_store("Flat")
+    base = store.open_current()
+    _events(store)
+    recaller = Recaller.load(store)
+    # The reference: the same catalogue entries applied to a full copy of the base, the
+    # way items versions were built before deltas.
+    copy = tmp_path / "copy"
+    shutil.copytree(base.path, copy)
+    write_catalogue_state(copy, 0, ())
+    apply_changes(copy, CatalogueLog(store.layout.catalogue_db).changes(0), None)
+    items = read_table(copy / VersionFiles.ITEMS, VERSION_ITEMS)
+    assert recaller.tables.item_id.tolist() == items.column("item_id").to_pylist()
+    assert recaller.tables.item_id_row.tolist() == items.column("id_row").to_pylist()
+    assert recaller.tables.category.tolist() == items.column("category").to_pylist()
+    ids, vectors = read_embeddings(copy)
+    assert held_ids(recaller).tolist() == ids.tolist()
+    compact_current(store.layout)
+    compacted = store.open_current()
+    ids2, vectors2 = read_embeddings(compacted.path)
+    assert ids2.tolist() == ids.tolist()
+    np.testing.assert_allclose(vectors2, vectors, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_compaction_folds_the_chain_into_one_complete_version(
+    make_store: MakeStore, factory: str
+) -> None:
+    store = make_store(factory)
+    base = store.open_current()
+    _events(store)
+    head = store.open_current()
+    served = Recaller.load(store)
+    result = compact_current(store.layout)
+    assert result.compacted and result.folded == 5 and store.current() == result.version_id
+    done = store.open_current(verify=True)
+    assert done.manifest.lineage.parent_version == head.version_id
+    assert done.manifest.lineage.catalogue_seq == head.manifest.lineage.catalogue_seq
+    assert "delta" not in done.manifest.extra and chain_depth(store) == 0
+    assert resolve_chain(store, done).deltas == ()
+    for name in (VersionFiles.MODEL_WEIGHTS, VersionFiles.USERS):  # carried, not re-hashed
+        assert done.manifest.files[name] == base.manifest.files[name]
+    after = Recaller.load(store)
+    assert after.tables.item_id.tolist() == served.tables.item_id.tolist()
+    # The same live vectors; a rebuilt HNSW holds no tombstones where the chain had some.
+    live = [np.setdiff1d(held_ids(r), r.tombstones).tolist() for r in (after, served)]
+    assert live[0] == live[1] == after.tables.item_id.tolist()
+    for u in range(1, 11):
+        got, want = ([r.item_id for r in x.recommend(u, k=10)] for x in (after, served))
+        if factory == "Flat":  # exact search: the same answers
+            assert got == want
+        else:  # a rebuilt graph is another approximation of the same vectors
+            assert len(set(got) & set(want)) >= 8
+    assert not compact_current(store.layout).compacted  # nothing left to fold
+    create(store.layout, "e9", [item(1009)])  # later deltas stack on the compacted one
+    assert resolve_chain(store, store.open_current()).base.version_id == done.version_id
+
+
+def test_deltas_published_during_a_compaction_are_folded_in(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store("Flat")
+    _events(store)
+    real_fold = compaction.fold_deltas
+    calls: list[int] = []
+
+    def fold_then_publish(folder, deltas, recipe):  # type: ignore[no-untyped-def]
+        real_fold(folder, deltas, recipe)
+        if not calls:  # the slow fold ran outside the lock: an event lands meanwhile
+            create(store.layout, "late", [item(7777)])
+        calls.append(len(deltas))
+
+    monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
+    result = compact_current(store.layout)
+    assert result.compacted and calls == [5, 1] and result.folded == 6
+    recaller = Recaller.load(store)
+    assert 7777 in recaller.tables.item_id.tolist() and chain_depth(store) == 0
+
+
+def test_a_nightly_published_during_a_compaction_supersedes_it(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store("Flat")
+    _events(store)
+    real_fold = compaction.fold_deltas
+
+    def fold_then_nightly(folder, deltas, recipe):  # type: ignore[no-untyped-def]
+        real_fold(folder, deltas, recipe)
+        publish_mini_version(store.layout.root, seed=3)
+
+    monkeypatch.setattr(compaction, "fold_deltas", fold_then_nightly)
+    nightly_before = {v.version_id for v in store.list_versions()}
+    result = compact_current(store.layout)
+    assert not result.compacted
+    current = store.open_current()
+    assert current.version_id not in nightly_before and "delta" not in current.manifest.extra
+    assert not list(store.layout.staging_versions_dir.iterdir())  # the fold was dropped
+
+
+def test_a_broken_or_damaged_chain_is_refused_by_name(make_store: MakeStore) -> None:
+    store = make_store("Flat")
+    _events(store)
+    chain = resolve_chain(store, store.open_current())
+    middle = chain.deltas[2]
+    damaged = middle.path / VersionFiles.DELTA_ITEMS
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CorruptVersionError, match=VersionFiles.DELTA_ITEMS):
+        Recaller.load(store)
+    # A publisher that has not read the chain yet (a new process) checks it first and
+    # derives nothing from damaged bytes. (One that has keeps its verified copy in memory.)
+    delta_publish._known.clear()
+    with pytest.raises(CorruptVersionError, match=VersionFiles.DELTA_ITEMS):
+        create(store.layout, "after", [item(8888)])
+    with pytest.raises(CorruptVersionError, match=VersionFiles.DELTA_ITEMS):
+        compact_current(store.layout)
+    shutil.rmtree(middle.path)  # a delta folder gone: the chain is broken there
+    with pytest.raises(CorruptVersionError):
+        Recaller.load(store)
+
+
+def test_retention_keeps_every_chain_a_kept_version_needs(make_store: MakeStore) -> None:
+    store = make_store("Flat")
+    layout = store.layout
+    for n in range(6):
+        CatalogueLog(layout.catalogue_db).append_upserts(f"e{n}", [_upsert(5000 + n)])
+        sync_current(layout, keep_versions=2, keep_item_versions=2)
+    kinds = [v.kind for v in VersionStore(layout).list_versions()]
+    assert kinds == ["delta"] * 6 + ["nightly"]  # the whole chain: CURRENT needs it
+    Recaller.load(VersionStore(layout))
+    compact_current(layout, keep_versions=2, keep_item_versions=2)
+    for n in range(6, 9):
+        CatalogueLog(layout.catalogue_db).append_upserts(f"e{n}", [_upsert(5000 + n)])
+        sync_current(layout, keep_versions=2, keep_item_versions=2)
+    kept = VersionStore(layout).list_versions()
+    kinds = [v.kind for v in kept]
+    # CURRENT's three deltas and the compacted version they need, plus the nightly; the
+    # old chain went once nothing kept needed it.
+    assert kinds == ["delta"] * 3 + ["items", "nightly"], kinds
+    Recaller.load(VersionStore(layout))
+
+
+def _upsert(item_id: int):  # type: ignore[no-untyped-def]
+    from core.items_validation import validate_upserts
+    from tests.core.items.conftest import CONTENT_DIM
+
+    return validate_upserts([item(item_id)], CONTENT_DIM, 10).upserts[0]
+
+
+def test_a_chain_at_the_limit_asks_for_a_compaction(make_store: MakeStore) -> None:
+    store = make_store("Flat")
+    assert (
+        compaction_request(store.layout.root, "s3://b/p", max_chain=1) is None
+    )  # complete CURRENT
+    create(store.layout, "e1", [item(1001)])
+    assert compaction_request(store.layout.root, None, max_chain=2) is None
+    create(store.layout, "e2", [item(1002)])
+    request = compaction_request(store.layout.root, "s3://b/p", max_chain=2)
+    assert request is not None and request.event == "towerflow.chain.long"
+    current = store.current()
+    assert request.payload == {"root": "s3://b/p", "version_id": current, "depth": 2}
+    assert request.resource["prefect.resource.id"] == f"towerflow.store.{current}"
+    again = compaction_request(store.layout.root, "s3://b/p", max_chain=2)
+    assert again is not None and again.id == request.id  # one event per CURRENT
