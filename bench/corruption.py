@@ -3,8 +3,9 @@ delete} x {recommend, rollback, items publish, nightly, API at start, API hot sw
 cell on its own copy of one base store, checking that no version is ever published on
 damaged bytes and no request is answered from them.
 
-Base store (built once, tiny scale): nightly N1, nightly N2, then an items event, so
-CURRENT is the items version I on top of N2 (sharing N2's unchanged files as hard links);
+Base store (built once, tiny scale): nightly N1, nightly N2, then an items event (a delta)
+compacted, so CURRENT is the items version I on top of N2 (sharing N2's unchanged files as
+hard links);
 N1 is the independent way back. Each cell copies the store (hard links kept) and damages
 CURRENT's file in place, so a flipped or truncated shared file damages N2 too.
 
@@ -56,6 +57,7 @@ def _item(item_id: int, category: int, content: Any) -> dict[str, Any]:
 def build_base(root: Path, config: dict[str, Any] = BASE_CONFIG) -> Base:
     """Publish N1, N2 (tiny nightlies) and an items version on N2 into a new store."""
     from core import ItemsBatch, NightlyConfig, apply_items, run_nightly
+    from core.compaction import compact_current
     from core.versionio import read_serving_tables
     from storage import Layout, VersionFiles, VersionStore, read_json
 
@@ -65,9 +67,13 @@ def build_base(root: Path, config: dict[str, Any] = BASE_CONFIG) -> Base:
     tables = read_serving_tables(store.open_current().path)
     top = int(tables.item_id.max())
     first = _item(top + 1, int(tables.category[0]), tables.content[0])
-    _, current = apply_items(str(root), ItemsBatch(event_id="base", items=[first]))
+    _, delta = apply_items(str(root), ItemsBatch(event_id="base", items=[first]))
+    assert delta != n2, "the items event published nothing"
+    # The event's delta folded into a complete items version that hard-links N2's
+    # unchanged files (tests/core/items/test_deltas.py damages deltas themselves).
+    current = compact_current(Layout(root)).version_id
     version = store.open_current()
-    assert version.version_id == current != n2, "the items event published nothing"
+    assert version.version_id == current != delta, "the compaction published nothing"
     log.info("base store %s: N1 %s, N2 %s, I %s", root, n1, n2, current)
     return Base(
         root=root,

@@ -165,8 +165,11 @@ def op_rollback(cell: Cell, cli: CliRunnerFn) -> Outcome:
 
 
 def op_items(cell: Cell) -> Outcome:
-    """``core.apply_items`` with one new valid item: refused with ``CorruptVersionError``,
-    CURRENT unchanged, nothing published (nor recorded)."""
+    """``core.apply_items`` with one new valid item. Damage to a file the delta derives
+    from (the model, its config, the items table, the manifest): refused with
+    ``CorruptVersionError``, CURRENT unchanged, nothing published. Damage elsewhere: the
+    delta is published (it carries none of the damaged bytes), and no reader serves it
+    (loading CURRENT verifies the whole chain)."""
     from core import ItemsBatch, apply_items
     from storage import CorruptVersionError
 
@@ -191,7 +194,19 @@ def op_items(cell: Cell) -> Outcome:
         child = read_manifest(vid, cell.store.layout.version_dir(vid))
         if child.metrics != cell.base.metrics:
             cell.violations.append(f"{cell.label(vid)} carries CURRENT's damaged manifest metrics")
-    return cell.outcome(f"published {cell.label(current)}", False, "", t0)
+    from core.delta_publish import BASE_READS
+    from core.recall import Recaller
+    from storage import VersionFiles
+
+    derived = cell.file in (*BASE_READS, VersionFiles.MANIFEST)
+    try:
+        Recaller.load(cell.store)
+        served = "served"
+    except CorruptVersionError as e:
+        served = f"serving refused ({reason_of(str(e))})"
+    delta = "delta" in read_manifest(current, cell.store.layout.version_dir(current)).extra
+    ok = not derived and delta and served != "served"
+    return cell.outcome(f"published delta {cell.label(current)}; {served}", ok, "", t0)
 
 
 def op_nightly(cell: Cell) -> Outcome:
@@ -278,9 +293,9 @@ def op_api_start(cell: Cell) -> Outcome:
 
 
 def op_api_swap(cell: Cell) -> Outcome:
-    """The HTTP service serving intact CURRENT (I) while a new items version (I2) is
-    published and then damaged before the service's next poll: I2 is rejected and I
-    keeps answering 200."""
+    """The HTTP service serving intact CURRENT (I) while an items event's delta (I2) is
+    published and then damaged (its own file, or the one of I it is read on) before the
+    service's next poll: I2 is rejected and I keeps answering 200 from memory."""
     from core import ItemsBatch, apply_items
 
     t0 = time.perf_counter()
@@ -291,7 +306,10 @@ def op_api_swap(cell: Cell) -> Outcome:
         _, i2 = apply_items(str(cell.root), batch)
         cell.labels[i2] = "I2"
         cell.before.append(i2)  # published intact, before the damage
-        damage = cell.damage(i2)
+        # I2 is a delta on I: a file it does not hold is damaged where I2 reads it (in I,
+        # which the service keeps serving from memory).
+        holds = cell.file in read_manifest(i2, cell.store.layout.version_dir(i2)).files
+        damage = cell.damage(i2 if holds or cell.file == "manifest.json" else cell.base.current)
         swapped = service.refresh()  # the watcher's next poll
         code, version = _recall(client, cell.base.user_id)
         health = client.get("/v1/health").json()

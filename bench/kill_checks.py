@@ -13,15 +13,10 @@ import numpy.typing as npt
 
 from core.filtering import index_ids
 from storage import (
-    ITEM_EMBEDDINGS,
-    VERSION_ITEMS,
-    VERSION_TOMBSTONES,
     CorruptVersionError,
     Layout,
     VersionFiles,
     VersionStore,
-    load_index,
-    read_table,
 )
 from storage.fs import TMP_MARKER, is_temp_name
 from storage.owners import OWNER_SUFFIX, read_owner
@@ -89,19 +84,22 @@ def _repeated(ids: npt.NDArray[np.int64]) -> set[int]:
 
 
 def served(layout: Layout, acked: Collection[int]) -> Served:
-    """Read CURRENT's items table, embeddings and index; every acknowledged item must be
-    in each exactly once (retired IDs the index still holds, tombstones, do not count)."""
-    current = VersionStore(layout).open_current()
-    table = read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, columns=["item_id"])
-    items = np.asarray(table.column("item_id").to_numpy(), np.int64)
-    emb = read_table(current.file(VersionFiles.ITEM_EMBEDDINGS), ITEM_EMBEDDINGS, ["item_id"])
-    embedded = np.asarray(emb.column("item_id").to_numpy(), np.int64)
-    held = index_ids(load_index(current.file(VersionFiles.INDEX)))
+    """Read what CURRENT serves (a delta: on top of its chain): its items table,
+    embeddings and index; every acknowledged item must be in each exactly once (retired
+    IDs the index still holds, tombstones, do not count)."""
+    from core.delta_apply import chain_vectors
+    from core.deltas import resolve_chain
+    from core.recall import Recaller
+
+    store = VersionStore(layout)
+    recaller = Recaller.load(store)  # the chain verified, applied, checked
+    current = store.open_version(recaller.version_id, verify=False)
+    items = recaller.tables.item_id
+    embedded, _ = chain_vectors(resolve_chain(store, current))
+    held = index_ids(recaller.index)
     if held is None:
         raise TypeError(f"{current.version_id}: index kind holds no readable IDs")
-    if VersionFiles.TOMBSTONES in current.manifest.files:
-        tomb = read_table(current.file(VersionFiles.TOMBSTONES), VERSION_TOMBSTONES)
-        held = held[~np.isin(held, np.asarray(tomb.column("item_id").to_numpy(), np.int64))]
+    held = held[~np.isin(held, recaller.tombstones)]
     want = np.fromiter(acked, np.int64, len(acked))
     lost = want[~(np.isin(want, items) & np.isin(want, held) & np.isin(want, embedded))]
     dups = _repeated(items) | _repeated(embedded) | _repeated(held)

@@ -5,12 +5,14 @@ Usage::
 
     python -m bench.kill_child items ROOT EVENT_ID FIRST_ID N
     python -m bench.kill_child nightly ROOT [EPOCHS]
+    python -m bench.kill_child compact ROOT
 
 Lines written (each flushed at once): ``READY`` once imports and reads are done (the
 parent times its kill from there), ``ACK <event_id> <id,id,...>`` as soon as
 ``record_items`` returns (the items are acknowledged from then on), ``PUBLISH`` when the
-publishing part begins (items: ``publish_catalogue``; nightly: ``publish_version``, the
-catch-up, checksums, fsync, rename, compare-and-swap and pruning), ``DONE <version>
+publishing part begins (items: ``publish_catalogue``, a delta; nightly:
+``publish_version``, the catch-up, checksums, fsync, rename, compare-and-swap and
+pruning; compact: the part under the publish lock, after the fold), ``DONE <version>
 <seconds since READY> <seconds since PUBLISH>`` at the end. An items event is
 ``apply_items`` split in two: record (acknowledge), then publish CURRENT + the
 catalogue entries it lacks.
@@ -54,10 +56,12 @@ def nightly_config(root: Path, epochs: int = 1) -> NightlyConfig:
 def event_items(root: Path, first_id: int, n: int) -> list[dict[str, Any]]:
     """Items ``first_id .. first_id + n - 1`` with content of CURRENT's model size; the
     same arguments give the same items (a redelivered event is identical)."""
+    from core.deltas import resolve_chain
     from model.config import TowerSpec
 
-    current = VersionStore(Layout(root)).open_current(verify=False)
-    spec = TowerSpec.model_validate(read_json(current.file(VersionFiles.MODEL_CONFIG)))
+    store = VersionStore(Layout(root))
+    base = resolve_chain(store, store.open_current(verify=False)).base  # a delta: its base's
+    spec = TowerSpec.model_validate(read_json(base.file(VersionFiles.MODEL_CONFIG)))
     rng = np.random.default_rng(first_id)
     return [
         {
@@ -75,14 +79,16 @@ def _say(line: str) -> None:
 
 
 def _items(root: Path, event_id: str, first_id: int, n: int) -> None:
+    from core.deltas import resolve_chain
     from core.items import publish_catalogue, record_items
     from core.items_validation import ItemsBatch
 
     batch = ItemsBatch(event_id=event_id, items=event_items(root, first_id, n))
     # Warm what the first record would otherwise load lazily (pyarrow's to_numpy of a
     # chunked column imports pandas: 0.6 s), so the timed part is the event itself.
-    current = VersionStore(Layout(root)).open_current(verify=False)
-    read_table(current.file(VersionFiles.ITEMS), VERSION_ITEMS, ["item_id"])["item_id"].to_numpy()
+    store = VersionStore(Layout(root))
+    base = resolve_chain(store, store.open_current(verify=False)).base
+    read_table(base.file(VersionFiles.ITEMS), VERSION_ITEMS, ["item_id"])["item_id"].to_numpy()
     _say("READY")
     start = time.monotonic()
     record_items(str(root), batch)
@@ -111,6 +117,24 @@ def _nightly(root: Path, epochs: int) -> None:
     _done(version, start, published[0])
 
 
+def _compact(root: Path) -> None:
+    import core.compaction
+
+    newer = core.compaction._newer_deltas
+    published = [0.0]
+
+    def announced(*args: Any, **kwargs: Any) -> Any:
+        if not published[0]:  # the first call under the publish lock, after the fold
+            published[0] = _publishing()
+        return newer(*args, **kwargs)
+
+    core.compaction._newer_deltas = announced  # type: ignore[assignment]
+    _say("READY")
+    start = time.monotonic()
+    result = core.compaction.compact_current(Layout(root))
+    _done(result.version_id, start, published[0] or time.monotonic())
+
+
 def _publishing() -> float:
     _say("PUBLISH")
     return time.monotonic()
@@ -129,8 +153,10 @@ def main(argv: list[str]) -> None:
         _items(root, argv[2], int(argv[3]), int(argv[4]))
     elif kind == "nightly":
         _nightly(root, int(argv[2]) if len(argv) > 2 else 1)
+    elif kind == "compact":
+        _compact(root)
     else:
-        raise SystemExit(f"unknown operation {kind!r}: expected 'items' or 'nightly'")
+        raise SystemExit(f"unknown operation {kind!r}: expected items, nightly or compact")
     sys.stderr.flush()
     os._exit(0)
 

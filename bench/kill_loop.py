@@ -1,4 +1,5 @@
-"""The kill loop: SIGKILL items events and nightly runs at random moments, and after each
+"""The kill loop: SIGKILL items events (deltas), compactions of their chain and nightly
+runs at random moments, and after each
 kill check that CURRENT is valid; after every successful run check that every
 acknowledged item is served exactly once and that no dead run's leftovers remain.
 
@@ -13,7 +14,7 @@ delivery); every ``check_every`` kills and at the end one items event and one ni
 run finish without a kill.
 
 Usage: python -m bench.kill_loop --kills 100 [--seed N] [--items-share 0.7]
-[--check-every 10] [--root DIR]  (see docs/kill-loop.md)
+[--compact-share 0] [--check-every 10] [--root DIR]  (see docs/kill-loop.md)
 """
 
 from __future__ import annotations
@@ -134,10 +135,12 @@ class _Child:
 class _Loop:
     """The loop's state: the store, the event counter, what was acknowledged."""
 
-    def __init__(self, root: Path, seed: int, items_share: float) -> None:
+    def __init__(
+        self, root: Path, seed: int, items_share: float, compact_share: float = 0.0
+    ) -> None:
         self.layout = Layout(root)
         self.rng = np.random.default_rng(seed)
-        self.items_share = items_share
+        self.items_share, self.compact_share = items_share, compact_share
         self.result = KillLoopResult(root=root)
         self.n_events = 0
         self.pending: tuple[str, int] | None = None  # unacknowledged event to redeliver
@@ -242,7 +245,14 @@ class _Loop:
     def kill_one(self) -> bool:
         """Start an operation, SIGKILL it after a random delay, check CURRENT. Returns
         whether it was killed (False: it finished first)."""
-        kind = "items" if self.rng.random() < self.items_share else "nightly"
+        u = self.rng.random()
+        kind = (
+            "items"
+            if u < self.items_share
+            else "compact"
+            if u < self.items_share + self.compact_share
+            else "nightly"
+        )
         if kind not in self.result.durations:
             self.run_ok(kind)  # its first run measures its duration
         moment, mark, delay = self._moment(kind)
@@ -281,12 +291,14 @@ def run_kill_loop(
     seed: int = 0,
     items_share: float = 0.7,
     check_every: int = 10,
+    compact_share: float = 0.0,
 ) -> KillLoopResult:
     """Create a store at ``root`` with a first tiny nightly, then kill ``kills`` children
-    (``items_share`` of them items events, the rest nightly runs), with a successful items
-    event and nightly every ``check_every`` kills and at the end."""
+    (``items_share`` of them items events, ``compact_share`` compactions of CURRENT's
+    chain of deltas, the rest nightly runs), with a successful items event and nightly
+    every ``check_every`` kills and at the end."""
     start = time.monotonic()
-    loop = _Loop(root, seed, items_share)
+    loop = _Loop(root, seed, items_share, compact_share)
     # The first nightly creates the store; it generates the data snapshot too, so its
     # duration is not typical.
     loop.run_ok("nightly", timed=False)
@@ -357,6 +369,7 @@ def main(argv: list[str] | None = None) -> KillLoopResult:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--items-share", type=float, default=0.7)
     parser.add_argument("--check-every", type=int, default=10)
+    parser.add_argument("--compact-share", type=float, default=0.0)
     parser.add_argument("--root", type=Path, help="new store folder [default: a temp dir]")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     args = parser.parse_args(argv)
@@ -364,7 +377,9 @@ def main(argv: list[str] | None = None) -> KillLoopResult:
     root = args.root or Path(tempfile.mkdtemp(prefix="towerflow-kill-loop-")) / "store"
     if root.exists() and any(root.iterdir()):
         parser.error(f"--root {root} is not empty: the loop needs a new store")
-    result = run_kill_loop(root, args.kills, args.seed, args.items_share, args.check_every)
+    result = run_kill_loop(
+        root, args.kills, args.seed, args.items_share, args.check_every, args.compact_share
+    )
     command = "python -m bench.kill_loop " + " ".join(argv if argv is not None else sys.argv[1:])
     print(render(result, command))
     for v in result.violations:

@@ -23,7 +23,12 @@ from cli.recommend import recommend_command
 from cli.report import report_command
 from cli.run import run_command
 from cli.tune import tune_command
-from cli.versions import rollback_command, verify_command, versions_command
+from cli.versions import (
+    compact_command,
+    rollback_command,
+    verify_command,
+    versions_command,
+)
 
 __all__ = ["app"]
 
@@ -51,6 +56,7 @@ app.command("api")(api_command)
 app.command("versions")(versions_command)
 app.command("verify")(verify_command)
 app.command("rollback")(rollback_command)
+app.command("compact")(compact_command)
 # `towerflow import`: real interaction logs into a data snapshot.
 app.command("import")(import_command)
 # `towerflow evaluate [--ablation]`: train variants on a snapshot, one table with baselines.

@@ -59,11 +59,14 @@ def new_items(
        artifact), append the valid ones to the item catalogue: acknowledged.
     2. announce-rejections: when items were rejected, a `towerflow.items.rejected` event
        (the `towerflow-items-rejected` alert, docs/alerts.md).
-    3. publish-catalogue: CURRENT + the catalogue entries it lacks -> new version (new
-       items embedded by CURRENT's model through the unknown-ID bucket, index edited in
-       place), compare-and-swap CURRENT with bounded retries.
+    3. publish-catalogue: the catalogue entries CURRENT lacks -> a delta version on top of
+       it (only the changed items, embedded by the model of CURRENT's chain; new IDs
+       through the unknown-ID bucket), compare-and-swap CURRENT with bounded retries.
     4. report-items: the `items-report` artifact (inserted / updated / unchanged /
        rejected counts, rejection reasons, CURRENT afterwards).
+    5. request-compaction: a `towerflow.chain.long` event when CURRENT stacks
+       `runtime.max_delta_chain` deltas or more (the `compact-items` deployment folds
+       them, off this path).
     """
     config = RuntimeConfig(storage_root=storage_root)
     runtime = resolve_runtime(config)
@@ -76,6 +79,8 @@ def new_items(
         runtime.root, runtime.keep_versions, runtime.keep_item_versions
     )
     steps.post_items_report(recorded, version_id)
+    # Never compact here: ask the compact-items deployment when the chain is too long.
+    steps.request_compaction(runtime.root, storage_root, runtime.max_delta_chain)
     return NewItemsResult(
         event_id=event_id,
         duplicate=recorded.duplicate,

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from core import items
+from core import compaction, items
 from core.alerting import rejection_event
 from core.items import RecordSummary
 from core.items_report import ITEMS_ARTIFACT, REJECTIONS_ARTIFACT, render_items_report
@@ -21,10 +21,12 @@ from tasks.retry import IO_RETRY
 
 __all__ = [
     "announce_rejections",
+    "compact_chain",
     "merge_catalogue",
     "post_items_report",
     "publish_catalogue",
     "record_items",
+    "request_compaction",
 ]
 
 
@@ -85,3 +87,40 @@ def post_items_report(recorded: RecordSummary, version_id: str) -> str:
         description=f"items event {recorded.event_id}: {recorded.operation}",
     )
     return markdown
+
+
+@task(name="request-compaction")
+def request_compaction(root: str, address: str | None, max_chain: int) -> bool:
+    """Emit `towerflow.chain.long` (the `compact-items` deployment's trigger) when
+    CURRENT stacks ``max_chain`` deltas or more; returns whether an event was sent. The
+    event path never compacts: it only asks."""
+    request = compaction.compaction_request(root, address, max_chain)
+    if request is None:
+        return False
+    sent = emit_event(
+        request.event, resource=request.resource, payload=request.payload, id=request.id
+    )
+    logger = get_run_logger()
+    if sent is None:
+        logger.warning("events are disabled: %s not sent", request.event)
+    else:
+        logger.info("CURRENT stacks %s deltas: compaction requested", request.payload["depth"])
+    return sent is not None
+
+
+@task(name="compact-chain", **IO_RETRY)
+def compact_chain(
+    root: str,
+    keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+) -> compaction.CompactResult:
+    """``core.compaction.compact_current``: CURRENT's deltas folded into one complete
+    version."""
+    result = compaction.compact_current(root, keep_versions, keep_item_versions)
+    get_run_logger().info(
+        "%s: %d deltas folded, CURRENT %s",
+        "compacted" if result.compacted else "nothing to compact",
+        result.folded,
+        result.version_id,
+    )
+    return result

@@ -32,10 +32,12 @@ from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
 from tasks.items import (
     announce_rejections,
+    compact_chain,
     merge_catalogue,
     post_items_report,
     publish_catalogue,
     record_items,
+    request_compaction,
 )
 from tasks.precheck import check_config
 from tasks.publish import begin_version, publish_version
@@ -131,6 +133,8 @@ class ItemsSteps:
     announce_rejections: Callable[..., bool]
     publish_catalogue: Callable[..., str]
     post_items_report: Callable[..., str]
+    request_compaction: Callable[..., bool]
+    compact_chain: Callable[..., Any]
 
 
 def items_steps(timeouts: TaskTimeouts) -> ItemsSteps:
@@ -141,4 +145,6 @@ def items_steps(timeouts: TaskTimeouts) -> ItemsSteps:
         announce_rejections=limited(announce_rejections, t, "announce_rejections"),
         publish_catalogue=limited(publish_catalogue, t, "publish_catalogue"),
         post_items_report=limited(post_items_report, t, "report_items"),
+        request_compaction=limited(request_compaction, t, "request_compaction"),
+        compact_chain=limited(compact_chain, t, "compact_chain"),
     )

@@ -38,6 +38,17 @@ def test_items_events_killed_at_random_lose_and_duplicate_nothing(tmp_path: Path
     assert result.run_checks == sum(result.finished.values())
 
 
+def test_delta_publishes_and_compactions_killed_at_random_lose_and_duplicate_nothing(
+    tmp_path: Path,
+) -> None:
+    result = run_kill_loop(
+        tmp_path / "store", kills=8, seed=3, items_share=0.5, compact_share=0.5, check_every=100
+    )
+    _assert_invariants(result, 8)
+    assert {kind for kind, _ in result.kills} == {"items", "compact"}
+    assert result.finished["compact"] >= 1  # the timing run: it folded a chain
+
+
 @pytest.mark.slow
 def test_twenty_kills_over_items_events_and_nightly_runs(tmp_path: Path) -> None:
     result = run_kill_loop(tmp_path / "store", kills=20, seed=1, items_share=0.6, check_every=10)

@@ -18,7 +18,7 @@ from cli.options import PREFECT_DEFAULTS
 from core.recall import Recaller
 from storage import CatalogueLog
 from tests.core.items.conftest import N_ITEMS, MakeStore, item
-from tests.core.items.helpers import held_ids
+from tests.core.items.helpers import create, held_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,8 +94,12 @@ def test_sending_without_a_server_fails_clearly(
 
 
 def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
-    nightly, new_items = deployments_from_yaml(ROOT / "prefect.yaml")
-    assert (nightly.name, new_items.name) == ("nightly", "new-items")
+    nightly, new_items, compact = deployments_from_yaml(ROOT / "prefect.yaml")
+    assert (nightly.name, new_items.name, compact.name) == ("nightly", "new-items", "compact-items")
+    (trigger,) = compact.triggers
+    assert isinstance(trigger, DeploymentEventTrigger)
+    assert sorted(trigger.expect) == ["towerflow.chain.long"]
+    assert compact.concurrency_limit == 1
     (schedule,) = nightly.schedules or []
     assert schedule.schedule.cron == "0 2 * * *"  # type: ignore[union-attr]
     triggers = [t for t in new_items.triggers if isinstance(t, DeploymentEventTrigger)]
@@ -110,3 +114,21 @@ def test_prefect_event_ids_are_stable_per_event() -> None:
     assert prefect_event_id("abc") == prefect_event_id("abc") != prefect_event_id("abd")
     uid = "5cf0aff6-2606-4d96-915c-223063dc2f9d"
     assert str(prefect_event_id(uid)) == uid
+
+
+def test_compact_folds_the_chain_and_then_has_nothing_to_do(make_store: MakeStore) -> None:
+    store = make_store("Flat")
+    layout = store.layout
+    for n in range(3):
+        create(layout, f"e{n}", [item(7100 + n)])
+    served = held_ids(Recaller.load(store)).tolist()
+    runner = CliRunner()
+    result = runner.invoke(app, ["compact", "--root", str(layout.root), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["compacted"] and out["folded"] == 3 and out["version_id"] == store.current()
+    assert held_ids(Recaller.load(store)).tolist() == served
+    listed = runner.invoke(app, ["versions", "--root", str(layout.root), "--json"])
+    assert [v["kind"] for v in json.loads(listed.stdout)][:4] == ["items", *["delta"] * 3]
+    again = runner.invoke(app, ["compact", "--root", str(layout.root)])
+    assert again.exit_code == 0 and "nothing to compact" in again.output

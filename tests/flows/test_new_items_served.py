@@ -199,3 +199,45 @@ def test_malformed_payload_is_rejected_with_reasons_and_the_index_is_unchanged(
     )
     assert run["state_type"] == "FAILED" and "exactly one" in run["state"]["message"]
     assert store.current() == version
+
+
+def test_a_long_chain_is_compacted_by_the_compact_deployment(live: Live) -> None:
+    """`towerflow.chain.long` (what the new-items flow emits when CURRENT stacks
+    runtime.max_delta_chain deltas) runs the compact-items deployment: CURRENT becomes one
+    complete version serving the same items."""
+    server, root = live
+    store = VersionStore(Layout(root))
+    if "delta" not in store.open_current().manifest.extra:  # run alone: make a chain
+        before = store.current()
+        rec = Recaller.load(store)
+        new = {"item_id": int(rec.tables.item_id.max()) + 5000, "category": 0,
+               "content": [float(v) for v in rec.tables.content[0]]}  # fmt: skip
+        _emit(server, "towerflow.items.created", {"event_id": str(uuid.uuid4()), "items": [new]})
+        wait_for("a delta", lambda: store.current() != before, 90)
+    head = store.open_current()
+    assert "delta" in head.manifest.extra
+    held = _held(root)
+    code = (
+        "import json, sys, uuid\n"
+        "from prefect.events import emit_event\n"
+        "from prefect.events.worker import EventsWorker\n"
+        "emit_event('towerflow.chain.long', resource={'prefect.resource.id':"
+        " 'towerflow.store.' + sys.argv[2]}, payload={'root': sys.argv[1],"
+        " 'version_id': sys.argv[2], 'depth': 1}, id=uuid.uuid4())\n"
+        "EventsWorker.drain_all(timeout=30)\n"
+    )
+    subprocess.run(
+        [str(BIN / "python"), "-c", code, str(root), head.version_id],
+        env=server.env,
+        check=True,
+        timeout=60,
+    )
+
+    def compacted() -> bool:
+        return any(r["state_type"] == "COMPLETED" for r in server.flow_runs("compact-items"))
+
+    wait_for("the compact-items run", compacted, 120)
+    current = store.open_current()
+    assert current.version_id != head.version_id and "delta" not in current.manifest.extra
+    assert current.manifest.lineage.parent_version == head.version_id
+    assert _held(root) == held

@@ -1,0 +1,19 @@
+"""bench.delta_publish at small sizes: it runs end to end, and a delta's bytes do not
+grow with the catalogue while a compaction's do (the property the benchmark measures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.delta_publish import measure, render
+
+
+def test_delta_bytes_are_flat_in_catalogue_size_and_compaction_is_not(tmp_path: Path) -> None:
+    small = measure(tmp_path / "small", 2_000, events=3, size=6)
+    large = measure(tmp_path / "large", 8_000, events=3, size=6)
+    assert small["folded"] == large["folded"] == 3
+    assert abs(large["bytes"] - small["bytes"]) / small["bytes"] < 0.05  # O(batch)
+    assert large["compact_mib"] > 3 * small["compact_mib"]  # O(catalogue)
+    assert small["bytes"] < 20_000 < large["compact_mib"] * 2**20
+    table = render([small, large], events=3, size=6)
+    assert "| 2,000 |" in table and "| 8,000 |" in table
