@@ -8,8 +8,9 @@ catalogue) runs *outside* the publish lock, so events keep publishing deltas mea
 under the lock it folds in the deltas that arrived since (a few rows) and publishes with
 a compare-and-swap on the newest one. The result is an items version: the base's
 unchanged files (model, user tables, report files) are hard links that keep their first
-checksums (``carried``), and its catalogue position is its head's, so no entry is lost
-or applied twice. A nightly published meanwhile supersedes it: it is then dropped.
+checksums (``carried``), and its catalogue position is its head's plus any entry
+acknowledged but not yet published (an event that died after its acknowledgement), so
+no entry is lost or applied twice. A nightly published meanwhile supersedes it: it is then dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from core.catalogue_apply import (
     IndexRecipe,
+    apply_changes,
     read_tombstones,
     rebuild_index,
     write_catalogue_state,
@@ -49,7 +51,7 @@ from storage import (
     vectors_to_arrow,
     write_table,
 )
-from storage.backends import store_lock
+from storage.backends import open_catalogue, store_lock
 from storage.integrity import carried_entries
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
@@ -184,14 +186,16 @@ def compact_current(
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> CompactResult:
     """Fold CURRENT's deltas into one complete version and publish it (see the module
-    docstring). A no-op when CURRENT is complete. Raises CorruptVersionError when a file
-    of the chain fails its checksum (nothing is published). ``root``: the store's layout
-    or root folder."""
+    docstring). A no-op when CURRENT is complete and no acknowledged entry waits.
+    Raises CorruptVersionError when a file of the chain fails its checksum (nothing is
+    published). ``root``: the store's layout or root folder."""
     layout = root if isinstance(root, Layout) else Layout(Path(root))
     store = VersionStore(layout, keep_versions, keep_item_versions)
     start = require_current(store, verify=False)
     chain = resolve_chain(store, start)
-    if not chain.deltas:
+    catalogue = open_catalogue(layout)
+    pending = not catalogue.changes(start.manifest.lineage.catalogue_seq or 0).empty
+    if not chain.deltas and not pending:  # complete and up to date: nothing to do
         return CompactResult(start.version_id, False, 0, 0)
     chain = verify_chain(store, chain)  # everything is read: check everything
     base, head = chain.base, chain.head
@@ -199,7 +203,8 @@ def compact_current(
     recipe = IndexRecipe.from_summary(summary) if summary else None
     version_id, staging, identities = stage_child(store, base)
     try:
-        fold_deltas(staging, list(chain.deltas), recipe)
+        if chain.deltas:
+            fold_deltas(staging, list(chain.deltas), recipe)
         folded, head_id = len(chain.deltas), head.version_id
         with store_lock(layout, "publish", lock_timeout_s):
             for attempt in range(1, max_attempts + 1):
@@ -213,8 +218,13 @@ def compact_current(
                     fold_deltas(staging, newer, recipe)
                     folded, head_id = folded + len(newer), newer[-1].version_id
                 m = current.manifest
-                seq = m.lineage.catalogue_seq or 0
-                write_catalogue_state(staging, seq, ())
+                write_catalogue_state(staging, m.lineage.catalogue_seq or 0, ())
+                # Entries acknowledged but not yet in any version (an event that died
+                # after its acknowledgement): a publish after an acknowledgement includes
+                # it, this one too. Usually none, and then nothing is rewritten.
+                applied = apply_changes(
+                    staging, catalogue.changes(m.lineage.catalogue_seq or 0), recipe
+                )
                 carried = carried_entries(
                     staging,
                     {n: e for n, e in base.manifest.files.items() if n not in _REWRITTEN},
@@ -229,12 +239,12 @@ def compact_current(
                         lineage=Lineage(
                             data_snapshot=m.lineage.data_snapshot,
                             parent_version=current.version_id,
-                            catalogue_seq=seq,
-                            applied_events=(),
+                            catalogue_seq=applied.seq,
+                            applied_events=applied.applied_events,
                         ),
                         embedding_dim=m.embedding_dim,
                         metric=m.metric,
-                        item_count=m.item_count,
+                        item_count=applied.n_items,
                         metrics=m.metrics,
                         extra=extra,
                         required_files=REQUIRED_FILES,

@@ -241,3 +241,26 @@ def test_a_chain_at_the_limit_asks_for_a_compaction(make_store: MakeStore) -> No
     assert request.resource["prefect.resource.id"] == f"towerflow.store.{current}"
     again = compaction_request(store.layout.root, "s3://b/p", max_chain=2)
     assert again is not None and again.id == request.id  # one event per CURRENT
+
+
+@pytest.mark.parametrize("chain", [0, 2])
+def test_compaction_publishes_entries_acknowledged_but_not_yet_published(
+    make_store: MakeStore, chain: int
+) -> None:
+    """An event that died after its acknowledgement left entries no version includes: a
+    compaction is a publish after that acknowledgement, so it includes them (with or
+    without a chain to fold)."""
+    store = make_store("Flat")
+    for n in range(chain):
+        create(store.layout, f"e{n}", [item(1100 + n)])
+    CatalogueLog(store.layout.catalogue_db).append_upserts("died", [_upsert(4242)])
+    result = compact_current(store.layout)
+    assert result.compacted and result.folded == chain
+    current = store.open_current()
+    assert "delta" not in current.manifest.extra
+    assert current.manifest.lineage.applied_events == ("died",)
+    assert current.manifest.lineage.catalogue_seq == CatalogueLog(store.layout.catalogue_db).head()
+    recaller = Recaller.load(store)
+    assert {4242, *(1100 + n for n in range(chain))} <= set(recaller.tables.item_id.tolist())
+    assert recaller.n_items == N_ITEMS + chain + 1
+    assert not compact_current(store.layout).compacted  # now complete and up to date
