@@ -173,7 +173,8 @@ def render(results: dict[str, Any]) -> str:
         f"`{results['command']}`: {len(rows)} cells x {len(ops)} operations = {n_ops} runs in "
         f"{results['seconds']:.0f} s on {results['cores']} cores (base store built in "
         f"{results['base_seconds']:.0f} s; CLI {results['cli']}). Versions: N1, N2 nightly, "
-        "I = items version on N2 (CURRENT, damaged), I2 = an items version published on I, "
+        "I = compacted items version on N2 (CURRENT, damaged), I2 = the delta an items event "
+        "publishes on I, "
         "new = what the operation published.",
         "",
         f"**Published on damaged bytes or answered from them: {len(unsafe)} of {n_ops} runs.** "

@@ -294,8 +294,9 @@ def op_api_start(cell: Cell) -> Outcome:
 
 def op_api_swap(cell: Cell) -> Outcome:
     """The HTTP service serving intact CURRENT (I) while an items event's delta (I2) is
-    published and then damaged (its own file, or the one of I it is read on) before the
-    service's next poll: I2 is rejected and I keeps answering 200 from memory."""
+    published and then damaged before the service's next poll: I2's own file: I2 is
+    rejected and I keeps answering 200; I's file (under I2): I2 is applied in place to
+    the I the service verified and holds in memory, reading none of the damaged bytes."""
     from core import ItemsBatch, apply_items
 
     t0 = time.perf_counter()
@@ -308,23 +309,39 @@ def op_api_swap(cell: Cell) -> Outcome:
         cell.before.append(i2)  # published intact, before the damage
         # I2 is a delta on I: a file it does not hold is damaged where I2 reads it (in I,
         # which the service keeps serving from memory).
-        holds = cell.file in read_manifest(i2, cell.store.layout.version_dir(i2)).files
-        damage = cell.damage(i2 if holds or cell.file == "manifest.json" else cell.base.current)
+        i2_files = read_manifest(i2, cell.store.layout.version_dir(i2)).files
+        holds = cell.file in i2_files or cell.file == "manifest.json"
+        damage = cell.damage(i2 if holds else cell.base.current)
         swapped = service.refresh()  # the watcher's next poll
         code, version = _recall(client, cell.base.user_id)
         health = client.get("/v1/health").json()
     cell.audit(damage)
-    if code == 200 and version != cell.base.current:
+    if code == 200 and version != cell.base.current and (holds or version != i2):
         cell.violations.append(f"answered 200 from {cell.label(version)} loaded after the damage")
     rejection = health.get("last_rejection") or {}
-    ok = (
-        first == (200, cell.base.current)
-        and (code, version) == (200, cell.base.current)
-        and not swapped
-        and rejection.get("version") == i2
-    )
+    if holds:  # I2's own bytes are damaged: it is rejected, I keeps serving
+        ok = (
+            first == (200, cell.base.current)
+            and (code, version) == (200, cell.base.current)
+            and not swapped
+            and rejection.get("version") == i2
+        )
+    else:  # I's file on disk: I2 is applied to the I verified in memory, nothing re-read
+        ok = (
+            first == (200, cell.base.current)
+            and (code, version) == (200, i2)
+            and swapped
+            and health.get("deltas_applied") == 1
+            and not rejection
+        )
     reason = f"rejected I2: {reason_of(rejection['reason'])}" if rejection else "nothing rejected"
-    served = "kept serving I" if version == cell.base.current else f"served {cell.label(version)}"
+    served = (
+        "kept serving I"
+        if version == cell.base.current
+        else f"applied {cell.label(version)} in place"
+        if health.get("deltas_applied")
+        else f"served {cell.label(version)}"
+    )
     summary = f"{served}: {code} ({reason})"
     return cell.outcome(summary, ok, str(rejection.get("reason", "")), t0)
 

@@ -8,7 +8,6 @@ can cause is a 4xx with a JSON reason; a 5xx means a bug or no version to serve 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from core.cpus import cpu_budget
-from core.recall import InvalidRequestError, Recaller, UnknownUserError
+from core.recall import InvalidRequestError, Recaller, RecallResult, UnknownUserError
 from core.recall_answer import answer
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import CONTENT_TYPE, METRICS_PATH, MetricsMiddleware, ServiceMetrics
@@ -86,22 +85,32 @@ def _serving(request: Request) -> Recaller:
     summary="Top-K items for a user or a live profile",
 )
 async def recall(body: RecallRequest, request: Request) -> Response:
-    recaller = _serving(request)
-    user_id = body.user_id if body.user_key is None else recaller.stored_user_id(body.user_key)
-    call = functools.partial(
-        recaller.recall,
-        user_id,
-        body.profile,
-        body.k,
-        exclude_seen=body.exclude_seen,
-        include_categories=body.include_categories,
-        exclude_categories=body.exclude_categories,
-    )
+    service = _service(request)
+
+    def call() -> tuple[Recaller, int | None, RecallResult]:
+        # The version is read under the read lock and searched before it is released: an
+        # in-place delta edits the shared index only between searches (service.state).
+        with service.reading() as recaller:
+            if recaller is None:
+                raise _Unavailable(_NO_VERSION)
+            user_id = (
+                body.user_id if body.user_key is None else recaller.stored_user_id(body.user_key)
+            )
+            result = recaller.recall(
+                user_id,
+                body.profile,
+                body.k,
+                exclude_seen=body.exclude_seen,
+                include_categories=body.include_categories,
+                exclude_categories=body.exclude_categories,
+            )
+            return recaller, user_id, result
+
     settings: ApiSettings = request.app.state.settings
     # The thread pool lets searches overlap (Faiss and torch release the GIL) and keeps the
     # loop responsive during a slow search, at ~0.6 ms per hop on 2 cores. At most
     # recall_concurrency of them run at once: more would time-slice the same cores.
-    result = (
+    recaller, user_id, result = (
         call()
         if settings.recall_on_event_loop
         else await anyio.to_thread.run_sync(call, limiter=_limiter(request.app))
@@ -135,6 +144,7 @@ async def health(request: Request) -> JSONResponse:
         else None,
         rejected_versions=[r.version_id for r in status.rejected],
         swaps=status.swaps,
+        deltas_applied=status.deltas_applied,
     )
     # 503 until a version is served, so load balancers hold traffic back.
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if recaller else 503)

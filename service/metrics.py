@@ -105,6 +105,11 @@ class _StateCollector:
             value=status.swaps,
         )
         yield CounterMetricFamily(
+            "towerflow_deltas_applied",
+            "Item deltas applied to the live index in place (no reload of the base).",
+            value=status.deltas_applied,
+        )
+        yield CounterMetricFamily(
             "towerflow_version_rejections",
             "Published versions refused (checksums, sanity checks, load errors); "
             "/v1/health says why.",

@@ -115,6 +115,9 @@ class HealthResponse(BaseModel):
     )
     rejected_versions: list[str]
     swaps: int = Field(description="Versions swapped in since start.")
+    deltas_applied: int = Field(
+        0, description="Item deltas applied to the live index in place since start."
+    )
 
 
 class VersionResponse(BaseModel):

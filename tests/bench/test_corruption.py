@@ -51,7 +51,7 @@ CELLS = [
     ("items publish", VersionFiles.INDEX, "delete", "refused (index.faiss: missing)"),
     ("nightly", VersionFiles.MANIFEST, "flip", "new version, intact"),
     ("api (start)", VersionFiles.ITEMS, "flip", "503, health 503"),
-    ("api (hot swap)", VersionFiles.MODEL_CONFIG, "truncate", "kept serving I: 200"),
+    ("api (hot swap)", VersionFiles.MODEL_CONFIG, "truncate", "applied I2 in place: 200"),
 ]
 
 

@@ -1,0 +1,114 @@
+"""Moving a loaded ``Recaller`` forward by the deltas published on top of it, in place:
+the new CURRENT's deltas are verified and read, the item tables and filters of the new
+version are built beside the old ones, and only then is the live Faiss index edited (add,
+remove, tombstone) and the new ``Recaller`` swapped in. The base is never reloaded and
+the index never copied, so memory grows by the added vectors, not by a second index.
+
+The index is shared by the old and the new ``Recaller``: the edit must not overlap a
+search. ``RecallService`` runs ``Advance.apply`` under its write lock, and every request
+searches under the read lock, reading the serving ``Recaller`` inside it, so a request
+sees the version before a delta or after it, never half of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from core.deltas import ItemDelta, apply_rows, read_delta
+from core.recall import Recaller
+from model.ids import isin_sorted
+from model.incremental import edit_index, supports_remove
+from storage import PublishedVersion, VersionStore
+from storage.chains import resolve_chain
+
+__all__ = ["Advance", "plan_advance"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Advance:
+    """A planned move from ``before`` to ``after`` (same index object): ``apply`` edits the
+    index by ``edits`` (each with the IDs the index held and the tombstones before it)."""
+
+    before: Recaller
+    after: Recaller
+    edits: tuple[tuple[ItemDelta, npt.NDArray[np.int64], npt.NDArray[np.int64]], ...]
+
+    def apply(self) -> Recaller:
+        """Edit the shared index (the caller keeps searches off it meanwhile) and return
+        ``after``; RuntimeError if the index does not end holding what ``after`` serves
+        (the caller then reloads the version whole)."""
+        index = self.after.index
+        for delta, held, tombstones in self.edits:
+            edit_index(index, held, tombstones, delta.item_id, delta.vectors, delta.retired_id)
+        want = self.after.n_items + len(self.after.tombstones)
+        if index.ntotal != want:
+            raise RuntimeError(
+                f"{self.after.version_id}: the index holds {index.ntotal} vectors after the "
+                f"deltas, not {want}"
+            )
+        return self.after
+
+
+def plan_advance(store: VersionStore, serving: Recaller, head: PublishedVersion) -> Advance | None:
+    """How to move ``serving`` to ``head`` in place, or None when ``head`` does not stack
+    on it (a nightly, a compaction, a rollback: load it whole) or its index cannot take
+    the deltas in place (an update of a held item on an index without removal).
+
+    Every delta between them is verified against its manifest here (CorruptVersionError
+    names the file), before anything is edited."""
+    chain = resolve_chain(store, head)
+    ids = [d.version_id for d in chain.deltas]
+    if serving.version_id == chain.base.version_id:
+        newer = chain.deltas
+    elif serving.version_id in ids:
+        newer = chain.deltas[ids.index(serving.version_id) + 1 :]
+    else:
+        return None
+    deltas = []
+    for d in newer:
+        store.verify(d.version_id)
+        deltas.append(read_delta(d.path))
+    return _plan(serving, deltas, head)
+
+
+def _plan(serving: Recaller, deltas: Sequence[ItemDelta], head: PublishedVersion) -> Advance | None:
+    t = serving.tables
+    removable = supports_remove(serving.index)
+    ids = t.item_id
+    cols: list[npt.NDArray[Any]] = [t.item_id_row, t.category, t.content]
+    tombstones = serving.tombstones
+    edits = []
+    for delta in deltas:
+        held = np.union1d(ids, tombstones) if len(tombstones) else ids
+        if not removable and isin_sorted(delta.item_id, held).any():
+            log.info("%s: an update of a held item on %s: loading it whole", head.version_id,
+                     type(serving.index).__name__)  # fmt: skip
+            return None
+        edits.append((delta, held, tombstones))
+        if removable:
+            tombstones = np.empty(0, np.int64)
+        else:
+            live = delta.retired_id[isin_sorted(delta.retired_id, held)]
+            tombstones = np.union1d(tombstones, live).astype(np.int64)
+        ids, cols = apply_rows(
+            ids, cols, delta.item_id, [delta.id_row, delta.category, delta.content],
+            delta.retired_id,
+        )  # fmt: skip
+    id_row, category, content = cols
+    tables = replace(t, item_id=ids, item_id_row=id_row, category=category, content=content)
+    after = replace(
+        serving,
+        version_id=head.version_id,
+        tables=tables,
+        manifest=head.manifest,
+        tombstones=tombstones,
+    )
+    return Advance(serving, after, tuple(edits))

@@ -1,0 +1,134 @@
+"""The service applies item deltas to its live index in place (core.recall_advance): the
+same index object, the same answers as loading the version whole, no request ever sees
+half a delta under concurrent load, a damaged delta is rejected while the old version
+keeps serving, and what cannot be applied in place (an HNSW update, a new base) is
+loaded whole."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.compaction import compact_current
+from core.recall import Recaller
+from service import RecallService
+from storage import VersionFiles
+from tests.core.items.conftest import N_ITEMS, item, publish_mini_version
+from tests.core.items.helpers import create, held_ids, retire
+
+
+def _service(root: Path, factory: str = "Flat") -> RecallService:
+    service = RecallService(publish_mini_version(root, factory), poll_interval_s=3600)
+    assert service.refresh()
+    return service
+
+
+def _same_answers(a: Recaller, b: Recaller) -> None:
+    assert a.tables.item_id.tolist() == b.tables.item_id.tolist()
+    assert a.tables.category.tolist() == b.tables.category.tolist()
+    assert np.setdiff1d(held_ids(a), a.tombstones).tolist() == a.tables.item_id.tolist()
+    for user in range(1, 11):
+        assert [r.item_id for r in a.recommend(user, k=10)] == [
+            r.item_id for r in b.recommend(user, k=10)
+        ]
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_deltas_are_applied_to_the_live_index_in_place(tmp_path: Path, factory: str) -> None:
+    service = _service(tmp_path / "s", factory)
+    store = service.store
+    index = service.recaller.index  # type: ignore[union-attr]
+    create(store.layout, "e1", [item(1001), item(1002)])
+    assert service.refresh()
+    retire(store.layout, "r1", [20, 1002])
+    create(store.layout, "e2", [item(1003)])  # two deltas between polls
+    assert service.refresh()
+    served = service.recaller
+    assert served is not None and served.version_id == store.current()
+    assert served.index is index  # edited, not reloaded
+    assert service.status.deltas_applied == 3 and service.status.swaps == 3
+    assert served.n_items == N_ITEMS + 3 - 2
+    if factory == "HNSW16":
+        assert served.tombstones.tolist() == [20, 1002]
+    _same_answers(served, Recaller.load(store))
+
+
+def test_what_cannot_be_applied_in_place_is_loaded_whole(tmp_path: Path) -> None:
+    service = _service(tmp_path / "s", "HNSW16")
+    store = service.store
+    index = service.recaller.index  # type: ignore[union-attr]
+    create(store.layout, "e1", [item(20, seed=9)])  # an update: HNSW cannot remove
+    assert service.refresh() and service.recaller is not None
+    assert service.recaller.index is not index and service.status.deltas_applied == 0
+    _same_answers(service.recaller, Recaller.load(store))
+    create(store.layout, "e2", [item(1001)])
+    compact_current(store.layout)  # a new complete version: not a delta of the served one
+    index = service.recaller.index
+    assert service.refresh() and service.recaller.version_id == store.current()
+    assert service.recaller.index is not index
+
+
+def test_a_damaged_delta_is_rejected_and_the_old_version_keeps_serving(tmp_path: Path) -> None:
+    service = _service(tmp_path / "s")
+    store = service.store
+    before = service.recaller
+    assert before is not None
+    create(store.layout, "e1", [item(1001)])
+    bad = store.current()
+    assert bad is not None
+    path = store.layout.version_dir(bad) / VersionFiles.DELTA_EMBEDDINGS
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    assert not service.refresh()
+    assert service.recaller is before and service.status.rejected[-1].version_id == bad
+    assert "delta_embeddings.parquet" in service.status.rejected[-1].reason
+    assert held_ids(before).tolist() == held_ids(Recaller.load(store, before.version_id)).tolist()
+
+
+def test_no_request_sees_half_a_delta(tmp_path: Path) -> None:
+    """Searches run on four threads while deltas that each retire one item and create
+    another are applied in place: every answer comes from one version and holds only
+    items that version serves."""
+    service = _service(tmp_path / "s")
+    store = service.store
+    served: dict[str, set[int]] = {}
+    recaller = service.recaller
+    assert recaller is not None
+    served[recaller.version_id] = set(recaller.tables.item_id.tolist())
+    stop, problems, answers = threading.Event(), [], [0]
+
+    def search(user: int) -> None:
+        while not stop.is_set():
+            with service.reading() as r:
+                assert r is not None
+                got = r.recall(user, k=N_ITEMS, exclude_seen=False)
+                version, ids = r.version_id, got.item_ids.tolist()
+            answers[0] += 1
+            allowed = served.get(version)
+            if allowed is not None and not set(ids) <= allowed:
+                problems.append((version, sorted(set(ids) - allowed)))
+            if len(ids) != len(set(ids)):
+                problems.append((version, "duplicates"))
+
+    threads = [threading.Thread(target=search, args=(u,)) for u in range(1, 5)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(12):
+            retire(store.layout, f"r{n}", [10 * (n + 1)])
+            create(store.layout, f"c{n}", [item(2000 + n)])
+            assert service.refresh()
+            r = service.recaller
+            assert r is not None
+            served[r.version_id] = set(r.tables.item_id.tolist())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert service.status.deltas_applied == 24 and answers[0] > 24
+    assert not problems, problems[:5]
+    _same_answers(service.recaller, Recaller.load(store))  # type: ignore[arg-type]
