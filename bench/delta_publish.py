@@ -52,8 +52,9 @@ log = logging.getLogger("bench.delta_publish")
 N_USERS, N_CATEGORIES, CONTENT_DIM, PROFILE_DIM = 1000, 100, 16, 8
 
 
-def build_store(root: Path, n_items: int, seed: int = 0) -> VersionStore:
-    """Publish a complete version of ``n_items`` items (IDs 1..n) into a new store."""
+def build_store(root: Path, n_items: int, seed: int = 0, factory: str = "Flat") -> VersionStore:
+    """Publish a complete version of ``n_items`` items (IDs 1..n, a ``factory`` index)
+    into a new store."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     spec = TowerSpec(
@@ -92,7 +93,7 @@ def build_store(root: Path, n_items: int, seed: int = 0) -> VersionStore:
     )
     vectors = embed_items(model, item_id, category_rows(category, N_CATEGORIES), content)
     write_embeddings(staging, item_id, vectors)
-    save_index(staging / VersionFiles.INDEX, build_index(vectors, item_id, "Flat"))
+    save_index(staging / VersionFiles.INDEX, build_index(vectors, item_id, factory, seed=seed))
     store.publish(
         vid,
         expected_current=None,
@@ -101,7 +102,7 @@ def build_store(root: Path, n_items: int, seed: int = 0) -> VersionStore:
         embedding_dim=int(vectors.shape[1]),
         metric="inner_product",
         item_count=n_items,
-        extra={"index": {"factory": "Flat", "knob": None, "knob_value": None}},
+        extra={"index": {"factory": factory, "knob": None, "knob_value": None}},
     )
     return store
 

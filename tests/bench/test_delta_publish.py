@@ -17,3 +17,11 @@ def test_delta_bytes_are_flat_in_catalogue_size_and_compaction_is_not(tmp_path: 
     assert small["bytes"] < 20_000 < large["compact_mib"] * 2**20
     table = render([small, large], events=3, size=6)
     assert "| 2,000 |" in table and "| 8,000 |" in table
+
+
+def test_the_service_applies_each_event_in_place_on_one_index(tmp_path: Path) -> None:
+    from bench.delta_service import measure as measure_service
+
+    r = measure_service(tmp_path / "store", 3_000, events=4, size=6, factory="Flat")
+    assert r["same_index"] and r["deltas_applied"] == 4
+    assert r["fresh_p50"] >= r["apply_p50"] > 0 and r["rss_after"] > 0
