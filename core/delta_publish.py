@@ -47,7 +47,7 @@ from storage import (
     VersionStore,
 )
 
-__all__ = ["DeltaResult", "publish_delta"]
+__all__ = ["DeltaResult", "publish_delta", "served_now"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,13 @@ def _chain_state(store: VersionStore, parent: PublishedVersion) -> tuple[Chain, 
             chain.base.version_id, model, chain.head.version_id, rows, len(chain.deltas)
         )
     return chain, model, rows
+
+
+def served_now(store: VersionStore) -> ItemRows:
+    """The items CURRENT serves and their tower ID rows, verified: from this process's
+    cache, reading only the deltas published since it last looked (O(batch) per event)."""
+    _, _, rows = _chain_state(store, store.open_current(verify=False))
+    return rows
 
 
 def build_delta(model: TwoTower, rows: ItemRows, changes: CatalogueChanges, dim: int) -> ItemDelta:

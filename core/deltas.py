@@ -159,13 +159,20 @@ def apply_rows(
     delta_columns: Sequence[npt.NDArray[Any]],
     retired_id: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[Any]]]:
-    """Sorted ``item_id`` with parallel ``columns`` after a delta: rows of upserted or
-    retired IDs go, the delta's rows come in, and all stay sorted by ID."""
-    keep = ~isin_sorted(item_id, np.union1d(delta_id, retired_id))
-    ids = np.concatenate([item_id[keep], delta_id])
-    order = np.argsort(ids, kind="stable")
-    return ids[order], [
-        np.concatenate([c[keep], d])[order] for c, d in zip(columns, delta_columns, strict=True)
+    """Sorted ``item_id`` with parallel ``columns`` after a delta (``delta_id`` sorted and
+    unique): rows of upserted or retired IDs go, the delta's rows come in, and all stay
+    sorted by ID. O(I) copies and O(n log I) searches, no sort of the whole catalogue: a
+    server applies this per delta to a million rows."""
+    gone = np.union1d(delta_id, retired_id)
+    at = np.searchsorted(item_id, gone)
+    found = at < len(item_id)
+    found[found] = item_id[at[found]] == gone[found]
+    drop = at[found]
+    ids = np.delete(item_id, drop)
+    ins = np.searchsorted(ids, delta_id)
+    return np.insert(ids, ins, delta_id), [
+        np.insert(np.delete(c, drop, axis=0), ins, d, axis=0)
+        for c, d in zip(columns, delta_columns, strict=True)
     ]
 
 

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from core.catalogue_apply import apply_changes, write_catalogue_state
 from core.catalogue_sync import require_current, sync_current
-from core.deltas import resolve_chain, served_rows, verify_chain
+from core.delta_publish import served_now
+from core.deltas import resolve_chain
 from core.items_validation import (
     MAX_FILE_ITEMS,
     MAX_INLINE_ITEMS,
@@ -184,11 +185,10 @@ def record_items(
 def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
     """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
     store = VersionStore(Layout(root))
-    chain = resolve_chain(store, require_current(store, verify=False))
-    # Only these files are read: the base's items table and the deltas, each checked
-    # against its manifest first.
-    chain = verify_chain(store, chain, [VersionFiles.ITEMS])
-    return served_rows(chain).item_id
+    require_current(store, verify=False)  # a clear error before the first nightly
+    # The base's item IDs and the chain's deltas, verified; kept by this process, so a
+    # later event reads only the deltas published since (core.delta_publish).
+    return served_now(store).item_id
 
 
 def publish_catalogue(

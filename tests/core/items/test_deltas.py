@@ -264,3 +264,21 @@ def test_compaction_publishes_entries_acknowledged_but_not_yet_published(
     assert {4242, *(1100 + n for n in range(chain))} <= set(recaller.tables.item_id.tolist())
     assert recaller.n_items == N_ITEMS + chain + 1
     assert not compact_current(store.layout).compacted  # now complete and up to date
+
+
+def test_apply_rows_equals_a_sort_of_the_merged_rows() -> None:
+    from core.deltas import apply_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ids = np.unique(rng.integers(0, 500, 200))
+        col = rng.normal(size=(len(ids), 3)).astype(np.float32)
+        delta = np.unique(rng.integers(0, 600, int(rng.integers(0, 20))))
+        dcol = rng.normal(size=(len(delta), 3)).astype(np.float32)
+        retired = np.setdiff1d(np.unique(rng.integers(0, 600, 10)), delta)
+        got_ids, (got,) = apply_rows(ids, [col], delta, [dcol], retired)
+        keep = ~np.isin(ids, np.union1d(delta, retired))
+        want_ids = np.concatenate([ids[keep], delta])
+        order = np.argsort(want_ids, kind="stable")
+        assert got_ids.tolist() == want_ids[order].tolist()
+        np.testing.assert_array_equal(got, np.concatenate([col[keep], dcol])[order])
