@@ -282,3 +282,24 @@ def test_apply_rows_equals_a_sort_of_the_merged_rows() -> None:
         order = np.argsort(want_ids, kind="stable")
         assert got_ids.tolist() == want_ids[order].tolist()
         np.testing.assert_array_equal(got, np.concatenate([col[keep], dcol])[order])
+
+
+def test_events_recorded_together_are_published_as_one_delta(make_store: MakeStore) -> None:
+    """Events acknowledged while another publish held the lock go out in one delta, and
+    each keeps its own outcome (accepted, duplicate) from its record step."""
+    from core.items import record_items
+    from core.items_validation import ItemsBatch
+
+    store = make_store("Flat")
+    root = str(store.layout.root)
+    outcomes = [
+        record_items(root, ItemsBatch(event_id="a", items=[item(3001), item(3002)])),
+        record_items(root, ItemsBatch(event_id="b", items=[item(3003)])),
+        record_items(root, ItemsBatch(event_id="a", items=[item(3001), item(3002)])),
+    ]
+    assert [(o.accepted, o.duplicate) for o in outcomes] == [(2, False), (1, False), (0, True)]
+    result = sync_current(store.layout)
+    head = store.open_current()
+    assert result.published and head.manifest.lineage.applied_events == ("a", "b")
+    assert head.manifest.extra["delta"]["upserted"] == 3 and chain_depth(store) == 1
+    assert not sync_current(store.layout).published  # the other events' publishes: no-ops
