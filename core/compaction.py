@@ -191,6 +191,11 @@ def compact_current(
     published). ``root``: the store's layout or root folder."""
     layout = root if isinstance(root, Layout) else Layout(Path(root))
     store = VersionStore(layout, keep_versions, keep_item_versions)
+    # What dead publishers (a killed compaction among them) left: gone at once, as every
+    # run that takes the publish lock does.
+    with store_lock(layout, "publish", lock_timeout_s):
+        for path in store.collect_dead(publish_locked=True):
+            log.info("removed %s, left by a dead run", path)
     start = require_current(store, verify=False)
     chain = resolve_chain(store, start)
     catalogue = open_catalogue(layout)
