@@ -47,11 +47,26 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def _base(root: Path) -> Path:
+    """The folder of CURRENT's complete version (a delta's base holds the tables)."""
+    from storage import Layout, VersionStore
+    from storage.chains import resolve_chain
+
+    store = VersionStore(Layout(root))
+    return resolve_chain(store, store.open_current(verify=False)).base.path
+
+
+_TABLES: dict[Path, Any] = {}
+
+
 def _new_item(root: Path, item_id: int, rng: np.random.Generator) -> dict[str, Any]:
     from core.versionio import read_serving_tables
-    from storage import Layout, VersionStore
 
-    tables = read_serving_tables(VersionStore(Layout(root)).open_current(verify=False).path)
+    folder = _base(root)
+    if folder not in _TABLES:  # read once per base: a million rows take a second
+        _TABLES.clear()
+        _TABLES[folder] = read_serving_tables(folder)
+    tables = _TABLES[folder]
     c = int(rng.integers(tables.category.max() + 1))
     base = tables.content[rng.choice(np.flatnonzero(tables.category == c))]
     content = base + rng.normal(0, 0.05, base.shape)
@@ -123,13 +138,12 @@ def _core(root: Path) -> Callable[[str, dict[str, Any]], None]:
     from core.catalogue_sync import sync_current
     from core.items_validation import validate_upserts
     from model.config import TowerSpec
-    from storage import CatalogueLog, Layout, VersionFiles, VersionStore, read_json
+    from storage import CatalogueLog, Layout, VersionFiles, read_json
 
     layout = Layout(root)
 
     def send(event_id: str, item: dict[str, Any]) -> None:
-        current = VersionStore(layout).open_current(verify=False)
-        spec = TowerSpec.model_validate(read_json(current.file(VersionFiles.MODEL_CONFIG)))
+        spec = TowerSpec.model_validate(read_json(_base(root) / VersionFiles.MODEL_CONFIG))
         valid = validate_upserts([item], spec.content_dim, 500)
         CatalogueLog(layout.catalogue_db).append_upserts(event_id, valid.upserts)
         sync_current(layout)
