@@ -31,7 +31,7 @@ from devtools.s3server import moto_server
 from storage import Layout, Lineage, VersionFiles, VersionStore, read_json
 from storage.database import bind_database
 from storage.manifest import read_manifest
-from storage.objectstore import bind_remote
+from storage.remote_binding import bind_remote
 
 __all__ = ["main"]
 

@@ -13,7 +13,8 @@ from typing import Any, Final
 from core.items_validation import MAX_INLINE_ITEMS
 from storage import Layout, VersionStore, atomic_path
 from storage.backends import open_catalogue
-from storage.objectstore import inbox_name, read_remote
+from storage.objectstore import inbox_name
+from storage.remote_binding import read_remote
 
 __all__ = ["MAX_INLINE_BYTES", "event_payload", "wait_until_published"]
 

@@ -38,7 +38,7 @@ from storage import (
     read_json,
 )
 from storage.backends import open_catalogue
-from storage.objectstore import read_remote
+from storage.remote_binding import read_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [

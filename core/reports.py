@@ -25,7 +25,7 @@ from core.report_render import data_uri, to_html, to_markdown
 from core.training import TrainSummary
 from storage import Layout, VersionFiles, VersionStore, atomic_write_bytes, write_json
 from storage.manifest import utc_now_iso
-from storage.objectstore import read_remote
+from storage.remote_binding import read_remote
 
 __all__ = [
     "HtmlReport",

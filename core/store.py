@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from storage import Layout, StorageSettings, VersionStore
 from storage.database import bind_database
-from storage.objectstore import bind_remote, cache_root, is_remote
+from storage.remote_binding import bind_remote, cache_root, is_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
 def resolve_root(option: str | Path | None, cfg_root: str | None = None) -> Path:
     """The artifact store root, absolute: a local folder, or for an object store
     (``s3://bucket/prefix``) this machine's cache of it (under ``$TOWERFLOW_CACHE_DIR``,
-    bound to the remote on first use; see ``storage.objectstore``).
+    bound to the remote on first use; see ``storage.remote_binding``).
 
     Precedence: an explicit ``--root`` option (or argument), then the config file's
     ``runtime.storage_root``, then ``$TOWERFLOW_ROOT``, then ``./.towerflow``.

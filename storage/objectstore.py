@@ -12,8 +12,9 @@ How it is used:
 
 - Each machine works in a local cache folder (``TOWERFLOW_CACHE_DIR``, default
   ``~/.cache/towerflow``), a plain store layout whose ``remote.json`` names the remote
-  URL. Staging, locks' files and scratch stay local. Run reports (HTML, derived from
-  a verified version) are uploaded under ``reports/`` as they are written.
+  URL (``storage.remote_binding``). Staging, locks' files and scratch stay local. Run
+  reports (HTML, derived from a verified version) are uploaded under ``reports/`` as
+  they are written.
 - ``VersionStore.publish`` seals and verifies the version locally, renames it into the
   cache, then uploads it: every file, then ``manifest.json`` last, then reads every
   object back and checks its SHA-256 against the manifest. Only then does it move
@@ -37,10 +38,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from storage.errors import CorruptVersionError, StorageError
-from storage.fs import atomic_write_bytes, fsync_dir, sha256_file
+from storage.fs import fsync_dir, sha256_file
 from storage.layout import Layout, SnapshotFiles, VersionFiles, validate_id
 from storage.manifest import Manifest, read_manifest, verify_files
 
@@ -48,10 +48,6 @@ __all__ = [
     "SNAPSHOT_SUMS",
     "RemoteError",
     "RemoteStore",
-    "bind_remote",
-    "cache_root",
-    "is_remote",
-    "read_remote",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,23 +59,6 @@ SNAPSHOT_SUMS: Final = "files.sha256.json"
 
 class RemoteError(StorageError):
     """The object store cannot be reached or holds something unexpected."""
-
-
-def is_remote(root: str | os.PathLike[str]) -> bool:
-    """Whether ``root`` is a URI (``s3://...``) rather than a local path."""
-    return "://" in str(root) and not str(root).startswith("file://")
-
-
-def cache_root(url: str, cache_dir: Path) -> Path:
-    """The local cache folder of the remote store ``url`` under ``cache_dir``: one per
-    scheme, bucket and prefix (query options, such as an endpoint, do not change it)."""
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"store URL {url!r} must look like s3://BUCKET/PREFIX")
-    names = [parts.scheme, parts.netloc, *[p for p in parts.path.split("/") if p]]
-    for name in names:
-        validate_id("store URL part", name)
-    return cache_dir.expanduser().resolve().joinpath(*names)
 
 
 @dataclass(frozen=True)
@@ -410,41 +389,3 @@ def inbox_checksum(name: str) -> str | None:
     digest = stem.rsplit("-", 1)[-1] if "-" in stem else ""
     ok = len(digest) == _SUM_CHARS and all(c in "0123456789abcdef" for c in digest)
     return digest if ok else None
-
-
-# -- the binding of a cache to its remote --------------------------------------------------
-
-
-def read_remote(layout: Layout) -> RemoteStore | None:
-    """The remote store whose cache ``layout`` is, or None (a local store)."""
-    path = layout.remote_binding
-    try:
-        raw = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise RemoteError(f"{path}: cannot read the store's remote binding: {e}") from e
-    url = raw.get("url") if isinstance(raw, dict) else None
-    if not isinstance(url, str) or not is_remote(url):
-        raise RemoteError(f"{path}: invalid remote binding {raw!r}")
-    return RemoteStore(url)
-
-
-def bind_remote(layout: Layout, url: str) -> RemoteStore:
-    """Make ``layout`` the local cache of the remote store ``url`` (written once; the URL
-    holds no credentials), or check that it is. Raises RemoteError for a cache of
-    another remote, ValueError for a URL with credentials in it."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ValueError(
-            f"store URL {parts.scheme}://{parts.hostname}...: put credentials in the "
-            "environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, ...), not in the URL"
-        )
-    bound = read_remote(layout)
-    if bound is not None:
-        if bound.url != url:
-            raise RemoteError(f"{layout.root} caches {bound.shown}, not {url.split('?', 1)[0]}")
-        return bound
-    layout.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(layout.remote_binding, json.dumps({"url": url}, indent=2).encode())
-    return RemoteStore(url)

@@ -18,8 +18,8 @@ from pathlib import Path
 from storage.errors import SnapshotNotFoundError
 from storage.fs import fsync_dir, fsync_file, is_temp_name
 from storage.layout import Layout, SnapshotFiles, validate_id
-from storage.objectstore import read_remote
 from storage.owners import owner_path, write_owner
+from storage.remote_binding import read_remote
 
 __all__ = [
     "begin_snapshot",

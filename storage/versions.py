@@ -37,14 +37,15 @@ from storage.manifest import (
     Manifest,
     read_manifest,
 )
-from storage.objectstore import RemoteError, read_remote
+from storage.objectstore import RemoteError
 from storage.owners import owner_path, write_owner
 from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writing
 from storage.registry import VersionKind, VersionRow
+from storage.remote_binding import read_remote
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from storage.shards import ShardFolder
-from storage.version_views import PublishedVersion, VersionInfo
+from storage.version_views import PublishedVersion, VersionInfo, kind_of, version_infos
 
 __all__ = [
     "PUBLISH_STEPS",
@@ -316,42 +317,12 @@ class VersionStore:
         return check_version(version_id, self.layout.version_dir(version_id), row.manifest_sha256)
 
     def kind_of(self, row: VersionRow) -> VersionKind:
-        """The kind of a registered version; rows from before kinds were recorded are
-        read from the manifest (item versions record their `coldstart` changes)."""
-        if row.kind is not None:
-            return row.kind
-        try:
-            m = read_manifest(row.version_id, self.layout.version_dir(row.version_id))
-        except CorruptVersionError:
-            return "nightly"
-        return "items" if "coldstart" in m.extra else "nightly"
+        """The kind of a registered version (``storage.version_views.kind_of``)."""
+        return kind_of(self.layout, row)
 
     def list_versions(self) -> list[VersionInfo]:
         """Registered versions, most recently published first."""
-        current = self.current()
-        infos = []
-        for row in self.registry.list_versions():
-            item_count: int | None = None
-            metrics: dict[str, Any] = {}
-            try:
-                m = read_manifest(row.version_id, self.layout.version_dir(row.version_id))
-                item_count, metrics = m.item_count, m.metrics
-            except CorruptVersionError:
-                log.warning("version %s has no readable manifest", row.version_id)
-            infos.append(
-                VersionInfo(
-                    version_id=row.version_id,
-                    is_current=row.version_id == current,
-                    created_at=row.created_at,
-                    published_at=row.published_at,
-                    parent=row.parent,
-                    data_snapshot=row.data_snapshot,
-                    kind=self.kind_of(row),
-                    item_count=item_count,
-                    metrics=metrics,
-                )
-            )
-        return infos
+        return version_infos(self.layout, self.registry.list_versions(), self.current())
 
     # -- moving CURRENT back, cleaning up ------------------------------------------------
 

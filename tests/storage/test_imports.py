@@ -44,6 +44,7 @@ def test_all_is_explicit_and_resolvable() -> None:
         "layout",
         "manifest",
         "objectstore",
+        "remote_binding",
         "owners",
         "parquet",
         "publishing",

@@ -18,8 +18,9 @@ from storage import CorruptVersionError, Layout, PublishConflictError, VersionFi
 from storage.backends import store_lock
 from storage.database import bind_database
 from storage.errors import StorageError
-from storage.objectstore import RemoteError, bind_remote, cache_root, read_remote
+from storage.objectstore import RemoteError
 from storage.publishing import PUBLISH_STEPS
+from storage.remote_binding import bind_remote, cache_root, read_remote
 from tests.storage.publisher import publish_staged, stage_version
 
 REPO = Path(__file__).resolve().parents[2]
