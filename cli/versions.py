@@ -129,12 +129,13 @@ def _chain_below(store: VersionStore, version_id: str) -> tuple[list[str], str |
     from storage.chains import resolve_chain
 
     try:
-        chain = resolve_chain(store, store.open_version(version_id, verify=False))
-    except CorruptVersionError as e:
-        own_manifest = e.file == "manifest.json" and "chain" not in e.reason
-        return [], None if own_manifest else e.reason  # its own check reports the former
+        version = store.open_version(version_id, verify=False)
     except (StorageError, OSError):
-        return [], None
+        return [], None  # its own manifest: its own check reports it
+    try:
+        chain = resolve_chain(store, version)
+    except CorruptVersionError as e:
+        return [], e.reason
     return [v.version_id for v in chain.versions[:-1]], None
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from core.catalogue_apply import (
     IndexRecipe,
@@ -52,6 +53,7 @@ from storage import (
     write_table,
 )
 from storage.backends import open_catalogue, store_lock
+from storage.chains import depth_of
 from storage.integrity import carried_entries
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
@@ -139,16 +141,12 @@ def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecip
     save_index(index_path, index)
     tomb_path = folder / VersionFiles.TOMBSTONES
     if len(tombstones):
-        import pyarrow as pa
-
         write_table(tomb_path, pa.table({"item_id": tombstones}), VERSION_TOMBSTONES)
     else:
         tomb_path.unlink(missing_ok=True)
 
 
-def _items_table(ids: np.ndarray, cols: list[Any]) -> Any:
-    import pyarrow as pa
-
+def _items_table(ids: np.ndarray, cols: list[Any]) -> pa.Table:
     id_row, category, content = cols
     return pa.table(
         {
@@ -299,8 +297,7 @@ def compaction_request(
     takes it. One event per CURRENT (its id is derived from it): a retried task's second
     copy is dropped."""
     current = require_current(VersionStore(Layout(Path(root))), verify=False)
-    info = current.manifest.extra.get("delta")
-    depth = int(info.get("depth", 0)) if isinstance(info, dict) else 0
+    depth = depth_of(current)
     if depth < max_chain:
         return None
     return CompactionRequest(
@@ -316,6 +313,4 @@ def compaction_request(
 
 def chain_depth(store: VersionStore) -> int:
     """How many deltas CURRENT stacks on its complete version (0 when it is one)."""
-    current = require_current(store, verify=False)
-    info = current.manifest.extra.get("delta")
-    return int(info.get("depth", 0)) if isinstance(info, dict) else 0
+    return depth_of(require_current(store, verify=False))

@@ -26,7 +26,7 @@ from core.deltas import (
     ItemDelta,
     ItemRows,
     apply_rows,
-    delta_info,
+    depth_of,
     read_delta,
     resolve_chain,
     served_rows,
@@ -73,7 +73,6 @@ class _Known:
     model: TwoTower
     head: str
     rows: ItemRows
-    depth: int
 
 
 _known: dict[Path, _Known] = {}
@@ -109,7 +108,7 @@ def _chain_state(store: VersionStore, parent: PublishedVersion) -> tuple[Chain, 
         rows = served_rows(chain)
     with _known_lock:
         _known[store.layout.root] = _Known(
-            chain.base.version_id, model, chain.head.version_id, rows, len(chain.deltas)
+            chain.base.version_id, model, chain.head.version_id, rows
         )
     return chain, model, rows
 
@@ -174,8 +173,7 @@ def publish_delta(
         write_delta(staging, delta)
         write_catalogue_state(staging, changes.upto, changes.event_ids)
         m = parent.manifest
-        info = delta_info(parent)
-        depth = (info or {}).get("depth", 0) + 1
+        depth = depth_of(parent) + 1
         extra: dict[str, Any] = dict(m.extra)
         extra["coldstart"] = {"upserted": len(delta.item_id), "retired": len(delta.retired_id)}
         extra["delta"] = {
@@ -212,6 +210,6 @@ def publish_delta(
             rows.item_id, [rows.id_row], delta.item_id, [delta.id_row], delta.retired_id
         )
         _known[store.layout.root] = _Known(
-            chain.base.version_id, model, version_id, ItemRows(new_ids, new_rows), depth
+            chain.base.version_id, model, version_id, ItemRows(new_ids, new_rows)
         )
     return DeltaResult(manifest, len(delta.item_id), inserted, len(delta.retired_id))

@@ -40,7 +40,7 @@ from storage import (
 )
 
 # The chain of versions a delta is read on (storage knows it from the manifests).
-from storage.chains import Chain, delta_info, is_delta, resolve_chain, verify_chain
+from storage.chains import Chain, delta_info, depth_of, is_delta, resolve_chain, verify_chain
 
 __all__ = [
     "DELTA_FILES",
@@ -49,6 +49,7 @@ __all__ = [
     "ItemRows",
     "apply_rows",
     "delta_info",
+    "depth_of",
     "is_delta",
     "read_delta",
     "resolve_chain",

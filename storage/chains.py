@@ -17,7 +17,7 @@ from storage.errors import CorruptVersionError
 from storage.manifest import Manifest
 from storage.version_views import PublishedVersion
 
-__all__ = ["Chain", "delta_info", "is_delta", "resolve_chain", "verify_chain"]
+__all__ = ["Chain", "delta_info", "depth_of", "is_delta", "resolve_chain", "verify_chain"]
 
 
 class VersionStore(Protocol):
@@ -38,6 +38,11 @@ def delta_info(version: PublishedVersion) -> dict[str, Any] | None:
     version."""
     info = version.manifest.extra.get("delta")
     return dict(info) if isinstance(info, dict) else None
+
+
+def depth_of(version: PublishedVersion) -> int:
+    """How many deltas ``version`` stacks on its complete base (0 for a complete one)."""
+    return int((delta_info(version) or {}).get("depth", 0))
 
 
 def is_delta(version: PublishedVersion) -> bool:
