@@ -1,16 +1,22 @@
-"""Freshness: seconds from "a merchant listed an item" to "recall can return it".
+"""Freshness: seconds from "a merchant listed an item" to "`/v1/recall` of a running API
+returns it".
 
-Three paths over the same trained store, N events each (one new item per event, sent
-one after another once the previous one is retrievable):
+Paths over the same trained store, N events each (one new item per event, sent one after
+another once the previous one is returned):
 
-- served: event emitted to a real `prefect server` on 127.0.0.1 -> trigger ->
-  `towerflow serve` runs the new-items flow in a subprocess -> published version ->
-  a `RecallService` in this process (polling CURRENT every 0.1 s) serves the item;
-- in-process: the new-items flow called here (what `towerflow add-items --now` does),
-  against the same server, until the service serves the item;
+- served: event emitted to a real `prefect server` on 127.0.0.1 -> `towerflow serve`
+  (`--items-events stream`: its long-lived consumer runs `new-items-batch` in its own
+  process; or `trigger`: the deployment's trigger -> a flow run in a new process) ->
+  delta published -> the API applies it in place;
+- in-process: the new-items flow called here (what `towerflow add-items --now` does);
 - core: the flow's steps without Prefect (validate, append, sync), the floor.
 
-Usage: python -m bench.freshness [--root DIR] [--events 20] [--json PATH]
+The clock stops when `towerflow api` (a child process polling CURRENT every 0.1 s)
+returns the item for a query picked before sending: a user and the item's category for
+whom the item-tower vector of the new item (computed here, as the publisher will) clears
+the 900th score among that category's items, asked with k=1000.
+
+Usage: python -m bench.freshness [--root DIR] [--events 50] [--paths stream,in_process,core]
 (without --root, a tiny store is trained first: ~1 min).
 """
 
@@ -26,12 +32,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from bench.live import BIN, LiveServer, live_prefect, served
+from bench.loadgen import api_server
 
 log = logging.getLogger("bench.freshness")
 
@@ -56,66 +65,90 @@ def _base(root: Path) -> Path:
     return resolve_chain(store, store.open_current(verify=False)).base.path
 
 
-_TABLES: dict[Path, Any] = {}
+@dataclass(frozen=True)
+class Probe:
+    """A new item and the query that must return it once it is served."""
+
+    item: dict[str, Any]
+    body: dict[str, Any]  # the /v1/recall request
 
 
-def _new_item(root: Path, item_id: int, rng: np.random.Generator) -> dict[str, Any]:
-    from core.versionio import read_serving_tables
+def probes(root: Path, n: int, first_id: int, seed: int = 0) -> list[Probe]:
+    """``n`` new items (each a typical item of a random category, with noise), each with a
+    user whose top k (1000, or the catalogue's size) of that category it enters with room
+    to spare: its vector (unknown ID row, as the publisher embeds it) beats the user's
+    (0.9 k)th score there."""
+    from core.recall import Recaller
+    from core.versionio import embed_served_users
+    from model.embed import embed_items
+    from model.features import category_rows
+    from storage import Layout, VersionStore
 
-    folder = _base(root)
-    if folder not in _TABLES:  # read once per base: a million rows take a second
-        _TABLES.clear()
-        _TABLES[folder] = read_serving_tables(folder)
-    tables = _TABLES[folder]
-    c = int(rng.integers(tables.category.max() + 1))
-    base = tables.content[rng.choice(np.flatnonzero(tables.category == c))]
-    content = base + rng.normal(0, 0.05, base.shape)
-    return {"item_id": item_id, "category": c, "content": [float(v) for v in content]}
+    rec = Recaller.load(VersionStore(Layout(root)), verify=False)
+    t, model = rec.tables, rec.model
+    rng = np.random.default_rng(seed)
+    users = rng.choice(len(t.user_id), size=min(300, len(t.user_id)), replace=False)
+    user_vecs = embed_served_users(model, t, np.sort(users).astype(np.int64))
+    k = min(1000, len(t.item_id))  # the API's k: at most the catalogue
+    rank = k * 9 // 10  # room for the other new items of the run
+    out = []
+    for i in range(n):
+        c = int(rng.integers(t.category.max() + 1))
+        rows = np.flatnonzero(t.category == c)
+        content = (t.content[rows].mean(axis=0) + rng.normal(0, 0.05, t.content.shape[1])).astype(
+            np.float32
+        )
+        vec = embed_items(
+            model, np.zeros(1, np.int64), category_rows([c], model.spec.n_categories), content[None]
+        )[0]  # a new ID: the unknown row
+        n_cat = model.spec.n_categories
+        cat_vecs = embed_items(
+            model, t.item_id_row[rows], category_rows(t.category[rows], n_cat), t.content[rows]
+        )
+        kth = np.sort(user_vecs @ cat_vecs.T, axis=1)[:, -min(rank, len(rows))]
+        margin = user_vecs @ vec - kth
+        best = int(np.argmax(margin))
+        if margin[best] <= 0:
+            raise RuntimeError(f"no sampled user would be returned a new item of category {c}")
+        user = int(t.user_id[np.sort(users)[best]])
+        item = {"item_id": first_id + i, "category": c, "content": [float(v) for v in content]}
+        body = {"user_id": user, "k": k, "exclude_seen": False, "include_categories": [c]}
+        out.append(Probe(item, body))
+    return out
 
 
 def _measure(
     name: str,
-    root: Path,
-    n: int,
-    first_id: int,
+    url: str,
+    probes_: list[Probe],
     send: Callable[[str, dict[str, Any]], None],
     timeout_s: float = 60.0,
 ) -> list[float]:
-    """Latency of each of `n` events: `send(event_id, item)` at t0 until the service in
-    this process serves the item."""
-    from service import RecallService
-    from storage import Layout, VersionStore
-
-    service = RecallService(VersionStore(Layout(root)), poll_interval_s=0.1)
-    service.start()
-    rng = np.random.default_rng(first_id)
+    """Latency of each probe: ``send(event_id, item)`` at t0 until ``/v1/recall`` of the
+    API at ``url`` returns the item for the probe's query."""
     out = []
-    try:
-        for i in range(n):
-            item = _new_item(root, first_id + i, rng)
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for i, p in enumerate(probes_):
             t0 = time.perf_counter()
-            send(str(uuid.uuid4()), item)
+            send(str(uuid.uuid4()), p.item)
             while True:
-                rec = service.recaller
-                ids = rec.tables.item_id if rec is not None else np.empty(0)
-                pos = int(np.searchsorted(ids, item["item_id"]))
-                if pos < len(ids) and ids[pos] == item["item_id"]:
+                r = http.post("/v1/recall", json=p.body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"/v1/recall {p.body}: {r.status_code} {r.text[:300]}")
+                if any(x["item_id"] == p.item["item_id"] for x in r.json()["items"]):
                     break
                 if time.perf_counter() - t0 > timeout_s:
                     raise TimeoutError(
-                        f"{name}: item {item['item_id']} not served in {timeout_s} s"
+                        f"{name}: item {p.item['item_id']} not returned in {timeout_s} s"
                     )
-                time.sleep(0.01)
+                time.sleep(0.02)
             out.append(time.perf_counter() - t0)
             log.info("%s event %d: %.2f s", name, i + 1, out[-1])
             time.sleep(0.3)
-    finally:
-        service.stop()
     return out
 
 
 def _emitter(server: LiveServer) -> Callable[[str, dict[str, Any]], None]:
-    os.environ.update(server.env)  # before Prefect reads its settings
     from cli.items import emit_items_event
 
     def send(event_id: str, item: dict[str, Any]) -> None:
@@ -161,12 +194,21 @@ def _train(root: Path, env: dict[str, str]) -> None:
     )
 
 
+PATHS = ("stream", "trigger", "in_process", "core")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None, help="Trained store (default: new).")
-    parser.add_argument("--events", type=int, default=20, help="Events per path (>= 20).")
+    parser.add_argument("--events", type=int, default=50, help="Events per path.")
+    parser.add_argument(
+        "--paths", default="stream,in_process,core", help=f"Comma-separated, of {PATHS}."
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/results/freshness.json"))
     args = parser.parse_args(argv)
+    paths = [p for p in args.paths.split(",") if p]
+    if not paths or set(paths) - set(PATHS):
+        parser.error(f"--paths: choose among {PATHS}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("httpx", "prefect", "storage", "tasks", "service"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -174,19 +216,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = (args.root or work / "store").resolve()
     results: dict[str, Any] = {"events_per_path": args.events, "root": str(root)}
     with live_prefect(work / "prefect-home", work / "server.log") as server:
-        from core.recall import Recaller  # noqa: F401  (warm imports before timing)
-
         if args.root is None:
             _train(root, server.env)
-        with served(server, root, work / "serve.log"):
-            send = _emitter(server)
-            results["served"] = _percentiles(_measure("served", root, args.events, 10**8, send))
-        results["in_process"] = _percentiles(
-            _measure("in-process", root, args.events, 10**8 + 10_000, _in_process(root))
-        )
-        results["core"] = _percentiles(
-            _measure("core", root, args.events, 10**8 + 20_000, _core(root))
-        )
+        os.environ.update(server.env)  # before Prefect reads its settings
+        for k, path in enumerate(paths):
+            # New IDs per path, far above the catalogue's.
+            todo = probes(root, args.events, 10**9 + k * 100_000, seed=k)
+            with api_server(root, threads=1, startup_s=600) as url:
+                if path in ("stream", "trigger"):
+                    with served(server, root, work / f"serve-{path}.log", items_events=path):
+                        latencies = _measure(path, url, todo, _emitter(server))
+                elif path == "in_process":
+                    latencies = _measure(path, url, todo, _in_process(root))
+                else:
+                    latencies = _measure(path, url, todo, _core(root))
+            results[path] = _percentiles(latencies)
+            log.info("%s: %s", path, results[path])
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from cli.deployments import local_prefect_server, stop_process_group
+from cli.prefect_server import local_prefect_server, stop_process_group
 
 __all__ = [
     "LiveServer",
@@ -97,6 +97,15 @@ class LiveServer:
             )
         )
 
+    def runs_of_flow(self, flow: str) -> list[dict[str, Any]]:
+        """Flow runs of the flow named `flow` (deployed or not), newest first."""
+        return list(
+            self.post(
+                "/flow_runs/filter",
+                {"flows": {"name": {"any_": [flow]}}, "limit": 200, "sort": "START_TIME_DESC"},
+            )
+        )
+
     def artifacts(self, key: str) -> list[dict[str, Any]]:
         return list(self.post("/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}}))
 
@@ -112,11 +121,15 @@ def live_prefect(home: Path, log: Path) -> Iterator[LiveServer]:
 
 
 @contextmanager
-def served(server: LiveServer, root: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`towerflow serve --root root`; yields once both new-items automations exist."""
+def served(
+    server: LiveServer, root: Path, log: Path, items_events: str = "stream"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`towerflow serve --root root --items-events items_events`; yields once items events
+    are taken: the consumer listens (stream), or both new-items automations exist
+    (trigger)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "towerflow"), "serve", "--root", str(root)],
+            [str(BIN / "towerflow"), "serve", "--root", str(root), "--items-events", items_events],
             env=server.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -124,12 +137,18 @@ def served(server: LiveServer, root: Path, log: Path) -> Iterator[subprocess.Pop
         )
     try:
 
-        def ready() -> bool:
+        def triggers() -> bool:
             autos = server.post("/automations/filter", {})
             triggers = {e for a in autos for e in a["trigger"].get("expect", [])}
             return {"towerflow.items.created", "towerflow.items.retired"} <= triggers
 
-        wait_for(f"`towerflow serve` to register its triggers (log {log})", ready, 120, proc)
+        def listening() -> bool:
+            return b"applied by the consumer" in log.read_bytes() and bool(
+                server.post("/deployments/filter", {})
+            )
+
+        ready = listening if items_events == "stream" else triggers
+        wait_for(f"`towerflow serve` to take items events (log {log})", ready, 120, proc)
         time.sleep(1.0)  # the runner's first poll
         yield proc
     finally:

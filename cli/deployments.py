@@ -14,12 +14,8 @@ import importlib
 import logging
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -29,25 +25,19 @@ import yaml
 from cli.alerts import AlertBlockOpt, StaleHoursOpt, WebhookUrlOpt
 from cli.errors import PrefectServerUnavailable
 from cli.options import RootOpt, apply_prefect_defaults, fail, root_path, setup_logging
+from cli.prefect_server import local_prefect_server
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
 __all__ = [
-    "LocalServer",
     "check_server",
     "deployments_from_yaml",
     "load_deployment_specs",
-    "local_prefect_server",
-    "probe_server",
     "serve_command",
-    "stop_process_group",
 ]
 
 logger = logging.getLogger(__name__)
-
-LOCAL_HOST: Final = "127.0.0.1"
-DEFAULT_PORT: Final = 4200
 
 
 def load_deployment_specs(path: Path) -> list[dict[str, Any]]:
@@ -73,8 +63,12 @@ def _flow(entrypoint: str) -> Any:
     return getattr(importlib.import_module(_module(entrypoint)), entrypoint.partition(":")[2])
 
 
-def deployments_from_yaml(path: Path, names: list[str] | None = None) -> list[RunnerDeployment]:
-    """A `RunnerDeployment` per deployment of `path` (those in `names`, default all)."""
+def deployments_from_yaml(
+    path: Path, names: list[str] | None = None, untriggered: frozenset[str] = frozenset()
+) -> list[RunnerDeployment]:
+    """A `RunnerDeployment` per deployment of `path` (those in `names`, default all); those
+    named in `untriggered` without their event triggers (serving them removes the trigger
+    automations an earlier serve registered)."""
     from prefect.events import DeploymentEventTrigger
     from prefect.schedules import Cron
 
@@ -87,7 +81,7 @@ def deployments_from_yaml(path: Path, names: list[str] | None = None) -> list[Ru
             for s in spec.get("schedules") or []
         ]
         triggers = []
-        for t in spec.get("triggers") or []:
+        for t in [] if spec["name"] in untriggered else spec.get("triggers") or []:
             if t.get("type", "event") != "event":
                 raise ValueError(f"{path}: {spec['name']}: only event triggers are served")
             triggers.append(DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"}))
@@ -130,168 +124,6 @@ def check_server(api_url: str | None, timeout_s: float = 5.0) -> str:
     return api_url
 
 
-# --- A local Prefect server (API + UI) as a subprocess -------------------------------------
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    """A Prefect server on loopback: its UI and API URLs, and the process when we started it
-    (None when an already running server was reused)."""
-
-    url: str
-    process: subprocess.Popen[bytes] | None
-    log: Path | None
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.url}/api"
-
-
-def probe_server(url: str, timeout_s: float = 2.0) -> Literal["prefect", "other", "free"]:
-    """What answers at `url` (no `/api`): a healthy Prefect server, something else, or
-    nothing (connection refused)."""
-    import httpx
-
-    try:
-        response = httpx.get(f"{url}/api/health", timeout=timeout_s)
-    except httpx.ConnectError:
-        return "free"
-    except httpx.HTTPError:
-        return "other"  # it accepted the connection but spoke no (quick) HTTP
-    try:
-        healthy = response.status_code == 200 and response.json() is True
-    except ValueError:
-        healthy = False
-    return "prefect" if healthy else "other"
-
-
-def _prefect_exe() -> list[str]:
-    """`prefect` of this interpreter's environment (a venv's bin/), else `python -m prefect`."""
-    exe = Path(sys.executable).with_name("prefect")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
-
-
-def server_env(url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of `prefect server start` serving at `url`."""
-    env = dict(os.environ if base is None else base)
-    # `--port` does not reach the UI's settings: without these the browser app calls
-    # http://127.0.0.1:4200/api whatever the port ("Unable to connect to Prefect server").
-    env["PREFECT_UI_API_URL"] = f"{url}/api"
-    env.pop("PREFECT_API_URL", None)  # this server is the API, not a client of another one
-    # Offline, the telemetry job logs an error and often a "database is locked" traceback.
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    return env
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    """The last `lines` lines of a log file (for error messages)."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        return f"(no log: {e})"
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def stop_process_group(proc: subprocess.Popen[Any], timeout_s: float = 15) -> None:
-    """SIGTERM the group `proc` leads (started with `start_new_session`: it and its
-    children), then SIGKILL it if it is still there after `timeout_s`."""
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _wait_healthy(server: LocalServer, timeout_s: float) -> None:
-    """Return once the server's health check answers; `RuntimeError` with the tail of its
-    log when it exits first or `timeout_s` passes."""
-    assert server.process is not None and server.log is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise PrefectServerUnavailable(
-                f"the Prefect server exited with {server.process.returncode} before it was "
-                f"healthy; the end of its log ({server.log}):\n{log_tail(server.log)}"
-            )
-        if probe_server(server.url) == "prefect":
-            return
-        time.sleep(0.2)
-    raise PrefectServerUnavailable(
-        f"the Prefect server was not healthy after {timeout_s:.0f} s; the end of its log "
-        f"({server.log}):\n{log_tail(server.log)}"
-    )
-
-
-def _start(host: str, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Launch `prefect server start`, its output in `log`."""
-    try:
-        home = env.get("PREFECT_HOME")
-        if home:
-            # Prefect creates its home without parents, then fails to open its database.
-            Path(home).expanduser().mkdir(parents=True, exist_ok=True)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("starting a Prefect server at http://%s:%d (log %s)", host, port, log)
-        with open(log, "wb") as out:
-            return subprocess.Popen(
-                [*_prefect_exe(), "server", "start", "--host", host, "--port", str(port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the terminal reaches only us, and we stop
-                # the server after whatever uses it; killpg then takes its workers along.
-                start_new_session=True,
-            )
-    except OSError as e:
-        raise RuntimeError(f"cannot start a Prefect server: {e}") from e
-
-
-@contextmanager
-def local_prefect_server(
-    port: int,
-    log: Path,
-    *,
-    host: str = LOCAL_HOST,
-    env: Mapping[str, str] | None = None,
-    reuse: bool = True,
-    timeout_s: float = 120,
-) -> Iterator[LocalServer]:
-    """`prefect server start --host host --port port`, its output in `log`; yields once
-    /api/health answers and stops the server (its whole process group) on exit.
-
-    With `reuse`, a Prefect server already answering there is used as is (and left
-    running). Anything else on the port is a `RuntimeError`, as is a server that exits or
-    stays unhealthy (with the end of its log).
-    """
-    url = f"http://{host}:{port}"
-    found = probe_server(url)
-    if found == "prefect" and reuse:
-        logger.info("a Prefect server already answers at %s: using it", url)
-        yield LocalServer(url, None, None)
-        return
-    if found != "free":
-        what = "another Prefect server" if found == "prefect" else "something that is not Prefect"
-        raise RuntimeError(
-            f"port {port} on {host} is taken by {what} ({url}/api/health); stop it or "
-            "choose another port (--port)"
-        )
-    proc = _start(host, port, log, server_env(url, env))
-    server = LocalServer(url, proc, log)
-    try:
-        _wait_healthy(server, timeout_s)
-        yield server
-    finally:
-        logger.info("stopping the Prefect server at %s", url)
-        stop_process_group(proc)
-
-
 # --- `towerflow serve` -----------------------------------------------------------------------
 
 
@@ -309,6 +141,16 @@ UiOpt = Annotated[
     ),
 ]
 PortOpt = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port of the --ui server.")]
+ItemsEventsOpt = Annotated[
+    Literal["stream", "trigger"],
+    typer.Option(
+        "--items-events",
+        help="stream: a long-lived consumer in this process applies items events in "
+        "batches (`new-items-batch` runs; the new-items deployment is served without its "
+        "triggers, for manual runs); trigger: each event triggers a new-items run in a new "
+        "process, as `prefect deploy` + a worker does.",
+    ),
+]
 
 
 def _server_log() -> Path:
@@ -326,6 +168,26 @@ def _exit_on_sigterm(stack: ExitStack) -> None:
         raise SystemExit(128 + signum)
 
     stack.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, handler))
+
+
+NEW_ITEMS: Final = "new-items"  # the deployment the items consumer stands in for
+
+
+@contextmanager
+def _items_consumer(root: str) -> Iterator[None]:
+    """The items consumer (``flows.items_consumer``) reading events until the block ends."""
+    from flows.items_consumer import ItemsConsumer
+
+    consumer = ItemsConsumer(root)
+    try:
+        consumer.start()
+    except RuntimeError as e:
+        raise fail(str(e)) from None
+    typer.echo("items events: applied by the consumer in this process (--items-events)", err=True)
+    try:
+        yield
+    finally:
+        consumer.stop()
 
 
 def serve_command(
@@ -354,14 +216,17 @@ def serve_command(
     alert_webhook_url: WebhookUrlOpt = None,
     alert_block: AlertBlockOpt = None,
     alert_stale_hours: StaleHoursOpt = None,
+    items_events: ItemsEventsOpt = "stream",
 ) -> None:
     """Serve the deployments of prefect.yaml (nightly on its cron, new-items on its event
     triggers) against the server at PREFECT_API_URL, with no work pool or worker, and
     apply the alert automations there (`towerflow alerts apply`; none without a webhook
     URL or block).
 
-    Each flow run is a child process; an event's run starts within about
-    `--poll-interval` of the trigger firing (Prefect's default poll is 10 s).
+    Each deployment's flow run is a child process; a triggered run starts within about
+    `--poll-interval` of the trigger firing (Prefect's default poll is 10 s). Items events
+    are applied by a consumer in this process (`--items-events stream`, the default; it
+    first reads back the events sent while it was not running) or by triggered runs.
 
     With --ui, the server is a local `prefect server start` that stops with this command.
     """
@@ -392,11 +257,16 @@ def serve_command(
         try:
             api_url = check_server(os.environ.get("PREFECT_API_URL"))
             spec_path = prefect_yaml or _default_prefect_yaml()
-            deployments = deployments_from_yaml(spec_path, only)
+            stream = items_events == "stream"
+            untriggered = frozenset({NEW_ITEMS} if stream else ())
+            deployments = deployments_from_yaml(spec_path, only, untriggered)
         except (RuntimeError, ValueError) as e:
             raise fail(str(e)) from None
         apply_configured_alerts(alerts, api_url)
         from prefect import serve
+
+        if stream:
+            stack.enter_context(_items_consumer(os.environ["TOWERFLOW_ROOT"]))
 
         # Not a logger: outside a flow run Prefect's API log handler warns about every record.
         typer.echo(

@@ -4,11 +4,14 @@ under `items-rejected`)."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Final
 
 from core.items import RecordSummary
+from core.items_stream import EventOutcome
 
-__all__ = ["ITEMS_ARTIFACT", "REJECTIONS_ARTIFACT", "render_items_report"]
+__all__ = ["ITEMS_ARTIFACT", "REJECTIONS_ARTIFACT", "render_batch_report", "render_items_report"]
 
 # Artifact keys of the new-items flow's runs.
 ITEMS_ARTIFACT: Final = "items-report"
@@ -64,4 +67,34 @@ def render_items_report(recorded: RecordSummary, version_id: str) -> str:
             "|---|---|",
             *(f"| {_md(reason)} | {n:,} |" for reason, n in r.reasons.items()),
         ]
+    return "\n".join(lines) + "\n"
+
+
+_BATCH_ROWS: Final = 200
+
+
+def render_batch_report(outcomes: Sequence[EventOutcome], version_id: str) -> str:
+    """Markdown for a batch of streamed events published as one delta: totals, then one
+    row per event (its own outcome; the first 200 shown), CURRENT afterwards."""
+    by_status = Counter(o.status for o in outcomes)
+    lines = [
+        f"# Items events: {len(outcomes):,} in one batch",
+        "",
+        f"- applied {by_status['applied']:,}, duplicates {by_status['duplicate']:,}, "
+        f"failed {by_status['failed']:,}; CURRENT `{version_id}`",
+        f"- items: inserted {sum(o.inserted for o in outcomes):,}, updated "
+        f"{sum(o.updated for o in outcomes):,}, rejected {sum(o.rejected for o in outcomes):,}",
+        "",
+        "| event | operation | outcome | received | inserted | updated | unchanged | rejected "
+        "| why it failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes[:_BATCH_ROWS]:
+        lines.append(
+            f"| {_md(o.event_id)} | {o.operation} | {o.status} | {o.received:,} | "
+            f"{o.inserted:,} | {o.updated:,} | {o.unchanged:,} | {o.rejected:,} | "
+            f"{_md(o.error or '')} |"
+        )
+    if len(outcomes) > _BATCH_ROWS:
+        lines += ["", f"... and {len(outcomes) - _BATCH_ROWS:,} more events (the flow's result)."]
     return "\n".join(lines) + "\n"

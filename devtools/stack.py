@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from cli.deployments import local_prefect_server, log_tail, stop_process_group
+from cli.prefect_server import local_prefect_server, log_tail, stop_process_group
 from devtools.pgserver import PgServer
 
 __all__ = ["Stack", "running_stack"]

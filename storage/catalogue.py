@@ -205,6 +205,8 @@ class CatalogueLike(Protocol):
 
     def event_seq(self, event_id: str) -> int | None: ...
 
+    def latest_event_at(self) -> str | None: ...
+
     def changes(self, after: int, upto: int | None = None) -> CatalogueChanges: ...
 
 
@@ -301,6 +303,14 @@ class CatalogueLog:
             ).fetchone()
         )
         return None if row is None else int(row[0])
+
+    def latest_event_at(self) -> str | None:
+        """When the newest event was recorded (ISO-8601 UTC, `utc_now_iso`), or None for
+        an empty log: where an events consumer that restarts catches up from."""
+        row = self._read(
+            lambda conn: conn.execute("SELECT MAX(received_at) FROM events").fetchone()
+        )
+        return None if row is None or row[0] is None else str(row[0])
 
     def changes(self, after: int, upto: int | None = None) -> CatalogueChanges:
         """Latest state (as of `upto`, default the head) of items with entries in

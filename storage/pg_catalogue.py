@@ -140,6 +140,15 @@ class PgCatalogueLog(PgTables):
         )
         return None if row is None else int(row[0])
 
+    def latest_event_at(self) -> str | None:
+        """When the newest event was recorded (ISO-8601 UTC), or None for an empty log."""
+        row = self._read(
+            lambda conn: conn.execute(
+                self._q("SELECT MAX(received_at) FROM {s}.catalogue_events")
+            ).fetchone()
+        )
+        return None if row is None or row[0] is None else str(row[0])
+
     def changes(self, after: int, upto: int | None = None) -> CatalogueChanges:
         """Latest state (as of ``upto``, default the head) of items with entries in
         ``(after, upto]``. ``changes(0)`` is the whole catalogue."""

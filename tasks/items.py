@@ -10,21 +10,30 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from core import compaction, items
+from core import compaction, items, items_stream
 from core.alerting import rejection_event
 from core.items import RecordSummary
-from core.items_report import ITEMS_ARTIFACT, REJECTIONS_ARTIFACT, render_items_report
+from core.items_report import (
+    ITEMS_ARTIFACT,
+    REJECTIONS_ARTIFACT,
+    render_batch_report,
+    render_items_report,
+)
+from core.items_stream import EventOutcome, StreamedEvent
 from core.items_validation import ItemsBatch, Validated
 from core.refs import StageRef
 from core.store import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 from tasks.retry import IO_RETRY
 
 __all__ = [
+    "announce_batch_rejections",
     "announce_rejections",
     "compact_chain",
     "merge_catalogue",
+    "post_batch_report",
     "post_items_report",
     "publish_catalogue",
+    "record_events",
     "record_items",
     "request_compaction",
 ]
@@ -42,12 +51,7 @@ def record_items(root: str, batch: ItemsBatch) -> RecordSummary:
     return items.record_items(root, batch, logger=get_run_logger(), on_rejected=_post_rejections)
 
 
-@task(name="announce-rejections")
-def announce_rejections(recorded: RecordSummary) -> bool:
-    """Emit `towerflow.items.rejected` (event id, counts, the first reasons; the
-    `towerflow-items-rejected` automation alerts on it) when the event rejected items;
-    returns whether an event was sent. Its Prefect id is derived from the items event's
-    id: a retry's second copy is dropped by the server."""
+def _announce(recorded: RecordSummary) -> bool:
     event = rejection_event(recorded, flow_run_name=flow_run.get_name() or "")
     if event is None:
         return False
@@ -57,6 +61,34 @@ def announce_rejections(recorded: RecordSummary) -> bool:
     if sent is None:
         get_run_logger().warning("events are disabled: %s not sent", event.event)
     return sent is not None
+
+
+@task(name="announce-rejections")
+def announce_rejections(recorded: RecordSummary) -> bool:
+    """Emit `towerflow.items.rejected` (event id, counts, the first reasons; the
+    `towerflow-items-rejected` automation alerts on it) when the event rejected items;
+    returns whether an event was sent. Its Prefect id is derived from the items event's
+    id: a retry's second copy is dropped by the server."""
+    return _announce(recorded)
+
+
+@task(name="record-events", **IO_RETRY)
+def record_events(
+    root: str, events: list[StreamedEvent]
+) -> tuple[list[EventOutcome], list[RecordSummary]]:
+    """``core.items_stream.record_events``: each event recorded (acknowledged) on its
+    own, its rejected items posted as an `items-rejected` artifact; returns every event's
+    outcome and the summaries of those recorded."""
+    return items_stream.record_events(
+        root, events, logger=get_run_logger(), on_rejected=_post_rejections
+    )
+
+
+@task(name="announce-rejections")
+def announce_batch_rejections(recorded: list[RecordSummary]) -> int:
+    """`towerflow.items.rejected` for each event of a batch that rejected items (as
+    `announce-rejections` for one); returns how many were sent."""
+    return sum(_announce(r) for r in recorded)
 
 
 @task(name="publish-catalogue", **IO_RETRY)
@@ -85,6 +117,18 @@ def post_items_report(recorded: RecordSummary, version_id: str) -> str:
         key=ITEMS_ARTIFACT,
         markdown=markdown,
         description=f"items event {recorded.event_id}: {recorded.operation}",
+    )
+    return markdown
+
+
+@task(name="report-items", **IO_RETRY)
+def post_batch_report(outcomes: list[EventOutcome], version_id: str) -> str:
+    """Post `items-report` for a batch of events: one row per event; returns its markdown."""
+    markdown = render_batch_report(outcomes, version_id)
+    create_markdown_artifact(
+        key=ITEMS_ARTIFACT,
+        markdown=markdown,
+        description=f"{len(outcomes)} items events in one batch",
     )
     return markdown
 

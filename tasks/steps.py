@@ -22,6 +22,7 @@ from prefect.task_engine import TaskRunTimeoutError
 from core.config import TaskTimeouts
 from core.evaluation import EvalReport
 from core.items import RecordSummary
+from core.items_stream import EventOutcome
 from core.lifecycle import StepTimeoutError
 from core.memory import RssSampler
 from core.refs import IndexSummary, SnapshotRef, StageRef
@@ -31,11 +32,14 @@ from tasks.embed import embed_catalogue
 from tasks.evaluate import evaluate_model, quality_gate
 from tasks.index import build_item_index
 from tasks.items import (
+    announce_batch_rejections,
     announce_rejections,
     compact_chain,
     merge_catalogue,
+    post_batch_report,
     post_items_report,
     publish_catalogue,
+    record_events,
     record_items,
     request_compaction,
 )
@@ -135,6 +139,10 @@ class ItemsSteps:
     post_items_report: Callable[..., str]
     request_compaction: Callable[..., bool]
     compact_chain: Callable[..., Any]
+    # The same steps for a batch of streamed events (flows.new_items.new_items_batch).
+    record_events: Callable[..., tuple[list[EventOutcome], list[RecordSummary]]]
+    announce_batch_rejections: Callable[..., int]
+    post_batch_report: Callable[..., str]
 
 
 def items_steps(timeouts: TaskTimeouts) -> ItemsSteps:
@@ -147,4 +155,7 @@ def items_steps(timeouts: TaskTimeouts) -> ItemsSteps:
         post_items_report=limited(post_items_report, t, "report_items"),
         request_compaction=limited(request_compaction, t, "request_compaction"),
         compact_chain=limited(compact_chain, t, "compact_chain"),
+        record_events=limited(record_events, t, "record_items"),
+        announce_batch_rejections=limited(announce_batch_rejections, t, "announce_rejections"),
+        post_batch_report=limited(post_batch_report, t, "report_items"),
     )

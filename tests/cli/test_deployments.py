@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bench.live import free_port
 from cli import deployments as serving
 from cli.app import app
-from cli.deployments import local_prefect_server, probe_server
+from cli.prefect_server import local_prefect_server, probe_server
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -33,7 +33,7 @@ from bench.ui_screenshot import (
     open_report,
     report_artifact_id,
 )
-from cli.deployments import probe_server, stop_process_group
+from cli.prefect_server import probe_server, stop_process_group
 
 pytestmark = pytest.mark.prefect
 
