@@ -26,6 +26,7 @@ import numpy as np
 from bench.delta_publish import _event, build_store
 from bench.measure import PeakRss
 from core.items import publish_catalogue, record_items
+from core.items_validation import ItemsBatch
 from service import RecallService
 
 __all__ = ["main", "measure"]
@@ -41,7 +42,19 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def measure(root: Path, n_items: int, events: int, size: int, factory: str) -> dict[str, Any]:
+def _retirement(n_items: int, e: int, size: int) -> ItemsBatch:
+    """``size`` base items retired (IDs 1..n_items; a fixed seed per event)."""
+    rng = np.random.default_rng(5000 + e)
+    ids = rng.choice(n_items, size, replace=False) + 1
+    return ItemsBatch(event_id=f"bench-{e}", operation="retire", items=ids.tolist())
+
+
+def measure(
+    root: Path, n_items: int, events: int, size: int, factory: str, mix: str = "upsert"
+) -> dict[str, Any]:
+    """``mix``: "upsert" (each event half new IDs, half new content for held items) or
+    "create-retire" (events alternate: ``size`` new IDs, then ``size`` retirements; what
+    an index that cannot remove, HNSW or refined IVF-PQ, takes in place)."""
     store = build_store(root, n_items, factory=factory)
     service = RecallService(store, poll_interval_s=3600)
     assert service.refresh()
@@ -52,8 +65,15 @@ def measure(root: Path, n_items: int, events: int, size: int, factory: str) -> d
     fresh, publish, apply = [], [], []
     with PeakRss() as peak:
         for e in range(events):
-            batch = _event(n_items, e, size)
-            new_id = int(batch.items[0]["item_id"])  # type: ignore[index]
+            retire = mix == "create-retire" and e % 2 == 1
+            if retire:
+                batch = _retirement(n_items, e, size)
+            elif mix == "create-retire":  # new IDs only
+                batch = _event(n_items, e, 2 * size)
+                batch = batch.model_copy(update={"items": batch.items[:size]})  # type: ignore[index]
+            else:
+                batch = _event(n_items, e, size)
+            first_id = int(batch.items[0] if retire else batch.items[0]["item_id"])  # type: ignore[index]
             t0 = time.perf_counter()
             record_items(str(root), batch)
             publish_catalogue(str(root))
@@ -61,7 +81,10 @@ def measure(root: Path, n_items: int, events: int, size: int, factory: str) -> d
             assert service.refresh()
             t2 = time.perf_counter()
             r = service.recaller
-            assert r is not None and new_id in r.tables.item_id[-size:]
+            assert r is not None
+            pos = int(np.searchsorted(r.tables.item_id, first_id))
+            present = pos < len(r.tables.item_id) and r.tables.item_id[pos] == first_id
+            assert present != retire, f"event {e}: item {first_id} not applied"
             fresh.append(t2 - t0)
             publish.append(t1 - t0)
             apply.append(t2 - t1)
@@ -75,6 +98,8 @@ def measure(root: Path, n_items: int, events: int, size: int, factory: str) -> d
     return {
         "items": n_items,
         "factory": factory,
+        "mix": mix,
+        "tombstones": len(served.tombstones),
         "events": events,
         "fresh_p50": p(fresh, 50),
         "fresh_p95": p(fresh, 95),
@@ -96,25 +121,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--items-per-event", type=int, default=6)
     parser.add_argument("--factory", default="Flat")
+    parser.add_argument("--mix", choices=("upsert", "create-retire"), default="upsert")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("storage", "core", "model", "service"):
         logging.getLogger(name).setLevel(logging.WARNING)
     scratch = Path(tempfile.mkdtemp(prefix="towerflow-delta-service-"))
     try:
-        r = measure(scratch / "store", args.items, args.events, args.items_per_event, args.factory)
+        r = measure(
+            scratch / "store", args.items, args.events, args.items_per_event, args.factory, args.mix
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("%s", r)
     log.info(
-        "| items | index | events | event -> served p50 | p95 | publish p50 | apply in place "
+        "| items | index | events (mix) | event -> served p50 | p95 | publish p50 | apply in place "
         "p50 | p95 | RSS before | peak | after | index MiB | same index |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        f"| {r['items']:,} | {r['factory']} | {r['events']} | {r['fresh_p50'] * 1e3:.0f} ms | "
+        f"| {r['items']:,} | {r['factory']} | {r['events']} ({r['mix']}) | "
+        f"{r['fresh_p50'] * 1e3:.0f} ms | "
         f"{r['fresh_p95'] * 1e3:.0f} ms | {r['publish_p50'] * 1e3:.0f} ms | "
         f"{r['apply_p50'] * 1e3:.0f} ms | {r['apply_p95'] * 1e3:.0f} ms | "
         f"{r['rss_before']:.0f} MiB | {r['rss_peak']:.0f} MiB | {r['rss_after']:.0f} MiB | "
-        f"{r['index_mib']:.0f} | {r['same_index']} |"
+        f"{r['index_mib']:.0f} | {r['same_index']} ({r['tombstones']} tombstones) |"
     )
     return 0
 

@@ -83,38 +83,66 @@ def probes(root: Path, n: int, first_id: int, seed: int = 0) -> list[Probe]:
     from model.embed import embed_items
     from model.features import category_rows
     from storage import Layout, VersionStore
+    from storage.chains import resolve_chain
 
     rec = Recaller.load(VersionStore(Layout(root)), verify=False)
     t, model = rec.tables, rec.model
+    n_cat = model.spec.n_categories
     rng = np.random.default_rng(seed)
-    users = rng.choice(len(t.user_id), size=min(300, len(t.user_id)), replace=False)
-    user_vecs = embed_served_users(model, t, np.sort(users).astype(np.int64))
+    users = np.sort(rng.choice(len(t.user_id), size=min(2000, len(t.user_id)), replace=False))
+    user_vecs = embed_served_users(model, t, users.astype(np.int64))
+    # An IVF index finds an item only in the lists a query probes (nprobe as served).
+    lists = _ivf(rec.index)
+    if lists is not None:
+        store = VersionStore(Layout(root))
+        base = resolve_chain(store, store.open_current(verify=False)).base
+        knob = (base.manifest.extra.get("index") or {}).get("knob_value") or lists.nprobe
+        _, probed = lists.quantizer.search(user_vecs, int(knob))
     k = min(1000, len(t.item_id))  # the API's k: at most the catalogue
     rank = k * 9 // 10  # room for the other new items of the run
-    out = []
-    for i in range(n):
-        c = int(rng.integers(t.category.max() + 1))
+    out: list[Probe] = []
+    # Categories in random order; one a sampled user would not be shown a typical new
+    # item of (a cold-start vector can sit below a whole category) is skipped.
+    for c in rng.permutation(int(t.category.max()) + 1):
+        if len(out) == n:
+            break
         rows = np.flatnonzero(t.category == c)
-        content = (t.content[rows].mean(axis=0) + rng.normal(0, 0.05, t.content.shape[1])).astype(
-            np.float32
-        )
-        vec = embed_items(
-            model, np.zeros(1, np.int64), category_rows([c], model.spec.n_categories), content[None]
-        )[0]  # a new ID: the unknown row
-        n_cat = model.spec.n_categories
+        noise = rng.normal(0, 0.05, t.content.shape[1])
+        content = (t.content[rows].mean(axis=0) + noise).astype(np.float32)
+        # A new ID: the unknown row, as the publisher embeds it.
+        vec = embed_items(model, np.zeros(1, np.int64), category_rows([c], n_cat), content[None])
         cat_vecs = embed_items(
             model, t.item_id_row[rows], category_rows(t.category[rows], n_cat), t.content[rows]
         )
         kth = np.sort(user_vecs @ cat_vecs.T, axis=1)[:, -min(rank, len(rows))]
-        margin = user_vecs @ vec - kth
+        margin = user_vecs @ vec[0] - kth
+        if lists is not None:  # an IVF index: only users whose probed lists hold it
+            _, own = lists.quantizer.search(vec, 1)
+            margin[~(probed == own[0, 0]).any(axis=1)] = -np.inf
         best = int(np.argmax(margin))
         if margin[best] <= 0:
-            raise RuntimeError(f"no sampled user would be returned a new item of category {c}")
-        user = int(t.user_id[np.sort(users)[best]])
-        item = {"item_id": first_id + i, "category": c, "content": [float(v) for v in content]}
-        body = {"user_id": user, "k": k, "exclude_seen": False, "include_categories": [c]}
+            continue
+        item = {"item_id": first_id + len(out), "category": int(c), "content": content.tolist()}
+        body = {
+            "user_id": int(t.user_id[users[best]]),
+            "k": k,
+            "exclude_seen": False,
+            "include_categories": [int(c)],
+        }
         out.append(Probe(item, body))
+    if len(out) < n:
+        raise RuntimeError(f"only {len(out)} categories have a user a new item would reach")
     return out
+
+
+def _ivf(index: Any) -> Any:
+    """The IVF part of ``index`` (under an ID map or a refine wrapper), or None."""
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 def _measure(
@@ -194,6 +222,19 @@ def _train(root: Path, env: dict[str, str]) -> None:
     )
 
 
+def _next_id(root: Path) -> int:
+    """An item ID above every ID the catalogue ever held (new items, not updates)."""
+    from core.versionio import read_serving_tables
+    from storage import Layout
+    from storage.backends import open_catalogue
+
+    top = int(read_serving_tables(_base(root)).item_id.max())
+    changes = open_catalogue(Layout(root)).changes(0)
+    for ids in (changes.upsert_id, changes.retired_id):
+        top = max(top, int(ids.max())) if len(ids) else top
+    return top + 1
+
+
 PATHS = ("stream", "trigger", "in_process", "core")
 
 
@@ -221,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ.update(server.env)  # before Prefect reads its settings
         for k, path in enumerate(paths):
             # New IDs per path, far above the catalogue's.
-            todo = probes(root, args.events, 10**9 + k * 100_000, seed=k)
+            todo = probes(root, args.events, _next_id(root), seed=k)
             with api_server(root, threads=1, startup_s=600) as url:
                 if path in ("stream", "trigger"):
                     with served(server, root, work / f"serve-{path}.log", items_events=path):

@@ -238,7 +238,7 @@ def serve_command(
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # Flow runs are subprocesses of this process: they find the store through the env.
     os.environ["TOWERFLOW_ROOT"] = str(root_path(root))
-    setup_logging()
+    setup_logging(verbose=True)  # a long-running server: its INFO lines (each batch) show
     alerts = alert_settings(alert_webhook_url, alert_block, alert_stale_hours)
     with ExitStack() as stack:
         if ui:

@@ -33,6 +33,7 @@ from core.catalogue_apply import (
 )
 from core.catalogue_sync import LOCK_TIMEOUT_S, MAX_ATTEMPTS, require_current, stage_child
 from core.deltas import Chain, apply_rows, read_delta, resolve_chain, verify_chain
+from core.rebase import rebase_onto
 from core.versionio import read_embeddings, write_embeddings
 from model.incremental import RebuildRequired, edit_index
 from storage import (
@@ -53,8 +54,10 @@ from storage import (
     write_table,
 )
 from storage.backends import open_catalogue, store_lock
-from storage.chains import depth_of
-from storage.integrity import carried_entries
+from storage.chains import COMPACTED, VERSION_ONLY, depth_of
+from storage.integrity import FileIdentity, carried_entries
+from storage.manifest import FileEntry
+from storage.publishing import Sealed
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
@@ -175,6 +178,52 @@ def _newer_deltas(
     return current, checked
 
 
+def _seal_fold(
+    store: VersionStore,
+    version_id: str,
+    staging: Path,
+    head: PublishedVersion,
+    base: PublishedVersion,
+    folded: int,
+    identities: dict[str, FileIdentity],
+) -> Sealed:
+    """Seal the staged fold of ``head``'s chain as a complete version whose parent is
+    ``head`` and which serves exactly its items (checksums, fsync, read-back: seconds at a
+    million items, so before the publish lock is taken)."""
+    m = head.manifest
+    write_catalogue_state(staging, m.lineage.catalogue_seq or 0, ())
+    extra = {k: v for k, v in m.extra.items() if k != "delta" and k not in VERSION_ONLY}
+    extra[COMPACTED] = {
+        "of": head.version_id,
+        "base": base.version_id,
+        "folded": folded,
+        "same_items": True,
+    }
+    return store.seal(
+        version_id,
+        hook=lambda _step: None,
+        required_files=REQUIRED_FILES,
+        carried=carried_entries(staging, _carried(base), identities),
+        config=m.config,
+        lineage=Lineage(
+            data_snapshot=m.lineage.data_snapshot,
+            parent_version=head.version_id,
+            catalogue_seq=m.lineage.catalogue_seq,
+            applied_events=(),
+        ),
+        embedding_dim=m.embedding_dim,
+        metric=m.metric,
+        item_count=m.item_count,
+        metrics=m.metrics,
+        extra=extra,
+    )
+
+
+def _carried(base: PublishedVersion) -> dict[str, FileEntry]:
+    """The base's files a compaction takes over unchanged, with their recorded entries."""
+    return {n: e for n, e in base.manifest.files.items() if n not in _REWRITTEN}
+
+
 def compact_current(
     root: Layout | str | Path,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
@@ -209,6 +258,9 @@ def compact_current(
         if chain.deltas:
             fold_deltas(staging, list(chain.deltas), recipe)
         folded, head_id = len(chain.deltas), head.version_id
+        sealed: Sealed | None = _seal_fold(
+            store, version_id, staging, head, base, folded, identities
+        )
         with store_lock(layout, "publish", lock_timeout_s):
             for attempt in range(1, max_attempts + 1):
                 found = _newer_deltas(store, chain, head_id)
@@ -217,7 +269,24 @@ def compact_current(
                     store.discard(version_id)
                     return CompactResult(store.current() or "", False, 0, len(chain.deltas))
                 current, newer = found
-                if newer:  # published while the fold ran: a few rows each
+                seq = current.manifest.lineage.catalogue_seq or 0
+                if sealed is not None and catalogue.changes(seq).empty:
+                    # Under the lock only a rename and registry rows: the deltas published
+                    # while the fold ran are registered again on top of it, not folded
+                    # in (core.rebase), so events wait milliseconds, not a rewrite.
+                    store.commit(
+                        version_id, sealed, expected_current=head_id, kind="items",
+                        swap=not newer,
+                    )  # fmt: skip
+                    now = rebase_onto(store, version_id, newer, current.version_id)
+                    log.info(
+                        "compacted %s (%d deltas on %s) into %s; %d newer deltas rebased: "
+                        "CURRENT %s",
+                        head_id, folded, base.version_id, version_id, len(newer), now,
+                    )  # fmt: skip
+                    return CompactResult(now, True, folded, len(chain.deltas))
+                sealed = None  # rewritten below, then sealed again by publish
+                if newer:  # with entries to fold too (an event died after acknowledging)
                     fold_deltas(staging, newer, recipe)
                     folded, head_id = folded + len(newer), newer[-1].version_id
                 m = current.manifest
@@ -228,12 +297,17 @@ def compact_current(
                 applied = apply_changes(
                     staging, catalogue.changes(m.lineage.catalogue_seq or 0), recipe
                 )
-                carried = carried_entries(
-                    staging,
-                    {n: e for n, e in base.manifest.files.items() if n not in _REWRITTEN},
-                    identities,
-                )
-                extra = {k: v for k, v in m.extra.items() if k != "delta"}
+                carried = carried_entries(staging, _carried(base), identities)
+                extra = {k: v for k, v in m.extra.items() if k != "delta" and k not in VERSION_ONLY}
+                # What it folded, and whether it serves exactly what its parent (the chain's
+                # head) serves: a server of that head then takes it over without reloading
+                # (core.recall_advance).
+                extra[COMPACTED] = {
+                    "of": current.version_id,
+                    "base": base.version_id,
+                    "folded": folded,
+                    "same_items": applied.upserted == 0 and applied.retired == 0,
+                }
                 try:
                     store.publish(
                         version_id,

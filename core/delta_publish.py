@@ -46,6 +46,7 @@ from storage import (
     VersionFiles,
     VersionStore,
 )
+from storage.chains import VERSION_ONLY
 
 __all__ = ["DeltaResult", "publish_delta", "served_now"]
 
@@ -174,7 +175,9 @@ def publish_delta(
         write_catalogue_state(staging, changes.upto, changes.event_ids)
         m = parent.manifest
         depth = depth_of(parent) + 1
-        extra: dict[str, Any] = dict(m.extra)
+        # What describes the parent alone (that it is a compaction, a rebased delta) is
+        # not inherited: a server would take this delta for the same items as another.
+        extra: dict[str, Any] = {k: v for k, v in m.extra.items() if k not in VERSION_ONLY}
         extra["coldstart"] = {"upserted": len(delta.item_id), "retired": len(delta.retired_id)}
         extra["delta"] = {
             "base": chain.base.version_id,

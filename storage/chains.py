@@ -17,7 +17,18 @@ from storage.errors import CorruptVersionError
 from storage.manifest import Manifest
 from storage.version_views import PublishedVersion
 
-__all__ = ["Chain", "delta_info", "depth_of", "is_delta", "resolve_chain", "verify_chain"]
+__all__ = [
+    "COMPACTED",
+    "REBASED",
+    "VERSION_ONLY",
+    "Chain",
+    "delta_info",
+    "depth_of",
+    "is_delta",
+    "resolve_chain",
+    "same_items_as",
+    "verify_chain",
+]
 
 
 class VersionStore(Protocol):
@@ -38,6 +49,32 @@ def delta_info(version: PublishedVersion) -> dict[str, Any] | None:
     version."""
     info = version.manifest.extra.get("delta")
     return dict(info) if isinstance(info, dict) else None
+
+
+# ``extra[COMPACTED]`` of a compaction: ``of`` (the chain head it folded), ``base``,
+# ``folded`` (deltas) and ``same_items`` (it serves exactly what ``of`` serves).
+COMPACTED: Final = "compacted"
+# ``extra[REBASED]`` of a delta published again on a compaction: ``of``, the delta it
+# repeats (``core.rebase``).
+REBASED: Final = "rebased"
+# Keys of ``extra`` that describe one version alone: a version built on it never copies them.
+VERSION_ONLY: Final = frozenset({COMPACTED, REBASED})
+
+
+def same_items_as(version: PublishedVersion) -> str | None:
+    """The version that ``version`` serves exactly the same items as, with the same
+    vectors, in another chain: the chain head a compaction folded (unless it also folded
+    catalogue entries that head lacked), or the delta a rebased delta repeats. A server
+    of that version takes ``version`` over without a reload. None for any other."""
+    extra = version.manifest.extra
+    compacted, rebased = extra.get(COMPACTED), extra.get(REBASED)
+    if isinstance(compacted, dict) and compacted.get("same_items") is True:
+        of = compacted.get("of")
+        # A compaction's parent is the head it folded.
+        return of if isinstance(of, str) and of == version.manifest.lineage.parent_version else None
+    if isinstance(rebased, dict) and isinstance(rebased.get("of"), str):
+        return str(rebased["of"])
+    return None
 
 
 def depth_of(version: PublishedVersion) -> int:

@@ -216,10 +216,15 @@ class PgRegistry(PgTables):
         data_snapshot: str | None,
         kind: VersionKind = "nightly",
         manifest_sha256: str | None = None,
+        swap: bool = True,
+        parent: str | None = None,
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT ``expected`` -> ``version_id`` in one
-        transaction. Raises ``PublishConflictError``."""
-        row = new_row(version_id, expected, created_at, data_snapshot, kind, manifest_sha256)
+        transaction. Raises ``PublishConflictError``. Without ``swap``, only the row and a
+        ``register`` event (``expected``: the version's parent)."""
+        row = new_row(
+            version_id, parent or expected, created_at, data_snapshot, kind, manifest_sha256
+        )
         with self._write() as conn:
             conn.execute(
                 self._q(
@@ -228,9 +233,11 @@ class PgRegistry(PgTables):
                 ),
                 astuple(row),
             )
-            self._cas(conn, expected, version_id)
-            self._event(conn, "publish", expected, version_id)
-        log.info("CURRENT %s -> %s (publish)", expected, version_id)
+            if swap:
+                self._cas(conn, expected, version_id)
+            self._event(conn, "publish" if swap else "register", expected, version_id)
+        if swap:
+            log.info("CURRENT %s -> %s (publish)", expected, version_id)
         return row
 
     def compare_and_swap(self, expected: str | None, new: str, action: str = "rollback") -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from storage._sqlite import READ_ONLY_ERRNOS
 from storage.errors import StoreReadOnlyError
@@ -25,6 +25,7 @@ from storage.manifest import (
 __all__ = [
     "PUBLISH_STEPS",
     "REQUIRED_FILES",
+    "Sealed",
     "file_entries",
     "seal_staging",
     "staged_files",
@@ -97,6 +98,14 @@ def staged_files(version_id: str, staging: Path, required: Collection[str]) -> l
             f"cannot publish {version_id!r}: {staging} lacks {missing} (has {names})"
         )
     return names
+
+
+class Sealed(NamedTuple):
+    """A staged version ready to commit: its manifest (written in the staging folder)
+    and the manifest's own SHA-256 (for the registry row)."""
+
+    manifest: Manifest
+    manifest_sha256: str
 
 
 def seal_staging(

@@ -139,6 +139,8 @@ class RegistryLike(Protocol):
         data_snapshot: str | None,
         kind: VersionKind = "nightly",
         manifest_sha256: str | None = None,
+        swap: bool = True,
+        parent: str | None = None,
     ) -> VersionRow: ...
 
     def compare_and_swap(
@@ -218,19 +220,29 @@ class Registry:
         data_snapshot: str | None,
         kind: VersionKind = "nightly",
         manifest_sha256: str | None = None,
+        swap: bool = True,
+        parent: str | None = None,
     ) -> VersionRow:
         """Insert the version row and CAS CURRENT `expected` -> `version_id`, in one
-        transaction: either both happen or neither. Raises `PublishConflictError`."""
-        row = new_row(version_id, expected, created_at, data_snapshot, kind, manifest_sha256)
+        transaction: either both happen or neither. Raises `PublishConflictError`.
+        Without `swap`, only the row (`expected`: the version's parent) and a `register`
+        event: a version a later publish of the same writer stacks on. `parent`: the
+        row's parent when it is not `expected` (a version stacked on one registered just
+        before it, swapped in place of another: compaction's rebased deltas)."""
+        row = new_row(
+            version_id, parent or expected, created_at, data_snapshot, kind, manifest_sha256
+        )
         with self._connect() as conn, transaction(conn):
             conn.execute(
                 f"INSERT INTO versions ({_ROW_COLUMNS}, {', '.join(_LATE_COLUMNS)}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 astuple(row),
             )
-            _cas(conn, expected, version_id)
-            _event(conn, "publish", expected, version_id)
-        log.info("CURRENT %s -> %s (publish)", expected, version_id)
+            if swap:
+                _cas(conn, expected, version_id)
+            _event(conn, "publish" if swap else "register", expected, version_id)
+        if swap:
+            log.info("CURRENT %s -> %s (publish)", expected, version_id)
         return row
 
     def compare_and_swap(self, expected: str | None, new: str, action: str = "rollback") -> None:

@@ -39,7 +39,7 @@ from storage.manifest import (
 )
 from storage.objectstore import RemoteError
 from storage.owners import owner_path, write_owner
-from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, seal_staging, writing
+from storage.publishing import PUBLISH_STEPS, REQUIRED_FILES, Sealed, seal_staging, writing
 from storage.registry import VersionKind, VersionRow
 from storage.remote_binding import read_remote
 from storage.retention import DEFAULT_GC_AGE_S, collect_dead, collect_garbage, prune_versions
@@ -51,6 +51,7 @@ __all__ = [
     "PUBLISH_STEPS",
     "REQUIRED_FILES",
     "PublishedVersion",
+    "Sealed",
     "VersionInfo",
     "VersionStore",
 ]
@@ -166,8 +167,14 @@ class VersionStore:
         keep_staging_on_conflict: bool = False,
         kind: VersionKind = "nightly",
         carried: Mapping[str, FileEntry] | None = None,
+        swap: bool = True,
     ) -> Manifest:
         """Publish the staged version and make it CURRENT if CURRENT is `expected_current`.
+
+        Without `swap` the version is registered and CURRENT is left alone (nothing is
+        pruned): a version that a publish made right after, by the same holder of the
+        publish lock, stacks on (compaction's rebased deltas); `expected_current` is then
+        its parent, recorded in its row.
 
         Callers that share a store hold `Layout.publish_lock` around this call
         (`core.catalogue_sync` does): `collect_dead` relies on it to tell a dead
@@ -187,16 +194,11 @@ class VersionStore:
         never get fresh checksums.
         """
         step = hook or (lambda _step: None)
-        staging = self.staging_path(version_id)
-        final = self.layout.version_dir(version_id)
-        if final.exists():
-            raise FileExistsError(f"{final} already exists; version ids are single-use")
-        manifest, manifest_sha256 = seal_staging(
+        sealed = self.seal(
             version_id,
-            staging,
             required_files=required_files,
             carried=carried or {},
-            step=step,
+            hook=step,
             config=config,
             lineage=lineage,
             embedding_dim=embedding_dim,
@@ -205,7 +207,47 @@ class VersionStore:
             metrics=metrics or {},
             extra=extra or {},
         )
+        return self.commit(
+            version_id,
+            sealed,
+            expected_current=expected_current,
+            hook=step,
+            keep_staging_on_conflict=keep_staging_on_conflict,
+            kind=kind,
+            swap=swap,
+        )
 
+    def seal(self, version_id: str, *, hook: Callable[[str], None], **fields: Any) -> Sealed:
+        """The first half of `publish`: the staged files checked, the manifest written
+        (`fields`: those of `publish.seal_staging`), everything fsynced and read back.
+        Needs no lock (the staging folder is the caller's): a writer that must hold the
+        publish lock briefly seals first, then `commit`s under it."""
+        staging = self.staging_path(version_id)
+        if self.layout.version_dir(version_id).exists():
+            raise FileExistsError(f"{version_id}: version ids are single-use")
+        manifest, manifest_sha256 = seal_staging(version_id, staging, step=hook, **fields)
+        return Sealed(manifest, manifest_sha256)
+
+    def commit(
+        self,
+        version_id: str,
+        sealed: Sealed,
+        *,
+        expected_current: str | None,
+        hook: Callable[[str], None] | None = None,
+        keep_staging_on_conflict: bool = False,
+        kind: VersionKind = "nightly",
+        swap: bool = True,
+    ) -> Manifest:
+        """The second half of `publish` (its arguments): move the sealed staging folder
+        into place and register it (and swap CURRENT), then prune."""
+        step = hook or (lambda _step: None)
+        manifest, manifest_sha256 = sealed.manifest, sealed.manifest_sha256
+        lineage = manifest.lineage
+        staging = self.staging_path(version_id)
+        final = self.layout.version_dir(version_id)
+        if final.exists():
+            raise FileExistsError(f"{final} already exists; version ids are single-use")
         self._ensure_dir(self.layout.versions_dir)
         os.rename(staging, final)
         fsync_dir(self.layout.versions_dir)
@@ -230,6 +272,9 @@ class VersionStore:
                 data_snapshot=lineage.data_snapshot,
                 kind=kind,
                 manifest_sha256=manifest_sha256,
+                swap=swap,
+                # Retention walks these rows: the parent is the one the manifest names.
+                parent=lineage.parent_version,
             )
         except PublishConflictError:
             # The transaction rolled back, so this folder was never CURRENT: safe to drop.
@@ -250,6 +295,8 @@ class VersionStore:
         step("committed")
         owner_path(staging).unlink(missing_ok=True)
         log.debug("published version %s (parent %s)", version_id, expected_current)
+        if not swap:  # not on CURRENT's lineage yet: retention would take it
+            return manifest
 
         try:
             self.prune()

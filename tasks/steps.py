@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,17 +57,22 @@ log = logging.getLogger(__name__)
 
 
 def limited(task: Task[..., R], timeouts: TaskTimeouts, setting: str) -> Callable[..., R]:
-    """``task`` limited to ``getattr(timeouts, setting)`` seconds; past it the call raises
-    ``StepTimeoutError`` naming the task and the setting."""
+    """``task`` limited to ``getattr(timeouts, setting)`` seconds (when called from the
+    main thread); past it the call raises ``StepTimeoutError`` naming the task and the
+    setting."""
     seconds = float(getattr(timeouts, setting))
     bounded = task.with_options(timeout_seconds=seconds)
 
     @functools.wraps(task.fn)
     def call(*args: Any, **kwargs: Any) -> R:
+        # Outside the main thread (the items consumer's runs) Prefect cannot interrupt a
+        # step (no signals there); it would only warn, every call, and raise once the
+        # step has finished anyway. The step runs without a limit there.
+        run = bounded if threading.current_thread() is threading.main_thread() else task
         rss = RssSampler()
         try:
             with rss:
-                return bounded(*args, **kwargs)
+                return run(*args, **kwargs)
         except TaskRunTimeoutError as e:
             raise StepTimeoutError(task.name, seconds, setting) from e
         finally:

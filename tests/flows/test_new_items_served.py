@@ -1,5 +1,7 @@
-"""End to end through a real Prefect server: `towerflow serve` runs the new-items
-deployment on its event trigger; `towerflow add-items` sends the event; the new item is
+"""End to end through a real Prefect server: `towerflow serve --items-events trigger` runs
+the new-items deployment on its event trigger (as `prefect deploy` + a worker would; the
+default, a consumer in serve's process, is tests/flows/test_items_stream_served.py);
+`towerflow add-items` sends the event; the new item is
 recommended to a user who likes its category. A redelivered event changes nothing; a
 malformed one is rejected with its reasons and leaves the index as it was."""
 
@@ -38,7 +40,7 @@ def live(published: Published, tmp_path_factory: pytest.TempPathFactory) -> Iter
     shutil.copytree(published.root, root)
     with (
         live_prefect(work / "prefect-home", work / "server.log") as server,
-        served(server, root, work / "serve.log"),
+        served(server, root, work / "serve.log", items_events="trigger"),
     ):
         yield server, root
 

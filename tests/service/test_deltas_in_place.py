@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from core.compaction import compact_current
+from core.items_validation import validate_upserts
 from core.recall import Recaller
 from service import RecallService
-from storage import VersionFiles
-from tests.core.items.conftest import N_ITEMS, item, publish_mini_version
+from storage import CatalogueLog, VersionFiles
+from tests.core.items.conftest import CONTENT_DIM, N_ITEMS, item, publish_mini_version
 from tests.core.items.helpers import create, held_ids, retire
 
 
@@ -64,11 +65,54 @@ def test_what_cannot_be_applied_in_place_is_loaded_whole(tmp_path: Path) -> None
     assert service.refresh() and service.recaller is not None
     assert service.recaller.index is not index and service.status.deltas_applied == 0
     _same_answers(service.recaller, Recaller.load(store))
-    create(store.layout, "e2", [item(1001)])
-    compact_current(store.layout)  # a new complete version: not a delta of the served one
     index = service.recaller.index
+    publish_mini_version(store.layout.root, "HNSW16", seed=1)  # a nightly: a new base
     assert service.refresh() and service.recaller.version_id == store.current()
     assert service.recaller.index is not index
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_a_compaction_of_the_served_chain_is_taken_over_without_a_reload(
+    tmp_path: Path, factory: str
+) -> None:
+    service = _service(tmp_path / "s", factory)
+    store = service.store
+    index = service.recaller.index  # type: ignore[union-attr]
+    create(store.layout, "e1", [item(1001)])
+    retire(store.layout, "r1", [30])
+    assert service.refresh()
+    compact_current(store.layout)  # exactly what is served
+    assert service.refresh() and service.recaller is not None
+    assert service.recaller.version_id == store.current()
+    assert service.recaller.index is index and service.status.swaps == 3
+    _same_answers(service.recaller, Recaller.load(store))
+    # Deltas published after the served head and then compacted: applied, then taken over.
+    create(store.layout, "e2", [item(1002)])
+    create(store.layout, "e3", [item(1003)])
+    compact_current(store.layout)
+    assert service.refresh() and service.recaller.version_id == store.current()
+    assert service.recaller.index is index and service.status.deltas_applied == 4
+    _same_answers(service.recaller, Recaller.load(store))
+    # And deltas on top of the compaction stack on the taken-over version.
+    create(store.layout, "e4", [item(1004)])
+    assert service.refresh() and service.recaller.index is index
+    assert 1004 in service.recaller.tables.item_id
+    _same_answers(service.recaller, Recaller.load(store))
+
+
+def test_a_compaction_that_folded_unpublished_entries_is_loaded_whole(tmp_path: Path) -> None:
+    service = _service(tmp_path / "s")
+    store = service.store
+    index = service.recaller.index  # type: ignore[union-attr]
+    create(store.layout, "e1", [item(1001)])
+    assert service.refresh()
+    # Acknowledged, never published (its event died): the compaction folds it in, so it
+    # serves more than the head it compacted.
+    valid = validate_upserts([item(1002)], CONTENT_DIM, 10)
+    CatalogueLog(store.layout.catalogue_db).append_upserts("died", valid.upserts)
+    compact_current(store.layout)
+    assert service.refresh() and service.recaller is not None
+    assert service.recaller.index is not index and 1002 in service.recaller.tables.item_id
 
 
 def test_a_damaged_delta_is_rejected_and_the_old_version_keeps_serving(tmp_path: Path) -> None:
@@ -132,3 +176,35 @@ def test_no_request_sees_half_a_delta(tmp_path: Path) -> None:
     assert service.status.deltas_applied == 24 and answers[0] > 24
     assert not problems, problems[:5]
     _same_answers(service.recaller, Recaller.load(store))  # type: ignore[arg-type]
+
+
+def test_deltas_rebased_by_a_compaction_are_taken_over_without_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction registers its fold and publishes the deltas that arrived meanwhile
+    again on it (core.rebase): a service of the old chain's head takes the new one over in
+    place, as the same items."""
+    import core.compaction as compaction
+
+    service = _service(tmp_path / "s")
+    store = service.store
+    index = service.recaller.index  # type: ignore[union-attr]
+    create(store.layout, "e1", [item(1001)])
+    real_fold = compaction.fold_deltas
+
+    def fold_then_publish(folder, deltas, recipe):  # type: ignore[no-untyped-def]
+        real_fold(folder, deltas, recipe)
+        create(store.layout, "late1", [item(1002)])
+        create(store.layout, "late2", [item(1003)])
+        assert service.refresh()  # the service follows the old chain meanwhile
+
+    monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
+    compact_current(store.layout)
+    head = store.open_current()
+    assert "rebased" in head.manifest.extra
+    assert service.refresh() and service.recaller is not None
+    assert service.recaller.version_id == head.version_id and service.recaller.index is index
+    _same_answers(service.recaller, Recaller.load(store))
+    create(store.layout, "e4", [item(1004)])  # later deltas apply in place on the new chain
+    assert service.refresh() and service.recaller.index is index
+    _same_answers(service.recaller, Recaller.load(store))

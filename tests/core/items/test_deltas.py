@@ -18,17 +18,20 @@ from core.catalogue_apply import apply_changes, write_catalogue_state
 from core.catalogue_sync import sync_current
 from core.compaction import chain_depth, compact_current, compaction_request
 from core.deltas import DELTA_FILES, resolve_chain
+from core.items_validation import validate_upserts
 from core.recall import Recaller
 from core.versionio import read_embeddings
 from storage import (
     VERSION_ITEMS,
     CatalogueLog,
     CorruptVersionError,
+    PublishedVersion,
     VersionFiles,
     VersionStore,
     read_table,
 )
-from tests.core.items.conftest import N_ITEMS, MakeStore, item, publish_mini_version
+from storage.chains import same_items_as
+from tests.core.items.conftest import CONTENT_DIM, N_ITEMS, MakeStore, item, publish_mini_version
 from tests.core.items.helpers import create, held_ids, retire, top1_for_own_vector
 
 
@@ -134,9 +137,52 @@ def test_compaction_folds_the_chain_into_one_complete_version(
     assert resolve_chain(store, store.open_current()).base.version_id == done.version_id
 
 
-def test_deltas_published_during_a_compaction_are_folded_in(
+def test_deltas_published_during_a_compaction_are_rebased_on_it(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The slow fold runs outside the publish lock; a delta published meanwhile is not
+    folded in under the lock (a rewrite of the whole catalogue while events wait) but
+    published again on top of the compaction (core.rebase)."""
+    store = make_store("Flat")
+    _events(store)
+    real_fold = compaction.fold_deltas
+    calls: list[int] = []
+    late: list[PublishedVersion] = []
+
+    def fold_then_publish(folder, deltas, recipe):  # type: ignore[no-untyped-def]
+        real_fold(folder, deltas, recipe)
+        if not calls:  # the slow fold ran outside the lock: an event lands meanwhile
+            create(store.layout, "late", [item(7777)])
+            late.append(store.open_current())
+        calls.append(len(deltas))
+
+    monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
+    result = compact_current(store.layout)
+    assert result.compacted and calls == [5] and result.folded == 5
+    head = store.open_current()
+    assert result.version_id == head.version_id and chain_depth(store) == 1
+    chain = resolve_chain(store, head)
+    compacted = chain.base
+    assert compacted.manifest.extra["compacted"]["folded"] == 5
+    (original,) = late
+    assert same_items_as(head) == original.version_id and same_items_as(compacted) is not None
+    # The rebased delta is the late one's files, under a new manifest on the compaction.
+    assert original.manifest.files == head.manifest.files
+    assert head.manifest.lineage.catalogue_seq == original.manifest.lineage.catalogue_seq
+    recaller = Recaller.load(store)
+    assert 7777 in recaller.tables.item_id.tolist() and len(recaller.tables.item_id) == (
+        original.manifest.item_count
+    )
+    create(store.layout, "after", [item(7778)])  # and later events stack on it
+    assert resolve_chain(store, store.open_current()).base.version_id == compacted.version_id
+
+
+def test_a_compaction_folds_entries_no_version_holds_yet(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry acknowledged by an event that died before publishing: the compaction
+    publishes it (a publish after an acknowledgement includes it), so it folds the
+    deltas that arrived meanwhile too, under the lock."""
     store = make_store("Flat")
     _events(store)
     real_fold = compaction.fold_deltas
@@ -144,15 +190,18 @@ def test_deltas_published_during_a_compaction_are_folded_in(
 
     def fold_then_publish(folder, deltas, recipe):  # type: ignore[no-untyped-def]
         real_fold(folder, deltas, recipe)
-        if not calls:  # the slow fold ran outside the lock: an event lands meanwhile
+        if not calls:
             create(store.layout, "late", [item(7777)])
+            valid = validate_upserts([item(7779)], CONTENT_DIM, 10)
+            CatalogueLog(store.layout.catalogue_db).append_upserts("died", valid.upserts)
         calls.append(len(deltas))
 
     monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
     result = compact_current(store.layout)
     assert result.compacted and calls == [5, 1] and result.folded == 6
-    recaller = Recaller.load(store)
-    assert 7777 in recaller.tables.item_id.tolist() and chain_depth(store) == 0
+    assert chain_depth(store) == 0
+    assert {7777, 7779} <= set(Recaller.load(store).tables.item_id.tolist())
+    assert same_items_as(store.open_current()) is None  # it serves more than its parent
 
 
 def test_a_nightly_published_during_a_compaction_supersedes_it(
