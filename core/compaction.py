@@ -229,11 +229,14 @@ def compact_current(
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
     keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
     *,
+    min_depth: int = 1,
     max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> CompactResult:
     """Fold CURRENT's deltas into one complete version and publish it (see the module
-    docstring). A no-op when CURRENT is complete and no acknowledged entry waits.
+    docstring). A no-op when CURRENT stacks fewer than ``min_depth`` deltas (1: when it
+    is complete) and no acknowledged entry waits: a request made for a long chain that
+    an earlier compaction already shortened costs nothing.
     Raises CorruptVersionError when a file of the chain fails its checksum (nothing is
     published). ``root``: the store's layout or root folder."""
     layout = root if isinstance(root, Layout) else Layout(Path(root))
@@ -247,7 +250,7 @@ def compact_current(
     chain = resolve_chain(store, start)
     catalogue = open_catalogue(layout)
     pending = not catalogue.changes(start.manifest.lineage.catalogue_seq or 0).empty
-    if not chain.deltas and not pending:  # complete and up to date: nothing to do
+    if len(chain.deltas) < max(min_depth, 1) and not pending:  # nothing (worth) doing
         return CompactResult(start.version_id, False, 0, 0)
     chain = verify_chain(store, chain)  # everything is read: check everything
     base, head = chain.base, chain.head
@@ -380,7 +383,14 @@ def compaction_request(
             "prefect.resource.id": f"towerflow.store.{current.version_id}",
             "prefect.resource.name": f"delta chain of {current.version_id}",
         },
-        payload={"root": address, "version_id": current.version_id, "depth": depth},
+        # min_depth: the run compacts only a chain still that deep (one that an earlier
+        # run shortened meanwhile is left alone).
+        payload={
+            "root": address,
+            "version_id": current.version_id,
+            "depth": depth,
+            "min_depth": max_chain,
+        },
         id=uuid.uuid5(uuid.NAMESPACE_URL, f"towerflow:{current.version_id}:chain-long"),
     )
 

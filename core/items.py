@@ -31,6 +31,7 @@ from core.items_validation import (
 from core.progress import StepLogger
 from core.refs import StageRef
 from model.config import TowerSpec
+from model.ids import isin_sorted
 from storage import (
     Layout,
     VersionFiles,
@@ -42,6 +43,7 @@ from storage.remote_binding import read_remote
 from storage.settings import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
 
 __all__ = [
+    "CurrentView",
     "OnRejected",
     "RecordSummary",
     "apply_items",
@@ -72,7 +74,7 @@ class RecordSummary(BaseModel):
     reasons: dict[str, int] = {}  # rejection reason -> items, most frequent first (<= 20)
 
 
-def _validate(root: Path, batch: ItemsBatch) -> Validated:
+def _validate(root: Path, batch: ItemsBatch, current: CurrentView) -> Validated:
     raw = batch.items if batch.items is not None else None
     if raw is None:
         assert batch.path is not None  # ItemsBatch's validator
@@ -88,12 +90,7 @@ def _validate(root: Path, batch: ItemsBatch) -> Validated:
     limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
     if batch.operation == "retire":
         return validate_retirements(raw, limit)
-    store = VersionStore(Layout(root))
-    chain = resolve_chain(store, require_current(store, verify=False))
-    # Only this file is read: check it alone (a delta holds no model: its base's).
-    store.verify(chain.base.version_id, [VersionFiles.MODEL_CONFIG])
-    spec = TowerSpec.model_validate(read_json(chain.base_file(VersionFiles.MODEL_CONFIG)))
-    return validate_upserts(raw, spec.content_dim, limit)
+    return validate_upserts(raw, current.content_dim(), limit)
 
 
 def rejection_table(batch: ItemsBatch, validated: Validated) -> tuple[list[dict[str, Any]], str]:
@@ -116,12 +113,40 @@ def rejection_table(batch: ItemsBatch, validated: Validated) -> tuple[list[dict[
 OnRejected: TypeAlias = Callable[[ItemsBatch, Validated], None]
 
 
+class CurrentView:
+    """What recording an event reads of CURRENT (the model's content width, the served
+    item IDs), read once for events recorded together: CURRENT's chain can be tens of
+    deltas deep, and resolving it per event cost 0.4 s per event at 1M items."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._content_dim: int | None = None
+        self._served: npt.NDArray[np.int64] | None = None
+
+    def content_dim(self) -> int:
+        if self._content_dim is None:
+            store = VersionStore(Layout(self.root))
+            chain = resolve_chain(store, require_current(store, verify=False))
+            # Only this file is read: check it alone (a delta holds no model: its base's).
+            store.verify(chain.base.version_id, [VersionFiles.MODEL_CONFIG])
+            spec = TowerSpec.model_validate(read_json(chain.base_file(VersionFiles.MODEL_CONFIG)))
+            self._content_dim = spec.content_dim
+        return self._content_dim
+
+    def served_ids(self) -> npt.NDArray[np.int64]:
+        """(I,) sorted item IDs CURRENT serves (to tell inserts from updates)."""
+        if self._served is None:
+            self._served = _current_item_ids(self.root)
+        return self._served
+
+
 def record_items(
     root: str,
     batch: ItemsBatch,
     *,
     logger: StepLogger = log,
     on_rejected: OnRejected | None = None,
+    current: CurrentView | None = None,
 ) -> RecordSummary:
     """Validate the batch (against CURRENT's model for creates), hand the rejected items
     with their reasons to ``on_rejected``, and append the valid ones to the catalogue: once
@@ -129,7 +154,9 @@ def record_items(
 
     An event whose file cannot be used fails whole with a ``ValueError`` before anything
     is recorded (so a redelivery fails the same way): `UnsafeItemsPath` when its ``path``
-    is not a file inside the store's inbox (nothing is read), else a read error."""
+    is not a file inside the store's inbox (nothing is read), else a read error.
+    ``current``: CURRENT as read for earlier events of the same batch."""
+    current = current or CurrentView(Path(root))
     catalogue = open_catalogue(Layout(Path(root)))
     if catalogue.has_event(batch.event_id):
         logger.info("event %s was already recorded: nothing to do", batch.event_id)
@@ -144,7 +171,7 @@ def record_items(
             changed=0,
             head=head,
         )
-    validated = _validate(Path(root), batch)
+    validated = _validate(Path(root), batch, current)
     reasons = Counter(r.reason for r in validated.rejected).most_common(20)
     if validated.rejected:
         if on_rejected is not None:
@@ -157,7 +184,8 @@ def record_items(
     else:
         result = catalogue.append_upserts(batch.event_id, validated.upserts)
         accepted = len(validated.upserts)
-    held = int(np.isin(np.asarray(result.changed, np.int64), _current_item_ids(Path(root))).sum())
+    # Sorted served IDs: a binary search, not np.isin's sort of a million IDs per event.
+    held = int(isin_sorted(np.asarray(result.changed, np.int64), current.served_ids()).sum())
     logger.info(
         "event %s: %d of %d items accepted (%d changed), %d rejected; catalogue head %d",
         batch.event_id,

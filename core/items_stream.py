@@ -13,16 +13,20 @@ the others.
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from core.items import OnRejected, RecordSummary, record_items
-from core.items_validation import ItemsBatch, excerpt
+from core.items import CurrentView, OnRejected, RecordSummary, record_items
+from core.items_validation import ItemsBatch, excerpt, resolve_inbox_path
 from core.progress import StepLogger
+from storage import Layout, atomic_path
 
 __all__ = [
     "EVENT_OPERATIONS",
@@ -30,7 +34,9 @@ __all__ = [
     "StreamedEvent",
     "batch_of",
     "catch_up_since",
+    "read_batch",
     "record_events",
+    "write_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,11 +148,14 @@ def record_events(
     events after it were not acknowledged and are delivered again."""
     outcomes: list[EventOutcome] = []
     summaries: list[RecordSummary] = []
+    current = CurrentView(Path(root))  # read once for the batch, not per event
     for event in events:
         operation = EVENT_OPERATIONS.get(event.event, event.event)
         try:
             batch = batch_of(event)
-            summary = record_items(root, batch, logger=logger, on_rejected=on_rejected)
+            summary = record_items(
+                root, batch, logger=logger, on_rejected=on_rejected, current=current
+            )
         except ValueError as e:
             reason = _reason(e)
             logger.warning("event %s (%s) failed: %s", _event_id(event), operation, reason)
@@ -176,3 +185,29 @@ def catch_up_since(
         return floor
     latest = datetime.fromisoformat(latest_recorded)
     return max(floor, min(now, latest) - margin)
+
+
+_EVENTS: Final = TypeAdapter(list[StreamedEvent])
+BATCH_PREFIX: Final = "batch-"
+
+
+def write_batch(root: str | Path, events: Sequence[StreamedEvent]) -> str:
+    """Write ``events`` to a file of the store's inbox (atomically); returns its name.
+    A batch's payloads travel to its flow run this way: Prefect refuses flow run
+    parameters over 512 KB, and one event may carry 1 MB of inline items."""
+    inbox = Layout(Path(root)).inbox_dir
+    inbox.mkdir(parents=True, exist_ok=True)
+    name = f"{BATCH_PREFIX}{len(events)}-events-{uuid.uuid4().hex[:12]}.json"
+    with atomic_path(inbox / name) as tmp:
+        tmp.write_bytes(_EVENTS.dump_json(list(events)))
+    return name
+
+
+def read_batch(root: str | Path, name: str) -> list[StreamedEvent]:
+    """The events of the inbox file ``name`` (``write_batch``); confined to the inbox
+    like an event's own file (`UnsafeItemsPath`)."""
+    path = resolve_inbox_path(Layout(Path(root)).inbox_dir, name, name)
+    try:
+        return _EVENTS.validate_json(path.read_bytes())
+    except (OSError, ValidationError, json.JSONDecodeError) as e:
+        raise ValueError(f"batch file {name}: {e}") from e

@@ -23,11 +23,16 @@ class CompactItemsResult(BaseModel):
 
 
 @flow(name="compact-items", log_prints=False)
-def compact_items(storage_root: str | None = None) -> CompactItemsResult:
+def compact_items(
+    storage_root: str | None = None, min_depth: int | None = None
+) -> CompactItemsResult:
     """Fold CURRENT's deltas into one complete version (a no-op when CURRENT is one).
 
     Args:
         storage_root: artifact store root; None = TOWERFLOW_ROOT or ./.towerflow.
+        min_depth: compact only when CURRENT stacks this many deltas or more; None =
+            `runtime.max_delta_chain` (what the request was made for: the requests that
+            queued while an earlier run compacted the chain then cost nothing); 1 = any.
 
     Steps:
     1. compact-chain: the items table, embeddings and index of the whole catalogue are
@@ -37,7 +42,12 @@ def compact_items(storage_root: str | None = None) -> CompactItemsResult:
     config = RuntimeConfig(storage_root=storage_root)
     runtime = resolve_runtime(config)
     steps = items_steps(config.timeouts)
-    result = steps.compact_chain(runtime.root, runtime.keep_versions, runtime.keep_item_versions)
+    result = steps.compact_chain(
+        runtime.root,
+        runtime.keep_versions,
+        runtime.keep_item_versions,
+        runtime.max_delta_chain if min_depth is None else min_depth,
+    )
     return CompactItemsResult(
         version_id=result.version_id, compacted=result.compacted, folded=result.folded
     )

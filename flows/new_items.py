@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from core.config import RuntimeConfig
-from core.items_stream import EventOutcome, StreamedEvent
+from core.items_stream import EventOutcome
 from core.items_validation import ItemsBatch
 from core.lifecycle import resolve_runtime
 from tasks.steps import items_steps
@@ -92,30 +92,28 @@ def new_items(
 
 
 def batch_run_name() -> str:
-    """`new-items-batch-<n>-events-<first event's Prefect id>`."""
-    events = flow_run.parameters.get("events") or []
-    first = events[0] if events else None
-    first_id = (first.id if isinstance(first, StreamedEvent) else (first or {}).get("id")) or "none"
-    return f"new-items-batch-{len(events)}-events-{first_id}"
+    """`new-items-batch-<n>-events-<id>` (the batch file's name)."""
+    name = str(flow_run.parameters.get("batch") or "batch-unnamed")
+    return "new-items-" + name.removesuffix(".json")
 
 
 @flow(name="new-items-batch", flow_run_name=batch_run_name, log_prints=False)
-def new_items_batch(
-    events: list[StreamedEvent], storage_root: str | None = None
-) -> list[EventOutcome]:
+def new_items_batch(batch: str, storage_root: str | None = None) -> list[EventOutcome]:
     """Apply the items events that arrived together as one delta (what `towerflow
     serve`'s items consumer runs, in its own long-lived process: `flows.items_consumer`).
 
     Args:
-        events: the delivered events in order: Prefect's event id, its name
-            (`towerflow.items.created` / `.retired`) and payload (`{"event_id", "items"}` or
-            `{"event_id", "path"}`, as the new-items deployment's trigger reads it).
+        batch: a file of the store's inbox (`core.items_stream.write_batch`) holding the
+            delivered events in order: Prefect's event id, its name
+            (`towerflow.items.created` / `.retired`) and payload (`{"event_id", "items"}`
+            or `{"event_id", "path"}`, as the new-items deployment's trigger reads it).
+            A file, not the events: Prefect refuses parameters over 512 KB.
         storage_root: artifact store root; None = TOWERFLOW_ROOT or ./.towerflow.
 
     Each event keeps its own outcome (applied with its counts, duplicate, or failed with
     its reason), its own acknowledgement and its own rejection artifact and alert event;
-    they share one publish. An empty list publishes what the catalogue holds beyond
-    CURRENT (the consumer's retry after a failed publish).
+    they share one publish. A batch of no events publishes what the catalogue holds
+    beyond CURRENT (the consumer's retry after a failed publish).
 
     Steps: record-events (each event validated and appended: acknowledged),
     announce-rejections, publish-catalogue (one delta), report-items (a row per event),
@@ -124,7 +122,7 @@ def new_items_batch(
     config = RuntimeConfig(storage_root=storage_root)
     runtime = resolve_runtime(config)
     steps = items_steps(config.timeouts)
-    outcomes, recorded = steps.record_events(runtime.root, events)
+    outcomes, recorded = steps.record_events(runtime.root, batch)
     steps.announce_batch_rejections(recorded)
     version_id = steps.publish_catalogue(
         runtime.root, runtime.keep_versions, runtime.keep_item_versions

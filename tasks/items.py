@@ -19,7 +19,7 @@ from core.items_report import (
     render_batch_report,
     render_items_report,
 )
-from core.items_stream import EventOutcome, StreamedEvent
+from core.items_stream import EventOutcome
 from core.items_validation import ItemsBatch, Validated
 from core.refs import StageRef
 from core.store import DEFAULT_KEEP_ITEM_VERSIONS, DEFAULT_KEEP_VERSIONS
@@ -73,12 +73,12 @@ def announce_rejections(recorded: RecordSummary) -> bool:
 
 
 @task(name="record-events", **IO_RETRY)
-def record_events(
-    root: str, events: list[StreamedEvent]
-) -> tuple[list[EventOutcome], list[RecordSummary]]:
-    """``core.items_stream.record_events``: each event recorded (acknowledged) on its
-    own, its rejected items posted as an `items-rejected` artifact; returns every event's
-    outcome and the summaries of those recorded."""
+def record_events(root: str, batch: str) -> tuple[list[EventOutcome], list[RecordSummary]]:
+    """``core.items_stream.record_events`` over the events of the inbox file ``batch``:
+    each recorded (acknowledged) on its own, its rejected items posted as an
+    `items-rejected` artifact; returns every event's outcome and the summaries of those
+    recorded."""
+    events = items_stream.read_batch(root, batch)
     return items_stream.record_events(
         root, events, logger=get_run_logger(), on_rejected=_post_rejections
     )
@@ -157,10 +157,13 @@ def compact_chain(
     root: str,
     keep_versions: int = DEFAULT_KEEP_VERSIONS,
     keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
+    min_depth: int = 1,
 ) -> compaction.CompactResult:
     """``core.compaction.compact_current``: CURRENT's deltas folded into one complete
-    version."""
-    result = compaction.compact_current(root, keep_versions, keep_item_versions)
+    version (when it stacks ``min_depth`` deltas or more)."""
+    result = compaction.compact_current(
+        root, keep_versions, keep_item_versions, min_depth=min_depth
+    )
     get_run_logger().info(
         "%s: %d deltas folded, CURRENT %s",
         "compacted" if result.compacted else "nothing to compact",

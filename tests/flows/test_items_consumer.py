@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from core import Recaller
-from core.items_stream import EventOutcome, StreamedEvent
+from core.items_stream import EventOutcome, StreamedEvent, read_batch
 from flows.items_consumer import ItemsConsumer
 from flows.new_items import new_items_batch
 from storage import Layout, VersionStore
@@ -53,17 +53,20 @@ class Recording:
     def __init__(self, fail: int = 0) -> None:
         self.fail = fail
         self.batches: list[list[str]] = []
+        self.failed: list[int] = []  # sizes of the batches that failed
         self.outcomes: dict[str, list[EventOutcome]] = {}
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, events: list[StreamedEvent], storage_root: str) -> list[EventOutcome]:
+    def __call__(self, batch: str, storage_root: str) -> list[EventOutcome]:
         self.gate.wait(60)
+        events = read_batch(storage_root, batch)
         if self.fail:
             self.fail -= 1
+            self.failed.append(len(events))
             raise OSError("store unwritable")
         self.batches.append([str(e.payload.get("event_id")) for e in events])
-        outcomes = new_items_batch(events=events, storage_root=storage_root)
+        outcomes = new_items_batch(batch=batch, storage_root=storage_root)
         for o in outcomes:
             self.outcomes.setdefault(o.event_id, []).append(o)
         return outcomes
@@ -129,16 +132,25 @@ def test_a_batch_whose_run_fails_is_taken_again(prefect_harness: None, tmp_path:
     flow = Recording(fail=2)
     consumer = ItemsConsumer(root, flow=flow, retry_s=0.2)
     consumer.start()
-    event_id = f"retry-{uuid.uuid4().hex[:8]}"
+    tag = f"retry-{uuid.uuid4().hex[:8]}"
     try:
-        _emit(CREATED, {"event_id": event_id, "items": [item(3001)]})
-        _wait("the retried event", lambda: event_id in flow.outcomes)
+        flow.gate.clear()  # four events queue, then the first two runs fail
+        for k in range(4):
+            _emit(CREATED, {"event_id": f"{tag}-{k}", "items": [item(3001 + k)]})
+        _wait("four events queued", lambda: consumer.backlog >= 3)
+        flow.gate.set()
+        _wait("the retried events", lambda: all(f"{tag}-{k}" in flow.outcomes for k in range(4)))
     finally:
         consumer.stop()
     assert consumer.stats.failed_batches == 2
-    assert [o.status for o in flow.outcomes[event_id]] == ["applied"]
-    assert open_catalogue(Layout(Path(root))).has_event(event_id)
-    assert 3001 in set(held_ids(Recaller.load(VersionStore(Layout(Path(root))))).tolist())
+    assert flow.failed[1] <= max(1, flow.failed[0] // 2)  # a failed batch is halved
+    catalogue = open_catalogue(Layout(Path(root)))
+    for k in range(4):
+        assert [o.status for o in flow.outcomes[f"{tag}-{k}"]] == ["applied"]
+        assert catalogue.has_event(f"{tag}-{k}")
+    served = set(held_ids(Recaller.load(VersionStore(Layout(Path(root))))).tolist())
+    assert {3001, 3002, 3003, 3004} <= served
+    assert not list(Layout(Path(root)).inbox_dir.glob("batch-*"))  # no batch file left
 
 
 def test_batches_keep_to_their_limits_and_never_split_an_event(tmp_path: Path) -> None:

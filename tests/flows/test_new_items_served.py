@@ -225,7 +225,7 @@ def test_a_long_chain_is_compacted_by_the_compact_deployment(live: Live) -> None
         "from prefect.events.worker import EventsWorker\n"
         "emit_event('towerflow.chain.long', resource={'prefect.resource.id':"
         " 'towerflow.store.' + sys.argv[2]}, payload={'root': sys.argv[1],"
-        " 'version_id': sys.argv[2], 'depth': 1}, id=uuid.uuid4())\n"
+        " 'version_id': sys.argv[2], 'depth': 1, 'min_depth': 1}, id=uuid.uuid4())\n"
         "EventsWorker.drain_all(timeout=30)\n"
     )
     subprocess.run(

@@ -286,7 +286,12 @@ def test_a_chain_at_the_limit_asks_for_a_compaction(make_store: MakeStore) -> No
     request = compaction_request(store.layout.root, "s3://b/p", max_chain=2)
     assert request is not None and request.event == "towerflow.chain.long"
     current = store.current()
-    assert request.payload == {"root": "s3://b/p", "version_id": current, "depth": 2}
+    assert request.payload == {
+        "root": "s3://b/p",
+        "version_id": current,
+        "depth": 2,
+        "min_depth": 2,
+    }
     assert request.resource["prefect.resource.id"] == f"towerflow.store.{current}"
     again = compaction_request(store.layout.root, "s3://b/p", max_chain=2)
     assert again is not None and again.id == request.id  # one event per CURRENT
@@ -352,3 +357,14 @@ def test_events_recorded_together_are_published_as_one_delta(make_store: MakeSto
     assert result.published and head.manifest.lineage.applied_events == ("a", "b")
     assert head.manifest.extra["delta"]["upserted"] == 3 and chain_depth(store) == 1
     assert not sync_current(store.layout).published  # the other events' publishes: no-ops
+
+
+def test_a_compaction_requested_for_a_long_chain_skips_one_already_shortened(
+    make_store: MakeStore,
+) -> None:
+    store = make_store("Flat")
+    _events(store)  # five deltas
+    before = store.current()
+    assert not compact_current(store.layout, min_depth=6).compacted
+    assert store.current() == before
+    assert compact_current(store.layout, min_depth=5).compacted

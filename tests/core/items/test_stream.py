@@ -17,8 +17,11 @@ from core.items_stream import (
     StreamedEvent,
     batch_of,
     catch_up_since,
+    read_batch,
     record_events,
+    write_batch,
 )
+from core.items_validation import UnsafeItemsPath
 from storage import Layout
 from storage.backends import open_catalogue
 from storage.errors import NoCurrentVersionError
@@ -125,3 +128,16 @@ def test_the_batch_report_has_a_row_per_event_and_escapes_what_they_carry() -> N
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 4  # the header and one row per event: nothing forged
     assert "\\| forged \\| row \\|" in md
+
+
+def test_a_batch_travels_as_a_file_of_the_inbox_and_only_from_there(tmp_path: Path) -> None:
+    events = [ev(1, event_id="a", items=[item(1)] * 2000), ev(2, RETIRED, items=[5])]
+    name = write_batch(tmp_path, events)
+    assert (tmp_path / "inbox" / name).is_file() and name.startswith("batch-2-events-")
+    assert read_batch(tmp_path, name) == events
+    (tmp_path / "secret.json").write_text("[]")
+    with pytest.raises(UnsafeItemsPath, match="outside the inbox"):
+        read_batch(tmp_path, "../secret.json")
+    (tmp_path / "inbox" / "bad.json").write_text('[{"id": 1}]')
+    with pytest.raises(ValueError, match=r"batch file bad\.json"):
+        read_batch(tmp_path, "bad.json")
