@@ -139,12 +139,10 @@ class Producer:
 def _monitor(root: Path, url: str, producer: Producer, stop: threading.Event) -> None:
     """Marks sent events acknowledged (catalogue) and served (the API's version includes
     them), every 0.25 s."""
-    from storage import Layout, VersionStore
+    from storage import Layout
     from storage.backends import open_catalogue
 
-    layout = Layout(root)
-    catalogue, store = open_catalogue(layout), VersionStore(layout)
-    seqs: dict[str, int] = {}
+    catalogue = open_catalogue(Layout(root))
     with httpx.Client(base_url=url, timeout=10) as http:
         while not stop.is_set():
             now = time.perf_counter()
@@ -153,16 +151,13 @@ def _monitor(root: Path, url: str, producer: Producer, stop: threading.Event) ->
                     s.seq = catalogue.event_seq(s.event_id)
                     if s.seq is not None:
                         s.acked_at = now
-            try:
-                version = http.get("/v1/health").json()["version"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                version = None
-            if version is not None:
-                if version not in seqs:
-                    manifest = store.open_version(version, verify=False).manifest
-                    seqs[version] = manifest.lineage.catalogue_seq or 0
+            try:  # the catalogue position the API serves
+                served = http.get("/v1/version").json().get("catalogue_seq")
+            except (httpx.HTTPError, ValueError):
+                served = None
+            if served is not None:
                 for s in producer.sent:
-                    if s.served_at is None and s.seq is not None and s.seq <= seqs[version]:
+                    if s.served_at is None and s.seq is not None and s.seq <= served:
                         s.served_at = now
             stop.wait(0.25)
 

@@ -61,39 +61,59 @@ def plan_advance(store: VersionStore, serving: Recaller, head: PublishedVersion)
     """How to move ``serving`` to ``head`` in place, or None when ``head`` does not stack
     on it (a nightly, a rollback, a compaction of another chain: load it whole) or its
     index cannot take the deltas in place (an update of a held item on an index without
-    removal). A version with the same items as one on the served chain (a compaction, a
-    rebased delta: ``storage.chains.same_items_as``) is taken over: the deltas up to that
-    one are applied, nothing else.
+    removal).
 
-    Every delta between them is verified against its manifest here (CorruptVersionError
+    A version of ``head``'s chain with the same items as the served one (a compaction of
+    it, a delta rebased from it: ``storage.chains.same_items_as``) is taken over, and the
+    chain's deltas after it applied. A compaction of a later version of the served chain
+    is reached through that chain's deltas, while retention still holds them.
+
+    Every delta applied is verified against its manifest here (CorruptVersionError
     names the file), before anything is edited."""
-    folded = same_items_as(head)
-    if folded is not None and folded != serving.version_id:
-        # The same items as a version above what is served (a compaction of a later
-        # head, a rebased delta of a later one): move there, then take it over.
-        to_head = plan_advance(store, serving, store.open_version(folded, verify=False))
-        if to_head is None:
-            return None
-        return replace(to_head, after=_adopt(to_head.after, head))
-    if folded is not None:
-        # Exactly what is served, in another chain (a compaction, a rebased delta): the
-        # same items and vectors. Nothing to read or edit: it is taken over, not
-        # reloaded (at a million items that saves a second index in memory and seconds
-        # of loading). Its bytes are verified by whoever loads it whole.
-        return Advance(serving, _adopt(serving, head), ())
     chain = resolve_chain(store, head)
-    ids = [d.version_id for d in chain.deltas]
-    if serving.version_id == chain.base.version_id:
-        newer = chain.deltas
-    elif serving.version_id in ids:
-        newer = chain.deltas[ids.index(serving.version_id) + 1 :]
+    versions = [chain.base, *chain.deltas]
+    ids = [v.version_id for v in versions]
+    if serving.version_id in ids:
+        at, start = ids.index(serving.version_id), serving
     else:
-        return None
+        same = [same_items_as(v) for v in versions]
+        if serving.version_id in same:
+            # Exactly what is served, in another chain: the same items and vectors. It
+            # is taken over, not reloaded (at a million items that saves a second index
+            # in memory and seconds of loading); whoever loads it whole verifies it.
+            at = same.index(serving.version_id)
+            start = _adopt(serving, versions[at])
+        elif same[0] is not None:
+            # The base compacts a later version of the served chain: move there first.
+            try:
+                folded = store.open_version(same[0], verify=False)
+                to_folded = plan_advance(store, serving, folded)
+            except LookupError:  # pruned since: nothing to step through
+                return None
+            if to_folded is None or to_folded.after.version_id != same[0]:
+                return None
+            at, start = 0, _adopt(to_folded.after, chain.base)
+            rest = _plan_from(store, start, chain.deltas, head)
+            if rest is None:
+                return None
+            return Advance(serving, rest.after, to_folded.edits + rest.edits)
+        else:
+            return None
+    plan = _plan_from(store, start, chain.deltas[at:], head)
+    return None if plan is None else Advance(serving, plan.after, plan.edits)
+
+
+def _plan_from(
+    store: VersionStore,
+    start: Recaller,
+    newer: Sequence[PublishedVersion],
+    head: PublishedVersion,
+) -> Advance | None:
     deltas = []
     for d in newer:
         store.verify(d.version_id)
         deltas.append(read_delta(d.path))
-    return _plan(serving, deltas, head)
+    return _plan(start, deltas, head)
 
 
 def _adopt(serving: Recaller, same: PublishedVersion) -> Recaller:

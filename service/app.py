@@ -168,6 +168,7 @@ async def version(request: Request) -> VersionResponse:
         profile_dim=recaller.profile_dim,
         index=type(recaller.index).__name__,
         loaded_at=_service(request).status.loaded_at,
+        catalogue_seq=manifest.lineage.catalogue_seq if manifest is not None else None,
     )
 
 

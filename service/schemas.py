@@ -129,6 +129,11 @@ class VersionResponse(BaseModel):
     profile_dim: int
     index: str = Field(description="Faiss index class.")
     loaded_at: str | None
+    catalogue_seq: int | None = Field(
+        None,
+        description="The item catalogue position the served version includes: every "
+        "items event acknowledged at or below it is served.",
+    )
 
 
 class ErrorResponse(BaseModel):

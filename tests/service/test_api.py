@@ -86,6 +86,7 @@ def test_health_and_version(client: httpx.Client, published: Published) -> None:
     assert h["current_in_store"] == published.version_id and h["last_rejection"] is None
     v = client.get("/v1/version").json()
     assert v["version"] == published.version_id
+    assert v["catalogue_seq"] == 0  # a nightly of a store whose catalogue is empty
     assert (v["item_count"], v["user_count"], v["embedding_dim"], v["profile_dim"]) == (
         600,
         400,

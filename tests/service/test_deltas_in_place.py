@@ -178,12 +178,14 @@ def test_no_request_sees_half_a_delta(tmp_path: Path) -> None:
     _same_answers(service.recaller, Recaller.load(store))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("lagging", [False, True], ids=["up-to-date", "lagging"])
 def test_deltas_rebased_by_a_compaction_are_taken_over_without_a_reload(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lagging: bool
 ) -> None:
     """A compaction registers its fold and publishes the deltas that arrived meanwhile
-    again on it (core.rebase): a service of the old chain's head takes the new one over in
-    place, as the same items."""
+    again on it (core.rebase): a service of the old chain's head, or of an older delta
+    of it (lagging), takes the new chain over in place at the version that repeats what
+    it serves, after retention removed the old deltas."""
     import core.compaction as compaction
 
     service = _service(tmp_path / "s")
@@ -195,13 +197,18 @@ def test_deltas_rebased_by_a_compaction_are_taken_over_without_a_reload(
     def fold_then_publish(folder, deltas, recipe):  # type: ignore[no-untyped-def]
         real_fold(folder, deltas, recipe)
         create(store.layout, "late1", [item(1002)])
+        if lagging:
+            assert service.refresh()  # the service follows the old chain to late1 only
         create(store.layout, "late2", [item(1003)])
-        assert service.refresh()  # the service follows the old chain meanwhile
+        if not lagging:
+            assert service.refresh()
 
     monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
     compact_current(store.layout)
     head = store.open_current()
     assert "rebased" in head.manifest.extra
+    served_before = service.recaller.version_id  # type: ignore[union-attr]
+    assert served_before not in {v.version_id for v in store.list_versions()}  # pruned
     assert service.refresh() and service.recaller is not None
     assert service.recaller.version_id == head.version_id and service.recaller.index is index
     _same_answers(service.recaller, Recaller.load(store))
