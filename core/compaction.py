@@ -4,13 +4,16 @@ version, so that readers load one version again instead of a base and N deltas.
 A background step, never on an event's path: the new-items flow asks for it when a
 chain is deeper than ``runtime.max_delta_chain``, and ``towerflow compact`` runs it by hand.
 The slow part (rewriting the items table, the embeddings and the index of the whole
-catalogue) runs *outside* the publish lock, so events keep publishing deltas meanwhile;
-under the lock it folds in the deltas that arrived since (a few rows) and publishes with
-a compare-and-swap on the newest one. The result is an items version: the base's
-unchanged files (model, user tables, report files) are hard links that keep their first
-checksums (``carried``), and its catalogue position is its head's plus any entry
-acknowledged but not yet published (an event that died after its acknowledgement), so
-no entry is lost or applied twice. A nightly published meanwhile supersedes it: it is then dropped.
+catalogue, hashing, fsyncing and reading them back) runs *outside* the publish lock, so
+events keep publishing deltas meanwhile. Under the lock only renames and registry rows:
+the fold is registered, and the deltas published while it ran are published again on
+top of it (``core.rebase``; the last one swaps CURRENT), then any entry acknowledged but
+in no version yet (an event in flight, or one that died after its acknowledgement) goes
+on top as one more delta, so no entry is lost or applied twice. The fold is an items
+version: the base's unchanged files (model, user tables, report files) are hard links
+that keep their first checksums (``carried``), and it serves exactly the items of the
+head it folded (``extra.compacted``). A nightly published meanwhile supersedes it: it is
+then dropped.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import pyarrow as pa
 
 from core.catalogue_apply import (
     IndexRecipe,
-    apply_changes,
     read_tombstones,
     rebuild_index,
     write_catalogue_state,
 )
-from core.catalogue_sync import LOCK_TIMEOUT_S, MAX_ATTEMPTS, require_current, stage_child
+from core.catalogue_sync import LOCK_TIMEOUT_S, require_current, stage_child, sync_current
+from core.delta_publish import publish_delta
 from core.deltas import Chain, apply_rows, read_delta, resolve_chain, verify_chain
 from core.rebase import rebase_onto
 from core.versionio import read_embeddings, write_embeddings
@@ -42,7 +45,6 @@ from storage import (
     VERSION_TOMBSTONES,
     Layout,
     Lineage,
-    PublishConflictError,
     PublishedVersion,
     VersionFiles,
     VersionStore,
@@ -54,6 +56,7 @@ from storage import (
     write_table,
 )
 from storage.backends import open_catalogue, store_lock
+from storage.catalogue import CatalogueLike
 from storage.chains import COMPACTED, VERSION_ONLY, depth_of
 from storage.integrity import FileIdentity, carried_entries
 from storage.manifest import FileEntry
@@ -230,7 +233,6 @@ def compact_current(
     keep_item_versions: int = DEFAULT_KEEP_ITEM_VERSIONS,
     *,
     min_depth: int = 1,
-    max_attempts: int = MAX_ATTEMPTS,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> CompactResult:
     """Fold CURRENT's deltas into one complete version and publish it (see the module
@@ -248,107 +250,58 @@ def compact_current(
             log.info("removed %s, left by a dead run", path)
     start = require_current(store, verify=False)
     chain = resolve_chain(store, start)
-    catalogue = open_catalogue(layout)
-    pending = not catalogue.changes(start.manifest.lineage.catalogue_seq or 0).empty
-    if len(chain.deltas) < max(min_depth, 1) and not pending:  # nothing (worth) doing
-        return CompactResult(start.version_id, False, 0, 0)
+    if len(chain.deltas) < max(min_depth, 1):  # nothing (worth) folding
+        # Entries acknowledged but in no version (an event that died after its
+        # acknowledgement) are published as their event would have: a delta.
+        synced = sync_current(layout, keep_versions, keep_item_versions)
+        return CompactResult(synced.version_id, False, 0, len(chain.deltas))
     chain = verify_chain(store, chain)  # everything is read: check everything
     base, head = chain.base, chain.head
     summary = base.manifest.extra.get("index")
     recipe = IndexRecipe.from_summary(summary) if summary else None
     version_id, staging, identities = stage_child(store, base)
     try:
-        if chain.deltas:
-            fold_deltas(staging, list(chain.deltas), recipe)
-        folded, head_id = len(chain.deltas), head.version_id
-        sealed: Sealed | None = _seal_fold(
-            store, version_id, staging, head, base, folded, identities
-        )
+        fold_deltas(staging, list(chain.deltas), recipe)
+        folded = len(chain.deltas)
+        sealed = _seal_fold(store, version_id, staging, head, base, folded, identities)
         with store_lock(layout, "publish", lock_timeout_s):
-            for attempt in range(1, max_attempts + 1):
-                found = _newer_deltas(store, chain, head_id)
-                if found is None:
-                    log.info("compaction of %s superseded: CURRENT moved off its chain", head_id)
-                    store.discard(version_id)
-                    return CompactResult(store.current() or "", False, 0, len(chain.deltas))
-                current, newer = found
-                seq = current.manifest.lineage.catalogue_seq or 0
-                if sealed is not None and catalogue.changes(seq).empty:
-                    # Under the lock only a rename and registry rows: the deltas published
-                    # while the fold ran are registered again on top of it, not folded
-                    # in (core.rebase), so events wait milliseconds, not a rewrite.
-                    store.commit(
-                        version_id, sealed, expected_current=head_id, kind="items",
-                        swap=not newer,
-                    )  # fmt: skip
-                    now = rebase_onto(store, version_id, newer, current.version_id)
-                    log.info(
-                        "compacted %s (%d deltas on %s) into %s; %d newer deltas rebased: "
-                        "CURRENT %s",
-                        head_id, folded, base.version_id, version_id, len(newer), now,
-                    )  # fmt: skip
-                    return CompactResult(now, True, folded, len(chain.deltas))
-                sealed = None  # rewritten below, then sealed again by publish
-                if newer:  # with entries to fold too (an event died after acknowledging)
-                    fold_deltas(staging, newer, recipe)
-                    folded, head_id = folded + len(newer), newer[-1].version_id
-                m = current.manifest
-                write_catalogue_state(staging, m.lineage.catalogue_seq or 0, ())
-                # Entries acknowledged but not yet in any version (an event that died
-                # after its acknowledgement): a publish after an acknowledgement includes
-                # it, this one too. Usually none, and then nothing is rewritten.
-                applied = apply_changes(
-                    staging, catalogue.changes(m.lineage.catalogue_seq or 0), recipe
-                )
-                carried = carried_entries(staging, _carried(base), identities)
-                extra = {k: v for k, v in m.extra.items() if k != "delta" and k not in VERSION_ONLY}
-                # What it folded, and whether it serves exactly what its parent (the chain's
-                # head) serves: a server of that head then takes it over without reloading
-                # (core.recall_advance).
-                extra[COMPACTED] = {
-                    "of": current.version_id,
-                    "base": base.version_id,
-                    "folded": folded,
-                    "same_items": applied.upserted == 0 and applied.retired == 0,
-                }
-                try:
-                    store.publish(
-                        version_id,
-                        expected_current=current.version_id,
-                        config=m.config,
-                        lineage=Lineage(
-                            data_snapshot=m.lineage.data_snapshot,
-                            parent_version=current.version_id,
-                            catalogue_seq=applied.seq,
-                            applied_events=applied.applied_events,
-                        ),
-                        embedding_dim=m.embedding_dim,
-                        metric=m.metric,
-                        item_count=applied.n_items,
-                        metrics=m.metrics,
-                        extra=extra,
-                        required_files=REQUIRED_FILES,
-                        kind="items",
-                        carried=carried,
-                        keep_staging_on_conflict=True,
-                    )
-                except PublishConflictError as e:
-                    log.warning("compaction attempt %d lost the race: %s", attempt, e)
-                    continue
-                log.info(
-                    "compacted %s (%d deltas on %s) into %s",
-                    current.version_id,
-                    folded,
-                    base.version_id,
-                    version_id,
-                )
-                return CompactResult(version_id, True, folded, len(chain.deltas))
+            found = _newer_deltas(store, chain, head.version_id)
+            if found is None:
+                log.info("compaction of %s superseded: CURRENT moved off its chain", head)
+                store.discard(version_id)
+                return CompactResult(store.current() or "", False, 0, len(chain.deltas))
+            current, newer = found
+            # Under the lock only renames, registry rows and small files: the fold is
+            # registered, the deltas published while it ran are registered again on top
+            # of it (core.rebase), so events wait milliseconds, not a rewrite.
+            store.commit(
+                version_id, sealed, expected_current=head.version_id, kind="items",
+                swap=not newer,
+            )  # fmt: skip
+            now = rebase_onto(store, version_id, newer, current.version_id)
+            # Entries acknowledged but in no version yet: an event in flight (its own
+            # publish will find them published) or one that died after acknowledging
+            # (a publish after an acknowledgement includes it): one delta on top.
+            now = _publish_pending(store, open_catalogue(layout), now)
     except BaseException:
         if layout.staging_version_dir(version_id).exists():
             store.discard(version_id)
         raise
-    store.discard(version_id)
-    raise RuntimeError(f"CURRENT kept moving: no compaction after {max_attempts} attempts")
+    log.info(
+        "compacted %s (%d deltas on %s) into %s; %d newer deltas rebased: CURRENT %s",
+        head.version_id, folded, base.version_id, version_id, len(newer), now,
+    )  # fmt: skip
+    return CompactResult(now, True, folded, len(chain.deltas))
+
+
+def _publish_pending(store: VersionStore, catalogue: CatalogueLike, current_id: str) -> str:
+    """CURRENT (``current_id``) plus the catalogue entries it lacks, as a delta; the
+    caller holds the publish lock. Returns CURRENT afterwards."""
+    current = store.open_version(current_id, verify=False)
+    changes = catalogue.changes(current.manifest.lineage.catalogue_seq or 0)
+    if changes.empty:
+        return current_id
+    return publish_delta(store, current, changes).manifest.version_id
 
 
 # The event that asks for a compaction (the `compact-items` deployment's trigger).

@@ -177,12 +177,12 @@ def test_deltas_published_during_a_compaction_are_rebased_on_it(
     assert resolve_chain(store, store.open_current()).base.version_id == compacted.version_id
 
 
-def test_a_compaction_folds_entries_no_version_holds_yet(
+def test_entries_no_version_holds_go_on_top_of_a_compaction_as_a_delta(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An entry acknowledged by an event that died before publishing: the compaction
-    publishes it (a publish after an acknowledgement includes it), so it folds the
-    deltas that arrived meanwhile too, under the lock."""
+    """Acknowledged while the fold ran, not yet published (an event in flight, or one
+    that died): not folded in under the lock (a rewrite of the whole catalogue while
+    events wait) but published as one delta on top of the rebased ones."""
     store = make_store("Flat")
     _events(store)
     real_fold = compaction.fold_deltas
@@ -198,10 +198,11 @@ def test_a_compaction_folds_entries_no_version_holds_yet(
 
     monkeypatch.setattr(compaction, "fold_deltas", fold_then_publish)
     result = compact_current(store.layout)
-    assert result.compacted and calls == [5, 1] and result.folded == 6
-    assert chain_depth(store) == 0
+    assert result.compacted and calls == [5] and result.folded == 5
+    assert chain_depth(store) == 2  # the rebased late delta, then the pending entry
+    head = store.open_current()
+    assert head.manifest.lineage.applied_events == ("died",)
     assert {7777, 7779} <= set(Recaller.load(store).tables.item_id.tolist())
-    assert same_items_as(store.open_current()) is None  # it serves more than its parent
 
 
 def test_a_nightly_published_during_a_compaction_supersedes_it(
@@ -303,21 +304,25 @@ def test_compaction_publishes_entries_acknowledged_but_not_yet_published(
 ) -> None:
     """An event that died after its acknowledgement left entries no version includes: a
     compaction is a publish after that acknowledgement, so it includes them (with or
-    without a chain to fold)."""
+    without a chain to fold), as one delta on top of what it publishes."""
     store = make_store("Flat")
     for n in range(chain):
         create(store.layout, f"e{n}", [item(1100 + n)])
     CatalogueLog(store.layout.catalogue_db).append_upserts("died", [_upsert(4242)])
     result = compact_current(store.layout)
-    assert result.compacted and result.folded == chain
+    assert result.compacted == (chain > 0) and result.folded == chain
     current = store.open_current()
-    assert "delta" not in current.manifest.extra
+    assert current.manifest.extra["delta"]["depth"] == 1  # on the fold, or on CURRENT
     assert current.manifest.lineage.applied_events == ("died",)
     assert current.manifest.lineage.catalogue_seq == CatalogueLog(store.layout.catalogue_db).head()
     recaller = Recaller.load(store)
     assert {4242, *(1100 + n for n in range(chain))} <= set(recaller.tables.item_id.tolist())
     assert recaller.n_items == N_ITEMS + chain + 1
-    assert not compact_current(store.layout).compacted  # now complete and up to date
+    if chain:  # the fold serves what the head it folded served
+        assert same_items_as(resolve_chain(store, current).base) is not None
+    before = store.current()
+    assert not compact_current(store.layout, min_depth=2).compacted  # a shallow chain
+    assert store.current() == before
 
 
 def test_apply_rows_equals_a_sort_of_the_merged_rows() -> None:
