@@ -136,9 +136,39 @@ class Producer:
             k += 1
 
 
-def _monitor(root: Path, url: str, producer: Producer, stop: threading.Event) -> None:
+def _api_pid(url: str) -> int | None:
+    """The pid of the `towerflow api` child serving ``url`` (by its --port argument)."""
+    port = url.rsplit(":", 1)[1]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"api" in args and b"--port" in args and port.encode() in args:
+            return int(proc.name)
+    return None
+
+
+def _rss_mib(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _monitor(
+    root: Path, url: str, producer: Producer, stop: threading.Event, rss: list[tuple[float, float]]
+) -> None:
     """Marks sent events acknowledged (catalogue) and served (the API's version includes
-    them), every 0.25 s."""
+    them), every 0.25 s; samples the API's resident memory into ``rss`` (time, MiB)."""
+    pid = _api_pid(url)
     from storage import Layout
     from storage.backends import open_catalogue
 
@@ -159,6 +189,9 @@ def _monitor(root: Path, url: str, producer: Producer, stop: threading.Event) ->
                 for s in producer.sent:
                     if s.served_at is None and s.seq is not None and s.seq <= served:
                         s.served_at = now
+            mib = _rss_mib(pid)
+            if mib is not None:
+                rss.append((now, mib))
             stop.wait(0.25)
 
 
@@ -245,9 +278,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             served(server, root, work / "serve.log"),
         ):
             load, stop = Load(), threading.Event()
+            rss: list[tuple[float, float]] = []
             threads = [
                 threading.Thread(target=_loadgen, args=(url, users, args.clients, load)),
-                threading.Thread(target=_monitor, args=(root, url, producer, stop)),
+                threading.Thread(target=_monitor, args=(root, url, producer, stop, rss)),
             ]
             for t in threads:
                 t.start()
@@ -268,6 +302,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     t.join(60)
         log.info("serve log: %s", work / "serve.log")
     result = summarize(producer, load, t0, end)
+    if rss:
+        mib = [m for _, m in rss]
+        result["api_rss_mib"] = {
+            "start": round(mib[0], 1),
+            "peak": round(max(mib), 1),
+            "end": round(mib[-1], 1),
+        }
     result |= {
         "rate": args.rate,
         "minutes": args.minutes,
