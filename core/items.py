@@ -74,7 +74,7 @@ class RecordSummary(BaseModel):
     reasons: dict[str, int] = {}  # rejection reason -> items, most frequent first (<= 20)
 
 
-def _validate(root: Path, batch: ItemsBatch, current: CurrentView) -> Validated:
+def _validate(root: Path, batch: ItemsBatch, current: CurrentView | None = None) -> Validated:
     raw = batch.items if batch.items is not None else None
     if raw is None:
         assert batch.path is not None  # ItemsBatch's validator
@@ -90,7 +90,7 @@ def _validate(root: Path, batch: ItemsBatch, current: CurrentView) -> Validated:
     limit = MAX_INLINE_ITEMS if batch.items is not None else MAX_FILE_ITEMS
     if batch.operation == "retire":
         return validate_retirements(raw, limit)
-    return validate_upserts(raw, current.content_dim(), limit)
+    return validate_upserts(raw, (current or CurrentView(root)).content_dim(), limit)
 
 
 def rejection_table(batch: ItemsBatch, validated: Validated) -> tuple[list[dict[str, Any]], str]:

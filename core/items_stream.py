@@ -27,6 +27,7 @@ from core.items import CurrentView, OnRejected, RecordSummary, record_items
 from core.items_validation import ItemsBatch, excerpt, resolve_inbox_path
 from core.progress import StepLogger
 from storage import Layout, atomic_path
+from storage.backends import open_catalogue
 
 __all__ = [
     "EVENT_OPERATIONS",
@@ -34,8 +35,10 @@ __all__ = [
     "StreamedEvent",
     "batch_of",
     "catch_up_since",
+    "latest_recorded",
     "read_batch",
     "record_events",
+    "remove_batch",
     "write_batch",
 ]
 
@@ -211,3 +214,13 @@ def read_batch(root: str | Path, name: str) -> list[StreamedEvent]:
         return _EVENTS.validate_json(path.read_bytes())
     except (OSError, ValidationError, json.JSONDecodeError) as e:
         raise ValueError(f"batch file {name}: {e}") from e
+
+
+def remove_batch(root: str | Path, name: str) -> None:
+    """Remove the inbox file ``name`` that ``write_batch`` wrote (gone already: fine)."""
+    (Layout(Path(root)).inbox_dir / Path(name).name).unlink(missing_ok=True)
+
+
+def latest_recorded(root: str | Path) -> str | None:
+    """When the store's catalogue recorded its newest event (ISO-8601), None if never."""
+    return open_catalogue(Layout(Path(root))).latest_event_at()

@@ -38,10 +38,10 @@ from core.items_stream import (
     EventOutcome,
     StreamedEvent,
     catch_up_since,
+    latest_recorded,
+    remove_batch,
     write_batch,
 )
-from storage import Layout
-from storage.backends import open_catalogue
 
 if TYPE_CHECKING:
     from prefect.events import Event
@@ -186,9 +186,7 @@ class ItemsConsumer:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         now = datetime.now(UTC)
-        since = catch_up_since(
-            open_catalogue(Layout(Path(self.root))).latest_event_at(), now, self.margin, self.window
-        )
+        since = catch_up_since(latest_recorded(self.root), now, self.margin, self.window)
         await self._catch_up(since, now)
         live_since = now - _LIVE_OVERLAP
         backoff = 1.0
@@ -303,7 +301,7 @@ class ItemsConsumer:
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 return flow(batch=name, storage_root=self.root)
         finally:
-            (Layout(Path(self.root)).inbox_dir / name).unlink(missing_ok=True)
+            remove_batch(self.root, name)
 
     def _work(self) -> None:
         retry = False  # the last batch failed: its events (or its publish) are still owed

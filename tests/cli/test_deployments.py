@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bench.live import free_port
-from cli import deployments as serving
+from cli import prefect_server
 from cli.app import app
 from cli.prefect_server import local_prefect_server, probe_server
 
@@ -103,7 +103,7 @@ def test_a_server_that_dies_at_start_shows_its_log(
 ) -> None:
     # A stand-in for `prefect server start` that fails the way a real one does.
     script = "import sys; print('ERROR:    Application startup failed. Exiting.'); sys.exit(3)"
-    monkeypatch.setattr(serving, "_prefect_exe", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(prefect_server, "_prefect_exe", lambda: [sys.executable, "-c", script])
     log = tmp_path / "logs" / "server.log"
     with (
         pytest.raises(RuntimeError) as raised,
