@@ -38,6 +38,7 @@ from core.delta_publish import publish_delta
 from core.deltas import Chain, apply_rows, read_delta, resolve_chain, verify_chain
 from core.rebase import rebase_onto
 from core.versionio import read_embeddings, write_embeddings
+from model.ids import union_sorted
 from model.incremental import RebuildRequired, edit_index
 from storage import (
     REQUIRED_FILES,
@@ -117,7 +118,7 @@ def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecip
     rebuild = False
     for d in deltas:
         delta = read_delta(d.path)
-        held = np.union1d(ids, tombstones) if len(tombstones) else ids
+        held = union_sorted(ids, tombstones) if len(tombstones) else ids
         if not rebuild:
             try:
                 tombstones = edit_index(

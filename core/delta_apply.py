@@ -21,6 +21,7 @@ import numpy.typing as npt
 from core.catalogue_apply import IndexRecipe, rebuild_index
 from core.deltas import Chain, ItemDelta, apply_rows, read_delta
 from core.versionio import ServingTables, read_embeddings
+from model.ids import union_sorted
 from model.incremental import RebuildRequired, edit_index
 
 __all__ = ["ServedItems", "apply_chain", "apply_delta"]
@@ -46,7 +47,7 @@ def apply_delta(
     chain up to and including this delta) are what a rebuild needs when the index cannot
     replace a vector it holds; without them that case raises RebuildRequired."""
     t = items.tables
-    held = np.union1d(t.item_id, items.tombstones) if len(items.tombstones) else t.item_id
+    held = union_sorted(t.item_id, items.tombstones) if len(items.tombstones) else t.item_id
     item_id, (id_row, category, content) = apply_rows(
         t.item_id,
         [t.item_id_row, t.category, t.content],

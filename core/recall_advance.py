@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from core.deltas import ItemDelta, apply_rows, read_delta
 from core.recall import Recaller
-from model.ids import isin_sorted
+from model.ids import isin_sorted, union_sorted
 from model.incremental import edit_index, supports_remove
 from storage import PublishedVersion, VersionStore
 from storage.chains import resolve_chain, same_items_as
@@ -130,7 +130,7 @@ def _plan(serving: Recaller, deltas: Sequence[ItemDelta], head: PublishedVersion
     tombstones = serving.tombstones
     edits = []
     for delta in deltas:
-        held = np.union1d(ids, tombstones) if len(tombstones) else ids
+        held = union_sorted(ids, tombstones) if len(tombstones) else ids
         if not removable and isin_sorted(delta.item_id, held).any():
             log.info("%s: an update of a held item on %s: loading it whole", head.version_id,
                      type(serving.index).__name__)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["isin_sorted"]
+__all__ = ["isin_sorted", "union_sorted"]
 
 
 def isin_sorted(
@@ -29,3 +29,14 @@ def isin_sorted(
         return np.zeros(np.shape(ids), bool)
     pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
     return np.asarray(sorted_ids[pos] == ids)
+
+
+def union_sorted(big: npt.NDArray[np.int64], small: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``np.union1d(big, small)`` for a sorted unique ``big`` (a catalogue's IDs) and a
+    short ``small`` (tombstones): O(n + m log n) by insertion at sorted positions, where
+    ``np.union1d`` sorts all n + m (80 ms per call at a million IDs)."""
+    extra = np.unique(np.asarray(small, np.int64))
+    extra = extra[~isin_sorted(extra, big)]
+    if not len(extra):
+        return big
+    return np.insert(big, np.searchsorted(big, extra), extra)
