@@ -201,7 +201,6 @@ def _seal_fold(
         "of": head.version_id,
         "base": base.version_id,
         "folded": folded,
-        "same_items": True,
     }
     return store.seal(
         version_id,

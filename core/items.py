@@ -136,7 +136,11 @@ class CurrentView:
     def served_ids(self) -> npt.NDArray[np.int64]:
         """(I,) sorted item IDs CURRENT serves (to tell inserts from updates)."""
         if self._served is None:
-            self._served = _current_item_ids(self.root)
+            store = VersionStore(Layout(self.root))
+            require_current(store, verify=False)  # a clear error before the first nightly
+            # The base's item IDs and the chain's deltas, verified; kept by this process,
+            # so a later batch reads only the deltas published since (core.delta_publish).
+            self._served = served_now(store).item_id
         return self._served
 
 
@@ -208,15 +212,6 @@ def record_items(
         updated=held,
         reasons=dict(reasons),
     )
-
-
-def _current_item_ids(root: Path) -> npt.NDArray[np.int64]:
-    """(I,) item IDs CURRENT serves (to tell inserts from updates)."""
-    store = VersionStore(Layout(root))
-    require_current(store, verify=False)  # a clear error before the first nightly
-    # The base's item IDs and the chain's deltas, verified; kept by this process, so a
-    # later event reads only the deltas published since (core.delta_publish).
-    return served_now(store).item_id
 
 
 def publish_catalogue(

@@ -51,8 +51,8 @@ def delta_info(version: PublishedVersion) -> dict[str, Any] | None:
     return dict(info) if isinstance(info, dict) else None
 
 
-# ``extra[COMPACTED]`` of a compaction: ``of`` (the chain head it folded), ``base``,
-# ``folded`` (deltas) and ``same_items`` (it serves exactly what ``of`` serves).
+# ``extra[COMPACTED]`` of a compaction: ``of`` (the chain head it folded, whose items it
+# serves exactly: what arrived since goes on top as deltas), ``base`` and ``folded``.
 COMPACTED: Final = "compacted"
 # ``extra[REBASED]`` of a delta published again on a compaction: ``of``, the delta it
 # repeats (``core.rebase``).
@@ -63,12 +63,12 @@ VERSION_ONLY: Final = frozenset({COMPACTED, REBASED})
 
 def same_items_as(version: PublishedVersion) -> str | None:
     """The version that ``version`` serves exactly the same items as, with the same
-    vectors, in another chain: the chain head a compaction folded (unless it also folded
-    catalogue entries that head lacked), or the delta a rebased delta repeats. A server
-    of that version takes ``version`` over without a reload. None for any other."""
+    vectors, in another chain: the chain head a compaction folded, or the delta a
+    rebased delta repeats. A server of that version takes ``version`` over without a
+    reload. None for any other."""
     extra = version.manifest.extra
     compacted, rebased = extra.get(COMPACTED), extra.get(REBASED)
-    if isinstance(compacted, dict) and compacted.get("same_items") is True:
+    if isinstance(compacted, dict):
         of = compacted.get("of")
         # A compaction's parent is the head it folded.
         return of if isinstance(of, str) and of == version.manifest.lineage.parent_version else None

@@ -109,28 +109,26 @@ def merge_catalogue(stage: StageRef) -> int:
     return items.merge_catalogue(stage, logger=get_run_logger())
 
 
+def _post_report(markdown: str, description: str) -> str:
+    create_markdown_artifact(key=ITEMS_ARTIFACT, markdown=markdown, description=description)
+    return markdown
+
+
 @task(name="report-items", **IO_RETRY)
 def post_items_report(recorded: RecordSummary, version_id: str) -> str:
     """Post `items-report` for this event; returns its markdown."""
-    markdown = render_items_report(recorded, version_id)
-    create_markdown_artifact(
-        key=ITEMS_ARTIFACT,
-        markdown=markdown,
-        description=f"items event {recorded.event_id}: {recorded.operation}",
+    return _post_report(
+        render_items_report(recorded, version_id),
+        f"items event {recorded.event_id}: {recorded.operation}",
     )
-    return markdown
 
 
 @task(name="report-items", **IO_RETRY)
 def post_batch_report(outcomes: list[EventOutcome], version_id: str) -> str:
     """Post `items-report` for a batch of events: one row per event; returns its markdown."""
-    markdown = render_batch_report(outcomes, version_id)
-    create_markdown_artifact(
-        key=ITEMS_ARTIFACT,
-        markdown=markdown,
-        description=f"{len(outcomes)} items events in one batch",
+    return _post_report(
+        render_batch_report(outcomes, version_id), f"{len(outcomes)} items events in one batch"
     )
-    return markdown
 
 
 @task(name="request-compaction")
