@@ -59,5 +59,12 @@ def test_all_is_explicit_and_resolvable() -> None:
     # So are the PostgreSQL registry and catalogue (psycopg), by stores bound to a database.
     submodules |= {"pg_registry", "pg_catalogue", "pg_pool"}
     submodules |= {"chains"}  # imported by rollback and the core's readers
-    submodules |= {"schemas", "settings", "snapshots", "versions", "version_reading", "version_views"}
+    submodules |= {
+        "schemas",
+        "settings",
+        "snapshots",
+        "versions",
+        "version_reading",
+        "version_views",
+    }
     assert public - submodules == set(storage.__all__)
