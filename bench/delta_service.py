@@ -6,7 +6,8 @@ Per event: event start -> the service answers from a version holding the new ite
 (record + delta publish + ``refresh()``, which applies the delta in place), and the
 publish and apply parts alone. Resident memory of the process before the events, its
 peak during them, and after; the index object is checked to be the one loaded at start
-(no reload, no second copy).
+(no reload, no second copy). Single-user recall latency before the events and after them,
+side by side: what the overlay (tombstones, fresh vectors) costs a request.
 
 Usage: python -m bench.delta_service [--items 1000000] [--events 100] [--factory Flat]
 """
@@ -49,12 +50,26 @@ def _retirement(n_items: int, e: int, size: int) -> ItemsBatch:
     return ItemsBatch(event_id=f"bench-{e}", operation="retire", items=ids.tolist())
 
 
+def _recall_ms(service: RecallService, rounds: int = 400) -> tuple[float, float]:
+    """(p50, p99) ms of single-user recall (k=100, seen items excluded) on 1 thread."""
+    r = service.recaller
+    assert r is not None
+    users = r.tables.user_id[:: max(len(r.tables.user_id) // rounds, 1)][:rounds]
+    times = []
+    for u in users.tolist():
+        t0 = time.perf_counter()
+        r.recall(u, k=100)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1e3
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
 def measure(
     root: Path, n_items: int, events: int, size: int, factory: str, mix: str = "upsert"
 ) -> dict[str, Any]:
-    """``mix``: "upsert" (each event half new IDs, half new content for held items) or
-    "create-retire" (events alternate: ``size`` new IDs, then ``size`` retirements; what
-    an index that cannot remove, HNSW or refined IVF-PQ, takes in place)."""
+    """``mix``: "upsert" (each event half new IDs, half new content for held items),
+    "create-retire" (events alternate: ``size`` new IDs, then ``size`` retirements), or
+    "all" (events alternate: an upsert event as above, then ``size`` retirements)."""
     store = build_store(root, n_items, factory=factory)
     service = RecallService(store, poll_interval_s=3600)
     assert service.refresh()
@@ -62,10 +77,12 @@ def measure(
     assert first is not None
     index = first.index
     rss_before = _rss_mib()
+    _recall_ms(service, 50)  # warm-up
+    recall_before = _recall_ms(service)
     fresh, publish, apply = [], [], []
     with PeakRss() as peak:
         for e in range(events):
-            retire = mix == "create-retire" and e % 2 == 1
+            retire = mix in ("create-retire", "all") and e % 2 == 1
             if retire:
                 batch = _retirement(n_items, e, size)
             elif mix == "create-retire":  # new IDs only
@@ -91,6 +108,7 @@ def measure(
     served = service.recaller
     assert served is not None
     rss_after = _rss_mib()
+    recall_after = _recall_ms(service)
 
     def p(xs: list[float], q: float) -> float:
         return float(np.percentile(np.asarray(xs), q))
@@ -100,6 +118,9 @@ def measure(
         "factory": factory,
         "mix": mix,
         "tombstones": len(served.tombstones),
+        "fresh": len(served.overlay.fresh_ids),
+        "recall_before": recall_before,
+        "recall_after": recall_after,
         "events": events,
         "fresh_p50": p(fresh, 50),
         "fresh_p95": p(fresh, 95),
@@ -121,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100)
     parser.add_argument("--items-per-event", type=int, default=6)
     parser.add_argument("--factory", default="Flat")
-    parser.add_argument("--mix", choices=("upsert", "create-retire"), default="upsert")
+    parser.add_argument("--mix", choices=("upsert", "create-retire", "all"), default="upsert")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("storage", "core", "model", "service"):
@@ -143,7 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['fresh_p95'] * 1e3:.0f} ms | {r['publish_p50'] * 1e3:.0f} ms | "
         f"{r['apply_p50'] * 1e3:.0f} ms | {r['apply_p95'] * 1e3:.0f} ms | "
         f"{r['rss_before']:.0f} MiB | {r['rss_peak']:.0f} MiB | {r['rss_after']:.0f} MiB | "
-        f"{r['index_mib']:.0f} | {r['same_index']} ({r['tombstones']} tombstones) |"
+        f"{r['index_mib']:.0f} | {r['same_index']} ({r['tombstones']} tombstones, "
+        f"{r['fresh']} fresh) |"
+    )
+    (b50, b99), (a50, a99) = r["recall_before"], r["recall_after"]
+    log.info(
+        "| recall k=100 | p50 | p99 |\n|---|---|---|\n"
+        f"| before the events | {b50:.3f} ms | {b99:.3f} ms |\n"
+        f"| after | {a50:.3f} ms ({a50 / b50:.2f}x) | {a99:.3f} ms ({a99 / b99:.2f}x) |"
     )
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ import pyarrow as pa
 from core.versionio import load_served_model, read_embeddings, write_embeddings
 from model.embed import embed_items
 from model.features import category_rows
-from model.ids import isin_sorted
-from model.incremental import RebuildRequired, edit_index
+from model.ids import isin_sorted, union_sorted
+from model.incremental import Overlay, edit_index
 from model.index import build_index, set_index_params, set_search_params
 from storage import (
+    ITEM_EMBEDDINGS,
     VERSION_ITEMS,
     VERSION_TOMBSTONES,
     CatalogueChanges,
@@ -48,9 +49,11 @@ __all__ = [
     "IndexRecipe",
     "apply_changes",
     "read_catalogue_state",
+    "read_overlay",
     "read_tombstones",
     "rebuild_index",
     "write_catalogue_state",
+    "write_overlay",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,14 +84,15 @@ class IndexRecipe:
 
 @dataclass(frozen=True)
 class ApplySummary:
-    """The folder after `apply_changes`: I items served, T tombstones, entries up to seq."""
+    """The folder after `apply_changes`: I items served, ``blocked`` index vectors search
+    skips (tombstones and stale vectors of updated items), entries up to seq."""
 
     seq: int
     applied_events: tuple[str, ...]
     n_items: int
     upserted: int
     retired: int
-    tombstones: int
+    blocked: int
     rebuilt_index: bool
 
 
@@ -116,12 +120,49 @@ def read_tombstones(folder: Path) -> npt.NDArray[np.int64]:
     return np.sort(ids.astype(np.int64))
 
 
-def _write_tombstones(folder: Path, ids: npt.NDArray[np.int64]) -> None:
-    path = folder / VersionFiles.TOMBSTONES
-    if len(ids) == 0:
-        path.unlink(missing_ok=True)
-        return
-    write_table(path, pa.table({"item_id": ids}), VERSION_TOMBSTONES)
+def _blocked(folder: Path) -> int:
+    """How many index vectors the folder's overlay blocks (without reading vectors)."""
+    fresh = folder / VersionFiles.FRESH
+    n_fresh = read_num_rows(fresh, ITEM_EMBEDDINGS) if fresh.is_file() else 0
+    return len(read_tombstones(folder)) + n_fresh
+
+
+def read_overlay(folder: Path, dim: int) -> Overlay:
+    """The folder's index overlay: its tombstones and the fresh vectors of items updated
+    since the index was built (``model.incremental.Overlay``; empty when absent)."""
+    path = folder / VersionFiles.FRESH
+    if not path.is_file():
+        return replace(Overlay.empty(dim), tombstones=read_tombstones(folder))
+    table = read_table(path, ITEM_EMBEDDINGS)
+    ids = np.asarray(table.column("item_id").to_numpy(), np.int64)
+    vectors = arrow_to_vectors(table.column("embedding"), copy=True)
+    if vectors.shape != (len(ids), dim) or (len(ids) > 1 and not (ids[1:] > ids[:-1]).all()):
+        raise ValueError(f"{path}: {vectors.shape} vectors of sorted IDs expected, dim {dim}")
+    return Overlay(read_tombstones(folder), ids, vectors)
+
+
+def write_overlay(folder: Path, overlay: Overlay) -> None:
+    """Replace the folder's tombstones and fresh files (an empty part: no file). Never
+    in place: a staging folder's files are hard links to its parent's."""
+    for name in (VersionFiles.TOMBSTONES, VersionFiles.FRESH):
+        (folder / name).unlink(missing_ok=True)
+    if len(overlay.tombstones):
+        write_table(
+            folder / VersionFiles.TOMBSTONES,
+            pa.table({"item_id": overlay.tombstones}),
+            VERSION_TOMBSTONES,
+        )
+    if len(overlay.fresh_ids):
+        write_table(
+            folder / VersionFiles.FRESH,
+            pa.table(
+                {
+                    "item_id": overlay.fresh_ids,
+                    "embedding": vectors_to_arrow(overlay.fresh_vectors),
+                }
+            ),
+            ITEM_EMBEDDINGS,
+        )
 
 
 def apply_changes(
@@ -147,9 +188,7 @@ def apply_changes(
         events = (*applied, *changes.event_ids)
         write_catalogue_state(folder, changes.upto, events)
         n_items = read_num_rows(folder / VersionFiles.ITEMS, VERSION_ITEMS)
-        return ApplySummary(
-            changes.upto, events, n_items, 0, 0, len(read_tombstones(folder)), False
-        )
+        return ApplySummary(changes.upto, events, n_items, 0, 0, _blocked(folder), False)
     table = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
     item_id = table.column("item_id").to_numpy()
     id_row = table.column("id_row").to_numpy()
@@ -199,54 +238,52 @@ def apply_changes(
     )
     write_embeddings(folder, new_ids, new_vectors)
 
-    tombstones, rebuilt = read_tombstones(folder), False
-    index_path = folder / VersionFiles.INDEX
-    if index_path.is_file():
-        tombstones, rebuilt = _edit_index(
-            index_path, item_id, tombstones, changes, up_vecs, new_ids, new_vectors, recipe
+    blocked, rebuilt = 0, False
+    if (folder / VersionFiles.INDEX).is_file():
+        blocked, rebuilt = _edit_index(
+            folder, item_id, changes, up_vecs, new_ids, new_vectors, recipe
         )
-        _write_tombstones(folder, tombstones)
     events = (*applied, *changes.event_ids)
     write_catalogue_state(folder, changes.upto, events)
     retired = int(isin_sorted(changes.retired_id, item_id).sum())
     log.debug(
-        "applied catalogue (%d, %d]: %d upserted, %d retired, %d items, %d tombstones%s",
+        "applied catalogue (%d, %d]: %d upserted, %d retired, %d items, %d blocked%s",
         changes.after,
         changes.upto,
         len(up_ids),
         retired,
         len(new_ids),
-        len(tombstones),
+        blocked,
         ", index rebuilt" if rebuilt else "",
     )
-    return ApplySummary(
-        changes.upto, events, len(new_ids), len(up_ids), retired, len(tombstones), rebuilt
-    )
+    return ApplySummary(changes.upto, events, len(new_ids), len(up_ids), retired, blocked, rebuilt)
 
 
 def _edit_index(
-    path: Path,
+    folder: Path,
     old_ids: npt.NDArray[np.int64],
-    tombstones: npt.NDArray[np.int64],
     changes: CatalogueChanges,
     up_vecs: npt.NDArray[np.float32],
     new_ids: npt.NDArray[np.int64],
     new_vectors: npt.NDArray[np.float32],
     recipe: IndexRecipe | None,
-) -> tuple[npt.NDArray[np.int64], bool]:
-    """Edit (or rebuild) the index file; returns (tombstones, rebuilt?)."""
+) -> tuple[int, bool]:
+    """Edit the folder's index and overlay, or rebuild the index once its overlay is too
+    large (``Overlay.wants_rebuild``) and a recipe is given; returns (blocked, rebuilt?)."""
+    path = folder / VersionFiles.INDEX
     index = load_index(path)
-    held = np.union1d(old_ids, tombstones)
-    try:
-        edit = edit_index(index, held, tombstones, changes.upsert_id, up_vecs, changes.retired_id)
-    except RebuildRequired as e:
-        if recipe is None:
-            raise ValueError(f"{path}: {e}, and no index recipe was given") from e
-        log.warning("%s; rebuilding %s over %d items", e, recipe.factory, len(new_ids))
+    overlay = read_overlay(folder, index.d)
+    held = union_sorted(old_ids, overlay.tombstones)
+    edit = edit_index(index, held, overlay, changes.upsert_id, up_vecs, changes.retired_id)
+    if recipe is not None and edit.overlay.wants_rebuild(len(new_ids)):
+        log.info("rebuilding %s over %d items: %d vectors blocked", recipe.factory,
+                 len(new_ids), edit.overlay.blocked)  # fmt: skip
         save_index(path, rebuild_index(recipe, new_ids, new_vectors))
-        return np.empty(0, np.int64), True
+        write_overlay(folder, Overlay.empty(index.d))
+        return 0, True
     save_index(path, index)
-    return edit.tombstones, False
+    write_overlay(folder, edit.overlay)
+    return edit.overlay.blocked, False
 
 
 def rebuild_index(

@@ -29,9 +29,10 @@ import pyarrow as pa
 
 from core.catalogue_apply import (
     IndexRecipe,
-    read_tombstones,
+    read_overlay,
     rebuild_index,
     write_catalogue_state,
+    write_overlay,
 )
 from core.catalogue_sync import LOCK_TIMEOUT_S, require_current, stage_child, sync_current
 from core.delta_publish import publish_delta
@@ -39,11 +40,10 @@ from core.deltas import Chain, apply_rows, read_delta, resolve_chain, verify_cha
 from core.rebase import rebase_onto
 from core.versionio import read_embeddings, write_embeddings
 from model.ids import union_sorted
-from model.incremental import RebuildRequired, edit_index
+from model.incremental import Overlay, edit_index
 from storage import (
     REQUIRED_FILES,
     VERSION_ITEMS,
-    VERSION_TOMBSTONES,
     Layout,
     Lineage,
     PublishedVersion,
@@ -82,6 +82,7 @@ _REWRITTEN: Final = (
     VersionFiles.ITEM_EMBEDDINGS,
     VersionFiles.INDEX,
     VersionFiles.TOMBSTONES,
+    VersionFiles.FRESH,
     VersionFiles.CATALOGUE,
 )
 
@@ -99,8 +100,10 @@ class CompactResult:
 
 def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecipe | None) -> None:
     """Apply ``deltas`` (verified, oldest first) to the complete version staged in
-    ``folder``: its items table, embeddings, index and tombstones are replaced (never
-    written in place: the folder holds hard links of the base's files)."""
+    ``folder``: its items table, embeddings, index and overlay are replaced (never written
+    in place: the folder holds hard links of the base's files). An index whose overlay
+    grows too large (``Overlay.wants_rebuild``) is rebuilt over the final items with
+    ``recipe``, when one is given."""
     items = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
     ids = np.asarray(items.column("item_id").to_numpy(), np.int64)
     cols: list[Any] = [
@@ -114,20 +117,13 @@ def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecip
         raise ValueError(f"{folder}: item_embeddings and items list different IDs")
     index_path = folder / VersionFiles.INDEX
     index = load_index(index_path)
-    tombstones = read_tombstones(folder)
-    rebuild = False
+    overlay = read_overlay(folder, index.d)
     for d in deltas:
         delta = read_delta(d.path)
-        held = union_sorted(ids, tombstones) if len(tombstones) else ids
-        if not rebuild:
-            try:
-                tombstones = edit_index(
-                    index, held, tombstones, delta.item_id, delta.vectors, delta.retired_id
-                ).tombstones
-            except RebuildRequired as e:
-                if recipe is None:
-                    raise ValueError(f"{index_path}: {e}, and no index recipe was given") from e
-                rebuild = True  # once, over the final items, after the last delta
+        held = union_sorted(ids, overlay.tombstones) if len(overlay.tombstones) else ids
+        overlay = edit_index(
+            index, held, overlay, delta.item_id, delta.vectors, delta.retired_id
+        ).overlay
         ids, [*cols, vectors] = apply_rows(
             ids,
             [*cols, vectors],
@@ -135,10 +131,10 @@ def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecip
             [delta.id_row, delta.category, delta.content, delta.vectors],
             delta.retired_id,
         )
-    if rebuild:
-        assert recipe is not None
-        log.warning("compaction: rebuilding %s over %d items", recipe.factory, len(ids))
-        index, tombstones = rebuild_index(recipe, ids, vectors), np.empty(0, np.int64)
+    if recipe is not None and overlay.wants_rebuild(len(ids)):
+        log.warning("compaction: rebuilding %s over %d items (%d vectors blocked)",
+                    recipe.factory, len(ids), overlay.blocked)  # fmt: skip
+        index, overlay = rebuild_index(recipe, ids, vectors), Overlay.empty(index.d)
     write_table(
         folder / VersionFiles.ITEMS,
         _items_table(ids, cols),
@@ -146,11 +142,7 @@ def fold_deltas(folder: Path, deltas: list[PublishedVersion], recipe: IndexRecip
     )
     write_embeddings(folder, ids, vectors)
     save_index(index_path, index)
-    tomb_path = folder / VersionFiles.TOMBSTONES
-    if len(tombstones):
-        write_table(tomb_path, pa.table({"item_id": tombstones}), VERSION_TOMBSTONES)
-    else:
-        tomb_path.unlink(missing_ok=True)
+    write_overlay(folder, overlay)
 
 
 def _items_table(ids: np.ndarray, cols: list[Any]) -> pa.Table:

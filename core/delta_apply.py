@@ -1,12 +1,10 @@
 """Applying deltas (``core.deltas``) to what a server holds in memory: the item columns of
-its serving tables, its Faiss index (edited in place) and its tombstones.
+its serving tables, its Faiss index (edited in place) and the index's overlay.
 
 Indexes that can remove vectors (Flat, IVF) get true upserts and removals; the others
 (HNSW, refined IVF-PQ) keep a retired vector as a tombstone that every search filters
-out. An upsert of an item such an index already holds cannot be done in place (the index
-would hold two vectors under one ID), so the index is rebuilt from the chain's vectors
-with the base's recipe: rare (an update of an existing item on such an index), and never
-silent (logged).
+out, and an updated item's current vector in the overlay's fresh vectors, searched
+exactly beside the index (``model.incremental.Overlay``). Nothing is rebuilt here.
 """
 
 from __future__ import annotations
@@ -18,13 +16,12 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from core.catalogue_apply import IndexRecipe, rebuild_index
 from core.deltas import Chain, ItemDelta, apply_rows, read_delta
 from core.versionio import ServingTables, read_embeddings
 from model.ids import union_sorted
-from model.incremental import RebuildRequired, edit_index
+from model.incremental import Overlay, edit_index
 
-__all__ = ["ServedItems", "apply_chain", "apply_delta"]
+__all__ = ["ServedItems", "apply_chain", "apply_delta", "chain_vectors"]
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +29,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServedItems:
     """The item side of a server's state after some deltas: its tables (item columns
-    updated), the index it edited and the tombstones that index still holds."""
+    updated), the index it edited and that index's overlay."""
 
     tables: ServingTables
     index: faiss.Index
-    tombstones: npt.NDArray[np.int64]
+    overlay: Overlay
 
 
-def apply_delta(
-    items: ServedItems, delta: ItemDelta, rebuild: IndexRecipe | None, vectors_of: Chain | None
-) -> ServedItems:
+def apply_delta(items: ServedItems, delta: ItemDelta) -> ServedItems:
     """``items`` after ``delta``: the index is edited in place (so the caller must own
-    it); the tables and tombstones are new arrays. ``rebuild`` and ``vectors_of`` (the
-    chain up to and including this delta) are what a rebuild needs when the index cannot
-    replace a vector it holds; without them that case raises RebuildRequired."""
+    it); the tables and the overlay are new arrays."""
     t = items.tables
-    held = union_sorted(t.item_id, items.tombstones) if len(items.tombstones) else t.item_id
+    tomb = items.overlay.tombstones
+    held = union_sorted(t.item_id, tomb) if len(tomb) else t.item_id
     item_id, (id_row, category, content) = apply_rows(
         t.item_id,
         [t.item_id_row, t.category, t.content],
@@ -56,24 +50,16 @@ def apply_delta(
         delta.retired_id,
     )
     tables = replace(t, item_id=item_id, item_id_row=id_row, category=category, content=content)
-    try:
-        edit = edit_index(
-            items.index, held, items.tombstones, delta.item_id, delta.vectors, delta.retired_id
-        )
-    except RebuildRequired as e:
-        if rebuild is None or vectors_of is None:
-            raise
-        log.warning("%s; rebuilding %s over %d items", e, rebuild.factory, len(item_id))
-        ids, vectors = chain_vectors(vectors_of)
-        return ServedItems(tables, rebuild_index(rebuild, ids, vectors), np.empty(0, np.int64))
-    return ServedItems(tables, items.index, edit.tombstones)
+    edit = edit_index(
+        items.index, held, items.overlay, delta.item_id, delta.vectors, delta.retired_id
+    )
+    return ServedItems(tables, items.index, edit.overlay)
 
 
-def apply_chain(items: ServedItems, chain: Chain, rebuild: IndexRecipe | None) -> ServedItems:
+def apply_chain(items: ServedItems, chain: Chain) -> ServedItems:
     """``items`` (the chain's base, loaded) after every delta of ``chain``, in order."""
-    for i, d in enumerate(chain.deltas):
-        upto = Chain(chain.base, chain.deltas[: i + 1])
-        items = apply_delta(items, read_delta(d.path), rebuild, upto)
+    for d in chain.deltas:
+        items = apply_delta(items, read_delta(d.path))
     return items
 
 

@@ -3,6 +3,11 @@
 Two ways to keep ineligible items out of a top-k: Faiss search-time ID selectors, or
 over-fetching and filtering the results. Both are exact; which is faster depends on how
 many items are blocked (bench/loadgen.py measures them), so ``FilteredSearch`` picks.
+
+An index that cannot replace vectors carries an overlay (``model.incremental.Overlay``):
+its tombstones and the stale vectors of updated items are blocked like ineligible items,
+and the updated items' current (*fresh*) vectors are scanned exactly beside the index,
+under the same request filter, and merged by score.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ log = logging.getLogger(__name__)
 FilterMode = Literal["auto", "selector", "overfetch"]
 
 EMPTY_IDS: Final = np.empty(0, np.int64)
+_NO_SCORES: Final = np.empty(0, np.float32)
 # Selector sets larger than this use a bitmap over the ID range when that range is small.
 _BATCH_MAX: Final = 256
 _BITMAP_MAX_BITS: Final = 1 << 26  # 8 MiB of bool mask per request at most
@@ -42,13 +48,22 @@ class ItemFilter:
 
     Large sets over a small ID range are a bool ``mask`` over IDs 0..bound-1 instead (a
     bitmap is cheaper to build than a sorted array or a hash set); otherwise ``ids`` is
-    sorted. ``eligible`` counts the catalogue items the request may return.
+    sorted. ``eligible`` counts the items the request may find in the index;
+    ``fresh_keep`` marks the fresh vectors it may return (None: the index has none),
+    which the index's part always blocks.
     """
 
     allow: bool
     ids: npt.NDArray[np.int64]
     mask: npt.NDArray[np.bool_] | None
     eligible: int
+    fresh_keep: npt.NDArray[np.bool_] | None = None
+
+    @property
+    def total(self) -> int:
+        """How many catalogue items the request may return: in the index and fresh."""
+        fresh = 0 if self.fresh_keep is None else int(np.count_nonzero(self.fresh_keep))
+        return self.eligible + fresh
 
     def keep(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """(n,) result IDs -> (n,) mask of valid, eligible ones (-1 = no result)."""
@@ -93,12 +108,14 @@ class ItemCatalogue:
     """Sorted item IDs, their categories grouped for filter building, and the ID bound.
 
     ``tombstones``: retired IDs the index still holds (it cannot remove vectors); every
-    filter blocks them.
+    filter blocks them. ``fresh_ids``: served items whose vector in the index is stale;
+    every filter blocks them in the index and says which of their fresh vectors it admits.
     """
 
     item_id: npt.NDArray[np.int64]  # (I,) sorted
     category: npt.NDArray[np.int32]  # (I,)
     tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)  # (T,) sorted
+    fresh_ids: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)  # (F,) sorted
     by_category: dict[int, npt.NDArray[np.int64]] = field(init=False, repr=False)
     id_bound: int = field(init=False, repr=False)
     # Category of every ID below id_bound (-1: no such item), when that table is small.
@@ -152,8 +169,9 @@ class ItemCatalogue:
         include: list[int] | None,
         exclude: list[int] | None,
     ) -> ItemFilter | None:
-        """The request's eligible items (None: all of them)."""
-        if include is None and not exclude and not len(seen) and not len(self.tombstones):
+        """The request's eligible items (None: all of them, and no overlay to correct)."""
+        fresh = self.fresh_ids
+        if not (len(seen) or len(self.tombstones) or len(fresh) or exclude or include is not None):
             # The common request: nothing to block, and none of the set work below.
             return None
         n, excluded, tomb = len(self.item_id), set(exclude or ()), self.tombstones
@@ -169,25 +187,46 @@ class ItemCatalogue:
             # Histories come sorted and distinct: skip the sort of np.unique then.
             if len(seen) > 1 and not (seen[1:] > seen[:-1]).all():
                 seen = np.unique(seen)
-        if not len(seen) and not len(tomb) and size == (n if allow else 0):
+        keep = self._fresh_keep(seen, allow, wanted) if len(fresh) else None
+        if not len(seen) and not len(tomb) and not len(fresh) and size == (n if allow else 0):
             return None
-        if size + len(seen) + len(tomb) > _BATCH_MAX and self.id_bound <= _BITMAP_MAX_BITS:
+        if (
+            size + len(seen) + len(tomb) + len(fresh) > _BATCH_MAX
+            and self.id_bound <= _BITMAP_MAX_BITS
+        ):
             mask = np.zeros(self.id_bound, bool)
             for g in groups:
                 mask[g] = True
             hits = int(mask[seen].sum())
             mask[seen] = not allow
+            # Fresh items are found beside the index, never in it.
+            stale = int(mask[fresh].sum()) if allow else len(fresh) - int(mask[fresh].sum())
+            mask[fresh] = not allow
             mask[tomb] = True  # exclude mode only (tomb is empty for allow-lists)
-            eligible = size - hits if allow else n - (size + len(seen) - hits)
-            return ItemFilter(allow, EMPTY_IDS, mask, eligible)
+            eligible = size - hits - stale if allow else n - (size + len(seen) - hits) - stale
+            return ItemFilter(allow, EMPTY_IDS, mask, eligible, keep)
         if allow:
             ids = np.sort(np.concatenate(groups)) if groups else EMPTY_IDS
             ids = ids[~isin_sorted(ids, seen)]
-        elif not groups and not len(tomb):
+            ids = ids[~isin_sorted(ids, fresh)] if len(fresh) else ids
+        elif not groups and not len(tomb) and not len(fresh):
             ids = seen  # the usual exclude-seen request: already sorted and distinct
         else:
-            ids = np.unique(np.concatenate([*groups, seen, tomb]))
-        return ItemFilter(allow, ids, None, len(ids) if allow else n - (len(ids) - len(tomb)))
+            ids = np.unique(np.concatenate([*groups, seen, tomb, fresh]))
+        eligible = len(ids) if allow else n - (len(ids) - len(tomb))
+        return ItemFilter(allow, ids, None, eligible, keep)
+
+    def _fresh_keep(
+        self, seen: npt.NDArray[np.int64], allow: bool, wanted: list[int]
+    ) -> npt.NDArray[np.bool_]:
+        """(F,) which fresh items the request admits: not ``seen`` (sorted), and of the
+        ``wanted`` categories (``allow``) or none of them."""
+        fresh = self.fresh_ids
+        keep = ~isin_sorted(fresh, seen) if len(seen) else np.ones(len(fresh), bool)
+        if allow or wanted:
+            inside = np.isin(self.categories_of(fresh), np.asarray(wanted, np.int32))
+            keep &= inside if allow else ~inside
+        return keep
 
 
 @dataclass(frozen=True)
@@ -202,6 +241,10 @@ class FilteredSearch:
 
     index: faiss.Index
     mode: FilterMode = "auto"
+    # (F, D) float32 current vectors of the catalogue's ``fresh_ids`` (the overlay's), in
+    # that order: scanned exactly beside the index, under the filter's ``fresh_keep``.
+    fresh_vectors: npt.NDArray[np.float32] | None = None
+    fresh_ids: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)
     ivf: Any = field(init=False, repr=False)  # the IVF inside, or None
 
     def __post_init__(self) -> None:
@@ -229,7 +272,33 @@ class FilteredSearch:
     def search(
         self, vec: npt.NDArray[np.float32], k: int, flt: ItemFilter | None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """(k,) scores and item IDs of the best ``k <= eligible`` items; ``vec`` is (1, D)."""
+        """(k,) scores and item IDs of the best ``k <= flt.total`` items; ``vec`` is (1, D)."""
+        if flt is None or flt.fresh_keep is None:
+            return self._search_index(vec, k, flt)
+        # Each part's best k, merged by score (the parts hold different items).
+        k_index = min(k, flt.eligible)
+        scores, ids = self._search_index(vec, k_index, flt) if k_index else (_NO_SCORES, EMPTY_IDS)
+        f_scores, f_ids = self._search_fresh(vec, k, flt.fresh_keep)
+        scores, ids = np.concatenate([scores, f_scores]), np.concatenate([ids, f_ids])
+        best = np.argsort(-scores, kind="stable")[:k]
+        return scores[best], ids[best]
+
+    def _search_fresh(
+        self, vec: npt.NDArray[np.float32], k: int, keep: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The best ``k`` fresh vectors ``keep`` admits, exactly: one (F, D) @ (D,) scan."""
+        if self.fresh_vectors is None or not keep.any():
+            return _NO_SCORES, EMPTY_IDS
+        scores = self.fresh_vectors @ vec[0]
+        rows = np.flatnonzero(keep)
+        if len(rows) > k:
+            rows = rows[np.argpartition(-scores[rows], k - 1)[:k]]
+        return scores[rows].astype(np.float32), self.fresh_ids[rows]
+
+    def _search_index(
+        self, vec: npt.NDArray[np.float32], k: int, flt: ItemFilter | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The index's part: the best ``k <= flt.eligible`` items it may return."""
         if flt is None:
             # The hot path: no parameters object, no copies of Faiss's float32 / int64 rows.
             all_scores, all_ids = self.index.search(vec, k)

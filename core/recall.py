@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.catalogue_apply import IndexRecipe, read_tombstones
+from core.catalogue_apply import read_overlay
 from core.delta_apply import ServedItems, apply_chain
 from core.deltas import Chain, resolve_chain, verify_chain
 from core.filtering import (
@@ -43,6 +43,8 @@ from core.versionio import (
     read_raw_ids,
     read_serving_tables,
 )
+from model.ids import isin_sorted
+from model.incremental import Overlay
 from model.towers import UNKNOWN_ROW, TwoTower
 from storage import CorruptVersionError, Manifest, VersionFiles, VersionStore, load_index
 from storage.integrity import FileIdentity, file_identities
@@ -148,23 +150,30 @@ class Recaller:
     tables: ServingTables
     index: faiss.Index
     history: History
+    # What search corrects in an index without remove_ids (empty for the others): retired
+    # IDs it still holds (tombstones), and updated items' current vectors searched beside it.
+    overlay: Overlay
     manifest: Manifest | None = None
     raw_ids: RawIds | None = None  # imported data with non-integer raw IDs
     filter_mode: FilterMode = "auto"
-    # (T,) sorted retired IDs the index still holds (indexes without remove_ids); every
-    # request filters them out.
-    tombstones: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)
     _catalogue: ItemCatalogue = field(init=False, repr=False, compare=False)
     _searcher: FilteredSearch = field(init=False, repr=False, compare=False)
     _users: _UserRows = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        overlay = self.overlay
         object.__setattr__(
             self,
             "_catalogue",
-            ItemCatalogue(self.tables.item_id, self.tables.category, self.tombstones),
+            ItemCatalogue(
+                self.tables.item_id, self.tables.category, overlay.tombstones, overlay.fresh_ids
+            ),
         )
-        object.__setattr__(self, "_searcher", FilteredSearch(self.index, self.filter_mode))
+        object.__setattr__(
+            self,
+            "_searcher",
+            FilteredSearch(self.index, self.filter_mode, overlay.fresh_vectors, overlay.fresh_ids),
+        )
         object.__setattr__(self, "_users", _UserRows.of(self.tables))
 
     @classmethod
@@ -195,15 +204,13 @@ class Recaller:
         base = chain.base
         try:
             model = load_served_model(base.path)
+            index = load_index(base.file(VersionFiles.INDEX))
             items = ServedItems(
                 read_serving_tables(base.path, model.history_len),
-                load_index(base.file(VersionFiles.INDEX)),
-                read_tombstones(base.path),
+                index,
+                read_overlay(base.path, int(index.d)),
             )
-            if chain.deltas:
-                summary = base.manifest.extra.get("index")
-                recipe = IndexRecipe.from_summary(summary) if summary else None
-                items = apply_chain(items, chain, recipe)
+            items = apply_chain(items, chain)
             recaller = cls(
                 version_id=vid,
                 model=model,
@@ -212,7 +219,7 @@ class Recaller:
                 history=read_history(base.path),
                 manifest=chain.head.manifest,
                 raw_ids=read_raw_ids(base.path),
-                tombstones=items.tombstones,
+                overlay=items.overlay,
             )
         except (KeyError, ValueError, RuntimeError, OSError) as e:
             # Strict state_dict load, schema checks and Faiss read errors all land here.
@@ -225,13 +232,19 @@ class Recaller:
         recaller.check()
         return recaller
 
+    @property
+    def tombstones(self) -> npt.NDArray[np.int64]:
+        """(T,) sorted retired IDs the index still holds."""
+        return self.overlay.tombstones
+
     def check(self) -> None:
         """Sanity checks run before a version may serve; raises ``VersionRejectedError``.
 
         Index size == items table (+ tombstones) == manifest item count (+ tombstones);
         index dim == model embedding dim == manifest; profiles fit the user tower; the
-        index holds the table's item IDs and the tombstones; probe queries (plain and
-        filtered) return k finite results.
+        index holds the table's item IDs and the tombstones; fresh vectors are of served
+        items, finite, of the index's dimension; probe queries (plain and filtered) return
+        k finite results.
         """
         n, d, m = self.n_items, int(self.model.spec.tower.embedding_dim), self.manifest
         m_items, m_dim = (m.item_count, m.embedding_dim) if m is not None else (n, d)
@@ -253,6 +266,7 @@ class Recaller:
                     f"takes {self.profile_dim}",
                 ),
                 (n == 0 or len(self.tables.user_id) == 0, "no items or no users"),
+                *self._overlay_problems(),
                 (
                     held is not None
                     and not np.array_equal(
@@ -277,6 +291,23 @@ class Recaller:
                 raise VersionRejectedError(
                     self.version_id, f"probe query returned {len(probe)} of {k} items"
                 )
+
+    def _overlay_problems(self) -> list[tuple[bool, str]]:
+        fresh, vectors = self.overlay.fresh_ids, self.overlay.fresh_vectors
+        return [
+            (
+                not bool(isin_sorted(fresh, self.tables.item_id).all()),
+                "fresh vectors of items the version does not serve",
+            ),
+            (
+                bool(isin_sorted(fresh, self.overlay.tombstones).any()),
+                "items both fresh and retired",
+            ),
+            (
+                vectors.shape != (len(fresh), self.index.d) or not np.isfinite(vectors).all(),
+                f"fresh vectors {vectors.shape} are not finite ({len(fresh)}, {self.index.d})",
+            ),
+        ]
 
     @property
     def n_items(self) -> int:
@@ -360,7 +391,7 @@ class Recaller:
             else EMPTY_IDS
         )
         flt = self._catalogue.filter(seen, include_categories, exclude_categories)
-        k_eff = k if flt is None else min(k, flt.eligible)
+        k_eff = k if flt is None else min(k, flt.total)
         if k_eff == 0:
             return RecallResult(
                 self.version_id, EMPTY_IDS, np.empty(0, np.float32), np.empty(0, np.int32), known

@@ -1,7 +1,8 @@
 """Moving a loaded ``Recaller`` forward by the deltas published on top of it, in place:
 the new CURRENT's deltas are verified and read, the item tables and filters of the new
 version are built beside the old ones, and only then is the live Faiss index edited (add,
-remove, tombstone) and the new ``Recaller`` swapped in. The base is never reloaded and
+remove, or on an index that cannot remove: a tombstone, an updated item's fresh vector
+beside it) and the new ``Recaller`` swapped in. The base is never reloaded and
 the index never copied, so memory grows by the added vectors, not by a second index.
 
 The index is shared by the old and the new ``Recaller``: the edit must not overlap a
@@ -22,8 +23,8 @@ import numpy.typing as npt
 
 from core.deltas import ItemDelta, apply_rows, read_delta
 from core.recall import Recaller
-from model.ids import isin_sorted, union_sorted
-from model.incremental import edit_index, supports_remove
+from model.ids import union_sorted
+from model.incremental import Overlay, edit_index, supports_remove
 from storage import PublishedVersion, VersionStore
 from storage.chains import resolve_chain, same_items_as
 
@@ -35,19 +36,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Advance:
     """A planned move from ``before`` to ``after`` (same index object): ``apply`` edits the
-    index by ``edits`` (each with the IDs the index held and the tombstones before it)."""
+    index by ``edits`` (each with the IDs the index held and its overlay before it)."""
 
     before: Recaller
     after: Recaller
-    edits: tuple[tuple[ItemDelta, npt.NDArray[np.int64], npt.NDArray[np.int64]], ...]
+    edits: tuple[tuple[ItemDelta, npt.NDArray[np.int64], Overlay], ...]
 
     def apply(self) -> Recaller:
         """Edit the shared index (the caller keeps searches off it meanwhile) and return
         ``after``; RuntimeError if the index does not end holding what ``after`` serves
         (the caller then reloads the version whole)."""
         index = self.after.index
-        for delta, held, tombstones in self.edits:
-            edit_index(index, held, tombstones, delta.item_id, delta.vectors, delta.retired_id)
+        for delta, held, overlay in self.edits:
+            edit_index(index, held, overlay, delta.item_id, delta.vectors, delta.retired_id)
         want = self.after.n_items + len(self.after.tombstones)
         if index.ntotal != want:
             raise RuntimeError(
@@ -59,9 +60,9 @@ class Advance:
 
 def plan_advance(store: VersionStore, serving: Recaller, head: PublishedVersion) -> Advance | None:
     """How to move ``serving`` to ``head`` in place, or None when ``head`` does not stack
-    on it (a nightly, a rollback, a compaction of another chain: load it whole) or its
-    index cannot take the deltas in place (an update of a held item on an index without
-    removal).
+    on it (a nightly, a rollback, a compaction of another chain: load it whole), or when
+    the served index's overlay has outgrown it and ``head`` stacks on a compaction that
+    may have rebuilt it (``Overlay.wants_rebuild``).
 
     A version of ``head``'s chain with the same items as the served one (a compaction of
     it, a delta rebased from it: ``storage.chains.same_items_as``) is taken over, and the
@@ -77,6 +78,9 @@ def plan_advance(store: VersionStore, serving: Recaller, head: PublishedVersion)
         at, start = ids.index(serving.version_id), serving
     else:
         same = [same_items_as(v) for v in versions]
+        if serving.overlay.wants_rebuild(serving.n_items) and same[0] is not None:
+            # A compaction rebuilds an index whose overlay is this large: load its own.
+            return None
         if serving.version_id in same:
             # Exactly what is served, in another chain: the same items and vectors. It
             # is taken over, not reloaded (at a million items that saves a second index
@@ -117,7 +121,7 @@ def _plan_from(
 
 
 def _adopt(serving: Recaller, same: PublishedVersion) -> Recaller:
-    """``serving`` (its tables, index and tombstones: the same items) as ``same``."""
+    """``serving`` (its tables, index and overlay: the same items) as ``same``."""
     log.info("%s: the items of %s, taken over in place", same.version_id, serving.version_id)
     return replace(serving, version_id=same.version_id, manifest=same.manifest)
 
@@ -127,20 +131,16 @@ def _plan(serving: Recaller, deltas: Sequence[ItemDelta], head: PublishedVersion
     removable = supports_remove(serving.index)
     ids = t.item_id
     cols: list[npt.NDArray[Any]] = [t.item_id_row, t.category, t.content]
-    tombstones = serving.tombstones
+    overlay = serving.overlay
     edits = []
     for delta in deltas:
-        held = union_sorted(ids, tombstones) if len(tombstones) else ids
-        if not removable and isin_sorted(delta.item_id, held).any():
-            log.info("%s: an update of a held item on %s: loading it whole", head.version_id,
-                     type(serving.index).__name__)  # fmt: skip
-            return None
-        edits.append((delta, held, tombstones))
+        tomb = overlay.tombstones
+        held = union_sorted(ids, tomb) if len(tomb) else ids
+        edits.append((delta, held, overlay))
         if removable:
-            tombstones = np.empty(0, np.int64)
+            overlay = Overlay.empty(int(serving.index.d))
         else:
-            live = delta.retired_id[isin_sorted(delta.retired_id, held)]
-            tombstones = np.union1d(tombstones, live).astype(np.int64)
+            overlay, _ = overlay.after(held, delta.item_id, delta.vectors, delta.retired_id)
         ids, cols = apply_rows(
             ids, cols, delta.item_id, [delta.id_row, delta.category, delta.content],
             delta.retired_id,
@@ -152,6 +152,6 @@ def _plan(serving: Recaller, deltas: Sequence[ItemDelta], head: PublishedVersion
         version_id=head.version_id,
         tables=tables,
         manifest=head.manifest,
-        tombstones=tombstones,
+        overlay=overlay,
     )
     return Advance(serving, after, tuple(edits))

@@ -61,6 +61,9 @@ class VersionFiles:
     MANIFEST: Final = "manifest.json"
     # Item IDs still in the index but retired (indexes without remove_ids, e.g. HNSW).
     TOMBSTONES: Final = "tombstones.parquet"
+    # Current vectors of items updated since such an index was built: its vectors for
+    # them are stale (the embeddings' schema, sorted by ID; see model.incremental.Overlay).
+    FRESH: Final = "fresh.parquet"
     # The catalogue entries the version includes: {"seq": int, "events": [...]}.
     CATALOGUE: Final = "catalogue.json"
     # A delta version (kind "delta") holds only these, the catalogue state and its

@@ -25,3 +25,12 @@ def test_the_service_applies_each_event_in_place_on_one_index(tmp_path: Path) ->
     r = measure_service(tmp_path / "store", 3_000, events=4, size=6, factory="Flat")
     assert r["same_index"] and r["deltas_applied"] == 4
     assert r["fresh_p50"] >= r["apply_p50"] > 0 and r["rss_after"] > 0
+
+
+def test_updates_on_hnsw_are_applied_in_place_through_the_overlay(tmp_path: Path) -> None:
+    from bench.delta_service import measure as measure_service
+
+    r = measure_service(tmp_path / "store", 3_000, events=4, size=6, factory="HNSW16", mix="all")
+    assert r["same_index"] and r["deltas_applied"] == 4
+    assert r["fresh"] == 2 * 3 and r["tombstones"] == 2 * 6  # two upsert, two retire events
+    assert all(ms > 0 for ms in (*r["recall_before"], *r["recall_after"]))

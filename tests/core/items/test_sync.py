@@ -90,15 +90,19 @@ def test_retire_on_hnsw_leaves_tombstones_that_recall_filters(make_store: MakeSt
         assert len(got) == 5 and not set(got) & {10, 20, 30}
 
 
-def test_upsert_of_a_held_item_on_hnsw_rebuilds_the_index(make_store: MakeStore) -> None:
+def test_upsert_of_a_held_item_on_hnsw_goes_to_the_overlay(make_store: MakeStore) -> None:
+    """HNSW cannot replace a vector: an updated (or revived) item's current vector is
+    searched beside the index, its old one blocked; nothing is rebuilt or added twice."""
     store = make_store("HNSW16")
     retire(store.layout, "r1", [10])
     create(store.layout, "e1", [item(20, seed=5), item(10, seed=6), item(5000)])
     recaller = Recaller.load(store)
     ids = held_ids(recaller).tolist()
     assert len(ids) == len(set(ids)) == N_ITEMS + 1 and recaller.index.ntotal == N_ITEMS + 1
-    assert len(recaller.tombstones) == 0  # rebuilt: the retired vector is gone too
-    assert top1_for_own_vector(store, recaller, 20) == 20
+    assert len(recaller.tombstones) == 0  # 10 came back
+    assert recaller.overlay.fresh_ids.tolist() == [10, 20]
+    for item_id in (10, 20, 5000):
+        assert top1_for_own_vector(store, recaller, item_id) == item_id
 
 
 def test_items_before_the_first_version_wait_in_the_catalogue(tmp_path) -> None:  # type: ignore[no-untyped-def]
