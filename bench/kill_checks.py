@@ -76,6 +76,10 @@ class Served:
     served: int  # acknowledged items in CURRENT's items table
     lost: tuple[int, ...]  # acknowledged, but missing from the items table or the index
     duplicated: tuple[int, ...]  # any item held twice by the items table, embeddings or index
+    # Items whose fresh vector (an update on an index that cannot replace vectors) is not
+    # the vector the chain's embeddings give them.
+    stale: tuple[int, ...] = ()
+    fresh: int = 0  # items served through fresh vectors
 
 
 def _repeated(ids: npt.NDArray[np.int64]) -> set[int]:
@@ -95,7 +99,10 @@ def served(layout: Layout, acked: Collection[int]) -> Served:
     recaller = Recaller.load(store)  # the chain verified, applied, checked
     current = store.open_version(recaller.version_id, verify=False)
     items = recaller.tables.item_id
-    embedded, _ = chain_vectors(resolve_chain(store, current))
+    embedded, vectors = chain_vectors(resolve_chain(store, current))
+    fresh = recaller.overlay.fresh_ids
+    want_fresh = vectors[np.searchsorted(embedded, fresh)] if len(fresh) else vectors[:0]
+    stale = fresh[~np.isclose(recaller.overlay.fresh_vectors, want_fresh, atol=1e-6).all(axis=1)]
     held = index_ids(recaller.index)
     if held is None:
         raise TypeError(f"{current.version_id}: index kind holds no readable IDs")
@@ -108,6 +115,8 @@ def served(layout: Layout, acked: Collection[int]) -> Served:
         served=int(np.isin(want, items).sum()),
         lost=tuple(sorted(int(i) for i in lost)),
         duplicated=tuple(sorted(dups)),
+        stale=tuple(int(i) for i in stale),
+        fresh=len(fresh),
     )
 
 

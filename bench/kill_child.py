@@ -3,8 +3,8 @@ nightly against a store, reporting on stdout what the parent needs to judge a SI
 
 Usage::
 
-    python -m bench.kill_child items ROOT EVENT_ID FIRST_ID N
-    python -m bench.kill_child nightly ROOT [EPOCHS]
+    python -m bench.kill_child items ROOT EVENT_ID FIRST_ID N [SALT]
+    python -m bench.kill_child nightly ROOT [EPOCHS [INDEX_FACTORY]]
     python -m bench.kill_child compact ROOT
 
 Lines written (each flushed at once): ``READY`` once imports and reads are done (the
@@ -39,30 +39,32 @@ from storage import VERSION_ITEMS, Layout, VersionFiles, VersionStore, read_json
 __all__ = ["event_items", "main", "nightly_config"]
 
 
-def nightly_config(root: Path, epochs: int = 1) -> NightlyConfig:
+def nightly_config(root: Path, epochs: int = 1, factory: str = "auto") -> NightlyConfig:
     """The tiny nightly the loop runs: one epoch, no quality gate or baseline, few tuning
-    queries (about 2 s of work on 2 cores), default retention so pruning runs too."""
+    queries (about 2 s of work on 2 cores), default retention so pruning runs too;
+    ``factory`` the index (e.g. HNSW16, whose updates go through the overlay)."""
     return NightlyConfig.model_validate(
         {
             "data": {"scale": "tiny"},
             "train": {"epochs": epochs},
             "evaluation": {"gate_min_lift": -1.0, "baseline": "none", "max_users": 100},
-            "index": {"tune_queries": 20},
+            "index": {"tune_queries": 20, "factory": factory},
             "runtime": {"storage_root": str(root)},
         }
     )
 
 
-def event_items(root: Path, first_id: int, n: int) -> list[dict[str, Any]]:
+def event_items(root: Path, first_id: int, n: int, salt: int = 0) -> list[dict[str, Any]]:
     """Items ``first_id .. first_id + n - 1`` with content of CURRENT's model size; the
-    same arguments give the same items (a redelivered event is identical)."""
+    same arguments give the same items (a redelivered event is identical), another
+    ``salt`` new content for the same IDs (an update)."""
     from core.deltas import resolve_chain
     from model.config import TowerSpec
 
     store = VersionStore(Layout(root))
     base = resolve_chain(store, store.open_current(verify=False)).base  # a delta: its base's
     spec = TowerSpec.model_validate(read_json(base.file(VersionFiles.MODEL_CONFIG)))
-    rng = np.random.default_rng(first_id)
+    rng = np.random.default_rng([first_id, salt])
     return [
         {
             "item_id": first_id + j,
@@ -78,12 +80,12 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
-def _items(root: Path, event_id: str, first_id: int, n: int) -> None:
+def _items(root: Path, event_id: str, first_id: int, n: int, salt: int) -> None:
     from core.deltas import resolve_chain
     from core.items import publish_catalogue, record_items
     from core.items_validation import ItemsBatch
 
-    batch = ItemsBatch(event_id=event_id, items=event_items(root, first_id, n))
+    batch = ItemsBatch(event_id=event_id, items=event_items(root, first_id, n, salt))
     # Warm what the first record would otherwise load lazily (pyarrow's to_numpy of a
     # chunked column imports pandas: 0.6 s), so the timed part is the event itself.
     store = VersionStore(Layout(root))
@@ -98,7 +100,7 @@ def _items(root: Path, event_id: str, first_id: int, n: int) -> None:
     _done(version, start, published)
 
 
-def _nightly(root: Path, epochs: int) -> None:
+def _nightly(root: Path, epochs: int, factory: str) -> None:
     import core.nightly
 
     publish_version = core.nightly.publish_version
@@ -110,7 +112,7 @@ def _nightly(root: Path, epochs: int) -> None:
 
     # run_nightly calls the name it imported: announce the step there, change nothing else.
     core.nightly.publish_version = announced  # type: ignore[assignment]
-    config = nightly_config(root, epochs)
+    config = nightly_config(root, epochs, factory)
     _say("READY")
     start = time.monotonic()
     version = core.nightly.run_nightly(config)
@@ -150,9 +152,9 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     kind, root = argv[0], Path(argv[1])
     if kind == "items":
-        _items(root, argv[2], int(argv[3]), int(argv[4]))
+        _items(root, argv[2], int(argv[3]), int(argv[4]), int(argv[5]) if len(argv) > 5 else 0)
     elif kind == "nightly":
-        _nightly(root, int(argv[2]) if len(argv) > 2 else 1)
+        _nightly(root, int(argv[2]) if len(argv) > 2 else 1, argv[3] if len(argv) > 3 else "auto")
     elif kind == "compact":
         _compact(root)
     else:

@@ -14,7 +14,8 @@ delivery); every ``check_every`` kills and at the end one items event and one ni
 run finish without a kill.
 
 Usage: python -m bench.kill_loop --kills 100 [--seed N] [--items-share 0.7]
-[--compact-share 0] [--check-every 10] [--root DIR]  (see docs/kill-loop.md)
+[--compact-share 0] [--update-share 0] [--index auto] [--check-every 10] [--root DIR]
+(see docs/kill-loop.md)
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class KillLoopResult:
     run_checks: int = 0  # served exactly once + no leftovers, after every successful run
     acked: set[int] = field(default_factory=set)  # acknowledged item ids
     acked_events: int = 0
+    updates: int = 0  # acknowledged events that gave held items new content
+    most_fresh: int = 0  # the most items served through fresh vectors at a run check
     redelivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -136,14 +139,23 @@ class _Loop:
     """The loop's state: the store, the event counter, what was acknowledged."""
 
     def __init__(
-        self, root: Path, seed: int, items_share: float, compact_share: float = 0.0
+        self,
+        root: Path,
+        seed: int,
+        items_share: float,
+        compact_share: float = 0.0,
+        update_share: float = 0.0,
+        factory: str = "auto",
     ) -> None:
         self.layout = Layout(root)
         self.rng = np.random.default_rng(seed)
         self.items_share, self.compact_share = items_share, compact_share
+        self.update_share, self.factory = update_share, factory
         self.result = KillLoopResult(root=root)
         self.n_events = 0
-        self.pending: tuple[str, int] | None = None  # unacknowledged event to redeliver
+        # The unacknowledged event to redeliver: (event id, first item ID, content salt).
+        self.pending: tuple[str, int, int] | None = None
+        self.firsts: list[int] = []  # first item ID of each acknowledged creation
         self.reported: set[Path] = set()  # leftovers already reported as violations
 
     def _start(self, kind: str) -> _Child:
@@ -152,12 +164,19 @@ class _Loop:
         if kind == "items":
             if self.pending is None:
                 self.n_events += 1
-                first = FIRST_ITEM_ID + self.n_events * ITEMS_PER_EVENT
-                self.pending = (f"kill-loop-{self.n_events}", first)
+                if self.firsts and self.rng.random() < self.update_share:
+                    # New content for an earlier event's items: an update of held items.
+                    first = self.firsts[int(self.rng.integers(len(self.firsts)))]
+                    salt = self.n_events
+                else:
+                    first, salt = FIRST_ITEM_ID + self.n_events * ITEMS_PER_EVENT, 0
+                self.pending = (f"kill-loop-{self.n_events}", first, salt)
             else:
                 self.result.redelivered += 1
-            event_id, first = self.pending
-            args += [event_id, str(first), str(ITEMS_PER_EVENT)]
+            event_id, first, salt = self.pending
+            args += [event_id, str(first), str(ITEMS_PER_EVENT), str(salt)]
+        elif kind == "nightly":
+            args += ["1", self.factory]
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.kill_child", *args],
             cwd=REPO,
@@ -173,6 +192,10 @@ class _Loop:
             assert self.pending is not None and event_id == self.pending[0], line
             self.result.acked.update(int(i) for i in ids.split(","))
             self.result.acked_events += 1
+            if self.pending[2]:
+                self.result.updates += 1
+            else:
+                self.firsts.append(self.pending[1])
             self.pending = None
         return bool(child.said("ACK"))
 
@@ -221,6 +244,7 @@ class _Loop:
         left = leftovers(self.layout)
         self.result.lost += len(s.lost)
         self.result.duplicated += len(s.duplicated)
+        self.result.most_fresh = max(self.result.most_fresh, s.fresh)
         new = [p for p in left if p not in self.reported]
         self.reported.update(new)
         self.result.left_after_run += len(new)  # each leftover once, however long it stays
@@ -228,9 +252,11 @@ class _Loop:
             self._violation(f"after {kind} -> {s.version_id}: lost {list(s.lost)[:10]}")
         if s.duplicated:
             self._violation(f"after {kind} -> {s.version_id}: duplicated {list(s.duplicated)[:10]}")
+        if s.stale:
+            self._violation(f"after {kind} -> {s.version_id}: stale vectors {list(s.stale)[:10]}")
         if new:
             self._violation(f"after {kind}: left behind {[str(p) for p in new[:10]]}")
-        self.result.run_checks += not (s.lost or s.duplicated or left)
+        self.result.run_checks += not (s.lost or s.duplicated or s.stale or left)
 
     def _moment(self, kind: str) -> tuple[str, str, float]:
         """(moment, line to wait for, then seconds to wait) of the next kill."""
@@ -292,13 +318,16 @@ def run_kill_loop(
     items_share: float = 0.7,
     check_every: int = 10,
     compact_share: float = 0.0,
+    update_share: float = 0.0,
+    factory: str = "auto",
 ) -> KillLoopResult:
     """Create a store at ``root`` with a first tiny nightly, then kill ``kills`` children
     (``items_share`` of them items events, ``compact_share`` compactions of CURRENT's
     chain of deltas, the rest nightly runs), with a successful items event and nightly
-    every ``check_every`` kills and at the end."""
+    every ``check_every`` kills and at the end. ``update_share`` of the items events give
+    an earlier event's items new content; ``factory`` is the nightly's index."""
     start = time.monotonic()
-    loop = _Loop(root, seed, items_share, compact_share)
+    loop = _Loop(root, seed, items_share, compact_share, update_share, factory)
     # The first nightly creates the store; it generates the data snapshot too, so its
     # duration is not typical.
     loop.run_ok("nightly", timed=False)
@@ -348,8 +377,12 @@ def render(result: KillLoopResult, command: str = "") -> str:
             str(result.store_checks),
         ),
         ("run checks passed (served once, nothing left)", str(result.run_checks)),
-        ("acknowledged events / items", f"{result.acked_events} / {len(result.acked)}"),
+        (
+            "acknowledged events (of them updates) / items",
+            f"{result.acked_events} ({result.updates}) / {len(result.acked)}",
+        ),
         ("events redelivered after a kill before ACK", str(result.redelivered)),
+        ("most items served through fresh vectors at a check", str(result.most_fresh)),
         ("acknowledged items lost", str(result.lost)),
         ("items duplicated", str(result.duplicated)),
         ("leftovers of kills seen before a successful run", str(result.left_by_kills)),
@@ -370,6 +403,8 @@ def main(argv: list[str] | None = None) -> KillLoopResult:
     parser.add_argument("--items-share", type=float, default=0.7)
     parser.add_argument("--check-every", type=int, default=10)
     parser.add_argument("--compact-share", type=float, default=0.0)
+    parser.add_argument("--update-share", type=float, default=0.0)
+    parser.add_argument("--index", default="auto", help="the nightly's index factory")
     parser.add_argument("--root", type=Path, help="new store folder [default: a temp dir]")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     args = parser.parse_args(argv)
@@ -378,7 +413,14 @@ def main(argv: list[str] | None = None) -> KillLoopResult:
     if root.exists() and any(root.iterdir()):
         parser.error(f"--root {root} is not empty: the loop needs a new store")
     result = run_kill_loop(
-        root, args.kills, args.seed, args.items_share, args.check_every, args.compact_share
+        root,
+        args.kills,
+        args.seed,
+        args.items_share,
+        args.check_every,
+        args.compact_share,
+        args.update_share,
+        args.index,
     )
     command = "python -m bench.kill_loop " + " ".join(argv if argv is not None else sys.argv[1:])
     print(render(result, command))

@@ -19,11 +19,12 @@ def _assert_invariants(result: KillLoopResult, kills: int) -> None:
     assert result.store_checks >= kills  # after every kill and every successful run
     assert result.lost == 0 and result.duplicated == 0 and result.left_after_run == 0
     # Every event was acknowledged once (one killed before its ACK was redelivered).
-    assert len(result.acked) == ITEMS_PER_EVENT * result.acked_events > 0
+    assert len(result.acked) == ITEMS_PER_EVENT * (result.acked_events - result.updates) > 0
     layout = Layout(result.root)
     assert check_store(layout) == []
     final = served(layout, result.acked)
     assert final.served == len(result.acked) and not final.lost and not final.duplicated
+    assert not final.stale
     assert leftovers(layout) == []
     table = render(result)
     assert f"| **all** | | **{kills}** |" in table
@@ -47,6 +48,19 @@ def test_delta_publishes_and_compactions_killed_at_random_lose_and_duplicate_not
     _assert_invariants(result, 8)
     assert {kind for kind, _ in result.kills} == {"items", "compact"}
     assert result.finished["compact"] >= 1  # the timing run: it folded a chain
+
+
+def test_updates_on_hnsw_killed_at_random_keep_one_current_vector_each(tmp_path: Path) -> None:
+    """HNSW cannot replace a vector: updates go to the overlay, which deltas, the load
+    path and compaction carry; kills at every step leave each item served once, its fresh
+    vector the one its chain's embeddings give it."""
+    result = run_kill_loop(
+        tmp_path / "store", kills=8, seed=8, items_share=0.6, compact_share=0.4,
+        check_every=100, update_share=0.7, factory="HNSW16",
+    )  # fmt: skip
+    _assert_invariants(result, 8)
+    assert result.updates >= 1
+    assert result.most_fresh > 0  # the updates went through the overlay
 
 
 @pytest.mark.slow
