@@ -246,16 +246,41 @@ class FilteredSearch:
     fresh_vectors: npt.NDArray[np.float32] | None = None
     fresh_ids: npt.NDArray[np.int64] = field(default_factory=lambda: EMPTY_IDS)
     ivf: Any = field(init=False, repr=False)  # the IVF inside, or None
+    refine: Any = field(init=False, repr=False)  # an IndexRefine under the ID map, or None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ivf", faiss.try_extract_index_ivf(self.index))
+        inner = (
+            faiss.downcast_index(self.index.index)
+            if isinstance(self.index, faiss.IndexIDMap | faiss.IndexIDMap2)
+            else None
+        )
+        object.__setattr__(self, "refine", inner if isinstance(inner, faiss.IndexRefine) else None)
 
     def _params(self, sel: Any | None, exhaustive: bool = False) -> Any | None:
         """Faiss search parameters carrying ``sel``; IVF needs its own type (and keeps its
-        nprobe unless ``exhaustive``, which visits every list)."""
-        ivf = self.ivf
+        nprobe unless ``exhaustive``, which visits every list).
+
+        A refined index (IVF-PQ + RFlat) takes only ``IndexRefineSearchParameters`` and
+        hands ``base_index_params`` to its compressed index; the ID map above it translates
+        a top-level selector only, so the selector is translated to positions here. (Any
+        other type raised, and every filtered request fell back to over-fetching k +
+        blocked candidates, each re-ranked exactly: 4x the cost of a plain search.)"""
         if sel is None and not exhaustive:
             return None
+        if self.refine is None:
+            return self._base_params(sel, exhaustive)
+        mapped: Any = self.index  # the refined index sits under an ID map
+        positions = None if sel is None else faiss.IDSelectorTranslated(mapped.id_map, sel)
+        base = self._base_params(positions, exhaustive)
+        params: Any = faiss.IndexRefineSearchParameters(  # type: ignore[call-arg]
+            k_factor=self.refine.k_factor, base_index_params=base
+        )
+        params.keep_alive = (base, positions, sel)  # Faiss holds raw pointers to these
+        return params
+
+    def _base_params(self, sel: Any | None, exhaustive: bool) -> Any:
+        ivf = self.ivf
         if ivf is not None:
             nprobe = ivf.nlist if exhaustive else ivf.nprobe
             return faiss.SearchParametersIVF(  # type: ignore[call-arg]

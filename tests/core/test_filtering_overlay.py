@@ -5,6 +5,9 @@ filter mode) returns what a brute-force top-k over the items' current vectors re
 
 from __future__ import annotations
 
+import logging
+
+import faiss
 import numpy as np
 import pytest
 
@@ -14,13 +17,20 @@ from model.index import build_index
 D, N, CATS = 8, 400, 6
 
 
-def _world(seed: int, id_scale: int) -> tuple[ItemCatalogue, FilteredSearch, dict[str, object]]:
-    """An exact index over N items (IDs ``id_scale`` apart) whose first 40 items were
-    updated (fresh vectors) and next 30 retired (tombstones)."""
+def _world(
+    seed: int, id_scale: int, factory: str = "Flat"
+) -> tuple[ItemCatalogue, FilteredSearch, dict[str, object]]:
+    """An index over N items (IDs ``id_scale`` apart) of which 40 were updated (fresh
+    vectors) and 30 others retired (tombstones). A refined IVF-PQ visits every list and
+    re-ranks every candidate exactly, so it answers exactly too."""
     rng = np.random.default_rng(seed)
     ids = np.arange(N, dtype=np.int64) * id_scale + 3
     vecs = rng.normal(size=(N, D)).astype(np.float32)
-    index = build_index(vecs, ids, "Flat")
+    index = build_index(vecs, ids, factory)
+    if factory != "Flat":
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = ivf.nlist
+        faiss.downcast_index(index.index).k_factor = float(N)
     fresh_ids = np.sort(rng.choice(ids, 40, replace=False))
     rest = np.setdiff1d(ids, fresh_ids)
     tombstones = np.sort(rng.choice(rest, 30, replace=False))
@@ -52,10 +62,12 @@ def _brute(
 
 @pytest.mark.parametrize("mode", ["auto", "selector", "overfetch"])
 @pytest.mark.parametrize("id_scale", [1, 1 << 20], ids=["bitmap", "sorted-ids"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,PQ4x4,RFlat"])
 def test_overlay_search_equals_brute_force_on_current_vectors(
-    mode: FilterMode, id_scale: int
+    mode: FilterMode, id_scale: int, factory: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    catalogue, searcher, truth = _world(3, id_scale)
+    caplog.set_level(logging.DEBUG, logger="core.filtering")
+    catalogue, searcher, truth = _world(3, id_scale, factory)
     searcher = FilteredSearch(searcher.index, mode, searcher.fresh_vectors, searcher.fresh_ids)
     rng = np.random.default_rng(11)
     live = truth["ids"]
@@ -80,6 +92,8 @@ def test_overlay_search_equals_brute_force_on_current_vectors(
         scores, ids = searcher.search(q[None], k_eff, flt)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
         assert ids.tolist() == want_ids.tolist(), f"trial {trial}"
+    # Every index here takes a search-time selector (a refined index used to refuse one).
+    assert "takes no search-time selector" not in caplog.text
 
 
 def test_fresh_items_alone_can_answer() -> None:
