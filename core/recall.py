@@ -304,9 +304,10 @@ class Recaller:
                 "items both fresh and retired",
             ),
             (
-                vectors.shape != (len(fresh), self.index.d) or not np.isfinite(vectors).all(),
-                f"fresh vectors {vectors.shape} are not finite ({len(fresh)}, {self.index.d})",
+                vectors.shape != (len(fresh), self.index.d),
+                f"fresh vectors of shape {vectors.shape}, not ({len(fresh)}, {self.index.d})",
             ),
+            (not bool(np.isfinite(vectors).all()), "fresh vectors that are not finite"),
         ]
 
     @property

@@ -6,7 +6,9 @@ or damaged chain is refused by name; retention keeps every chain a kept version 
 
 from __future__ import annotations
 
+import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from core.catalogue_sync import sync_current
 from core.compaction import chain_depth, compact_current, compaction_request
 from core.deltas import DELTA_FILES, resolve_chain
 from core.items_validation import validate_upserts
-from core.recall import Recaller
+from core.recall import Recaller, VersionRejectedError
 from core.versionio import read_embeddings
 from storage import (
     VERSION_ITEMS,
@@ -373,3 +375,23 @@ def test_a_compaction_requested_for_a_long_chain_skips_one_already_shortened(
     assert not compact_current(store.layout, min_depth=6).compacted
     assert store.current() == before
     assert compact_current(store.layout, min_depth=5).compacted
+
+
+def test_an_overlay_that_does_not_fit_its_version_is_refused(make_store: MakeStore) -> None:
+    """The fresh vectors must be of served items, not retired ones, finite and of the
+    index's dimension: anything else is refused before it serves."""
+    store = make_store("HNSW16")
+    create(store.layout, "e1", [item(20, seed=9)])
+    retire(store.layout, "r1", [30])
+    good = Recaller.load(store)
+    fresh = good.overlay
+    assert fresh.fresh_ids.tolist() == [20] and fresh.tombstones.tolist() == [30]
+    bad = {
+        "does not serve": replace(fresh, fresh_ids=np.array([25], np.int64)),
+        "both fresh and retired": replace(fresh, fresh_ids=np.array([30], np.int64)),
+        "not finite": replace(fresh, fresh_vectors=fresh.fresh_vectors * np.nan),
+        "of shape (1, 3)": replace(fresh, fresh_vectors=fresh.fresh_vectors[:, :3]),
+    }
+    for words, overlay in bad.items():
+        with pytest.raises(VersionRejectedError, match=re.escape(words)):
+            replace(good, overlay=overlay).check()
