@@ -8,6 +8,7 @@ process, sparse ID-table gradients included: the weights must agree to float rou
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ def _setup() -> tuple[TwoTower, FeatureTables, np.ndarray, np.ndarray, np.ndarra
 def _rank(rank: int, world: int, init_file: str, out: str, cfg_json: dict[str, object]) -> None:
     """One spawned rank: join the group, train, save its weights as ``rank{r}.pt``."""
     torch.set_num_threads(1)
+    # Before the group exists, as core.distributed.process_group does: imported after it,
+    # torch.distributed.fsdp binds the world group as a default argument, the group's
+    # gloo threads outlive destroy_process_group, and one may abort the rank at exit
+    # ("terminate called without an active exception", seen in a full suite run).
+    importlib.import_module("torch._dynamo")
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         cfg = TrainConfig.model_validate(cfg_json)
