@@ -3,13 +3,15 @@ updated items, on indexes that cannot remove) costs a request, next to what a re
 with seen items costs, measured side by side in one process.
 
     python -m bench.overlay_cost [--items 1000000] [--factory IVF1000,Flat] [--rounds 5]
+        [--mode auto|selector|overfetch]
 
 Random unit vectors (64 floats) in a ``--factory`` index (IVF: nprobe 8), one thread as
 the service searches. Four kinds of request, k = 100, over the same queries: plain (no
 filter), with ``--seen`` seen items, with an overlay of ``--tombstones`` tombstones and
 ``--fresh`` fresh vectors, and both. Each round times ``--queries`` requests of each kind
 in turn, the order rotating between rounds; the table has the medians over rounds of each
-kind's p50 and p99 and their ratio to plain.
+kind's p50 and p99 and their ratio to plain. ``--mode`` is how filtered requests search
+(``core.filtering.FilterMode``; "auto" is what the service does).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from core.filtering import EMPTY_IDS, FilteredSearch, ItemCatalogue, ItemFilter
+from core.filtering import EMPTY_IDS, FilteredSearch, FilterMode, ItemCatalogue, ItemFilter
 from model.index import build_index
 
 __all__ = ["main", "measure", "render"]
@@ -43,6 +45,7 @@ def measure(
     tombstones: int = 300,
     fresh: int = 150,
     dim: int = 64,
+    mode: FilterMode = "auto",
 ) -> dict[str, tuple[float, float]]:
     """Kind -> (p50, p99) ms, medians over ``rounds``."""
     rng = np.random.default_rng(0)
@@ -58,11 +61,11 @@ def measure(
     live = np.setdiff1d(ids, tomb)
     fresh_ids = np.sort(rng.choice(live, fresh, replace=False))
     fresh_vecs = rng.normal(size=(fresh, dim)).astype(np.float32)
-    category = (live % 100).astype(np.int32)
-    plain_cat = ItemCatalogue(live, category)
-    over_cat = ItemCatalogue(live, category, tomb, fresh_ids)
-    plain = FilteredSearch(index)
-    over = FilteredSearch(index, "auto", fresh_vecs, fresh_ids)
+    # Without an overlay every vector of the index is a live item.
+    plain_cat = ItemCatalogue(ids, (ids % 100).astype(np.int32))
+    over_cat = ItemCatalogue(live, (live % 100).astype(np.int32), tomb, fresh_ids)
+    plain = FilteredSearch(index, mode)
+    over = FilteredSearch(index, mode, fresh_vecs, fresh_ids)
     history = np.sort(rng.choice(live, seen, replace=False))
     qs = rng.normal(size=(queries, 1, dim)).astype(np.float32)
     cases: dict[str, tuple[ItemCatalogue, FilteredSearch, npt.NDArray[np.int64]]] = {
@@ -111,13 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seen", type=int, default=40)
     parser.add_argument("--tombstones", type=int, default=300)
     parser.add_argument("--fresh", type=int, default=150)
+    parser.add_argument("--mode", choices=("auto", "selector", "overfetch"), default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = measure(
-        args.items, args.factory, args.rounds, args.queries, args.seen, args.tombstones, args.fresh
+        args.items,
+        args.factory,
+        args.rounds,
+        args.queries,
+        args.seen,
+        args.tombstones,
+        args.fresh,
+        mode=args.mode,
     )
     title = (
-        f"{args.items:,} items, {args.factory}, k = 100, one thread; overlay: "
+        f"{args.items:,} items, {args.factory}, k = 100, one thread, {args.mode}; overlay: "
         f"{args.tombstones} tombstones + {args.fresh} fresh; seen: {args.seen} items; "
         f"medians of {args.rounds} rounds of {args.queries} requests"
     )
