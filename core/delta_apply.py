@@ -9,7 +9,6 @@ exactly beside the index (``model.incremental.Overlay``). Nothing is rebuilt her
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 
 import faiss
@@ -22,8 +21,6 @@ from model.ids import union_sorted
 from model.incremental import Overlay, edit_index
 
 __all__ = ["ServedItems", "apply_chain", "apply_delta", "chain_vectors"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

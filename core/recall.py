@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import faiss
 import numpy as np
@@ -34,6 +34,7 @@ from core.recall_types import (
     UnknownUserError,
     VersionRejectedError,
 )
+from core.recall_users import UserRows
 from core.versionio import (
     History,
     RawIds,
@@ -45,7 +46,7 @@ from core.versionio import (
 )
 from model.ids import isin_sorted
 from model.incremental import Overlay
-from model.towers import UNKNOWN_ROW, TwoTower
+from model.towers import TwoTower
 from storage import CorruptVersionError, Manifest, VersionFiles, VersionStore, load_index
 from storage.integrity import FileIdentity, file_identities
 
@@ -74,53 +75,6 @@ _UNIT_SQ_HIGH: Final = (1.0 + 1e-3) ** 2
 def _is_int(x: object) -> bool:
     # `type(x) is int` answers the common case in ~30 ns; bool's type is bool, not int.
     return type(x) is int or (isinstance(x, int | np.integer) and not isinstance(x, bool))
-
-
-def _torch_ready(a: npt.NDArray[Any], dtype: type[np.generic]) -> npt.NDArray[Any]:
-    """``a`` itself when C-contiguous, writable (torch.from_numpy warns on read-only
-    arrays) and of ``dtype``, else such a copy."""
-    a = np.ascontiguousarray(a, dtype)
-    return a if a.flags.writeable else a.copy()
-
-
-@dataclass(frozen=True)
-class _UserRows:
-    """The user tables as the tower takes them, checked once, so a request wraps one row
-    with ``torch.from_numpy`` (~1.5 us) instead of building ``torch.tensor([row])`` and
-    copying the profile (~4 us). The tower only reads its inputs, so requests and threads
-    share the memory."""
-
-    id_row: npt.NDArray[np.int64]  # (U,) tower ID rows
-    profile: npt.NDArray[np.float32]  # (U, P)
-    recent: npt.NDArray[np.int64] | None  # (U, H) item rows; None without the history feature
-    unknown_row: torch.Tensor  # (1,) int64 UNKNOWN_ROW
-    no_history: torch.Tensor | None  # (1, H) int64 zeros: unknown users' history
-
-    @classmethod
-    def of(cls, tables: ServingTables) -> _UserRows:
-        recent = None if tables.recent is None else _torch_ready(tables.recent, np.int64)
-        return cls(
-            _torch_ready(tables.user_id_row, np.int64),
-            _torch_ready(tables.profile, np.float32),
-            recent,
-            torch.full((1,), UNKNOWN_ROW, dtype=torch.int64),
-            None if recent is None else torch.zeros((1, recent.shape[1]), dtype=torch.int64),
-        )
-
-    def id_rows(self, pos: int) -> torch.Tensor:
-        """(1,) int64 tower ID row of the user at ``pos`` (-1: the unknown row)."""
-        return torch.from_numpy(self.id_row[pos : pos + 1]) if pos >= 0 else self.unknown_row
-
-    def profiles(self, pos: int) -> torch.Tensor:
-        """(1, P) float32 stored profile of the user at ``pos`` (>= 0)."""
-        return torch.from_numpy(self.profile[pos : pos + 1])
-
-    def history(self, pos: int) -> torch.Tensor | None:
-        """(1, H) int64 latest item rows of the user at ``pos`` (-1: unknown, zeros); None
-        when the model has no history feature."""
-        if self.recent is None:
-            return None
-        return torch.from_numpy(self.recent[pos : pos + 1]) if pos >= 0 else self.no_history
 
 
 def _identities(chain: Chain) -> dict[tuple[str, str], FileIdentity]:
@@ -158,7 +112,7 @@ class Recaller:
     filter_mode: FilterMode = "auto"
     _catalogue: ItemCatalogue = field(init=False, repr=False, compare=False)
     _searcher: FilteredSearch = field(init=False, repr=False, compare=False)
-    _users: _UserRows = field(init=False, repr=False, compare=False)
+    _users: UserRows = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         overlay = self.overlay
@@ -174,7 +128,7 @@ class Recaller:
             "_searcher",
             FilteredSearch(self.index, self.filter_mode, overlay.fresh_vectors, overlay.fresh_ids),
         )
-        object.__setattr__(self, "_users", _UserRows.of(self.tables))
+        object.__setattr__(self, "_users", UserRows.of(self.tables))
 
     @classmethod
     def load(
@@ -417,7 +371,7 @@ class Recaller:
         self, user_id: int | None, profile: npt.ArrayLike | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         """The tower's inputs: (1,) int64 ID row, (1, P) float32 profile, (1, H) int64
-        history or None (see ``_UserRows.history``), and the user's row in the users
+        history or None (see ``UserRows.history``), and the user's row in the users
         table (-1: unknown or anonymous)."""
         if user_id is None:
             pos = -1
