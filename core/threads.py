@@ -11,9 +11,11 @@ are quiet. An explicit count (config, option, ``$TOWERFLOW_THREADS``) is kept as
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
+from core.cpuload import CpuLoad
 from core.cpus import CpuBudget, adaptive_enabled, thread_budget
 from model.index import configure_threads
 from model.threadgov import ThreadGovernor, install
@@ -33,6 +35,17 @@ def set_threads(n: int) -> None:
     configure_threads(n)
 
 
+def _load_signal() -> Callable[[], tuple[float, float] | None]:
+    """The governor's view of the CPUs: (idle, others' use) per window (core.cpuload)."""
+    cpu = CpuLoad()
+
+    def signal() -> tuple[float, float] | None:
+        s = cpu.sample()
+        return None if s is None else (s.idle, s.others)
+
+    return signal
+
+
 def apply_thread_budget(threads: int | None) -> CpuBudget:
     """Set torch and Faiss to ``threads``, else ``$TOWERFLOW_THREADS``, else the CPUs this
     process may use (affinity mask, cgroup quota); returns the count applied and why.
@@ -43,7 +56,7 @@ def apply_thread_budget(threads: int | None) -> CpuBudget:
     budget = thread_budget(threads or None)
     set_threads(budget.count)
     adaptive = not budget.explicit and budget.count > 1 and adaptive_enabled()
-    install(ThreadGovernor(budget.count, set_threads) if adaptive else None)
+    install(ThreadGovernor(budget.count, set_threads, load=_load_signal()) if adaptive else None)
     message = f"threads: {budget.count} ({budget.reason})" + (
         "; adapts to the load, at most this many" if adaptive else ""
     )

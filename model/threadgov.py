@@ -77,6 +77,13 @@ class ThreadGovernor:
     so does a single step ``abort`` times slower. A speed-up waits for the next scheduled
     probe, since a thread alone on shared cores sees ~2x swings from where the scheduler
     puts it.
+
+    ``load`` (optional) returns, at each window's end, ``(idle, others)``: the idle CPUs
+    and the CPUs other processes used over the window, or None when unknown
+    (``core.cpuload``). With it, other processes starting to use ``others_busy`` of a CPU
+    probe a smaller count at once, and a larger count is tried only while ``idle_to_add``
+    of a CPU is idle: an extra thread on busy cores spins where another process works,
+    and each such probe costs a few slow steps.
     """
 
     max_threads: int
@@ -90,6 +97,9 @@ class ThreadGovernor:
     slowdown: float = 1.5
     abort: float = 3.0
     decisive: float = 4.0
+    load: Callable[[], tuple[float, float] | None] | None = None
+    others_busy: float = 0.5
+    idle_to_add: float = 0.75
     counts: tuple[int, ...] = field(init=False)
     current: int = field(init=False)
     switches: int = field(init=False, default=0)
@@ -107,6 +117,8 @@ class ThreadGovernor:
     _last: float | None = field(init=False, default=None)
     _flip: bool = field(init=False, default=True)
     _pending: int | None = field(init=False, default=None)
+    _was_busy: bool = field(init=False, default=False)
+    _idle: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.window_steps < 1 or self.window_s < 0:
@@ -142,7 +154,7 @@ class ThreadGovernor:
             and self._settle == 0
         ):
             self._window = []
-            self._begin_probe(per_unit)  # one step of a collapse is enough to act on
+            self._begin_probe(per_unit, now)  # one step of a collapse is enough to act on
             return
         if self._settle > 0:
             self._settle -= 1
@@ -153,6 +165,10 @@ class ThreadGovernor:
             return
         level = _median(self._window)
         self._window, self._window_start = [], now
+        signal = self.load() if self.load is not None else None
+        self._idle = None if signal is None else signal[0]
+        busy = signal is not None and signal[1] >= self.others_busy
+        arrived, self._was_busy = busy and not self._was_busy, busy
         if self._phase == "candidate":
             self._candidate_level = level
             if level * self.decisive < self._before:
@@ -166,8 +182,10 @@ class ThreadGovernor:
         else:
             if self._reference is None:
                 self._reference = level
-            if now >= self._next_probe or level > self._reference * self.slowdown:
-                self._begin_probe(level)
+            if arrived and self.current > self.counts[-1]:
+                self._begin_probe(level, now, down=True)
+            elif now >= self._next_probe or level > self._reference * self.slowdown:
+                self._begin_probe(level, now)
 
     def _apply(self, n: int) -> None:
         self.set_threads(n)
@@ -183,9 +201,18 @@ class ThreadGovernor:
         self._flip = not self._flip
         return self.counts[options[int(self._flip) % len(options)]]
 
-    def _begin_probe(self, level: float) -> None:
+    def _begin_probe(self, level: float, now: float, down: bool = False) -> None:
+        i = self.counts.index(self.current)
+        candidate = self.counts[i + 1] if down else self._neighbour()
+        if candidate > self.current and self._idle is not None and self._idle < self.idle_to_add:
+            # No idle CPU for another thread: it would only spin beside other processes.
+            self._pending = None
+            self._reference = level
+            self._interval = min(self._interval * 2, self.max_interval_s)
+            self._next_probe = now + self._interval
+            return
         self._before = level
-        self._candidate = self._neighbour()
+        self._candidate = candidate
         self._phase = "candidate"
         self.probes += 1
         self._apply(self._candidate)

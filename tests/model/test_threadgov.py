@@ -83,6 +83,51 @@ def test_shared_cores_drop_to_one_thread_then_recover() -> None:
     assert seen[-300:].count(2) >= 270  # a scheduled probe of one thread may fall here
 
 
+class Machine(World):
+    """A World whose other processes the governor can see: ``others`` CPUs busy."""
+
+    def __init__(self, cost: dict[int, float], cpus: int = 2) -> None:
+        super().__init__(cost)
+        self.cpus, self.others = cpus, 0.0
+
+    def load(self) -> tuple[float, float]:
+        return max(self.cpus - self.threads - self.others, 0.0), self.others
+
+
+def test_another_busy_process_is_acted_on_at_once_and_no_count_up_is_tried_meanwhile() -> None:
+    machine = Machine({2: 6e-5, 1: 1e-4})
+    gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
+    machine.run(gov, 500)
+    assert gov.current == 2
+    # Two busy processes arrive, and two threads only lose 1.3x (under the 1.5x slowdown
+    # that would otherwise be needed to notice): the load alone triggers the probe.
+    machine.others, machine.cost = 2.0, {2: 1.3e-4, 1: 1e-4}
+    seen = machine.run(gov, 400)
+    # Within two windows of 0.25 s (the one under way when they came, and the next).
+    assert gov.current == 1 and seen.index(1) * 1.3e-4 * 100 < 0.6
+    probes = gov.probes
+    seen = machine.run(gov, 5000)  # 50 s of work: no idle CPU, so two threads never tried
+    assert seen.count(2) == 0 and gov.probes == probes
+    # They leave: a CPU is idle again, the next scheduled probe tries two threads.
+    machine.others, machine.cost = 0.0, {2: 6e-5, 1: 1e-4}
+    seen = machine.run(gov, 6000)
+    assert gov.current == 2 and seen[-300:].count(2) >= 270
+
+
+def test_an_unknown_load_leaves_the_governor_as_it_was() -> None:
+    """A load signal that knows nothing (not Linux, an unreadable /proc/stat) changes no
+    decision: the same counts, step by step, as a governor without one."""
+    runs = []
+    for load in (None, lambda: None):
+        machine = Machine({2: 6e-5, 1: 1e-4})
+        gov = _governor(machine, 2, load=load)  # type: ignore[arg-type]
+        seen = machine.run(gov, 500)
+        machine.cost = {2: 5e-4, 1: 1e-4}
+        seen += machine.run(gov, 2000)
+        runs.append((seen, gov.probes, gov.switches))
+    assert runs[0] == runs[1] and runs[0][2] >= 1
+
+
 def test_small_differences_do_not_switch() -> None:
     # One thread is 5% faster: within switch_gain (10%), so the count stays.
     world = World({2: 1e-4, 1: 0.95e-4})
