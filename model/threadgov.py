@@ -81,9 +81,9 @@ class ThreadGovernor:
     ``load`` (optional) returns, at each window's end, ``(idle, others)``: the idle CPUs
     and the CPUs other processes used over the window, or None when unknown
     (``core.cpuload``). With it, other processes starting to use ``others_busy`` of a CPU
-    probe a smaller count at once, and a larger count is tried only while ``idle_to_add``
-    of a CPU is idle: an extra thread on busy cores spins where another process works,
-    and each such probe costs a few slow steps.
+    probe a smaller count at once; a larger count is tried only while ``idle_to_add`` of a
+    CPU is idle (an extra thread on busy cores spins where another process works, and each
+    such probe costs a few slow steps), and at once when that much falls idle.
     """
 
     max_threads: int
@@ -118,6 +118,7 @@ class ThreadGovernor:
     _flip: bool = field(init=False, default=True)
     _pending: int | None = field(init=False, default=None)
     _was_busy: bool = field(init=False, default=False)
+    _was_free: bool = field(init=False, default=True)
     _idle: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -169,6 +170,8 @@ class ThreadGovernor:
         self._idle = None if signal is None else signal[0]
         busy = signal is not None and signal[1] >= self.others_busy
         arrived, self._was_busy = busy and not self._was_busy, busy
+        free = signal is not None and signal[0] >= self.idle_to_add
+        freed, self._was_free = free and not self._was_free, free
         if self._phase == "candidate":
             self._candidate_level = level
             if level * self.decisive < self._before:
@@ -184,6 +187,11 @@ class ThreadGovernor:
                 self._reference = level
             if arrived and self.current > self.counts[-1]:
                 self._begin_probe(level, now, down=True)
+            elif freed and self.current < self.counts[0]:
+                # A CPU fell idle (the other processes left): try more threads now rather
+                # than at a probe that waiting on busy CPUs has backed off to 32 s.
+                self._interval = self.min_interval_s
+                self._begin_probe(level, now, up=True)
             elif now >= self._next_probe or level > self._reference * self.slowdown:
                 self._begin_probe(level, now)
 
@@ -201,9 +209,9 @@ class ThreadGovernor:
         self._flip = not self._flip
         return self.counts[options[int(self._flip) % len(options)]]
 
-    def _begin_probe(self, level: float, now: float, down: bool = False) -> None:
+    def _begin_probe(self, level: float, now: float, down: bool = False, up: bool = False) -> None:
         i = self.counts.index(self.current)
-        candidate = self.counts[i + 1] if down else self._neighbour()
+        candidate = self.counts[i + 1] if down else self.counts[i - 1] if up else self._neighbour()
         if candidate > self.current and self._idle is not None and self._idle < self.idle_to_add:
             # No idle CPU for another thread: it would only spin beside other processes.
             self._pending = None
