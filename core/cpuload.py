@@ -27,6 +27,12 @@ class LoadSample:
     others: float  # what every other process used of them
 
 
+def _affinity() -> set[int]:
+    """The CPUs this process may run on (empty where the OS cannot say: not Linux)."""
+    get = getattr(os, "sched_getaffinity", None)
+    return set(get(0)) if get is not None else set()
+
+
 def _process_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -41,7 +47,7 @@ class CpuLoad:
     kernel's tick counters (10 ms) to say anything.
     """
 
-    cpus: Collection[int] = field(default_factory=lambda: os.sched_getaffinity(0))
+    cpus: Collection[int] = field(default_factory=_affinity)
     stat: Path = Path("/proc/stat")
     clock: Callable[[], float] = time.monotonic
     own_cpu_s: Callable[[], float] = _process_cpu_s
@@ -58,7 +64,10 @@ class CpuLoad:
         idle = busy = 0.0
         for line in text.splitlines():
             name, _, rest = line.partition(" ")
-            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in self.cpus:
+            if (
+                not (name.startswith("cpu") and name[3:].isdigit())
+                or int(name[3:]) not in self.cpus
+            ):
                 continue
             # user nice system idle iowait irq softirq steal (guest time is inside user).
             v = [float(x) for x in rest.split()[:8]]
