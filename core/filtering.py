@@ -122,6 +122,8 @@ class ItemCatalogue:
     _category_by_id: npt.NDArray[np.int32] | None = field(init=False, repr=False)
     # Whether the catalogue holds each ID below id_bound (tombstones: no), with that table.
     _held_by_id: npt.NDArray[np.bool_] | None = field(init=False, repr=False)
+    # Category of each fresh item, in ``fresh_ids`` order.
+    _fresh_category: npt.NDArray[np.int32] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ids, tomb = self.item_id, self.tombstones
@@ -137,6 +139,7 @@ class ItemCatalogue:
             held[ids] = True
         object.__setattr__(self, "_category_by_id", table)
         object.__setattr__(self, "_held_by_id", held)
+        object.__setattr__(self, "_fresh_category", self.categories_of(self.fresh_ids))
         # Sorted item IDs per category: a filter is a union of a few of these arrays.
         order = np.lexsort((ids, self.category))
         cats, starts = np.unique(self.category[order], return_index=True)
@@ -149,7 +152,9 @@ class ItemCatalogue:
         """(n,) categories of item IDs the catalogue holds."""
         if self._category_by_id is not None:
             return self._category_by_id[ids]
-        return self.category[np.searchsorted(self.item_id, ids)]
+        # Clipped: an ID the catalogue lacks gets some category instead of an IndexError
+        # (callers pass held IDs; Recaller.check refuses an overlay of others).
+        return self.category[np.minimum(np.searchsorted(self.item_id, ids), len(self.item_id) - 1)]
 
     def holds(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """(n,) mask of the IDs the catalogue carries (a tombstone is not carried)."""
@@ -222,9 +227,14 @@ class ItemCatalogue:
         """(F,) which fresh items the request admits: not ``seen`` (sorted), and of the
         ``wanted`` categories (``allow``) or none of them."""
         fresh = self.fresh_ids
-        keep = ~isin_sorted(fresh, seen) if len(seen) else np.ones(len(fresh), bool)
+        keep = np.ones(len(fresh), bool)
+        if len(seen):
+            # Look the few seen items up among the fresh ones, not the other way round:
+            # O(seen log F) rather than O(F log seen) per request.
+            at = np.minimum(np.searchsorted(fresh, seen), len(fresh) - 1)
+            keep[at[fresh[at] == seen]] = False
         if allow or wanted:
-            inside = np.isin(self.categories_of(fresh), np.asarray(wanted, np.int32))
+            inside = np.isin(self._fresh_category, np.asarray(wanted, np.int32))
             keep &= inside if allow else ~inside
         return keep
 
