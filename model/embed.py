@@ -9,7 +9,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from model.threadgov import adaptive_loop
+from model.side_by_side import run_side_by_side
+from model.threadgov import adaptive_loop, batch_workers
 from model.towers import TwoTower
 
 __all__ = ["embed_items", "embed_users"]
@@ -29,17 +30,29 @@ def _batched(
     returned as a numpy view. The earlier np.empty buffer filled by numpy copies was ~10%
     slower at 1M items and erratic: numpy asks for transparent huge pages for large
     arrays, and first-touching 256 MB of them took 0.45-1.3 s here.
+
+    On the CPU, from the first batch at which the thread governor runs under its ceiling
+    (the cores are shared), the rest run side by side (``model.side_by_side``): each
+    writes its own rows, so the vectors are the same whichever thread computed them.
     """
     device = next(model.parameters()).device
     n = len(inputs[0])
     model.eval()
+    cpu = device.type == "cpu"
+
+    def rows(lo: int, hi: int) -> None:
+        out[lo:hi] = forward(*[t[lo:hi] for t in inputs])
+
     with torch.inference_mode():
         out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
-        tick = adaptive_loop(device.type == "cpu")  # model.threadgov
+        tick = adaptive_loop(cpu)  # model.threadgov
         for lo in range(0, n, batch_size):
+            if cpu and batch_workers() > 1:
+                run_side_by_side(rows, lo, n, batch_size, tick)  # the rest, side by side
+                break
             hi = lo + batch_size
             batch = [t[lo:hi] for t in inputs]
-            if device.type != "cpu":
+            if not cpu:
                 batch = [t.to(device) for t in batch]  # one batch on the device at a time
             out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
             tick(len(batch[0]))

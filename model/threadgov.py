@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "ThreadGovernor",
+    "Tick",
     "active",
     "adaptive_loop",
+    "batch_workers",
     "install",
     "ladder",
 ]
@@ -81,9 +83,12 @@ class ThreadGovernor:
     ``load`` (optional) returns, at each window's end, ``(idle, others)``: the idle CPUs
     and the CPUs other processes used over the window, or None when unknown
     (``core.cpuload``). With it, other processes starting to use ``others_busy`` of a CPU
-    probe a smaller count at once; a larger count is tried only while ``idle_to_add`` of a
-    CPU is idle (an extra thread on busy cores spins where another process works, and each
-    such probe costs a few slow steps), and at once when that much falls idle.
+    probe a smaller count at once; a larger count is tried only while there is room for it,
+    ``idle_to_add`` of a CPU idle or other processes under ``others_busy`` (an extra thread
+    on busy cores spins where another process works, and each such probe costs a few slow
+    steps), and at once when room appears. Idle alone is not the test: below its ceiling
+    the process may fill every CPU itself with batches run side by side
+    (``batch_workers``), and then no CPU is idle however quiet the machine is.
     """
 
     max_threads: int
@@ -119,7 +124,7 @@ class ThreadGovernor:
     _pending: int | None = field(init=False, default=None)
     _was_busy: bool = field(init=False, default=False)
     _was_free: bool = field(init=False, default=True)
-    _idle: float | None = field(init=False, default=None)
+    _room: bool | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.window_steps < 1 or self.window_s < 0:
@@ -167,10 +172,10 @@ class ThreadGovernor:
         level = _median(self._window)
         self._window, self._window_start = [], now
         signal = self.load() if self.load is not None else None
-        self._idle = None if signal is None else signal[0]
         busy = signal is not None and signal[1] >= self.others_busy
         arrived, self._was_busy = busy and not self._was_busy, busy
-        free = signal is not None and signal[0] >= self.idle_to_add
+        self._room = None if signal is None else signal[0] >= self.idle_to_add or not busy
+        free = bool(self._room)
         freed, self._was_free = free and not self._was_free, free
         if self._phase == "candidate":
             self._candidate_level = level
@@ -188,7 +193,7 @@ class ThreadGovernor:
             if arrived and self.current > self.counts[-1]:
                 self._begin_probe(level, now, down=True)
             elif freed and self.current < self.counts[0]:
-                # A CPU fell idle (the other processes left): try more threads now rather
+                # Room appeared (the other processes left): try more threads now rather
                 # than at a probe that waiting on busy CPUs has backed off to 32 s.
                 self._interval = self.min_interval_s
                 self._begin_probe(level, now, up=True)
@@ -212,8 +217,8 @@ class ThreadGovernor:
     def _begin_probe(self, level: float, now: float, down: bool = False, up: bool = False) -> None:
         i = self.counts.index(self.current)
         candidate = self.counts[i + 1] if down else self.counts[i - 1] if up else self._neighbour()
-        if candidate > self.current and self._idle is not None and self._idle < self.idle_to_add:
-            # No idle CPU for another thread: it would only spin beside other processes.
+        if candidate > self.current and self._room is False:
+            # No room for another thread: it would only spin beside other processes.
             self._pending = None
             self._reference = level
             self._interval = min(self._interval * 2, self.max_interval_s)
@@ -296,3 +301,16 @@ def adaptive_loop(enabled: bool = True) -> Tick:
     if governor is None or not enabled:
         return _no_tick
     return governor.start()
+
+
+def batch_workers() -> int:
+    """How many batches a loop of independent batches (embedding) runs side by side: the
+    active governor's ceiling over its current count (2 // 1 = 2 while the cores are
+    shared), each batch at the current count; 1 without a governor.
+
+    Why: below its ceiling the governor has found OpenMP's spinning threads costly, and
+    one thread next to busy processes gets only its share of one CPU (~2/3 of one next to
+    two busy threads). Batches side by side, each on one thread that sleeps when it waits,
+    take the process's fair share of the cores instead (docs/performance.md)."""
+    governor = active()
+    return 1 if governor is None else max(1, governor.max_threads // governor.current)

@@ -116,6 +116,32 @@ def test_another_busy_process_is_acted_on_at_once_and_no_count_up_is_tried_meanw
     assert seen[-300:].count(2) >= 270
 
 
+class SideBySide(Machine):
+    """A Machine whose loop runs batches side by side below the ceiling: at any count the
+    process fills every CPU, so no CPU is ever idle while it works, quiet or not."""
+
+    def load(self) -> tuple[float, float]:
+        return 0.0, self.others
+
+
+def test_room_is_other_processes_leaving_not_only_an_idle_cpu() -> None:
+    machine = SideBySide({2: 6e-5, 1: 7e-5})
+    gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
+    machine.run(gov, 500)
+    assert gov.current == 2
+    machine.others, machine.cost = 2.0, {2: 3e-4, 1: 1.2e-4}
+    machine.run(gov, 400)
+    assert gov.current == 1
+    probes = gov.probes
+    seen = machine.run(gov, 3000)  # busy: two threads never tried
+    assert seen.count(2) == 0 and gov.probes == probes
+    # They leave. No CPU falls idle (the batches side by side fill both), yet two threads
+    # are tried at once and kept.
+    machine.others, machine.cost = 0.0, {2: 6e-5, 1: 7e-5}
+    seen = machine.run(gov, 3000)
+    assert gov.current == 2 and seen.index(2) * 7e-5 * 100 < 0.6
+
+
 def test_an_unknown_load_leaves_the_governor_as_it_was() -> None:
     """A load signal that knows nothing (not Linux, an unreadable /proc/stat) changes no
     decision: the same counts, step by step, as a governor without one."""
