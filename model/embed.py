@@ -9,8 +9,8 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from model.side_by_side import run_side_by_side
-from model.threadgov import adaptive_loop, batch_workers
+from model.side_by_side import run_side_by_side, spread
+from model.threadgov import adaptive_loop
 from model.towers import TwoTower
 
 __all__ = ["embed_items", "embed_users"]
@@ -47,7 +47,7 @@ def _batched(
         out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
         tick = adaptive_loop(cpu)  # model.threadgov
         for lo in range(0, n, batch_size):
-            if cpu and batch_workers() > 1:
+            if cpu and spread() > 1:
                 run_side_by_side(rows, lo, n, batch_size, tick)  # the rest, side by side
                 break
             hi = lo + batch_size

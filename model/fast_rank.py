@@ -36,6 +36,7 @@ import torch
 from model.index import tune_blas_threshold
 from model.metrics import full_ranking_topk
 from model.sets import CsrSets
+from model.side_by_side import run_side_by_side, spread
 from model.threadgov import adaptive_loop
 
 __all__ = ["SharedScores", "VectorScores", "shared_topk", "vector_topk"]
@@ -197,9 +198,9 @@ def vector_topk(
         2.0 * scores.items.shape[1] * 2.0**-24 * float(np.linalg.norm(scores.items, axis=1).max())
     )
     out = np.full((len(user_rows), k), -1, dtype=np.int64)
-    tick = adaptive_loop()
-    for start in range(0, len(user_rows), _VECTOR_BLOCK):
-        block = user_rows[start : start + _VECTOR_BLOCK]
+
+    def rank(lo: int, hi: int) -> None:
+        block = user_rows[lo:hi]
         users = scores.users[block]
         # Room for every excluded item, the (k+1)-th kept one (it tells whether a tie
         # straddles the boundary) and a margin, so that the last candidate rarely decides.
@@ -214,7 +215,7 @@ def vector_topk(
         cand = np.take_along_axis(cand, order, axis=1)
         key = np.take_along_axis(key, order, axis=1)
         top, count = _first_kept(cand, np.isneginf(key), depth + 1)
-        out[start : start + len(block), :depth] = top[:, :depth]
+        out[lo:hi, :depth] = top[:, :depth]
         if width < n_items:
             # Faiss kept `width` items of all: a row is settled when its k-th kept score
             # beats the (k+1)-th and that one beats every item left out (at most the last
@@ -225,8 +226,18 @@ def vector_topk(
             kth, next_ = key[:, depth - 1], key[:, depth]
             unsettled = np.flatnonzero((count <= depth) | (kth == next_) | (next_ <= bound))
             for row in unsettled:
-                out[start + row] = full_ranking_topk(
+                out[lo + row] = full_ranking_topk(
                     scores, block[row : row + 1], n_items, exclude, k, block_users=1
                 )
-        tick(len(block))
+
+    tick = adaptive_loop()
+    for start in range(0, len(user_rows), _VECTOR_BLOCK):
+        if (workers := spread()) > 1:
+            # The rest side by side (cores shared); a user's list does not depend on
+            # the block it is ranked in, so smaller blocks give the same lists.
+            run_side_by_side(rank, start, len(user_rows), -(-_VECTOR_BLOCK // workers), tick)
+            break
+        end = min(start + _VECTOR_BLOCK, len(user_rows))
+        rank(start, end)
+        tick(end - start)
     return out

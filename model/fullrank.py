@@ -127,7 +127,8 @@ def rank_part(
 
     A shard whose first user sits at a multiple of ``block_users`` in the whole list scores
     exactly the blocks an unsplit run scores, so its top-k lists are bit-for-bit the same
-    (the fast paths give the same lists however the users are split).
+    (the fast paths give the same lists however the users are split). That holds at a
+    fixed thread count: on shared cores the governor runs smaller blocks side by side.
     """
     k = max(ks)
     if isinstance(score_block_fn, VectorScores):

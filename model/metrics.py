@@ -18,6 +18,7 @@ import torch
 
 from model.ranking import precision_at_k, reciprocal_rank
 from model.sets import CsrSets
+from model.side_by_side import run_side_by_side, spread
 from model.threadgov import adaptive_loop
 
 __all__ = [
@@ -254,7 +255,10 @@ def full_ranking_topk(
         exclude: per-user items that must never be ranked (e.g. training history).
         k: ranking depth.
         block_users: users per block; peak memory is about `block_users * n_items * 4`
-            bytes (one score block, masked in place) plus torch.topk's workspace.
+            bytes (one score block, masked in place) plus torch.topk's workspace. While
+            the cores are shared (the thread governor under its ceiling), blocks of a
+            fraction of the size run side by side (``model.side_by_side``), in the same
+            memory; score_block_fn must then be safe to call from several threads.
 
     Returns:
         `(n, k) int64` item rows, best first, ties by lower item row. Slots with score
@@ -267,15 +271,24 @@ def full_ranking_topk(
         raise ValueError(f"exclude holds item rows >= n_items={n_items}")
     depth = min(k, n_items)
     out = np.full((len(rows), k), -1, dtype=np.int64)
+
+    def rank(lo: int, hi: int) -> None:
+        block_rows = rows[lo:hi]
+        scores = _as_block(score_block_fn(block_rows), (len(block_rows), n_items))
+        local, items = exclude.gather(block_rows)
+        scores[torch.from_numpy(local), torch.from_numpy(items)] = float("-inf")
+        vals, idx = _topk_lowest_index_ties(scores, depth)
+        idx[torch.isneginf(vals)] = -1
+        out[lo:hi, :depth] = idx.numpy()
+
     tick = adaptive_loop()  # CPU thread count per block (model.threadgov)
     with torch.no_grad():
         for start in range(0, len(rows), block_users):
-            block_rows = rows[start : start + block_users]
-            scores = _as_block(score_block_fn(block_rows), (len(block_rows), n_items))
-            local, items = exclude.gather(block_rows)
-            scores[torch.from_numpy(local), torch.from_numpy(items)] = float("-inf")
-            vals, idx = _topk_lowest_index_ties(scores, depth)
-            idx[torch.isneginf(vals)] = -1
-            out[start : start + len(block_rows), :depth] = idx.numpy()
-            tick(len(block_rows))
+            if (workers := spread()) > 1:
+                # The rest side by side (cores shared), in blocks of 1/workers of the
+                # size, so as many blocks at once hold the memory of one.
+                run_side_by_side(rank, start, len(rows), -(-block_users // workers), tick)
+                break
+            rank(start, min(start + block_users, len(rows)))
+            tick(min(block_users, len(rows) - start))
     return out

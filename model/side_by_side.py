@@ -3,9 +3,10 @@
 Below its ceiling the thread governor has found OpenMP's spinning threads costly next to
 other processes, and one thread then gets only its share of one CPU: ~2/3 of one next to
 two busy threads, which keeps a GEMM-bound loop at ~0.35 of its quiet speed. Batches that
-do not depend on each other (embedding) can instead run on ``batch_workers()`` threads at
-once, each at the governor's count, sleeping when they wait: the process then gets its
-fair share of the cores (measured: docs/performance.md, "Batches side by side").
+do not depend on each other (embedding, full-ranking blocks) can instead run on
+``batch_workers()`` threads at once, each at the governor's count, sleeping when they
+wait: the process then gets its fair share of the cores (measured: docs/performance.md,
+"Batches side by side").
 
 Threads pull the next batch when they finish one and tick the governor themselves, so
 none waits on the caller, whose thread sleeps until the threads are done or the governor
@@ -13,7 +14,8 @@ changes how many may work. That follows the governor batch by batch: a thread wh
 is at or above ``batch_workers()`` stops at its next batch, a missing slot is started
 at once, and slot 0 always works (at the ceiling it is the loop's one thread, with every
 OpenMP thread). Each batch writes its own rows, so the results do not depend on which
-thread ran them.
+thread ran them. A loop inside a batch runs inline and does not tick the governor
+(``model.threadgov.in_batch_thread``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from collections.abc import Callable
 
 import torch
 
-from model.threadgov import Tick, active, batch_workers
+from model.threadgov import Tick, active, batch_workers, in_batch_thread, mark_batch_thread
 
-__all__ = ["run_side_by_side"]
+__all__ = ["run_side_by_side", "spread"]
 
 # A batch as (lo, hi) rows; it must write its results itself, into rows only it owns.
 Batch = Callable[[int, int], None]
@@ -48,6 +50,27 @@ class _Rows:
             return lo, self.next
 
 
+def _count() -> int:
+    """The OpenMP count batches run at: the governor's applied one, else torch's."""
+    governor = active()
+    return torch.get_num_threads() if governor is None else governor.applied
+
+
+def _apply_here(n: int) -> None:
+    """Set this thread's OpenMP counts (torch's and Faiss's: each is per thread) to ``n``."""
+    governor = active()
+    if governor is None:
+        torch.set_num_threads(n)
+    else:
+        governor.set_threads(n)
+
+
+def spread() -> int:
+    """``batch_workers()``, or 1 on a thread that already runs batches side by side (no
+    threads of threads: the batch already has its share of the cores)."""
+    return 1 if in_batch_thread() else batch_workers()
+
+
 class _Rounds:
     """The governor's tick, shared by the threads: once per round of as many completions as
     threads working, with their items. Threads side by side often finish together, and
@@ -58,33 +81,26 @@ class _Rounds:
         self.lock = threading.Lock()
         self.working = 0
         self.units = self.done = 0
-        self.count = torch.get_num_threads()  # the caller's, for every batch thread
         self.workers = batch_workers()
 
     def completed(self, units: int) -> bool:
         """Count a finished batch; True when the governor changed how many threads may
-        work (the caller's thread must start or reap some)."""
+        work (the caller's thread must start or reap some). The governor may set a thread
+        count from here: for this thread, and the others take it up (``_count``) before
+        their next batch."""
         with self.lock:
             self.units += units
             self.done += 1
             if self.done < self.working:
                 return False
-            # The governor may set a thread count from here. An OpenMP count is per
-            # thread, so the others take it up from `count` before their next batch;
-            # this one first takes up any they set (it read its count before its batch).
-            if torch.get_num_threads() != self.count:
-                torch.set_num_threads(self.count)
             self.tick(self.units)
             self.units = self.done = 0
-            self.count = torch.get_num_threads()
             workers, self.workers = self.workers, batch_workers()
             return workers != self.workers
 
     def flush(self) -> None:
         with self.lock:
             if self.units:
-                if torch.get_num_threads() != self.count:
-                    torch.set_num_threads(self.count)
                 self.tick(self.units)
                 self.units = self.done = 0
 
@@ -105,11 +121,14 @@ def run_side_by_side(batch: Batch, lo: int, n: int, size: int, tick: Tick) -> No
     stop = threading.Event()
 
     def work(slot: int) -> None:
+        mark_batch_thread()
+        mine = 0
         try:
             with torch.inference_mode():
                 while not stop.is_set() and (slot == 0 or slot < rounds.workers):
-                    if torch.get_num_threads() != rounds.count:
-                        torch.set_num_threads(rounds.count)  # this thread's own count
+                    if mine != _count():
+                        mine = _count()
+                        _apply_here(mine)
                     r = rows.take()
                     if r is None:
                         break
@@ -149,10 +168,8 @@ def run_side_by_side(batch: Batch, lo: int, n: int, size: int, tick: Tick) -> No
         stop.set()
         for thread in running.values():
             thread.join()
-    governor = active()
-    if governor is not None:
-        # A switch made on a batch thread set torch's and Faiss's OpenMP counts for that
-        # thread only: apply it to the caller's.
-        governor.set_threads(governor.current)
+    # A switch made on a batch thread set torch's and Faiss's OpenMP counts for that
+    # thread only: apply it to the caller's.
+    _apply_here(_count())
     if error is not None:
         raise error

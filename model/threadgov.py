@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +32,10 @@ __all__ = [
     "active",
     "adaptive_loop",
     "batch_workers",
+    "in_batch_thread",
     "install",
     "ladder",
+    "mark_batch_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,7 @@ class ThreadGovernor:
     idle_to_add: float = 0.75
     counts: tuple[int, ...] = field(init=False)
     current: int = field(init=False)
+    applied: int = field(init=False)  # the count last set: ``current``, or a probe's
     switches: int = field(init=False, default=0)
     probes: int = field(init=False, default=0)
     _phase: str = field(init=False, default="run")  # run | candidate | confirm
@@ -133,7 +137,7 @@ class ThreadGovernor:
                 f"{self.window_s}"
             )
         self.counts = ladder(self.max_threads)
-        self.current = self.max_threads
+        self.current = self.applied = self.max_threads
         self._interval = self.min_interval_s
         self._next_probe = self.clock()  # the first probe as soon as a level is measured
 
@@ -202,6 +206,7 @@ class ThreadGovernor:
 
     def _apply(self, n: int) -> None:
         self.set_threads(n)
+        self.applied = n
         self._settle = 1
 
     def _neighbour(self) -> int:
@@ -294,23 +299,40 @@ def _no_tick(units: float) -> None:
     del units
 
 
+# Threads that run batches side by side (model.side_by_side): they tick the governor as
+# one loop, under a lock, so a loop nested in a batch must not tick it on its own.
+_batch_thread = threading.local()
+
+
+def mark_batch_thread() -> None:
+    """Mark the calling thread as one running batches side by side."""
+    _batch_thread.marked = True
+
+
+def in_batch_thread() -> bool:
+    """Whether the calling thread runs batches side by side."""
+    return bool(getattr(_batch_thread, "marked", False))
+
+
 def adaptive_loop(enabled: bool = True) -> Tick:
     """The tick function for a loop about to start: the active governor's (timing from
-    now), or a no-op when none is installed or ``enabled`` is False (a GPU loop)."""
+    now), or a no-op when none is installed, ``enabled`` is False (a GPU loop) or the loop
+    is nested in a batch run side by side (the batches' own loop ticks for it)."""
     governor = active()
-    if governor is None or not enabled:
+    if governor is None or not enabled or in_batch_thread():
         return _no_tick
     return governor.start()
 
 
 def batch_workers() -> int:
     """How many batches a loop of independent batches (embedding) runs side by side: the
-    active governor's ceiling over its current count (2 // 1 = 2 while the cores are
-    shared), each batch at the current count; 1 without a governor.
+    active governor's ceiling over the count it applied (2 // 1 = 2 while the cores are
+    shared; a probe of more threads runs fewer batches at once), each batch at that
+    count; 1 without a governor.
 
     Why: below its ceiling the governor has found OpenMP's spinning threads costly, and
     one thread next to busy processes gets only its share of one CPU (~2/3 of one next to
     two busy threads). Batches side by side, each on one thread that sleeps when it waits,
     take the process's fair share of the cores instead (docs/performance.md)."""
     governor = active()
-    return 1 if governor is None else max(1, governor.max_threads // governor.current)
+    return 1 if governor is None else max(1, governor.max_threads // governor.applied)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -14,9 +14,10 @@ from torch import Tensor
 
 from model.config import TowerConfig, TowerSpec
 from model.embed import embed_items, embed_users
-from model.threadgov import ThreadGovernor, batch_workers, install
+from model.threadgov import batch_workers, install
 from model.towers import TwoTower
 from model.train import init_model
+from tests.model.conftest import Recording
 
 N_ITEMS, N_USERS, CONTENT, PROFILE = 300, 200, 5, 4
 
@@ -41,34 +42,6 @@ def inputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cats = rng.integers(0, 8, N_ITEMS).astype(np.int64)
     content = rng.normal(size=(N_ITEMS, CONTENT)).astype(np.float32)
     return ids, cats, content
-
-
-class Recording(ThreadGovernor):
-    """A governor pinned at ``current`` (its clock never moves, so no window ends and it
-    never probes) that records the units of each tick and the thread that ticked."""
-
-    def __init__(self, max_threads: int, current: int) -> None:
-        super().__init__(max_threads, torch.set_num_threads, clock=lambda: 0.0)
-        self.current = current
-        self.ticks: list[tuple[float, int]] = []
-
-    def tick(self, units: float) -> None:
-        self.ticks.append((units, threading.get_ident()))
-        super().tick(units)
-
-
-@pytest.fixture
-def governor() -> Iterator[Callable[[int, int], Recording]]:
-    threads = torch.get_num_threads()
-
-    def make(max_threads: int, current: int) -> Recording:
-        gov = Recording(max_threads, current)
-        install(gov)
-        return gov
-
-    yield make
-    install(None)
-    torch.set_num_threads(threads)
 
 
 class Spy:
@@ -135,10 +108,9 @@ def test_shared_cores_run_batches_side_by_side_with_the_same_vectors(
     assert sum(u for u, _ in gov.ticks) == N_ITEMS and len(gov.ticks) < 10
     np.testing.assert_array_equal(embed_users(model, users, profile, batch_size=32), expected_users)
 
-    gov.current = 2  # half the ceiling: two batches at once, two threads each
+    gov.pin(2)  # half the ceiling: two batches at once, two threads each
     spy2 = Spy(TwoTower.forward_item.__get__(model))
     model.forward_item = spy2  # type: ignore[method-assign]
-    torch.set_num_threads(2)
     embed_items(model, *inputs, batch_size=32)
     assert spy2.most == 2 and set(spy2.counts) == {2}
 
@@ -158,8 +130,7 @@ def test_back_to_the_ceiling_mid_loop_leaves_one_thread_with_every_count(
     def tick(units: float) -> None:
         original(units)
         if len(gov.ticks) == 2:
-            gov.current = 2
-            torch.set_num_threads(2)  # what the governor's switch applies
+            gov.pin(2)  # on the batch thread that ticked
 
     gov.tick = tick  # type: ignore[method-assign]
     spy = Spy(model.forward_item)
