@@ -83,14 +83,15 @@ class ThreadGovernor:
     probe, since a thread alone on shared cores sees ~2x swings from where the scheduler
     puts it.
 
-    ``load`` (optional) returns, at each window's end, ``(idle, others)``: the idle CPUs
-    and the CPUs other processes used over the window, or None when unknown
-    (``core.cpuload``). With it, other processes starting to use ``others_busy`` of a CPU
-    probe a smaller count at once; a larger count is tried only while there is room for it,
-    ``idle_to_add`` of a CPU idle or other processes under ``others_busy`` (an extra thread
-    on busy cores spins where another process works, and each such probe costs a few slow
-    steps), and at once when room appears. Idle alone is not the test: below its ceiling
-    the process may fill every CPU itself with batches run side by side
+    ``load`` (optional), read at the first step ``window_s`` after the previous reading,
+    returns ``(idle, others)``: the idle CPUs and the CPUs other processes used since
+    then, or None when unknown (``core.cpuload``). With it, other processes starting to
+    use ``others_busy`` of a CPU probe a smaller count at that step (dropping a probe under
+    way); a larger count is tried only while there is room for it, ``idle_to_add`` of a
+    CPU idle or other processes under ``others_busy`` (an extra thread on busy cores spins
+    where another process works, and each such probe costs a few slow steps), and at once
+    when room appears. Idle alone is not the test: below its ceiling the process may fill
+    every CPU itself with batches run side by side
     (``batch_workers``), and then no CPU is idle however quiet the machine is.
     """
 
@@ -129,6 +130,9 @@ class ThreadGovernor:
     _was_busy: bool = field(init=False, default=False)
     _was_free: bool = field(init=False, default=True)
     _room: bool | None = field(init=False, default=None)
+    _arrived: bool = field(init=False, default=False)
+    _freed: bool = field(init=False, default=False)
+    _sensed_at: float = field(init=False, default=float("-inf"))
 
     def __post_init__(self) -> None:
         if self.window_steps < 1 or self.window_s < 0:
@@ -157,6 +161,17 @@ class ThreadGovernor:
         if self._phase == "candidate" and per_unit > self._before * self.abort:
             self._abort(now)  # one step of a bad count already cost `abort` steps
             return
+        self._sense(now)
+        trying_fewer = self._phase == "candidate" and self._candidate < self.current
+        if self._arrived and not trying_fewer:
+            self._arrived = False
+            if self.current > self.counts[-1]:
+                # Other processes took the CPUs: act at this step, not at the end of a
+                # window of steps that spinning threads may each make 10x slower. A probe
+                # under way compared counts under another load: it is dropped.
+                self._phase, self._pending, self._window = "run", None, []
+                self._begin_probe(per_unit, now, down=True)
+                return
         if (
             self._phase == "run"
             and self._reference is not None
@@ -175,12 +190,6 @@ class ThreadGovernor:
             return
         level = _median(self._window)
         self._window, self._window_start = [], now
-        signal = self.load() if self.load is not None else None
-        busy = signal is not None and signal[1] >= self.others_busy
-        arrived, self._was_busy = busy and not self._was_busy, busy
-        self._room = None if signal is None else signal[0] >= self.idle_to_add or not busy
-        free = bool(self._room)
-        freed, self._was_free = free and not self._was_free, free
         if self._phase == "candidate":
             self._candidate_level = level
             if level * self.decisive < self._before:
@@ -194,15 +203,30 @@ class ThreadGovernor:
         else:
             if self._reference is None:
                 self._reference = level
-            if arrived and self.current > self.counts[-1]:
-                self._begin_probe(level, now, down=True)
-            elif freed and self.current < self.counts[0]:
+            freed, self._freed = self._freed, False
+            if freed and self.current < self.counts[0]:
                 # Room appeared (the other processes left): try more threads now rather
                 # than at a probe that waiting on busy CPUs has backed off to 32 s.
                 self._interval = self.min_interval_s
                 self._begin_probe(level, now, up=True)
             elif now >= self._next_probe or level > self._reference * self.slowdown:
                 self._begin_probe(level, now)
+
+    def _sense(self, now: float) -> None:
+        """Read the load once a window's time has passed since the last reading (at any
+        step, however many steps the window has), and note other processes arriving
+        (``_arrived``) and room appearing (``_freed``) until acted on."""
+        if self.load is None or now - self._sensed_at < self.window_s:
+            return
+        self._sensed_at = now
+        signal = self.load()
+        busy = signal is not None and signal[1] >= self.others_busy
+        self._arrived |= busy and not self._was_busy
+        self._was_busy = busy
+        self._room = None if signal is None else signal[0] >= self.idle_to_add or not busy
+        free = bool(self._room)
+        self._freed |= free and not self._was_free
+        self._was_free = free
 
     def _apply(self, n: int) -> None:
         self.set_threads(n)

@@ -116,6 +116,19 @@ def test_another_busy_process_is_acted_on_at_once_and_no_count_up_is_tried_meanw
     assert seen[-300:].count(2) >= 270
 
 
+def test_a_co_tenant_is_acted_on_at_the_next_step_however_slow_the_steps() -> None:
+    """Spinning threads next to busy processes can make each step 10x slower than a
+    window's time: the load is read at the first step a window's time after the last
+    reading, not after a window of such steps."""
+    machine = Machine({2: 6e-5, 1: 1e-4})
+    gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
+    machine.run(gov, 500)
+    assert gov.current == 2
+    machine.others, machine.cost = 2.0, {2: 3e-3, 1: 1.5e-4}  # 0.3 s per step at two
+    seen = machine.run(gov, 40)
+    assert seen.index(1) <= 2 and gov.current == 1
+
+
 class SideBySide(Machine):
     """A Machine whose loop runs batches side by side below the ceiling: at any count the
     process fills every CPU, so no CPU is ever idle while it works, quiet or not."""
