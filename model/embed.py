@@ -47,7 +47,7 @@ def _batched(
         out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
         tick = adaptive_loop(cpu)  # model.threadgov
         for lo in range(0, n, batch_size):
-            if cpu and spread() > 1:
+            if cpu and n - lo > batch_size and spread() > 1:
                 run_side_by_side(rows, lo, n, batch_size, tick)  # the rest, side by side
                 break
             hi = lo + batch_size

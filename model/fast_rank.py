@@ -232,10 +232,11 @@ def vector_topk(
 
     tick = adaptive_loop()
     for start in range(0, len(user_rows), _VECTOR_BLOCK):
-        if (workers := spread()) > 1:
+        size = -(-_VECTOR_BLOCK // spread())
+        if size < _VECTOR_BLOCK and len(user_rows) - start > size:
             # The rest side by side (cores shared); a user's list does not depend on
             # the block it is ranked in, so smaller blocks give the same lists.
-            run_side_by_side(rank, start, len(user_rows), -(-_VECTOR_BLOCK // workers), tick)
+            run_side_by_side(rank, start, len(user_rows), size, tick)
             break
         end = min(start + _VECTOR_BLOCK, len(user_rows))
         rank(start, end)

@@ -284,10 +284,11 @@ def full_ranking_topk(
     tick = adaptive_loop()  # CPU thread count per block (model.threadgov)
     with torch.no_grad():
         for start in range(0, len(rows), block_users):
-            if (workers := spread()) > 1:
+            size = -(-block_users // spread())
+            if size < block_users and len(rows) - start > size:
                 # The rest side by side (cores shared), in blocks of 1/workers of the
                 # size, so as many blocks at once hold the memory of one.
-                run_side_by_side(rank, start, len(rows), -(-block_users // workers), tick)
+                run_side_by_side(rank, start, len(rows), size, tick)
                 break
             rank(start, min(start + block_users, len(rows)))
             tick(min(block_users, len(rows) - start))

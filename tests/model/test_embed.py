@@ -163,3 +163,17 @@ def test_a_failing_batch_raises_and_leaves_no_thread_running(
     assert calls < 19  # the other thread stopped at its next batch
     time.sleep(0.02)
     assert spy.calls == calls
+
+
+def test_a_single_batch_runs_inline_on_shared_cores_too(
+    model: TwoTower,
+    inputs: tuple[np.ndarray, ...],
+    governor: Callable[[int, int], Recording],
+) -> None:
+    """One batch cannot be spread: no thread is started for it (an items event embeds a
+    few items at a time)."""
+    governor(2, 1)
+    spy = Spy(model.forward_item)
+    model.forward_item = spy  # type: ignore[method-assign]
+    embed_items(model, *inputs, batch_size=N_ITEMS)
+    assert spy.threads == [threading.get_ident()]
