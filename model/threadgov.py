@@ -91,8 +91,8 @@ class ThreadGovernor:
     CPU idle or other processes under ``others_busy`` (an extra thread on busy cores spins
     where another process works, and each such probe costs a few slow steps), and at once
     when room appears. Idle alone is not the test: below its ceiling the process may fill
-    every CPU itself with batches run side by side
-    (``batch_workers``), and then no CPU is idle however quiet the machine is.
+    every CPU itself with batches run side by side (``batch_workers``), and then no CPU
+    is idle however quiet the machine is.
     """
 
     max_threads: int
