@@ -9,7 +9,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from model.side_by_side import run_side_by_side, spread
+from model.side_by_side import run_batches
 from model.threadgov import adaptive_loop
 from model.towers import TwoTower
 
@@ -41,21 +41,14 @@ def _batched(
     cpu = device.type == "cpu"
 
     def rows(lo: int, hi: int) -> None:
-        out[lo:hi] = forward(*[t[lo:hi] for t in inputs])
+        batch = [t[lo:hi] for t in inputs]
+        if not cpu:
+            batch = [t.to(device) for t in batch]  # one batch on the device at a time
+        out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
 
     with torch.inference_mode():
         out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
-        tick = adaptive_loop(cpu)  # model.threadgov
-        for lo in range(0, n, batch_size):
-            if cpu and n - lo > batch_size and spread() > 1:
-                run_side_by_side(rows, lo, n, batch_size, tick)  # the rest, side by side
-                break
-            hi = lo + batch_size
-            batch = [t[lo:hi] for t in inputs]
-            if not cpu:
-                batch = [t.to(device) for t in batch]  # one batch on the device at a time
-            out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
-            tick(len(batch[0]))
+        run_batches(rows, n, batch_size, adaptive_loop(cpu), parallel=cpu)  # model.threadgov
     return out.numpy()
 
 

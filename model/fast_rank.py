@@ -36,7 +36,7 @@ import torch
 from model.index import tune_blas_threshold
 from model.metrics import full_ranking_topk
 from model.sets import CsrSets
-from model.side_by_side import run_side_by_side, spread
+from model.side_by_side import run_batches
 from model.threadgov import adaptive_loop
 
 __all__ = ["SharedScores", "VectorScores", "shared_topk", "vector_topk"]
@@ -230,15 +230,7 @@ def vector_topk(
                     scores, block[row : row + 1], n_items, exclude, k, block_users=1
                 )
 
-    tick = adaptive_loop()
-    for start in range(0, len(user_rows), _VECTOR_BLOCK):
-        size = -(-_VECTOR_BLOCK // spread())
-        if size < _VECTOR_BLOCK and len(user_rows) - start > size:
-            # The rest side by side (cores shared); a user's list does not depend on
-            # the block it is ranked in, so smaller blocks give the same lists.
-            run_side_by_side(rank, start, len(user_rows), size, tick)
-            break
-        end = min(start + _VECTOR_BLOCK, len(user_rows))
-        rank(start, end)
-        tick(end - start)
+    # On shared cores, smaller blocks side by side: a user's list does not depend on the
+    # block it is ranked in, so they give the same lists.
+    run_batches(rank, len(user_rows), _VECTOR_BLOCK, adaptive_loop(), shrink=True)
     return out

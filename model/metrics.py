@@ -18,7 +18,7 @@ import torch
 
 from model.ranking import precision_at_k, reciprocal_rank
 from model.sets import CsrSets
-from model.side_by_side import run_side_by_side, spread
+from model.side_by_side import run_batches
 from model.threadgov import adaptive_loop
 
 __all__ = [
@@ -281,15 +281,8 @@ def full_ranking_topk(
         idx[torch.isneginf(vals)] = -1
         out[lo:hi, :depth] = idx.numpy()
 
-    tick = adaptive_loop()  # CPU thread count per block (model.threadgov)
     with torch.no_grad():
-        for start in range(0, len(rows), block_users):
-            size = -(-block_users // spread())
-            if size < block_users and len(rows) - start > size:
-                # The rest side by side (cores shared), in blocks of 1/workers of the
-                # size, so as many blocks at once hold the memory of one.
-                run_side_by_side(rank, start, len(rows), size, tick)
-                break
-            rank(start, min(start + block_users, len(rows)))
-            tick(min(block_users, len(rows) - start))
+        # CPU thread count per block (model.threadgov); on shared cores, smaller blocks
+        # side by side in the memory of one.
+        run_batches(rank, len(rows), block_users, adaptive_loop(), shrink=True)
     return out

@@ -28,7 +28,7 @@ import torch
 
 from model.threadgov import Tick, active, batch_workers, in_batch_thread, mark_batch_thread
 
-__all__ = ["run_side_by_side", "spread"]
+__all__ = ["run_batches", "run_side_by_side", "spread"]
 
 # A batch as (lo, hi) rows; it must write its results itself, into rows only it owns.
 Batch = Callable[[int, int], None]
@@ -126,9 +126,9 @@ def run_side_by_side(batch: Batch, lo: int, n: int, size: int, tick: Tick) -> No
         try:
             with torch.inference_mode():
                 while not stop.is_set() and (slot == 0 or slot < rounds.workers):
-                    if mine != _count():
-                        mine = _count()
-                        _apply_here(mine)
+                    if mine != (count := _count()):
+                        mine = count
+                        _apply_here(count)
                     r = rows.take()
                     if r is None:
                         break
@@ -173,3 +173,23 @@ def run_side_by_side(batch: Batch, lo: int, n: int, size: int, tick: Tick) -> No
     _apply_here(_count())
     if error is not None:
         raise error
+
+
+def run_batches(
+    batch: Batch, n: int, size: int, tick: Tick, *, parallel: bool = True, shrink: bool = False
+) -> None:
+    """Run ``batch`` over rows ``[0, n)`` in ranges of ``size``, inline on the caller's
+    thread and ticking ``tick`` after each, until a range at which ``spread()`` allows more
+    than one thread (``parallel``: the loop may be spread at all; not for a GPU) and more
+    than one range is left: the rest then runs side by side (``run_side_by_side``). With
+    ``shrink`` those ranges are ``size / workers``, so as many at once hold the memory of
+    one (score blocks)."""
+    for lo in range(0, n, size):
+        workers = spread() if parallel else 1
+        part = -(-size // workers) if shrink else size
+        if workers > 1 and n - lo > part:
+            run_side_by_side(batch, lo, n, part, tick)
+            return
+        hi = min(lo + size, n)
+        batch(lo, hi)
+        tick(hi - lo)
