@@ -94,11 +94,17 @@ class Machine(World):
         return max(self.cpus - self.threads - self.others, 0.0), self.others
 
 
-def test_another_busy_process_is_acted_on_at_once_and_no_count_up_is_tried_meanwhile() -> None:
-    machine = Machine({2: 6e-5, 1: 1e-4})
+def _settled_at_two(machine: Machine) -> ThreadGovernor:
+    """A governor reading ``machine``'s load, after 3 s of quiet steps at two threads."""
     gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
     machine.run(gov, 500)
     assert gov.current == 2
+    return gov
+
+
+def test_another_busy_process_is_acted_on_at_once_and_no_count_up_is_tried_meanwhile() -> None:
+    machine = Machine({2: 6e-5, 1: 1e-4})
+    gov = _settled_at_two(machine)
     # Two busy processes arrive, and two threads only lose 1.3x (under the 1.5x slowdown
     # that would otherwise be needed to notice): the load alone triggers the probe.
     machine.others, machine.cost = 2.0, {2: 1.3e-4, 1: 1e-4}
@@ -121,9 +127,7 @@ def test_a_co_tenant_is_acted_on_at_the_next_step_however_slow_the_steps() -> No
     window's time: the load is read at the first step a window's time after the last
     reading, not after a window of such steps."""
     machine = Machine({2: 6e-5, 1: 1e-4})
-    gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
-    machine.run(gov, 500)
-    assert gov.current == 2
+    gov = _settled_at_two(machine)
     machine.others, machine.cost = 2.0, {2: 3e-3, 1: 1.5e-4}  # 0.3 s per step at two
     seen = machine.run(gov, 40)
     assert seen.index(1) <= 2 and gov.current == 1
@@ -139,9 +143,7 @@ class SideBySide(Machine):
 
 def test_room_is_other_processes_leaving_not_only_an_idle_cpu() -> None:
     machine = SideBySide({2: 6e-5, 1: 7e-5})
-    gov = _governor(machine, 2, load=machine.load)  # type: ignore[arg-type]
-    machine.run(gov, 500)
-    assert gov.current == 2
+    gov = _settled_at_two(machine)
     machine.others, machine.cost = 2.0, {2: 3e-4, 1: 1.2e-4}
     machine.run(gov, 400)
     assert gov.current == 1
