@@ -152,10 +152,11 @@ tune-real: install
 	$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --minutes $(TUNE_MINUTES) \
 		--trials $(TUNE_TRIALS) --out bench/results/tune-ml-latest-small $(TUNE_ARGS)
 
-# The ladder and the tuner on each split seed, then mean ± std over seeds of what
-# validation chose, next to EASE and popularity (bench/real_seeds.py). About
-# (6 + TUNE_MINUTES) min per seed here.
+# The ladder and the tuner (the SGD recipe's space, then the linear tower's) on each
+# split seed, then mean ± std over seeds of what validation chose, next to EASE and
+# popularity (bench/real_seeds.py). About (20 + TUNE_MINUTES) min per seed here.
 SEEDS ?= 1 7 2020
+TUNE_LINEAR_TRIALS ?= 16
 REAL_OUT ?= bench/results/real-seeds
 real-seeds: install
 	@$(real_data_link) && \
@@ -164,7 +165,10 @@ real-seeds: install
 			--split-seed $$s --out $(REAL_OUT)/seed-$$s/ablation.md $(ABLATION_ARGS) && \
 		$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --split-seed $$s \
 			--minutes $(TUNE_MINUTES) --trials $(TUNE_TRIALS) --out $(REAL_OUT)/seed-$$s/tune \
-			$(TUNE_ARGS) || exit 1; \
+			$(TUNE_ARGS) && \
+		$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --split-seed $$s \
+			--kind linear --trials $(TUNE_LINEAR_TRIALS) \
+			--out $(REAL_OUT)/seed-$$s/tune-linear $(TUNE_ARGS) || exit 1; \
 	done && \
 	$(BIN)/python -m bench.real_seeds $(REAL_OUT) --out $(REAL_OUT)/summary.md
 

@@ -3,8 +3,9 @@ what validation chose (the ladder's rung, ``towerflow tune``'s recipe) next to E
 popularity from the same splits.
 
 ``make real-seeds`` runs, for each seed S, ``towerflow evaluate --ablation --split-seed S``
-(writing ``DIR/seed-S/ablation.json``) and ``towerflow tune --split-seed S`` (writing
-``DIR/seed-S/tune/trials.json``), then this script::
+(writing ``DIR/seed-S/ablation.json``), ``towerflow tune --split-seed S`` (writing
+``DIR/seed-S/tune/trials.json``) and ``towerflow tune --kind linear --split-seed S``
+(``DIR/seed-S/tune-linear/trials.json``), then this script::
 
     python -m bench.real_seeds DIR [--out FILE.md]
 
@@ -30,15 +31,23 @@ log = logging.getLogger(__name__)
 _METRICS = ("recall@10", "ndcg@10")
 
 
+# Tuner output folders under seed-S/ and their rows: the SGD recipe's search and the
+# linear tower's (``towerflow tune --kind linear``).
+_TUNES = {
+    "tune": "towerflow tune, chosen on validation",
+    "tune-linear": "towerflow tune --kind linear, chosen on validation",
+}
+
+
 @dataclass(frozen=True)
 class SeedRun:
-    """One split seed's test figures per row label, and the names validation chose."""
+    """One split seed's test figures per row label, the rung validation chose, and per
+    tuner folder its (trials, minutes)."""
 
     seed: int
     rows: dict[str, dict[str, float]]
     chosen_rung: str | None
-    tune_trials: int | None
-    tune_minutes: float | None
+    tuning: dict[str, tuple[int, float]]
 
 
 def _seed_of(folder: Path) -> int:
@@ -63,17 +72,19 @@ def load_runs(root: Path) -> list[SeedRun]:
         rungs = [r["name"] for r in ablation["runs"]]
         by_test = max(rungs, key=lambda n: rankers[n]["recall@10"])
         rows["ladder, best rung by test (reference only)"] = rankers[by_test]
-        trials = minutes = None
-        tune_file = folder / "tune" / "trials.json"
-        if tune_file.is_file():
+        tuning: dict[str, tuple[int, float]] = {}
+        for sub, label in _TUNES.items():
+            tune_file = folder / sub / "trials.json"
+            if not tune_file.is_file():
+                continue
             tune: dict[str, Any] = json.loads(tune_file.read_text())
             if tune.get("rankers"):
-                rows["towerflow tune, chosen on validation"] = tune["rankers"]["tuned"]
-            trials, minutes = len(tune["trials"]), tune["seconds"] / 60
+                rows[label] = tune["rankers"]["tuned"]
+            tuning[sub] = (len(tune["trials"]), tune["seconds"] / 60)
         for ref in ("ease", "itemknn", "popularity"):
             if ref in rankers:
                 rows[ref] = rankers[ref]
-        runs.append(SeedRun(_seed_of(folder), rows, chosen, trials, minutes))
+        runs.append(SeedRun(_seed_of(folder), rows, chosen, tuning))
     return runs
 
 
@@ -116,12 +127,14 @@ def render(runs: list[SeedRun]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     chosen = ", ".join(f"seed {r.seed}: `{r.chosen_rung}`" for r in runs)
     lines += ["", f"Rung chosen on validation: {chosen}."]
-    tuned = [r for r in runs if r.tune_trials is not None]
-    if tuned:
+    for sub in _TUNES:
         spent = ", ".join(
-            f"seed {r.seed}: {r.tune_trials} trials in {r.tune_minutes:.1f} min" for r in tuned
+            f"seed {r.seed}: {r.tuning[sub][0]} trials in {r.tuning[sub][1]:.1f} min"
+            for r in runs
+            if sub in r.tuning
         )
-        lines.append(f"Tuning: {spent}.")
+        if spent:
+            lines.append(f"Tuning (`{sub}/`): {spent}.")
     return "\n".join(lines)
 
 

@@ -43,6 +43,25 @@ def _raw_config(path: Path | None) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _kind_overrides(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides for ``--kind``: 'linear' takes the ablation's linear rung for every
+    tower and train field the config does not set itself."""
+    if kind is None:
+        return {"tower.kind": None}
+    if kind not in ("mlp", "linear"):
+        raise typer.BadParameter(f"expected 'mlp' or 'linear', got {kind!r}", param_hint="--kind")
+    if kind == "mlp":
+        return {"tower.kind": "mlp"}
+    from core.ladder import LINEAR, LINEAR_TRAIN
+
+    tower, train = raw.get("tower") or {}, raw.get("train") or {}
+    out = {f"tower.{k}": v for k, v in LINEAR.items() if k not in tower or k == "kind"}
+    out |= {f"train.{k}": v for k, v in LINEAR_TRAIN.items() if k not in train}
+    if not tower.get("history_len"):
+        out["tower.history_len"] = LINEAR["history_len"]
+    return out
+
+
 def tune_command(
     config: Annotated[
         Path | None,
@@ -76,6 +95,16 @@ def tune_command(
         typer.Option(
             help="Maximum epochs per trial; early stopping picks each trial's epoch "
             "(default: the config's train.epochs, else 5).",
+            show_default=False,
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Tower kind to tune: 'mlp' (the SGD recipe's rates, sizes, negatives, "
+            "dropouts) or 'linear' (the closed-form linear tower's rank and penalties, "
+            "catalogues up to 25,000 items; trial 0 is then the ablation's linear rung unless "
+            "the config sets its own). Default: the config's.",
             show_default=False,
         ),
     ] = None,
@@ -121,6 +150,7 @@ def tune_command(
         "data.split_seed": split_seed,
         "train.epochs": epochs,
     }
+    overrides |= _kind_overrides(kind, _raw_config(config))
     cfg = load_config(config, overrides)  # a bad value: exit 2 (cli.errors)
     store_root = str(root_path(root, cfg.runtime.storage_root))
     precheck(cfg, store_root)

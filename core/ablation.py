@@ -26,11 +26,11 @@ from typing import Any
 from core.config import NightlyConfig
 from core.dataio import impression_examples, load_prepared
 from core.evaluation import rank_all, reference_scorers
-from core.ladder import HISTORY_UNDER_RANDOM, Variant, ladder, protocol_skip
+from core.ladder import HISTORY_UNDER_RANDOM, Variant, catalogue_skip, ladder, protocol_skip
 from core.progress import Progress
 from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
-from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
+from model.config import TowerConfig, TrainConfig
 from model.pipeline import (
     Pointwise,
     Prepared,
@@ -164,12 +164,9 @@ def run_ablation(
     for variant in variants:
         tower: TowerConfig = cfg.tower.model_copy(update=variant.tower)
         train: TrainConfig = cfg.train.model_copy(update=variant.train)
-        reason = protocol_skip(variant, prep.split.protocol)
-        if train.loss == "full_softmax" and prep.vocab.n_items > FULL_SOFTMAX_MAX_ITEMS:
-            reason = (
-                f"{prep.vocab.n_items:,} trained items is over the full softmax's limit of "
-                f"{FULL_SOFTMAX_MAX_ITEMS:,}"
-            )
+        reason = protocol_skip(variant, prep.split.protocol) or catalogue_skip(
+            tower, train, prep.vocab.n_items
+        )
         if reason is not None:
             log.info("skipping %r: %s", variant.name, reason)
             skipped[variant.name] = reason

@@ -1,7 +1,7 @@
 """The ablation ladder's rungs: model variants as overrides of the tower and training
 configs, and the protocol rule that leaves some of them out.
 
-Plain data (no training, no I/O), so both the ablation (``core.ablation``) and the
+Plain data and rules (no training, no I/O), so both the ablation (``core.ablation``) and the
 nightly's recipe choice (``core.recipes``) read the same rungs.
 """
 
@@ -10,7 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HISTORY_UNDER_RANDOM", "WIDE", "Variant", "ladder", "protocol_skip"]
+from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
+from model.linear import LINEAR_MAX_ITEMS
+
+__all__ = [
+    "HISTORY_UNDER_RANDOM",
+    "LINEAR",
+    "LINEAR_TRAIN",
+    "WIDE",
+    "Variant",
+    "catalogue_skip",
+    "ladder",
+    "protocol_skip",
+]
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,11 @@ class Variant:
 
 # The "+ wide" rung's tower: 256-dim output and ID embeddings, no hidden layer.
 WIDE: dict[str, Any] = {"embedding_dim": 256, "id_dim": 256, "hidden": ()}
+# The linear rung (docs/linear.md): rank, bag size and the fit's penalties, chosen on the
+# validation split of ml-latest-small (seed 2020).
+LINEAR: dict[str, Any] = {"kind": "linear", "embedding_dim": 512, "history_len": 1000,
+                          "item_bias": False}  # fmt: skip
+LINEAR_TRAIN: dict[str, Any] = {"linear_l2": 100.0, "linear_dropout": 0.5}
 
 
 def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) -> list[Variant]:
@@ -54,6 +71,10 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
             train={"loss": "full_softmax", "uniform_negatives": 0},
         ),
         Variant("+ history", tower={"item_bias": True, **history}, train=mixed),
+        # The strongest rankers on MovieLens-size logs are linear item-item models (EASE);
+        # their best low-rank form is a two-tower: the user's items summed through an input
+        # table, fitted in closed form (model.linear). Only up to LINEAR_MAX_ITEMS items.
+        Variant("linear", tower=LINEAR, train=LINEAR_TRAIN),
     ]
     if hard > 0:
         rungs.append(
@@ -75,7 +96,25 @@ HISTORY_UNDER_RANDOM = (
 
 def protocol_skip(variant: Variant, protocol: str) -> str | None:
     """Why ``variant`` is left out under ``protocol``, or None when it runs: rungs with
-    the behaviour-history feature do not run under ``random_ratio``."""
-    if protocol == "random_ratio" and variant.tower.get("history_len", 0) > 0:
+    the behaviour-history feature do not run under ``random_ratio``. The linear tower
+    reads the user's items as a bag, not a sequence, and always runs."""
+    linear = variant.tower.get("kind") == "linear"
+    if protocol == "random_ratio" and variant.tower.get("history_len", 0) > 0 and not linear:
         return HISTORY_UNDER_RANDOM
+    return None
+
+
+def catalogue_skip(tower: TowerConfig, train: TrainConfig, n_items: int) -> str | None:
+    """Why a recipe cannot train on ``n_items`` trained items (a full softmax or a
+    closed-form linear fit over its limit), or None when it can."""
+    if train.loss == "full_softmax" and n_items > FULL_SOFTMAX_MAX_ITEMS:
+        return (
+            f"{n_items:,} trained items is over the full softmax's limit of "
+            f"{FULL_SOFTMAX_MAX_ITEMS:,}"
+        )
+    if tower.kind == "linear" and n_items > LINEAR_MAX_ITEMS:
+        return (
+            f"{n_items:,} trained items is over the linear tower's closed-form limit of "
+            f"{LINEAR_MAX_ITEMS:,}"
+        )
     return None

@@ -8,6 +8,7 @@ reference assignment and a request never mixes a model with another version's in
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -70,6 +71,15 @@ _INT64_MAX: Final = 2**63 - 1
 # item-bias slot): |v| within 1 -+ 1e-3 of what the tower emits.
 _UNIT_SQ_LOW: Final = (1.0 - 1e-3) ** 2
 _UNIT_SQ_HIGH: Final = (1.0 + 1e-3) ** 2
+
+
+def _usable(vec: npt.NDArray[np.float32], norm_sq: float | None) -> bool:
+    """Whether a (1, D) user vector can rank items: its squared norm within (1 -+ 1e-3)^2
+    of the model's (``norm_sq``), or for an unnormalised (linear) model, finite."""
+    sq = float(np.vdot(vec, vec))
+    if norm_sq is None:
+        return math.isfinite(sq)
+    return _UNIT_SQ_LOW < sq / norm_sq < _UNIT_SQ_HIGH
 
 
 def _is_int(x: object) -> bool:
@@ -337,8 +347,7 @@ class Recaller:
         # Huge profile values overflow inside the tower: the "unit" vector comes out NaN or
         # zero, which would rank items by noise. |v|^2 within (1 -+ 1e-3)^2 of the model's
         # squared norm; vdot on the (1, D) row is ~1 us cheaper than np.linalg.norm.
-        norm_sq = float(np.vdot(vec, vec)) / self.model.user_norm_sq
-        if not _UNIT_SQ_LOW < norm_sq < _UNIT_SQ_HIGH:
+        if not _usable(vec, self.model.user_norm_sq):
             raise InvalidRequestError("profile values are out of range: no usable user vector")
         seen = (
             self.history.items_of(int(user_id))

@@ -13,11 +13,12 @@ from pydantic import BaseModel
 from core.config import DataConfig, EvalConfig
 from core.dataio import impression_examples, load_prepared
 from core.distributed import DistributedJob, fit_distributed
+from core.ladder import catalogue_skip
 from core.progress import Progress, ProgressFactory, StepLogger
 from core.recipes import CONFIGURED, SelectionConfig, candidates
 from core.refs import SnapshotRef, StageRef
 from core.versionio import copy_id_maps, write_serving_tables
-from model.config import FULL_SOFTMAX_MAX_ITEMS, TowerConfig, TrainConfig
+from model.config import TowerConfig, TrainConfig
 from model.pipeline import Prepared, fit, validator
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult
@@ -160,12 +161,9 @@ def _choose(
     best: _Fitted | None = None
     scores: dict[str, float] = {}
     for name, tower, train in candidates(selection, tower_cfg, train_cfg, prep.split.protocol):
-        if train.loss == "full_softmax" and prep.vocab.n_items > FULL_SOFTMAX_MAX_ITEMS:
-            logger.info(
-                "recipe %r skipped: %d items is over the full softmax's limit",
-                name,
-                prep.vocab.n_items,
-            )
+        reason = catalogue_skip(tower, train, prep.vocab.n_items)
+        if reason is not None:
+            logger.info("recipe %r skipped: %s", name, reason)
             continue
         fitted = _fit_one(
             prep, folder, data_cfg, stage, name, tower, train, eval_cfg, logger, progress
@@ -174,10 +172,10 @@ def _choose(
         logger.info("recipe %r: validation %s %.4f", name, metric, scores[name])
         if best is None or scores[name] > scores[best.name]:
             best = fitted  # strictly better: ties keep the earlier, simpler recipe
-    if best is None:  # every candidate was a full softmax over its limit
+    if best is None:  # every candidate was over its catalogue limit
         raise ValueError(
             f"no candidate recipe can train on {prep.vocab.n_items:,} items: each one is a "
-            f"full softmax over its limit of {FULL_SOFTMAX_MAX_ITEMS:,}"
+            "full softmax or a linear fit over its catalogue limit"
         )
     logger.info("recipe chosen on validation %s: %r (%.4f)", metric, best.name, scores[best.name])
     best.scores = scores

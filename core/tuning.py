@@ -259,10 +259,11 @@ def run_tuning(
     pruner = optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=4)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     # Trial 0: the config's recipe. Trial 1 (sampled softmax): the same with the ablation
-    # ladder's strongest sampled ingredients, item bias and 1,024 mixed negatives.
+    # ladder's strongest sampled ingredients, item bias and 1,024 mixed negatives. A
+    # linear base searches its own space (rank and penalties) from trial 1 on.
     base = base_params(cfg.tower, cfg.train)
     study.enqueue_trial(base)
-    if cfg.train.loss == "softmax":
+    if cfg.train.loss == "softmax" and cfg.tower.kind == "mlp":
         ladder_rung = base | {"item_bias": True, "uniform_negatives": 1024}
         study.enqueue_trial(ladder_rung)
         # Trial 2: the same, wide and linear (256-dim ID embeddings and output).

@@ -34,6 +34,10 @@ _PARAMS = (
     "weight_decay",
     "id_l2",
     "patience",
+    # The linear tower's space (core.tuning_space).
+    "rank",
+    "linear_l2",
+    "linear_dropout",
 )
 _TEST_COLUMNS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50")
 

@@ -31,6 +31,8 @@ _CHOICES: dict[str, list[Any]] = {
     "batch_size": [256, 512, 1024, 2048],
     "patience": [2, 3, 5],
     "uniform_negatives": [0, 256, 1024, 4096],
+    # The linear tower's rank (its embedding_dim): up to the 1024 Steck used on ML-20M.
+    "rank": [128, 256, 512, 1024],
 }
 # Ranges where a first search on ml-latest-small found every good trial (dropouts above
 # 0.3 or dense rates under 3e-4 never came within 20% of the best): a budget of tens of
@@ -43,8 +45,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "id_dropout": (0.0, 0.3),
     "weight_decay": (1e-6, 1e-1),
     "id_l2": (1e-6, 1e-1),
+    # The linear tower's closed-form fit: EASE-like penalties (Steck: 100..1000 on ML-20M).
+    "linear_l2": (10.0, 3000.0),
+    "linear_dropout": (0.0, 0.9),
 }
-_LOG = {"temperature", "lr", "sparse_lr", "weight_decay", "id_l2"}
+_LOG = {"temperature", "lr", "sparse_lr", "weight_decay", "id_l2", "linear_l2"}
 # Patience used while tuning when the config has none: every trial needs early stopping,
 # both to find its epoch and to be pruned.
 DEFAULT_PATIENCE = 3
@@ -54,8 +59,10 @@ def search_space(
     trial: optuna.trial.BaseTrial, tower: TowerConfig, train: TrainConfig
 ) -> tuple[TowerConfig, TrainConfig]:
     """The recipe a trial draws, on top of the base configs (whose loss, epoch cap,
-    history and device are kept). Log scales for rates and penalties (their effect is
-    multiplicative); a penalty near the bottom of its range is in effect off."""
+    history and device are kept). A linear base (tower kind 'linear') draws the linear
+    space: rank, ``linear_l2`` and ``linear_dropout``. Log scales for rates and penalties
+    (their effect is multiplicative); a penalty near the bottom of its range is in effect
+    off."""
 
     def cat(name: str) -> Any:
         return trial.suggest_categorical(name, _CHOICES[name])
@@ -63,6 +70,15 @@ def search_space(
     def num(name: str) -> float:
         lo, hi = _RANGES[name]
         return trial.suggest_float(name, lo, hi, log=name in _LOG)
+
+    if tower.kind == "linear":
+        # A closed-form fit: no rates, batches or epochs; its rank and two penalties.
+        return (
+            tower.model_copy(update={"embedding_dim": cat("rank")}),
+            train.model_copy(
+                update={"linear_l2": num("linear_l2"), "linear_dropout": num("linear_dropout")}
+            ),
+        )
 
     tower_update = {
         "embedding_dim": cat("embedding_dim"),
@@ -92,6 +108,12 @@ def search_space(
 def base_values(tower: TowerConfig, train: TrainConfig) -> dict[str, Any]:
     """The base recipe in ``search_space``'s parameter names, as it trains (trial 0's row
     in the trial table)."""
+    if tower.kind == "linear":
+        return {
+            "rank": tower.embedding_dim,
+            "linear_l2": train.linear_l2,
+            "linear_dropout": train.linear_dropout,
+        }
     hidden = next((k for k, v in HIDDEN_CHOICES.items() if v == tuple(tower.hidden)), None)
     return {
         "embedding_dim": tower.embedding_dim,
@@ -116,6 +138,9 @@ def base_params(tower: TowerConfig, train: TrainConfig) -> dict[str, Any]:
     bottom of their range, and values the space cannot express (a hidden shape not in
     HIDDEN_CHOICES, a rate out of range) are left out for Optuna to draw. Trial 0 still
     trains the base recipe exactly; these only place it in the space for the sampler."""
+    if tower.kind == "linear":
+        params = base_values(tower, train)
+        return {k: v for k, v in params.items() if _expressible(k, v)}
     params = base_values(tower, train) | {
         "patience": train.early_stopping_patience or DEFAULT_PATIENCE,
         "weight_decay": max(train.weight_decay, 1e-6),

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "FULL_SOFTMAX_MAX_ITEMS",
     "Device",
     "LossKind",
     "TowerConfig",
+    "TowerKind",
     "TowerSpec",
     "TrainConfig",
 ]
 
 LossKind = Literal["softmax", "bce", "full_softmax"]
+TowerKind = Literal["mlp", "linear"]
 
 # Catalogues up to this size may train with the full softmax: its logits are (batch, items)
 # floats and every step runs the item tower over the whole catalogue (at 50k items and
@@ -34,6 +36,15 @@ class TowerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    kind: TowerKind = Field(
+        "mlp",
+        description="'mlp': ID embeddings and features through an MLP, unit vectors, trained "
+        "by SGD. 'linear': the user vector is a sum over the user's last history_len items "
+        "of an item-input table, the item vector an ID row plus a linear map of category "
+        "and content; unnormalised, fitted in closed form (a low-rank denoising linear "
+        "autoencoder, model.linear; catalogues up to 25,000 items). id_dim, category_dim, "
+        "hidden, id_init_std, item_bias and dropout are unused by 'linear'.",
+    )
     embedding_dim: int = Field(
         64,
         ge=2,
@@ -70,6 +81,17 @@ class TowerConfig(BaseModel):
         description="Dropout on each tower's MLP input (ID embedding, features, pooled "
         "history) while training; inactive when embedding or serving (0 = off).",
     )
+
+    @model_validator(mode="after")
+    def _linear_reads_items(self) -> TowerConfig:
+        if self.kind == "linear" and self.history_len < 1:
+            raise ValueError(
+                "kind 'linear' reads the user's items: history_len must be >= 1 "
+                "(the bag size; e.g. 1000)"
+            )
+        if self.kind == "linear" and self.item_bias:
+            raise ValueError("kind 'linear' has no item-bias slot: set item_bias false")
+        return self
 
 
 class TowerSpec(BaseModel):
@@ -150,6 +172,18 @@ class TrainConfig(BaseModel):
         ge=1,
         description="Stop after this many epochs without a better validation metric and "
         "restore the best epoch's weights (None = train all epochs).",
+    )
+    linear_l2: float = Field(
+        100.0,
+        gt=0,
+        description="Tower kind 'linear': L2 penalty of the closed-form fit (as EASE's l2).",
+    )
+    linear_dropout: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Tower kind 'linear': input dropout whose expectation the closed-form "
+        "fit minimises (penalty p / (1 - p) x each item's count; 0 = plain ridge).",
     )
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout.")
     device: Device = Field("auto", description="'auto' = CUDA when present, else CPU.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -25,6 +25,7 @@ from model.fast_rank import VectorScores
 from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
 from model.history import history_at_end, history_before
+from model.linear_train import fit_linear
 from model.sets import CsrSets
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, train
@@ -284,6 +285,11 @@ def fit(
     spec = prep.vocab.tower_spec(prep.data, tower_cfg)
     model = init_model(spec, train_cfg.seed)
     model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
+    if model.linear:
+        result = _fit_linear(model, prep, train_cfg, validate_metric, validate_users)
+        if on_epoch is not None:
+            on_epoch(result.epochs[0])
+        return model, result
     labels = None
     if train_cfg.loss == "bce":
         if pointwise is None or tower_cfg.history_len > 0:
@@ -310,6 +316,25 @@ def fit(
         on_step=on_step,
     )
     return model, result
+
+
+def _fit_linear(
+    model: TwoTower,
+    prep: Prepared,
+    train_cfg: TrainConfig,
+    validate_metric: str,
+    validate_users: int | None,
+) -> TrainResult:
+    """The closed-form fit of a linear model on each training user's latest items; its
+    one "epoch" carries the validation metric when the split has a validation part."""
+    bags = history_rows(prep, prep.split.train, model.history_len)
+    result = fit_linear(model, prep.tables, bags, train_cfg)
+    validate = validator(prep, validate_metric, validate_users, train_cfg.seed)
+    if validate is not None:
+        model.eval()
+        stats = result.epochs[0]
+        result.epochs[0] = replace(stats, val_metric=validate(model))
+    return result
 
 
 def sampled_pointwise(prep: Prepared, negatives: int, seed: int) -> Pointwise:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TowerSpec
+from model.linear import LinearItemTower, LinearUserTower
 
 __all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower", "pool_history"]
 
@@ -147,17 +148,36 @@ class TwoTower(nn.Module):
     def __init__(self, spec: TowerSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.user_tower = UserTower(spec)
-        self.item_tower = ItemTower(spec)
+        self.user_tower: UserTower | LinearUserTower
+        self.item_tower: ItemTower | LinearItemTower
+        if spec.tower.kind == "linear":
+            self.user_tower = LinearUserTower(spec)
+            self.item_tower = LinearItemTower(spec)
+        else:
+            self.user_tower = UserTower(spec)
+            self.item_tower = ItemTower(spec)
+
+    @property
+    def linear(self) -> bool:
+        """Tower kind 'linear' (``model.linear``): unnormalised vectors, closed-form fit."""
+        return self.spec.tower.kind == "linear"
 
     def fit_feature_scaling(self, profile: Tensor, content: Tensor) -> None:
         """Fit the profile (U, P) and content (I, C) standardisation on training tables."""
-        self.user_tower.profile_norm.fit(profile)
-        self.item_tower.content_norm.fit(content)
+        if isinstance(self.user_tower, UserTower):
+            self.user_tower.profile_norm.fit(profile)
+        if isinstance(self.item_tower, ItemTower):
+            self.item_tower.content_norm.fit(content)
+        elif content.numel():
+            self.item_tower.mean.copy_(content.mean(dim=0))
+            self.item_tower.std.copy_(content.std(dim=0, unbiased=False).clamp_min(1e-6))
 
     @property
-    def user_norm_sq(self) -> float:
-        """Squared norm of every user vector: 1, or 2 with the item-bias slot (unit + 1)."""
+    def user_norm_sq(self) -> float | None:
+        """Squared norm of every user vector: 1, or 2 with the item-bias slot (unit + 1);
+        None for the linear kind, whose vectors are not normalised."""
+        if self.linear:
+            return None
         return 2.0 if self.spec.tower.item_bias else 1.0
 
     @property
@@ -182,7 +202,10 @@ class TwoTower(nn.Module):
                     f"this model reads the last {self.history_len} items of each user; "
                     "pass history (B, H) item rows (0 = none)"
                 )
+            if isinstance(self.user_tower, LinearUserTower):
+                return self.user_tower(history)
             pooled = pool_history(self.item_tower.id_embedding, history)
+        assert isinstance(self.user_tower, UserTower)
         return self.user_tower(id_rows, profile, pooled)
 
     def forward_item(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
@@ -191,7 +214,10 @@ class TwoTower(nn.Module):
         return self.item_tower(id_rows, category_rows, content)
 
     def sparse_parameters(self) -> list[Tensor]:
-        """The ID tables, trained with SparseAdam."""
+        """The ID tables, trained with SparseAdam (the MLP kind; the linear kind has no
+        SGD training)."""
+        if not isinstance(self.user_tower, UserTower):
+            raise ValueError("tower kind 'linear' is fitted in closed form, not by SGD")
         return [self.user_tower.id_embedding.weight, self.item_tower.id_embedding.weight]
 
     def dense_parameters(self) -> list[Tensor]:

@@ -35,7 +35,7 @@ from model.losses import (
     mixed_softmax_loss,
 )
 from model.threadgov import adaptive_loop
-from model.towers import TwoTower
+from model.towers import TwoTower, UserTower
 
 __all__ = [
     "EpochStats",
@@ -187,8 +187,10 @@ class _Step:
         the sparse tables' regulariser; the lookups' gradients stay sparse."""
         if self.cfg.id_l2 <= 0:
             return 0.0
-        users = self.model.user_tower.id_embedding(u)
-        items = self.model.item_tower.id_embedding(i)
+        user_tower, item_tower = self.model.user_tower, self.model.item_tower
+        assert isinstance(user_tower, UserTower)  # train() refuses the linear kind
+        users = user_tower.id_embedding(u)
+        items = item_tower.id_embedding(i)
         return self.cfg.id_l2 * (users.square().sum(1).mean() + items.square().sum(1).mean())
 
     def _objective(
@@ -263,6 +265,11 @@ def train(
     stops at the same epoch). The returned losses are means over all processes' steps and
     the throughput counts every process's examples.
     """
+    if model.linear:
+        raise ValueError(
+            "tower kind 'linear' is fitted in closed form (model.linear_train.fit_linear), "
+            "not by SGD"
+        )
     if len(user_rows) != len(item_rows):
         raise ValueError(f"user_rows ({len(user_rows)}) and item_rows ({len(item_rows)}) differ")
     if len(user_rows) < 2:

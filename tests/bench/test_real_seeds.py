@@ -29,6 +29,9 @@ def _write(root: Path, seed: int, rungs: dict[str, tuple[float, float]], tuned: 
     (folder / "ablation.json").write_text(json.dumps(ablation))
     tune = {"rankers": {"tuned": _m(tuned)}, "trials": [{}] * 12, "seconds": 600.0}
     (folder / "tune" / "trials.json").write_text(json.dumps(tune))
+    (folder / "tune-linear").mkdir()
+    linear = {"rankers": {"tuned": _m(tuned + 0.05)}, "trials": [{}] * 8, "seconds": 120.0}
+    (folder / "tune-linear" / "trials.json").write_text(json.dumps(linear))
 
 
 def test_the_table_reports_the_validation_choice_with_mean_and_std(tmp_path: Path) -> None:
@@ -46,7 +49,9 @@ def test_the_table_reports_the_validation_choice_with_mean_and_std(tmp_path: Pat
     by_test = next(x for x in table.splitlines() if "best rung by test" in x)
     assert "0.1500 ± 0.0141" in by_test  # b on both seeds: shown, labelled reference only
     assert "| towerflow tune, chosen on validation | 0.1300 ± 0.0141" in table
-    assert "seed 1: 12 trials in 10.0 min" in table
+    assert "Tuning (`tune/`): seed 1: 12 trials in 10.0 min" in table
+    assert "| towerflow tune --kind linear, chosen on validation | 0.1800 ± 0.0141" in table
+    assert "Tuning (`tune-linear/`): seed 1: 8 trials in 2.0 min" in table
 
 
 def test_an_empty_folder_is_an_error(tmp_path: Path) -> None:

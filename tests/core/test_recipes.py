@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.config import NightlyConfig, load_config
+from core.ladder import catalogue_skip
 from core.nightly import run_nightly
 from core.recipes import CONFIGURED, SelectionConfig, candidates
 from core.resume import train_key
@@ -132,13 +133,30 @@ def test_the_ladder_candidates_follow_the_protocol_rule() -> None:
     assert "+ history" in {
         n for n, _, _ in candidates(sel, TowerConfig(), TrainConfig(), "temporal")
     }
+    # The linear tower reads a bag of items, not a sequence: it runs under every protocol.
+    assert "linear" in names
+    linear = next(c for c in candidates(sel, TowerConfig(), TrainConfig()) if c[0] == "linear")
+    assert linear[1].kind == "linear" and linear[1].history_len > 0
+
+
+def test_catalogue_limits_name_the_recipe_that_cannot_train(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    linear = TowerConfig(kind="linear", history_len=10)
+    full = TrainConfig(loss="full_softmax")
+    assert catalogue_skip(linear, TrainConfig(), 25_000) is None
+    over = catalogue_skip(linear, TrainConfig(), 25_001) or ""
+    assert "linear tower's closed-form limit" in over
+    assert catalogue_skip(TowerConfig(), full, 50_000) is None
+    assert "full softmax's limit" in (catalogue_skip(TowerConfig(), full, 50_001) or "")
+    assert catalogue_skip(TowerConfig(), TrainConfig(), 10**9) is None
 
 
 @pytest.mark.e2e
 def test_no_trainable_candidate_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("core.training.FULL_SOFTMAX_MAX_ITEMS", 1)
+    monkeypatch.setattr("core.ladder.FULL_SOFTMAX_MAX_ITEMS", 1)
     cfg = NightlyConfig.model_validate(
         {
             "data": {"scale": "tiny"},

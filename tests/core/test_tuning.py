@@ -191,3 +191,25 @@ def test_evaluate_takes_a_recipe_from_another_config(tmp_path: Path) -> None:
     bad.write_text("train: {epochs: 0}\n")
     res = CliRunner().invoke(app, ["evaluate", "--recipe", str(bad), "--json"])
     assert res.exit_code == 2 and "train.epochs" in res.stdout
+
+
+def test_the_tune_command_searches_the_linear_towers_rank_and_penalties(tmp_path: Path) -> None:
+    from cli.app import app
+
+    out = tmp_path / "out"
+    args = ["tune", "--scale", "tiny", "--kind", "linear", "--trials", "4", "--threads", "1"]
+    res = CliRunner().invoke(app, [*args, "--root", str(tmp_path / "root"), "--out", str(out),
+                                   "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    trials = json.loads(res.stdout)["trials"]
+    assert len(trials) == 4
+    # Trial 0 is the ablation's linear rung; the others draw only the linear space.
+    assert trials[0]["params"] == {"rank": 512, "linear_l2": 100.0, "linear_dropout": 0.5}
+    assert all(set(t["params"]) == {"rank", "linear_l2", "linear_dropout"} for t in trials)
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
+    tuned = load_config(out / "tuned.yaml", {})
+    assert tuned.tower.kind == "linear" and tuned.tower.history_len == 1000
+    head = (out / "trials.md").read_text().splitlines()[0]
+    assert "| rank | linear_l2 | linear_dropout |" in head
+    bad = CliRunner().invoke(app, ["tune", "--kind", "deep", "--scale", "tiny", "--json"])
+    assert bad.exit_code == 2 and "--kind" in bad.output
