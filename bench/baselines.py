@@ -38,7 +38,7 @@ def plain_train(
     counts = torch.bincount(items, minlength=model.spec.n_items + 1).to(torch.float64)
     q = counts.clamp_min(float(counts[counts > 0].min())) / counts.sum()
     log_q = q.log().to(torch.float32)
-    sparse = [model.user_tower.id_embedding.weight, model.item_tower.id_embedding.weight]
+    sparse = model.sparse_parameters()
     sparse_ids = {id(p) for p in sparse}
     dense = [p for p in model.parameters() if id(p) not in sparse_ids]
     opt_sparse = torch.optim.SparseAdam(sparse, lr=cfg.sparse_lr)
