@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["FeatureTables", "IdVocab", "category_rows"]
+__all__ = ["FeatureTables", "IdVocab", "Standardise", "category_rows"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,25 @@ class FeatureTables:
             self.item_category_rows.to(device),
             self.item_content.to(device),
         )
+
+
+class Standardise(nn.Module):
+    """Feature scaling fitted on training data; stored as buffers so it ships in state_dict."""
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: Tensor) -> None:
+        """x: (n, dim) float32 training features."""
+        if x.numel() == 0:
+            return
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std

@@ -37,10 +37,10 @@ import numpy.typing as npt
 import scipy.linalg as sla
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TowerSpec
+from model.features import Standardise
 
 __all__ = [
     "LINEAR_MAX_ITEMS",
@@ -85,29 +85,21 @@ class LinearItemTower(nn.Module):
     """(B,) ID rows, (B,) category rows, (B, C) content -> (B, D): ID row (row 0 = zeros)
     + category row + linear map of standardised content."""
 
-    mean: Tensor
-    std: Tensor
-
     def __init__(self, spec: TowerSpec) -> None:
         super().__init__()
         dim = spec.tower.embedding_dim
         self.id_embedding = nn.Embedding(spec.n_items + 1, dim, padding_idx=0)
         self.category_embedding = nn.Embedding(spec.n_categories + 1, dim)
         self.content = nn.Linear(spec.content_dim, dim)
-        self.register_buffer("mean", torch.zeros(spec.content_dim))
-        self.register_buffer("std", torch.ones(spec.content_dim))
+        self.content_norm = Standardise(spec.content_dim)
         for p in self.parameters():
             nn.init.zeros_(p)
-
-    def standardise(self, content: Tensor) -> Tensor:
-        """(B, C) raw content -> standardised with the training mean and std."""
-        return (content - self.mean) / self.std
 
     def forward(self, id_rows: Tensor, category_rows: Tensor, content: Tensor) -> Tensor:
         return (
             self.id_embedding(id_rows)
             + self.category_embedding(category_rows)
-            + F.linear(self.standardise(content), self.content.weight, self.content.bias)
+            + self.content(self.content_norm(content))
         )
 
 

@@ -66,7 +66,7 @@ def _load(
         user_tower.item_input.weight[0] = 0.0
         user_tower.constant.copy_(torch.from_numpy(fit.w[n]))
         category_rows = tables.item_category_rows[1:].numpy()
-        content = item_tower.standardise(tables.item_content[1:]).numpy()
+        content = item_tower.content_norm(tables.item_content[1:]).numpy()
         n_categories = item_tower.category_embedding.num_embeddings - 1
         cat_w, content_w, intercept = fit_content_map(fit.v, category_rows, content, n_categories)
         item_tower.category_embedding.weight.copy_(torch.from_numpy(cat_w))

@@ -1,5 +1,9 @@
 """The user tower, the item tower and the two-tower module that holds both.
 
+``TwoTower`` holds the MLP towers below (``tower.kind: mlp``, trained by SGD) or the
+linear ones of ``model.linear`` (``kind: linear``, fitted in closed form); callers see
+the same ``forward_user`` / ``forward_item``.
+
 Row 0 of every ID table is the unknown bucket: cold users and new items are embedded
 through it, so their vectors come from features alone. Outputs are L2-normalised, so the
 index's inner product equals the cosine the model was trained on; with ``item_bias`` the
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TowerSpec
+from model.features import Standardise
 from model.linear import LinearItemTower, LinearUserTower
 
 __all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower", "pool_history"]
@@ -36,28 +41,6 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
-
-
-class _Standardise(nn.Module):
-    """Feature scaling fitted on training data; stored as buffers so it ships in state_dict."""
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def fit(self, x: Tensor) -> None:
-        """x: (n, dim) float32 training features."""
-        if x.numel() == 0:
-            return
-        self.mean.copy_(x.mean(dim=0))
-        self.std.copy_(x.std(dim=0, unbiased=False).clamp_min(1e-6))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
 
 def pool_history(item_embedding: nn.Embedding, history: Tensor) -> Tensor:
@@ -86,7 +69,7 @@ class UserTower(nn.Module):
         cfg = spec.tower
         # sparse=True: only the rows in a batch get gradients (SparseAdam), ~12x faster here.
         self.id_embedding = nn.Embedding(spec.n_users + 1, cfg.id_dim, sparse=True)
-        self.profile_norm = _Standardise(spec.profile_dim)
+        self.profile_norm = Standardise(spec.profile_dim)
         history_dim = cfg.id_dim if cfg.history_len > 0 else 0
         self.item_bias = cfg.item_bias
         out_dim = cfg.embedding_dim - 1 if cfg.item_bias else cfg.embedding_dim
@@ -119,7 +102,7 @@ class ItemTower(nn.Module):
         self.id_embedding = nn.Embedding(spec.n_items + 1, cfg.id_dim, sparse=True)
         # Row 0 of the category table is the unknown category (new items may bring one).
         self.category_embedding = nn.Embedding(spec.n_categories + 1, cfg.category_dim)
-        self.content_norm = _Standardise(spec.content_dim)
+        self.content_norm = Standardise(spec.content_dim)
         in_dim = cfg.id_dim + cfg.category_dim + spec.content_dim
         self.mlp = _mlp(in_dim, cfg.hidden, cfg.embedding_dim)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -164,13 +147,9 @@ class TwoTower(nn.Module):
 
     def fit_feature_scaling(self, profile: Tensor, content: Tensor) -> None:
         """Fit the profile (U, P) and content (I, C) standardisation on training tables."""
-        if isinstance(self.user_tower, UserTower):
+        if isinstance(self.user_tower, UserTower):  # the linear user tower reads no profile
             self.user_tower.profile_norm.fit(profile)
-        if isinstance(self.item_tower, ItemTower):
-            self.item_tower.content_norm.fit(content)
-        elif content.numel():
-            self.item_tower.mean.copy_(content.mean(dim=0))
-            self.item_tower.std.copy_(content.std(dim=0, unbiased=False).clamp_min(1e-6))
+        self.item_tower.content_norm.fit(content)
 
     @property
     def user_norm_sq(self) -> float | None:
@@ -193,7 +172,9 @@ class TwoTower(nn.Module):
         (with ``item_bias``: unit in the first D - 1 dims, 1 in the last).
 
         The history is pooled through the item tower's ID embedding, so what a user did
-        and what an item is live in one table and train each other.
+        and what an item is live in one table and train each other. The linear kind reads
+        only the history, as a bag (IDs and profile unused), and its vectors are not
+        normalised.
         """
         pooled = None
         if self.history_len > 0:

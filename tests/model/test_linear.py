@@ -189,7 +189,7 @@ def test_a_new_item_gets_the_content_maps_vector() -> None:
     cat, content = torch.tensor([1]), torch.tensor([[0.5, -1.0]])
     with torch.no_grad():
         new = model.forward_item(torch.tensor([0]), cat, content)
-        expected = item.category_embedding(cat) + item.content(item.standardise(content))  # type: ignore[operator]
+        expected = item.category_embedding(cat) + item.content(item.content_norm(content))  # type: ignore[operator]
     np.testing.assert_allclose(new.numpy(), expected.numpy(), atol=1e-6)
     assert torch.linalg.vector_norm(new) > 0
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.config import TowerConfig, TowerSpec
-from model.towers import TwoTower, _Standardise, load_two_tower
+from model.features import Standardise
+from model.towers import TwoTower, load_two_tower
 from model.train import init_model
 
 SPEC = TowerSpec(
@@ -118,7 +119,7 @@ def test_standardise_fit_gives_zero_mean_unit_std_on_the_fit_data() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(500, 3, generator=gen, dtype=torch.float64).float()
     x = x * torch.tensor([10.0, 0.1, 3.0]) + torch.tensor([-5.0, 2.0, 100.0])
-    norm = _Standardise(3)
+    norm = Standardise(3)
     torch.testing.assert_close(norm(x), x)  # unfitted: identity
     norm.fit(x)
     z = norm(x)
@@ -128,7 +129,7 @@ def test_standardise_fit_gives_zero_mean_unit_std_on_the_fit_data() -> None:
 
 def test_standardise_constant_column_stays_finite_and_empty_fit_is_a_no_op() -> None:
     x = torch.tensor([[1.0, 7.0], [3.0, 7.0], [5.0, 7.0]])
-    norm = _Standardise(2)
+    norm = Standardise(2)
     norm.fit(x)
     z = norm(x)
     assert torch.isfinite(z).all()
