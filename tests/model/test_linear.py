@@ -264,3 +264,39 @@ def _val_recall(prep: Prepared, pop: npt.NDArray[np.int64]) -> float:
     scores = torch.from_numpy(np.tile(pop.astype(np.float32), (1, 1)))
     return evaluate_ranking(lambda rows: scores.expand(len(rows), -1), users, len(pop),
                             relevant, exclude, ks=(20,))["recall@20"]  # fmt: skip
+
+
+def test_a_new_item_looks_like_the_tail_not_like_the_average_item() -> None:
+    """The content map is fitted on the items taken at most as often as the median one:
+    a new item starts near them, not near the mean trained vector, which the popular items
+    dominate (a new item would otherwise outrank most of the catalogue)."""
+    rng = np.random.default_rng(8)
+    n_users, n_items = 80, 40
+    popularity = np.r_[np.full(5, 0.8), np.full(35, 0.05)]
+    taken = rng.random((n_users, n_items)) < popularity
+    history = np.zeros((n_users, n_items), np.int64)
+    for u in range(n_users):
+        rows = np.flatnonzero(taken[u]) + 1
+        history[u, : len(rows)] = rows
+    spec = TowerSpec(tower=TowerConfig(kind="linear", embedding_dim=8, history_len=n_items),
+                     n_users=n_users, n_items=n_items, n_categories=1, profile_dim=1,
+                     content_dim=2)  # fmt: skip
+    content = rng.standard_normal((n_items, 2)).astype(np.float32)
+    tables = FeatureTables.build(
+        np.zeros((n_users, 1), np.float32), np.zeros(n_items, np.int32), content, 1
+    )
+    model = init_model(spec, 0)
+    model.fit_feature_scaling(tables.user_profile[1:], tables.item_content[1:])
+    fit_linear(model, tables, history, TrainConfig(linear_l2=L2, linear_dropout=P))
+    rows = torch.arange(1, n_items + 1)
+    with torch.no_grad():
+        trained = model.forward_item(
+            rows, tables.item_category_rows[rows], tables.item_content[rows]
+        )
+        mean_content = tables.item_content[1:].mean(0, keepdim=True)
+        new = model.forward_item(torch.tensor([0]), torch.tensor([1]), mean_content)[0]
+    counts = taken.sum(0)
+    tail = trained[torch.from_numpy(counts <= np.median(counts))].mean(0)
+    assert torch.linalg.vector_norm(new - tail) < 0.5 * torch.linalg.vector_norm(
+        new - trained.mean(0)
+    )
