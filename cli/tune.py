@@ -103,7 +103,7 @@ def tune_command(
         typer.Option(
             help="Tower kind to tune: 'mlp' (the SGD recipe's rates, sizes, negatives, "
             "dropouts) or 'linear' (the closed-form linear tower's rank and penalties, "
-            "catalogues up to 25,000 items; trial 0 is then the ablation's linear rung unless "
+            "catalogues up to 20,000 items; trial 0 is then the ablation's linear rung unless "
             "the config sets its own). Default: the config's.",
             show_default=False,
         ),

@@ -42,7 +42,7 @@ class TowerConfig(BaseModel):
         "by SGD. 'linear': the user vector is a sum over the user's last history_len items "
         "of an item-input table, the item vector an ID row plus a linear map of category "
         "and content; unnormalised, fitted in closed form (a low-rank denoising linear "
-        "autoencoder, model.linear; catalogues up to 25,000 items). id_dim, category_dim, "
+        "autoencoder, model.linear; catalogues up to 20,000 items). id_dim, category_dim, "
         "hidden, id_init_std, item_bias and dropout are unused by 'linear'.",
     )
     embedding_dim: int = Field(

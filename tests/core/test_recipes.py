@@ -144,8 +144,8 @@ def test_catalogue_limits_name_the_recipe_that_cannot_train(
 ) -> None:
     linear = TowerConfig(kind="linear", history_len=10)
     full = TrainConfig(loss="full_softmax")
-    assert catalogue_skip(linear, TrainConfig(), 25_000) is None
-    over = catalogue_skip(linear, TrainConfig(), 25_001) or ""
+    assert catalogue_skip(linear, TrainConfig(), 20_000) is None
+    over = catalogue_skip(linear, TrainConfig(), 20_001) or ""
     assert "linear tower's closed-form limit" in over
     assert catalogue_skip(TowerConfig(), full, 50_000) is None
     assert "full softmax's limit" in (catalogue_skip(TowerConfig(), full, 50_001) or "")
