@@ -47,7 +47,7 @@ def _kind_overrides(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
     """Config overrides for ``--kind``: 'linear' takes the ablation's linear rung for every
     tower and train field the config does not set itself."""
     if kind is None:
-        return {"tower.kind": None}
+        return {}
     if kind not in ("mlp", "linear"):
         raise typer.BadParameter(f"expected 'mlp' or 'linear', got {kind!r}", param_hint="--kind")
     if kind == "mlp":

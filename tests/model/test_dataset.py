@@ -18,7 +18,7 @@ from model.dataset import (
     temporal_split,
 )
 from model.features import FeatureTables, IdVocab, category_rows
-from model.synthetic import generate, synthetic_config
+from tests.model.worlds import tiny_dataset
 
 
 def _hand_dataset(inter_user: list[int], inter_item: list[int]) -> Dataset:
@@ -303,12 +303,7 @@ def test_vocabulary_of_an_empty_training_split() -> None:
 
 
 def test_feature_table_rows_line_up_with_id_rows_on_synthetic_data() -> None:
-    cfg = synthetic_config("tiny", n_users=80, n_items=2000)
-    raw = generate(cfg)
-    data = Dataset.from_raw(
-        raw.user_id, raw.profile, raw.item_id, raw.category, raw.content, cfg.n_categories,
-        raw.inter_user, raw.inter_item, raw.inter_ts,
-    )  # fmt: skip
+    data = tiny_dataset(n_users=80, n_items=2000)
     split = temporal_split(data.inter_ts, 0.1, 0.3)
     vocab = Vocabulary.from_training(data, split.train)
     tables = vocab.feature_tables(data)

@@ -15,15 +15,15 @@ import torch
 from pydantic import ValidationError
 
 from model.config import TowerConfig, TowerSpec, TrainConfig
-from model.dataset import Dataset, random_ratio_split
+from model.dataset import random_ratio_split
 from model.features import FeatureTables
 from model.fullrank import evaluate_ranking
 from model.linear import LINEAR_MAX_ITEMS, bag_matrix, fit_content_map, fit_dlae
 from model.linear_train import fit_linear
 from model.pipeline import Prepared, fit, history_rows, model_scorer, prepare, validation_sets
-from model.synthetic import generate, synthetic_config
 from model.towers import TwoTower, load_two_tower
 from model.train import EpochStats, init_model, train
+from tests.model.worlds import tiny_dataset
 
 L2, P = 5.0, 0.3
 
@@ -229,12 +229,7 @@ def test_config_refuses_a_linear_tower_without_a_bag_or_with_a_bias_slot() -> No
 
 
 def test_pipeline_fits_a_linear_model_and_ranks_far_above_popularity() -> None:
-    cfg = synthetic_config("tiny")
-    raw = generate(cfg)
-    data = Dataset.from_raw(
-        raw.user_id, raw.profile, raw.item_id, raw.category, raw.content, cfg.n_categories,
-        raw.inter_user, raw.inter_item, raw.inter_ts,
-    )  # fmt: skip
+    data = tiny_dataset()
     prep = prepare(data, random_ratio_split(data.inter_user, (0.8, 0.1, 0.1), seed=0))
     tower = TowerConfig(kind="linear", embedding_dim=64, history_len=200)
     seen: list[EpochStats] = []

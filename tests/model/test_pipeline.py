@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.config import TowerConfig, TrainConfig
-from model.dataset import Dataset, temporal_split
+from model.dataset import temporal_split
 from model.fullrank import evaluate_ranking
 from model.pipeline import (
     Prepared,
@@ -22,8 +22,8 @@ from model.pipeline import (
     training_examples,
     validator,
 )
-from model.synthetic import generate, synthetic_config
 from model.train import init_model, train
+from tests.model.worlds import tiny_dataset
 
 TOWER = TowerConfig(embedding_dim=32, id_dim=16, category_dim=8, hidden=(64,))
 TRAIN = TrainConfig(epochs=3, batch_size=512, seed=0, device="cpu")
@@ -39,12 +39,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def prep() -> Prepared:
-    cfg = synthetic_config("tiny")
-    raw = generate(cfg)
-    data = Dataset.from_raw(
-        raw.user_id, raw.profile, raw.item_id, raw.category, raw.content, cfg.n_categories,
-        raw.inter_user, raw.inter_item, raw.inter_ts,
-    )  # fmt: skip
+    data = tiny_dataset()
     return prepare(data, temporal_split(data.inter_ts, 0.1, 0.1))
 
 
