@@ -11,6 +11,7 @@ import numpy.typing as npt
 import torch
 
 from core.versionio import ServingTables
+from model.history import RaggedRows
 from model.towers import UNKNOWN_ROW
 
 __all__ = ["UserRows"]
@@ -32,19 +33,22 @@ class UserRows:
 
     id_row: npt.NDArray[np.int64]  # (U,) tower ID rows
     profile: npt.NDArray[np.float32]  # (U, P)
-    recent: npt.NDArray[np.int64] | None  # (U, H) item rows; None without the history feature
+    # Ragged item rows per user (most recent first); None without the history feature.
+    recent: RaggedRows | None
     unknown_row: torch.Tensor  # (1,) int64 UNKNOWN_ROW
-    no_history: torch.Tensor | None  # (1, H) int64 zeros: unknown users' history
+    no_history: torch.Tensor  # (1, 1) int64 zero: the history of an unknown user or none
 
     @classmethod
     def of(cls, tables: ServingTables) -> UserRows:
-        recent = None if tables.recent is None else _torch_ready(tables.recent, np.int64)
+        recent = tables.recent
+        if recent is not None:
+            recent = RaggedRows(recent.indptr, _torch_ready(recent.values, np.int64))
         return cls(
             _torch_ready(tables.user_id_row, np.int64),
             _torch_ready(tables.profile, np.float32),
             recent,
             torch.full((1,), UNKNOWN_ROW, dtype=torch.int64),
-            None if recent is None else torch.zeros((1, recent.shape[1]), dtype=torch.int64),
+            torch.zeros((1, 1), dtype=torch.int64),
         )
 
     def id_rows(self, pos: int) -> torch.Tensor:
@@ -56,8 +60,11 @@ class UserRows:
         return torch.from_numpy(self.profile[pos : pos + 1])
 
     def history(self, pos: int) -> torch.Tensor | None:
-        """(1, H) int64 latest item rows of the user at ``pos`` (-1: unknown, zeros); None
-        when the model has no history feature."""
+        """(1, n) int64 latest item rows of the user at ``pos``, a view of that user's own
+        n items (-1: unknown user, or no items: one 0, the padding row); None when the
+        model has no history feature. Both towers that read it ignore row 0, so the width
+        does not change the vector."""
         if self.recent is None:
             return None
-        return torch.from_numpy(self.recent[pos : pos + 1]) if pos >= 0 else self.no_history
+        row = self.recent.row(pos) if pos >= 0 else self.recent.values[:0]
+        return torch.from_numpy(row).unsqueeze(0) if len(row) else self.no_history

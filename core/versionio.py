@@ -16,7 +16,7 @@ import pyarrow as pa
 from model.dataset import Dataset, Vocabulary
 from model.embed import embed_users
 from model.features import category_rows
-from model.history import history_at_end
+from model.history import RaggedRows, latest_items
 from model.towers import TwoTower, load_two_tower
 from storage import (
     ITEM_EMBEDDINGS,
@@ -85,12 +85,11 @@ def write_serving_tables(
         VERSION_HISTORY,
     )
     if history_len > 0:
-        recent = history_at_end(
+        recent = latest_items(
             data.inter_user, data.inter_item, data.inter_ts, everything, history_len, data.n_users
         )
-        lengths = (recent >= 0).sum(axis=1)
-        keep = lengths > 0
-        flat = recent[keep][recent[keep] >= 0]  # row-major: most recent first per user
+        lengths = recent.lengths()
+        keep = lengths > 0  # rows in user order, most recent first per user
         offsets = np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int32)
         write_table(
             folder / VersionFiles.RECENT,
@@ -98,7 +97,7 @@ def write_serving_tables(
                 {
                     "user_id": data.user_id[keep],
                     "items": pa.ListArray.from_arrays(
-                        pa.array(offsets), pa.array(data.item_id[flat])
+                        pa.array(offsets), pa.array(data.item_id[recent.values])
                     ),
                 }
             ),
@@ -140,16 +139,17 @@ class ServingTables:
     item_id_row: npt.NDArray[np.int64]  # (I,)
     category: npt.NDArray[np.int32]  # (I,)
     content: npt.NDArray[np.float32]  # (I, C)
-    # (U, H) item ID rows of each user's latest H items (0 = none), for models with the
-    # behaviour-history feature; None for models without it.
-    recent: npt.NDArray[np.int64] | None = None
+    # U ragged rows: item ID rows of each user's latest items, most recent first, at most
+    # the model's history_len (0 = an item the version does not carry), for models with
+    # the behaviour-history feature; None for models without it.
+    recent: RaggedRows | None = None
 
     def user_history(self, positions: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | None:
-        """(n, H) history rows of users at ``positions`` (-1 = unknown user: no history)."""
+        """(n, W) history rows of users at ``positions`` (-1 = unknown user: no history),
+        0-padded to the longest of them (W >= 1)."""
         if self.recent is None:
             return None
-        rows = self.recent[np.maximum(positions, 0)]
-        return np.where((positions >= 0)[:, None], rows, 0)
+        return self.recent.dense(positions, pad=0)
 
     def item_category_rows(self, n_categories: int) -> npt.NDArray[np.int64]:
         return category_rows(self.category, n_categories)
@@ -157,7 +157,7 @@ class ServingTables:
 
 def read_serving_tables(folder: Path, history_len: int = 0) -> ServingTables:
     """A version's users.parquet and items.parquet as writable arrays (they feed torch);
-    with ``history_len`` > 0 also recent.parquet as (U, history_len) item rows."""
+    with ``history_len`` > 0 also recent.parquet as ragged item rows, one per user."""
     users = read_table(folder / VersionFiles.USERS, VERSION_USERS)
     items = read_table(folder / VersionFiles.ITEMS, VERSION_ITEMS)
     tables = ServingTables(
@@ -174,9 +174,10 @@ def read_serving_tables(folder: Path, history_len: int = 0) -> ServingTables:
     return replace(tables, recent=_read_recent(folder, tables, history_len))
 
 
-def _read_recent(folder: Path, tables: ServingTables, history_len: int) -> npt.NDArray[np.int64]:
-    """recent.parquet -> (U, H) item ID rows aligned with the users table, left-aligned in
-    most recent first, 0-padded; items the version does not carry map to 0."""
+def _read_recent(folder: Path, tables: ServingTables, history_len: int) -> RaggedRows:
+    """recent.parquet -> one ragged row of item ID rows per user of the users table, most
+    recent first (empty for a user without one); items the version does not carry map
+    to 0."""
     path = folder / VersionFiles.RECENT
     if not path.is_file():
         raise ValueError(f"{path} is missing: the model reads each user's last {history_len} items")
@@ -191,14 +192,18 @@ def _read_recent(folder: Path, tables: ServingTables, history_len: int) -> npt.N
     user_pos = np.minimum(user_pos, len(tables.user_id) - 1)
     if not np.array_equal(tables.user_id[user_pos], _np(table, "user_id")):
         raise ValueError(f"{path} names users that are not in {VersionFiles.USERS}")
+    if len(np.unique(user_pos)) != len(user_pos):
+        raise ValueError(f"{path} holds a user twice")
     item_ids = lists.values.to_numpy().astype(np.int64)
     item_pos = np.minimum(np.searchsorted(tables.item_id, item_ids), len(tables.item_id) - 1)
     known = tables.item_id[item_pos] == item_ids
     item_rows = np.where(known, tables.item_id_row[item_pos], 0)
-    out = np.zeros((len(tables.user_id), history_len), np.int64)
-    slot = np.arange(len(item_ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[np.repeat(user_pos, lengths), slot] = item_rows
-    return out
+    # Each value goes to its user's row; a stable sort keeps each list's order.
+    order = np.argsort(np.repeat(user_pos, lengths), kind="stable")
+    per_user = np.zeros(len(tables.user_id), np.int64)
+    per_user[user_pos] = lengths
+    indptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
+    return RaggedRows(indptr, np.ascontiguousarray(item_rows[order], np.int64))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Per-user recent-item histories as fixed-width arrays of item positions (padding -1): the
-leak-free history of every training example, and each user's latest items for serving.
+"""Per-user recent-item histories: as fixed-width arrays of item positions (padding -1),
+the leak-free history of every training example; as ragged rows (``RaggedRows``), each
+user's latest items for serving, whose memory is the items held, not users x width.
 
 Both are vectorised (one sort plus segment arithmetic, then row blocks), so 10M
 interactions take seconds.
@@ -7,14 +8,69 @@ interactions take seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PAD", "history_at_end", "history_before", "user_time_order"]
+__all__ = [
+    "PAD",
+    "RaggedRows",
+    "history_at_end",
+    "history_before",
+    "latest_items",
+    "user_time_order",
+]
 
 PAD = -1  # item position of an empty history slot
 
 _BLOCK_ROWS = 1 << 15
+
+
+@dataclass(frozen=True)
+class RaggedRows:
+    """Variable-length int64 rows, CSR-style: row ``r`` is ``values[indptr[r]:indptr[r + 1]]``.
+    R rows, N values in all. A user's latest items as the serving path holds them: a bag of
+    3,000 items costs its heavy users 24 KB each and everyone else only what they hold."""
+
+    indptr: npt.NDArray[np.int64]  # (R + 1,), non-decreasing, indptr[0] = 0
+    values: npt.NDArray[np.int64]  # (N,), N = indptr[-1]
+
+    def __post_init__(self) -> None:
+        ptr = self.indptr
+        if ptr.ndim != 1 or len(ptr) < 1 or ptr[0] != 0 or (np.diff(ptr) < 0).any():
+            raise ValueError("indptr must be a non-decreasing 1-D array starting at 0")
+        if self.values.ndim != 1 or len(self.values) != ptr[-1]:
+            raise ValueError(f"values must be 1-D of length indptr[-1]={ptr[-1]}")
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    def lengths(self) -> npt.NDArray[np.int64]:
+        """(R,) values per row."""
+        return np.diff(self.indptr)
+
+    def row(self, r: int) -> npt.NDArray[np.int64]:
+        """Row ``r`` (a view, no copy)."""
+        return self.values[self.indptr[r] : self.indptr[r + 1]]
+
+    def dense(
+        self, rows: npt.NDArray[np.int64], pad: int, width: int | None = None
+    ) -> npt.NDArray[np.int64]:
+        """`(n, W)` copy of ``rows`` (`(n,)` int64; -1 = a missing row, all ``pad``),
+        left-aligned and padded with ``pad``. ``W`` = ``width`` (rows longer are cut to
+        their first ``width`` values) or, with None, the longest selected row (at least 1,
+        so an all-empty selection is still a valid batch)."""
+        rows = np.asarray(rows, np.int64)
+        lengths = np.where(rows >= 0, self.lengths()[np.maximum(rows, 0)], 0)
+        if width is None:
+            width = max(1, int(lengths.max(initial=0)))
+        lengths = np.minimum(lengths, width)
+        out = np.full((len(rows), width), pad, np.int64)
+        slot = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        src = np.repeat(self.indptr[np.maximum(rows, 0)], lengths) + slot
+        out[np.repeat(np.arange(len(rows)), lengths), slot] = self.values[src]
+        return out
 
 
 def history_before(
@@ -97,21 +153,32 @@ def history_at_end(
         `(n_users, n_last) int64` item positions, most recent first, `-1` padding; equal
         timestamps are ordered by input index (later = more recent), as in `history_before`.
     """
+    latest = latest_items(user, item, ts, mask, n_last, n_users)
+    return latest.dense(np.arange(n_users, dtype=np.int64), PAD, n_last)
+
+
+def latest_items(
+    user: npt.NDArray[np.int64],
+    item: npt.NDArray[np.int64],
+    ts: npt.NDArray[np.int64],
+    mask: npt.NDArray[np.bool_],
+    n_last: int,
+    n_users: int,
+) -> RaggedRows:
+    """`history_at_end` as ragged rows: row ``u`` holds user ``u``'s ``min(n_last, count)``
+    latest item positions, most recent first (memory O(items held), not n_users x n_last)."""
     users, items, times, sel = _check(user, item, ts, mask, n_last)
     u = users[sel]
     if u.size and (u.min() < 0 or u.max() >= n_users):
         raise ValueError(f"user positions must lie in [0, {n_users})")
     order = user_time_order(u, times[sel])
-    us, its = u[order], items[sel][order]
-    counts = np.bincount(us, minlength=n_users)
+    its = items[sel][order]
+    counts = np.bincount(u, minlength=n_users).astype(np.int64)
     ends = np.cumsum(counts)  # one past each user's latest interaction in sorted order
-    out = np.full((n_users, n_last), PAD, np.int64)
-    for j in range(n_last):
-        has = counts > j
-        if not has.any():
-            break
-        out[has, j] = its[ends[has] - 1 - j]
-    return out
+    lengths = np.minimum(counts, n_last)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    slot = np.arange(int(indptr[-1])) - np.repeat(indptr[:-1], lengths)
+    return RaggedRows(indptr, its[np.repeat(ends - 1, lengths) - slot].astype(np.int64))
 
 
 def user_time_order(

@@ -24,7 +24,7 @@ from model.embed import embed_items, embed_users
 from model.fast_rank import VectorScores
 from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
-from model.history import history_at_end, history_before
+from model.history import PAD, history_before, latest_items
 from model.linear_train import fit_linear
 from model.sets import CsrSets
 from model.towers import TwoTower
@@ -93,11 +93,13 @@ def _to_rows(vocab: Vocabulary, positions: npt.NDArray[np.int64]) -> npt.NDArray
 
 
 def history_rows(prep: Prepared, mask: npt.NDArray[np.bool_], n_last: int) -> npt.NDArray[np.int64]:
-    """(U, n_last) item rows of every user's latest interactions among ``mask`` (0 = none):
-    the history a user tower sees when scoring after those interactions."""
+    """(U, W) item rows of every user's latest ``n_last`` interactions among ``mask``
+    (0 = none): the history a user tower sees when scoring after those interactions.
+    W = the longest such history (at most ``n_last``, at least 1), so a wide cap costs
+    only what the users hold."""
     d = prep.data
-    pos = history_at_end(d.inter_user, d.inter_item, d.inter_ts, mask, n_last, d.n_users)
-    return _to_rows(prep.vocab, pos)
+    latest = latest_items(d.inter_user, d.inter_item, d.inter_ts, mask, n_last, d.n_users)
+    return _to_rows(prep.vocab, latest.dense(np.arange(d.n_users, dtype=np.int64), PAD))
 
 
 def training_examples(

@@ -63,8 +63,10 @@ def test_imported_version_reports_protocol_baseline_and_early_stopping(imported_
 def test_history_model_serves_from_the_recent_items(imported_run: Path) -> None:
     recaller = Recaller.load(VersionStore(Layout(imported_run)))
     assert recaller.model.history_len == 8
-    recent = recaller.tables.recent
-    assert recent is not None and recent.shape == (len(recaller.tables.user_id), 8)
+    ragged = recaller.tables.recent
+    assert ragged is not None and len(ragged) == len(recaller.tables.user_id)
+    assert ragged.lengths().max() == 8  # the model's history_len, no more
+    recent = ragged.dense(np.arange(len(ragged)), pad=0)
     user = int(recaller.tables.user_id[int(np.argmax((recent > 0).sum(axis=1)))])
     with_history = recaller.recall(user, k=10, exclude_seen=False)
     assert len(with_history.items) == 10

@@ -7,7 +7,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model.history import history_at_end, history_before, user_time_order
+from model.history import (
+    RaggedRows,
+    history_at_end,
+    history_before,
+    latest_items,
+    user_time_order,
+)
 
 
 def _brute_before(
@@ -102,6 +108,47 @@ def test_history_at_end_is_what_the_next_interaction_would_see() -> None:
     m2 = np.r_[mask, np.ones(n_users, bool)]
     before = history_before(u2, i2, t2, m2, n_last=6)[-n_users:]
     np.testing.assert_array_equal(history_at_end(user, item, ts, mask, 6, n_users), before)
+
+
+def test_latest_items_are_history_at_end_without_the_padding() -> None:
+    rng = np.random.default_rng(3)
+    n, n_users = 3_000, 40
+    user = rng.integers(0, n_users, n).astype(np.int64)
+    item = rng.integers(0, 500, n).astype(np.int64)
+    ts = rng.integers(0, 50, n).astype(np.int64)
+    mask = rng.random(n) < 0.8
+    for n_last in (1, 7, 200):
+        ragged = latest_items(user, item, ts, mask, n_last, n_users)
+        dense = history_at_end(user, item, ts, mask, n_last, n_users)
+        assert len(ragged) == n_users
+        np.testing.assert_array_equal(ragged.lengths(), (dense >= 0).sum(axis=1))
+        for u in range(n_users):
+            np.testing.assert_array_equal(ragged.row(u), dense[u][dense[u] >= 0])
+    # 200 is above every user's count: a row holds all of the user's masked items.
+    assert ragged.lengths().sum() == mask.sum()
+
+
+def test_ragged_rows_dense_pads_cuts_and_reads_missing_rows_as_empty() -> None:
+    rows = RaggedRows(np.array([0, 3, 3, 4]), np.array([5, 6, 7, 9]))
+    assert len(rows) == 3
+    np.testing.assert_array_equal(rows.lengths(), [3, 0, 1])
+    np.testing.assert_array_equal(rows.row(0), [5, 6, 7])
+    assert rows.row(1).size == 0
+    got = rows.dense(np.array([2, -1, 0, 1]), pad=0)
+    np.testing.assert_array_equal(got, [[9, 0, 0], [0, 0, 0], [5, 6, 7], [0, 0, 0]])
+    np.testing.assert_array_equal(rows.dense(np.array([0, 2]), pad=-1, width=2), [[5, 6], [9, -1]])
+    # Nothing to hold still gives a batch the towers take: one padding column.
+    np.testing.assert_array_equal(rows.dense(np.array([1, -1]), pad=0), [[0], [0]])
+    assert rows.dense(np.zeros(0, np.int64), pad=0).shape == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("indptr", "values"),
+    [([1, 2], [0]), ([0, 2, 1], [0, 0]), ([0, 2], [0]), ([], [])],
+)
+def test_ragged_rows_refuse_inconsistent_offsets(indptr: list[int], values: list[int]) -> None:
+    with pytest.raises(ValueError, match=r"indptr|values"):
+        RaggedRows(np.array(indptr, np.int64), np.array(values, np.int64))
 
 
 def test_user_time_order_key_and_lexsort_paths_agree() -> None:
