@@ -1,25 +1,25 @@
 """The linear two-tower and its closed-form fit.
 
 User tower: the sum of an item-input table's rows over the user's last ``history_len``
-items, plus a constant row (the empty bag's vector). Item tower: an item-ID row plus a
-linear map of the item's category and standardised content. Score = inner product, not
-normalised: the index ranks ``bag @ W @ V.T``, a rank-``embedding_dim`` linear
-autoencoder of the user's items (Steck 2020, "Autoencoders that don't overfit towards
-the identity", the denoising linear autoencoder, DLAE). On MovieLens-size logs linear
-item-item models are the strongest known rankers (EASE is the full-rank one, with a zero
-diagonal); this is the best low-rank one, exactly, in two-tower form.
+items; a bag without a known item gets a constant row instead (popularity). Item tower:
+an item-ID row plus a linear map of the item's category and standardised content.
+Score = inner product, not normalised: the index ranks ``bag @ W @ V.T``, a
+rank-``embedding_dim`` linear autoencoder of the user's items (Steck 2020, "Autoencoders
+that don't overfit towards the identity", the denoising linear autoencoder, DLAE). On
+MovieLens-size logs linear item-item models are the strongest known rankers (EASE is the
+full-rank one, with a zero diagonal); this is the best low-rank one, exactly, in
+two-tower form.
 
 The fit minimises the DLAE objective in closed form (no SGD, no epochs):
 
     min_B ||X - X B||^2 + ||Lambda^(1/2) B||^2,  rank(B) <= k,
     Lambda = p / (1 - p) diag(X^T X) + l2 I
 
-(``p`` the input dropout the objective is the expectation of; the input also carries a
-constant column, see ``fit_dlae``). With ``A = X^T X + Lambda``, the best rank-k
-``B = W V^T`` has ``V`` the top-k eigenvectors of ``X^T X A^-1 X^T X`` and
-``W = A^-1 X^T X V`` (substitute ``W`` for fixed orthonormal ``V``; what is left is a
-trace to maximise). One dense ``(n, n)`` Cholesky (as EASE) and one eigenproblem: of
-``(n, n)``, or of ``(U, U)`` when there are fewer users than items.
+(``p`` the input dropout the objective is the expectation of). With
+``A = X^T X + Lambda``, the best rank-k ``B = W V^T`` has ``V`` the top-k eigenvectors of
+``X^T X A^-1 X^T X`` and ``W = A^-1 X^T X V`` (substitute ``W`` for fixed orthonormal
+``V``; what is left is a trace to maximise). One dense ``(n, n)`` Cholesky (as EASE) and
+one eigenproblem: of ``(n, n)``, or of ``(U, U)`` when there are fewer users than items.
 
 Items never trained (new ones) get ``V`` from content: a ridge map of category and
 content is fitted to ``V`` and each trained item's ID row holds its residual, so a trained
@@ -67,8 +67,9 @@ _CONTENT_RIDGE = 1.0
 
 
 class LinearUserTower(nn.Module):
-    """(B, H) item rows of each user's last items (0 = padding / unseen) -> (B, D):
-    the sum of their input rows plus the constant row."""
+    """(B, H) item rows of each user's last items (0 = padding / unseen) -> (B, D): the
+    sum of their input rows; a bag without a known item gets the ``constant`` row, the
+    empty bag's vector (popularity), instead."""
 
     def __init__(self, spec: TowerSpec) -> None:
         super().__init__()
@@ -79,7 +80,10 @@ class LinearUserTower(nn.Module):
         nn.init.zeros_(self.item_input.weight)
 
     def forward(self, history: Tensor) -> Tensor:
-        return self.item_input(history) + self.constant
+        # Added to empty bags only: as an always-on input of the fit the constant cost
+        # ml-latest-small validation Recall@10 0.002-0.004 (docs/linear.md).
+        empty = ~(history > 0).any(dim=1, keepdim=True)
+        return self.item_input(history) + empty.to(self.constant.dtype) * self.constant
 
 
 class LinearItemTower(nn.Module):
@@ -121,9 +125,11 @@ def bag_matrix(history: npt.NDArray[np.int64], n_items: int) -> sp.csr_array:
 
 @dataclass(frozen=True)
 class LinearFit:
-    """A closed-form fit: ``W`` (n + 1, k) input rows per item row (row n = the constant
-    input, always on), ``V`` (n, k) item vectors, the mean squared reconstruction error
-    per user (``||x - x W V^T||^2``, the loss without its penalty) and the seconds it took."""
+    """A closed-form fit: ``W`` (n + 1, k), the input row of each item row, plus row n,
+    the empty bag's vector (popularity in the fit's item space: what a user with no known
+    item gets, not an input); ``V`` (n, k) item vectors; the mean squared reconstruction
+    error per user (``||x - x W V^T||^2``, the loss without its penalty) and the seconds
+    it took."""
 
     w: npt.NDArray[np.float64]
     v: npt.NDArray[np.float64]
@@ -133,13 +139,14 @@ class LinearFit:
 
 def fit_dlae(x: sp.csr_array, dim: int, l2: float, dropout: float) -> LinearFit:
     """The best rank-``dim`` DLAE of the ``(U, n)`` binary bag matrix ``x`` (see the
-    module docstring), whose input has a constant column appended: an always-on input
-    that is never dropped, the empty bag's vector (popularity for a user with no items).
+    module docstring).
 
-    Inputs ``xc = [x, 1]`` (U, n + 1), targets ``x``: with ``A = xc^T xc + Lambda`` and
-    ``C = xc^T x`` (n + 1, n), ``V`` = the top-``dim`` eigenvectors of ``C^T A^-1 C`` and
-    ``W = A^-1 C V``. ``dim`` above the problem's rank (at most min(U, n)) leaves the
-    extra columns zero. Raises ValueError on a bad setting or a catalogue over
+    With ``A = x^T x + Lambda`` and ``C = x^T x``, ``V`` = the top-``dim`` eigenvectors of
+    ``C^T A^-1 C`` and ``W = A^-1 C V``. ``dim`` above the problem's rank (at most
+    min(U, n)) leaves the extra columns zero. The empty bag's vector is ``V^T q``, ``q``
+    (n,) the share of users holding each item: the projection of popularity onto the
+    item vectors, so a user with no known item is ranked by popularity as the fit's space
+    can hold it. Raises ValueError on a bad setting or a catalogue over
     ``LINEAR_MAX_ITEMS``.
     """
     n_users, n = x.shape
@@ -155,27 +162,26 @@ def fit_dlae(x: sp.csr_array, dim: int, l2: float, dropout: float) -> LinearFit:
     if dim < 1:
         raise ValueError(f"the rank must be >= 1, got {dim}")
     started = time.perf_counter()
-    xc = sp.hstack([x, sp.csr_array(np.ones((n_users, 1)))], format="csr")  # (U, n + 1)
-    a = np.asarray((xc.T @ xc).toarray(), dtype=np.float64)
-    penalty = np.full(n + 1, float(l2))
-    penalty[:n] += dropout / (1.0 - dropout) * a.diagonal()[:n]
-    a[np.diag_indices(n + 1)] += penalty
-    chol = sla.cho_factor(a, lower=False, overwrite_a=True, check_finite=False)
+    a = np.asarray((x.T @ x).toarray(), dtype=np.float64)
     k = min(dim, n, n_users)
-    if n_users < n:
-        v = _top_eigvecs_through_users(x, xc, chol, k)
+    # C = x^T x is A before its penalty: keep a copy only on the (n, n) eigen path.
+    cross = a.copy() if n_users >= n else None
+    a[np.diag_indices(n)] += l2 + dropout / (1.0 - dropout) * a.diagonal()
+    chol = sla.cho_factor(a, lower=False, overwrite_a=True, check_finite=False)
+    if cross is None:
+        v = _top_eigvecs_through_users(x, chol, k)
     else:
-        cross = np.asarray((xc.T @ x).toarray())  # C = xc^T x: targets are items only
         k_mat = cross.T @ sla.cho_solve(chol, cross, check_finite=False)
         del cross
         _, vecs = sla.eigh((k_mat + k_mat.T) / 2.0, subset_by_index=[n - k, n - 1],
                            check_finite=False)  # fmt: skip
         v = vecs[:, ::-1]
-    # C V through the sparse bags: no second dense (n + 1, n) matrix.
-    w = sla.cho_solve(chol, xc.T @ (x @ v), check_finite=False)  # (n + 1, k)
+    # C V through the sparse bags: no second dense (n, n) matrix.
+    w = sla.cho_solve(chol, x.T @ (x @ v), check_finite=False)  # (n, k)
+    share = np.asarray(x.sum(axis=0)).ravel() / max(n_users, 1)
     w_full, v_full = np.zeros((n + 1, dim)), np.zeros((n, dim))
-    w_full[:, :k], v_full[:, :k] = w, v
-    loss = _reconstruction_error(xc, w_full, v_full)
+    w_full[:n, :k], w_full[n, :k], v_full[:, :k] = w, v.T @ share, v
+    loss = _reconstruction_error(x, w_full[:n], v_full)
     seconds = time.perf_counter() - started
     log.info(
         "linear fit: %d users x %d items, rank %d, l2=%g, dropout=%g in %.2f s",
@@ -185,15 +191,15 @@ def fit_dlae(x: sp.csr_array, dim: int, l2: float, dropout: float) -> LinearFit:
 
 
 def _top_eigvecs_through_users(
-    x: sp.csr_array, xc: sp.csr_array, chol: tuple[npt.NDArray[np.float64], bool], k: int
+    x: sp.csr_array, chol: tuple[npt.NDArray[np.float64], bool], k: int
 ) -> npt.NDArray[np.float64]:
-    """Top-k eigenvectors of ``C^T A^-1 C`` (``C = xc^T x``) through a ``(U, U)``
+    """Top-k eigenvectors of ``C^T A^-1 C`` (``C = x^T x``) through a ``(U, U)``
     eigenproblem: with ``x^T = Q R`` (thin QR), ``C^T A^-1 C = Q (R Z R^T) Q^T`` and
-    ``Z = xc A^-1 xc^T``."""
-    dense_c = xc.T.toarray()  # (n + 1, U)
-    q, r = np.linalg.qr(dense_c[: x.shape[1]])  # x^T: (n, U), (U, U)
-    z = dense_c.T @ sla.cho_solve(chol, dense_c, check_finite=False)
-    del dense_c
+    ``Z = x A^-1 x^T``."""
+    dense_t = x.T.toarray()  # (n, U)
+    q, r = np.linalg.qr(dense_t)  # (n, U), (U, U)
+    z = dense_t.T @ sla.cho_solve(chol, dense_t, check_finite=False)
+    del dense_t
     small = r @ z @ r.T
     m = small.shape[0]
     _, vecs = sla.eigh((small + small.T) / 2.0, subset_by_index=[m - k, m - 1],
@@ -202,15 +208,15 @@ def _top_eigvecs_through_users(
 
 
 def _reconstruction_error(
-    xc: sp.csr_array, w: npt.NDArray[np.float64], v: npt.NDArray[np.float64]
+    x: sp.csr_array, w: npt.NDArray[np.float64], v: npt.NDArray[np.float64]
 ) -> float:
-    """Mean over users of ``||x - xc W V^T||^2`` (``x`` = ``xc`` without its constant
-    column), in blocks of users so the dense residual stays bounded."""
-    n_users, n = xc.shape[0], v.shape[0]
+    """Mean over users of ``||x - x W V^T||^2``, in blocks of users so the dense residual
+    stays bounded."""
+    n_users = x.shape[0]
     total = 0.0
     for s in range(0, n_users, _ERROR_BLOCK):
-        block = xc[s : s + _ERROR_BLOCK]
-        residual = block[:, :n].toarray() - (block @ w) @ v.T
+        block = x[s : s + _ERROR_BLOCK]
+        residual = block.toarray() - (block @ w) @ v.T
         total += float(np.square(residual).sum())
     return total / max(n_users, 1)
 

@@ -195,6 +195,7 @@ def test_evaluate_takes_a_recipe_from_another_config(tmp_path: Path) -> None:
 
 def test_the_tune_command_searches_the_linear_towers_rank_and_penalties(tmp_path: Path) -> None:
     from cli.app import app
+    from core.ladder import LINEAR, LINEAR_TRAIN
 
     out = tmp_path / "out"
     args = ["tune", "--scale", "tiny", "--kind", "linear", "--trials", "4", "--threads", "1"]
@@ -204,11 +205,12 @@ def test_the_tune_command_searches_the_linear_towers_rank_and_penalties(tmp_path
     trials = json.loads(res.stdout)["trials"]
     assert len(trials) == 4
     # Trial 0 is the ablation's linear rung; the others draw only the linear space.
-    assert trials[0]["params"] == {"rank": 512, "linear_l2": 100.0, "linear_dropout": 0.5}
+    rung = {"rank": LINEAR["embedding_dim"], **LINEAR_TRAIN}
+    assert trials[0]["params"] == rung
     assert all(set(t["params"]) == {"rank", "linear_l2", "linear_dropout"} for t in trials)
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 4
     tuned = load_config(out / "tuned.yaml", {})
-    assert tuned.tower.kind == "linear" and tuned.tower.history_len == 1000
+    assert tuned.tower.kind == "linear" and tuned.tower.history_len == LINEAR["history_len"]
     head = (out / "trials.md").read_text().splitlines()[0]
     assert "| rank | linear_l2 | linear_dropout |" in head
     bad = CliRunner().invoke(app, ["tune", "--kind", "deep", "--scale", "tiny", "--json"])

@@ -35,23 +35,25 @@ def _bags(n_users: int, n_items: int, seed: int, density: float = 0.2) -> sp.csr
     return sp.csr_array(x)
 
 
-def _with_constant(x: sp.csr_array) -> npt.NDArray[np.float64]:
-    return np.hstack([x.toarray(), np.ones((x.shape[0], 1))])
-
-
 def _penalised(x: sp.csr_array, l2: float, p: float) -> npt.NDArray[np.float64]:
-    xc = _with_constant(x)
-    a = xc.T @ xc
-    n = x.shape[1]
-    a[np.diag_indices(n + 1)] += l2 + np.r_[p / (1 - p) * np.diag(a)[:n], 0.0]
+    dense = x.toarray()
+    a = dense.T @ dense
+    a[np.diag_indices(x.shape[1])] += l2 + p / (1 - p) * np.diag(a)
     return a
 
 
 def _objective(x: sp.csr_array, b: npt.NDArray[np.float64], l2: float, p: float) -> float:
-    """||x - xc B||^2 + ||Lambda^(1/2) B||^2 as the module docstring defines it."""
-    xc, dense = _with_constant(x), x.toarray()
-    lam = l2 + np.r_[p / (1 - p) * (dense * dense).sum(0), 0.0]
-    return float(np.square(dense - xc @ b).sum() + (lam[:, None] * b * b).sum())
+    """||x - x B||^2 + ||Lambda^(1/2) B||^2 as the module docstring defines it."""
+    dense = x.toarray()
+    lam = l2 + p / (1 - p) * (dense * dense).sum(0)
+    return float(np.square(dense - dense @ b).sum() + (lam[:, None] * b * b).sum())
+
+
+def _scores(
+    x: sp.csr_array, w: npt.NDArray[np.float64], v: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """(U, n) scores of the bags in ``x`` (none empty): input rows 0..n-1 of ``w``."""
+    return x.toarray() @ w[: x.shape[1]] @ v.T
 
 
 @pytest.mark.parametrize(("n_users", "n_items"), [(30, 50), (80, 40)])
@@ -59,8 +61,9 @@ def test_full_rank_fit_is_the_ridge_solution(n_users: int, n_items: int) -> None
     # Fewer users than items (the (U, U) eigen path) and more (the (n, n) one).
     x = _bags(n_users, n_items, seed=1)
     f = fit_dlae(x, 200, L2, P)
-    ridge = np.linalg.solve(_penalised(x, L2, P), _with_constant(x).T @ x.toarray())
-    np.testing.assert_allclose(f.w @ f.v.T, ridge, atol=1e-9)
+    dense = x.toarray()
+    ridge = np.linalg.solve(_penalised(x, L2, P), dense.T @ dense)
+    np.testing.assert_allclose(f.w[:n_items] @ f.v.T, ridge, atol=1e-9)
 
 
 def test_both_eigen_paths_give_the_same_low_rank_scores() -> None:
@@ -69,8 +72,7 @@ def test_both_eigen_paths_give_the_same_low_rank_scores() -> None:
     # users fewer than the items, the (U, U) path, and must not change any score.
     wide = sp.csr_array(np.hstack([x.toarray(), np.zeros((40, 1))]))
     a, b = fit_dlae(x, 7, L2, P), fit_dlae(wide, 7, L2, P)
-    xc = _with_constant(x)
-    np.testing.assert_allclose(xc @ a.w @ a.v.T, (xc @ np.r_[b.w[:40], b.w[41:]] @ b.v.T)[:, :40],
+    np.testing.assert_allclose(_scores(x, a.w, a.v), (_scores(wide, b.w, b.v))[:, :40],
                                atol=1e-9)  # fmt: skip
 
 
@@ -78,8 +80,8 @@ def test_low_rank_fit_beats_every_other_basis_of_that_rank() -> None:
     x = _bags(60, 30, seed=3)
     k = 5
     f = fit_dlae(x, k, L2, P)
-    best = _objective(x, f.w @ f.v.T, L2, P)
-    a, cross = _penalised(x, L2, P), _with_constant(x).T @ x.toarray()
+    best = _objective(x, f.w[:30] @ f.v.T, L2, P)
+    a, cross = _penalised(x, L2, P), x.toarray().T @ x.toarray()
     rng = np.random.default_rng(0)
     for _ in range(20):
         # Any other orthonormal basis with its own best W does worse.
@@ -97,8 +99,19 @@ def test_rank_above_the_problem_pads_with_zero_columns_and_loss_is_reported() ->
     f = fit_dlae(x, 32, L2, P)
     assert f.w.shape == (21, 32) and f.v.shape == (20, 32)
     assert not f.w[:, 10:].any() and not f.v[:, 10:].any()
-    residual = x.toarray() - _with_constant(x) @ f.w @ f.v.T
+    residual = x.toarray() - _scores(x, f.w, f.v)
     assert f.loss == pytest.approx(float(np.square(residual).sum()) / 10)
+
+
+def test_the_empty_bag_ranks_by_popularity() -> None:
+    # At full rank the empty bag's vector scores exactly each item's share of users.
+    x = _bags(30, 20, seed=9, density=0.3)
+    f = fit_dlae(x, 20, L2, P)
+    share = x.toarray().mean(axis=0)
+    np.testing.assert_allclose(f.v @ f.w[20], share, atol=1e-9)
+    # At low rank it is popularity as the item space holds it: the top item stays on top.
+    low = fit_dlae(x, 3, L2, P)
+    assert int(np.argmax(low.v @ low.w[20])) == int(np.argmax(share)) == 0
 
 
 @pytest.mark.parametrize(
@@ -174,9 +187,10 @@ def test_towers_score_exactly_the_fit() -> None:
         users = model.forward_user(torch.zeros(4, dtype=torch.int64), torch.zeros(4, 1),
                                    torch.from_numpy(history))  # fmt: skip
     np.testing.assert_allclose(items.numpy(), f.v, atol=1e-5)
-    xc = _with_constant(bag_matrix(history, 6))
-    np.testing.assert_allclose(users.numpy(), xc @ f.w, atol=1e-5)
-    # The empty bag is the constant row alone; padding and unseen items (row 0) add nothing.
+    np.testing.assert_allclose(users.numpy(), bag_matrix(history, 6).toarray() @ f.w[:6],
+                               atol=1e-5)  # fmt: skip
+    # The constant row is added to empty bags only: padding and unseen items (row 0) are
+    # no item, and a bag with an item has no constant.
     with torch.no_grad():
         empty = model.forward_user(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1),
                                    torch.zeros(1, 3, dtype=torch.int64))  # fmt: skip
@@ -244,7 +258,7 @@ def test_pipeline_fits_a_linear_model_and_ranks_far_above_popularity() -> None:
     score = model_scorer(model, prep, prep.split.train)
     users = np.flatnonzero((bags > 0).any(axis=1))[:5]
     got = score(users).numpy()
-    expected = _with_constant(bag_matrix(bags[users], prep.vocab.n_items)) @ f.w @ f.v.T
+    expected = _scores(bag_matrix(bags[users], prep.vocab.n_items), f.w, f.v)
     cols = prep.vocab.item_id_row > 0
     np.testing.assert_allclose(got[:, cols], expected[:, prep.vocab.item_id_row[cols] - 1],
                                rtol=1e-4, atol=1e-4)  # fmt: skip
