@@ -45,16 +45,20 @@ def _raw_config(path: Path | None) -> dict[str, Any]:
 
 def _kind_overrides(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
     """Config overrides for ``--kind``: 'linear' takes the ablation's linear rung for every
-    tower and train field the config does not set itself."""
+    tower and train field the config does not set itself; 'mlp' on a linear config also
+    drops its bag size (thousands of items as an MLP history feature would cost
+    examples x history_len memory), leaving the MLP default, no history."""
     if kind is None:
         return {}
     if kind not in ("mlp", "linear"):
         raise typer.BadParameter(f"expected 'mlp' or 'linear', got {kind!r}", param_hint="--kind")
+    tower, train = raw.get("tower") or {}, raw.get("train") or {}
     if kind == "mlp":
+        if tower.get("kind") == "linear":
+            return {"tower.kind": "mlp", "tower.history_len": 0}
         return {"tower.kind": "mlp"}
     from core.ladder import LINEAR, LINEAR_TRAIN
 
-    tower, train = raw.get("tower") or {}, raw.get("train") or {}
     out = {f"tower.{k}": v for k, v in LINEAR.items() if k not in tower or k == "kind"}
     out |= {f"train.{k}": v for k, v in LINEAR_TRAIN.items() if k not in train}
     if not tower.get("history_len"):

@@ -215,3 +215,20 @@ def test_the_tune_command_searches_the_linear_towers_rank_and_penalties(tmp_path
     assert "| rank | linear_l2 | linear_dropout |" in head
     bad = CliRunner().invoke(app, ["tune", "--kind", "deep", "--scale", "tiny", "--json"])
     assert bad.exit_code == 2 and "--kind" in bad.output
+
+
+def test_kind_overrides_switch_recipes_without_carrying_the_other_kinds_bag() -> None:
+    from cli.tune import _kind_overrides
+    from core.ladder import LINEAR, LINEAR_TRAIN
+
+    linear_cfg = {"tower": {"kind": "linear", "history_len": 5000, "embedding_dim": 512}}
+    # A linear config tuned as an MLP leaves its 5,000-item bag behind: no history feature.
+    assert _kind_overrides("mlp", linear_cfg) == {"tower.kind": "mlp", "tower.history_len": 0}
+    # An MLP config keeps its own history feature.
+    assert _kind_overrides("mlp", {"tower": {"history_len": 20}}) == {"tower.kind": "mlp"}
+    # 'linear' fills what the config does not set from the ladder's rung.
+    out = _kind_overrides("linear", {"tower": {"embedding_dim": 256}, "train": {}})
+    assert "tower.embedding_dim" not in out and out["tower.kind"] == "linear"
+    assert out["tower.history_len"] == LINEAR["history_len"]
+    assert {f"train.{k}": v for k, v in LINEAR_TRAIN.items()}.items() <= out.items()
+    assert _kind_overrides(None, linear_cfg) == {}
