@@ -177,19 +177,20 @@ def test_ease_matches_the_reference_over_three_split_seeds(
         assert abs(mean - REF_EASE_MEAN[metric]) < TOLERANCE, (metric, mean, by_seed)
 
 
-def test_the_linear_rung_stays_near_ease_on_split_seed_2020(
+def test_the_linear_rung_matches_ease_on_split_seed_2020(
     imported: tuple[Path, ImportResult],
 ) -> None:
     """The ladder's linear rung is a closed-form fit (no SGD noise), so its figures are
-    reproducible: measured 0.1899 / 0.2561 (EASE 0.1915 / 0.2633 on this split). A drift
-    past 0.005 means the fit, the bags or the ranking changed."""
+    reproducible: measured 0.1941 / 0.2657, validation 0.1887 (EASE 0.1915 / 0.2633,
+    validation 0.1882, on this split). A drift past 0.005 means the fit, the bags or the
+    ranking changed."""
     folder, _ = imported
     prep, cfg = _prepared(folder, 2020)
     model, result = fit(prep, cfg.tower.model_copy(update=LINEAR),
                         cfg.train.model_copy(update=LINEAR_TRAIN),
                         validate_metric="recall@10", validate_users=None)  # fmt: skip
-    assert result.epochs[0].val_metric == pytest.approx(0.1886, abs=0.005)
+    assert result.epochs[0].val_metric == pytest.approx(0.1887, abs=0.005)
     scorer = model_scorer(model, prep, ~prep.split.test)
     _, rankers, _ = rank_all(prep, {"linear": scorer}, cfg.evaluation)
-    assert rankers["linear"]["recall@10"] == pytest.approx(0.1899, abs=0.005), rankers
-    assert rankers["linear"]["ndcg@10"] == pytest.approx(0.2561, abs=0.005), rankers
+    assert rankers["linear"]["recall@10"] == pytest.approx(0.1941, abs=0.005), rankers
+    assert rankers["linear"]["ndcg@10"] == pytest.approx(0.2657, abs=0.005), rankers
