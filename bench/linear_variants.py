@@ -30,8 +30,8 @@ from core.dataio import load_prepared
 from core.evaluation import rank_all, reference_scorers
 from core.importing import run_import
 from model.fullrank import evaluate_ranking
-from model.history import latest_items
-from model.pipeline import Prepared, ScoreFn, validation_sets
+from model.linear import bag_matrix
+from model.pipeline import Prepared, ScoreFn, history_rows, validation_sets
 from storage import Layout, snapshot_path
 
 __all__ = ["Variant", "main", "solve"]
@@ -61,14 +61,7 @@ VARIANTS = (
 def _bags(prep: Prepared, mask: npt.NDArray[np.bool_], cap: int) -> npt.NDArray[np.float64]:
     """(U, n) dense binary matrix of each user's latest ``cap`` items among ``mask``, over
     the trained items (ID rows 1..n as columns 0..n-1; untrained items dropped)."""
-    d, rows = prep.data, prep.vocab.item_id_row
-    latest = latest_items(d.inter_user, d.inter_item, d.inter_ts, mask, cap, d.n_users)
-    x = np.zeros((d.n_users, prep.vocab.n_items))
-    users = np.repeat(np.arange(d.n_users), latest.lengths())
-    item_rows = rows[latest.values]
-    keep = item_rows > 0
-    x[users[keep], item_rows[keep] - 1] = 1.0
-    return x
+    return bag_matrix(history_rows(prep, mask, cap), prep.vocab.n_items).toarray()
 
 
 def _inputs(x: npt.NDArray[np.float64], constant: bool) -> npt.NDArray[np.float64]:
