@@ -81,7 +81,7 @@ def bare_embed_items(
 ) -> torch.Tensor:
     """(I, D) item vectors: the item tower over pre-built tensors under inference_mode."""
     with torch.inference_mode():
-        out = torch.empty((len(id_rows), model.spec.tower.embedding_dim))
+        out = torch.empty((len(id_rows), model.dim))
         for lo in range(0, len(id_rows), batch_size):
             hi = lo + batch_size
             out[lo:hi] = model.item_tower(id_rows[lo:hi], category_rows[lo:hi], content[lo:hi])

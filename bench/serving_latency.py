@@ -66,7 +66,7 @@ def measure(cfg: NightlyConfig, k: int, repeats: int) -> dict[str, float]:
         "heavy_p50": float(np.median(ms[heavy])),
         "heavy_min_bag": float(bags[heavy].min()),
         "max_bag": float(bags.max()),
-        "dim": float(recaller.model.spec.tower.embedding_dim),
+        "dim": float(recaller.model.dim),
     }
 
 

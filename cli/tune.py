@@ -44,25 +44,29 @@ def _raw_config(path: Path | None) -> dict[str, Any]:
 
 
 def _kind_overrides(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
-    """Config overrides for ``--kind``: 'linear' takes the ablation's linear rung for every
-    tower and train field the config does not set itself; 'mlp' on a linear config also
-    drops its bag size (thousands of items as an MLP history feature would cost
-    examples x history_len memory), leaving the MLP default, no history."""
+    """Config overrides for ``--kind``: 'linear' and 'hybrid' take the ablation's rung of
+    that kind for every tower and train field the config does not set itself; 'mlp' on a
+    linear or hybrid config also drops its bag size (thousands of items as an MLP history
+    feature would cost examples x history_len memory), leaving the MLP default, no
+    history."""
     if kind is None:
         return {}
-    if kind not in ("mlp", "linear"):
-        raise typer.BadParameter(f"expected 'mlp' or 'linear', got {kind!r}", param_hint="--kind")
+    if kind not in ("mlp", "linear", "hybrid"):
+        raise typer.BadParameter(
+            f"expected 'mlp', 'linear' or 'hybrid', got {kind!r}", param_hint="--kind"
+        )
     tower, train = raw.get("tower") or {}, raw.get("train") or {}
     if kind == "mlp":
-        if tower.get("kind") == "linear":
+        if tower.get("kind") in ("linear", "hybrid"):
             return {"tower.kind": "mlp", "tower.history_len": 0}
         return {"tower.kind": "mlp"}
-    from core.ladder import LINEAR, LINEAR_TRAIN
+    from core.ladder import HYBRID, HYBRID_TRAIN, LINEAR, LINEAR_TRAIN
 
-    out = {f"tower.{k}": v for k, v in LINEAR.items() if k not in tower or k == "kind"}
-    out |= {f"train.{k}": v for k, v in LINEAR_TRAIN.items() if k not in train}
+    rung, rung_train = (LINEAR, LINEAR_TRAIN) if kind == "linear" else (HYBRID, HYBRID_TRAIN)
+    out = {f"tower.{k}": v for k, v in rung.items() if k not in tower or k == "kind"}
+    out |= {f"train.{k}": v for k, v in rung_train.items() if k not in train}
     if not tower.get("history_len"):
-        out["tower.history_len"] = LINEAR["history_len"]
+        out["tower.history_len"] = rung["history_len"]
     return out
 
 
@@ -106,9 +110,10 @@ def tune_command(
         str | None,
         typer.Option(
             help="Tower kind to tune: 'mlp' (the SGD recipe's rates, sizes, negatives, "
-            "dropouts) or 'linear' (the closed-form linear tower's rank and penalties, "
+            "dropouts), 'linear' (the closed-form linear tower's rank and penalties, "
             "catalogues up to 20,000 items; trial 0 is then the ablation's linear rung unless "
-            "the config sets its own). Default: the config's.",
+            "the config sets its own) or 'hybrid' (the same for the linear part of the "
+            "ablation's hybrid rung, its MLP part trained once). Default: the config's.",
             show_default=False,
         ),
     ] = None,

@@ -9,8 +9,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from core.config import EvalConfig
+from model.baseline_tuning import refit_baseline, tune_baseline
 from model.baselines import Baseline
-from model.pipeline import Prepared, ScoreFn, refit_baseline, tune_baseline
+from model.pipeline import Prepared, ScoreFn
 
 __all__ = ["BaselineChoice", "baseline_scorer", "choose_baseline"]
 

@@ -115,7 +115,7 @@ def embed_version_items(
             done += table.num_rows
             bar.update(done)
         if n == 0:
-            dim = int(model.spec.tower.embedding_dim)
+            dim = model.dim
             empty = np.empty((0, dim), np.float32)
             ids = np.empty(0, np.int64)
             writer.write(pa.table({"item_id": ids, "embedding": vectors_to_arrow(empty)}))

@@ -15,6 +15,8 @@ from model.linear import LINEAR_MAX_ITEMS
 
 __all__ = [
     "HISTORY_UNDER_RANDOM",
+    "HYBRID",
+    "HYBRID_TRAIN",
     "LINEAR",
     "LINEAR_TRAIN",
     "WIDE",
@@ -44,6 +46,12 @@ WIDE: dict[str, Any] = {"embedding_dim": 256, "id_dim": 256, "hidden": ()}
 LINEAR: dict[str, Any] = {"kind": "linear", "embedding_dim": 1024, "history_len": 5000,
                           "item_bias": False}  # fmt: skip
 LINEAR_TRAIN: dict[str, Any] = {"linear_l2": 196.0, "linear_dropout": 0.37}
+# The hybrid rung (docs/hybrid.md): the linear rung beside the "+ wide" MLP (the best SGD
+# rung on ml-latest-small), each trained as alone, their blend chosen on validation.
+HYBRID: dict[str, Any] = {"kind": "hybrid", "item_bias": True, **WIDE,
+                          "linear_dim": LINEAR["embedding_dim"],
+                          "history_len": LINEAR["history_len"]}  # fmt: skip
+HYBRID_TRAIN: dict[str, Any] = {**LINEAR_TRAIN, "uniform_negatives": 1024}
 
 
 def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) -> list[Variant]:
@@ -52,7 +60,8 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
     (the learned per-item offset slot) -> + mixed (uniform) negatives -> + behaviour
     history [-> + hard negatives when ``hard`` > 0]. Beside them, each one ingredient away
     from "+ mixed negatives": "+ wide" (256-dim linear towers) and the full softmax over
-    every item (skipped by ``run_ablation`` above ``FULL_SOFTMAX_MAX_ITEMS`` items)."""
+    every item (skipped by ``run_ablation`` above ``FULL_SOFTMAX_MAX_ITEMS`` items); then
+    the linear tower and the hybrid of it and "+ wide"."""
     plain = {"item_bias": False}
     mixed = {"uniform_negatives": uniform_negatives}
     history = {"history_len": history_len}
@@ -78,6 +87,9 @@ def ladder(uniform_negatives: int = 1024, history_len: int = 20, hard: int = 0) 
         # their best low-rank form is a two-tower: the user's items summed through an input
         # table, fitted in closed form (model.linear). Only up to LINEAR_MAX_ITEMS items.
         Variant("linear", tower=LINEAR, train=LINEAR_TRAIN),
+        # Both evidence sources: the bag (linear) and the IDs and features (MLP), side by
+        # side in one vector, weighted on validation (model.hybrid).
+        Variant("hybrid", tower=HYBRID, train={**HYBRID_TRAIN, **mixed}),
     ]
     if hard > 0:
         rungs.append(
@@ -100,8 +112,9 @@ HISTORY_UNDER_RANDOM = (
 def protocol_skip(variant: Variant, protocol: str) -> str | None:
     """Why ``variant`` is left out under ``protocol``, or None when it runs: rungs with
     the behaviour-history feature do not run under ``random_ratio``. The linear tower
-    reads the user's items as a bag, not a sequence, and always runs."""
-    linear = variant.tower.get("kind") == "linear"
+    (alone or in a hybrid, whose MLP part has no history feature) reads the user's items
+    as a bag, not a sequence, and always runs."""
+    linear = variant.tower.get("kind") in ("linear", "hybrid")
     if protocol == "random_ratio" and variant.tower.get("history_len", 0) > 0 and not linear:
         return HISTORY_UNDER_RANDOM
     return None
@@ -115,9 +128,9 @@ def catalogue_skip(tower: TowerConfig, train: TrainConfig, n_items: int) -> str 
             f"{n_items:,} trained items is over the full softmax's limit of "
             f"{FULL_SOFTMAX_MAX_ITEMS:,}"
         )
-    if tower.kind == "linear" and n_items > LINEAR_MAX_ITEMS:
+    if tower.kind in ("linear", "hybrid") and n_items > LINEAR_MAX_ITEMS:
         return (
-            f"{n_items:,} trained items is over the linear tower's closed-form limit of "
+            f"{n_items:,} trained items is over the {tower.kind} tower's closed-form limit of "
             f"{LINEAR_MAX_ITEMS:,}"
         )
     return None

@@ -169,7 +169,7 @@ def precheck(config: NightlyConfig, root: str | Path | None = None) -> None:
     Raises on the first problem (see the module docstring)."""
     # Every candidate recipe's vector size and device (selection may pick any of them).
     recipes = candidates(config.selection, config.tower, config.train)
-    for dim in sorted({tower.embedding_dim for _, tower, _ in recipes}):
+    for dim in sorted({tower.output_dim for _, tower, _ in recipes}):
         check_index_factory(config.index, dim)
     check_gate_metric(config.evaluation)
     for device in sorted({train.device for _, _, train in recipes}):

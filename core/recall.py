@@ -210,7 +210,7 @@ class Recaller:
         items, finite, of the index's dimension; probe queries (plain and filtered) return
         k finite results.
         """
-        n, d, m = self.n_items, int(self.model.spec.tower.embedding_dim), self.manifest
+        n, d, m = self.n_items, self.model.dim, self.manifest
         m_items, m_dim = (m.item_count, m.embedding_dim) if m is not None else (n, d)
         held, n_tomb = index_ids(self.index), len(self.tombstones)
         expected_ids = np.union1d(self.tables.item_id, self.tombstones) if n_tomb else None

@@ -37,7 +37,7 @@ from core.snapshots import ensure_snapshot
 from core.threads import apply_threads
 from core.tuning_space import DEFAULT_PATIENCE, base_params, base_values, search_space
 from model.config import TowerConfig, TrainConfig
-from model.pipeline import Prepared, fit, model_scorer
+from model.pipeline import PartCache, Prepared, fit, model_scorer
 from model.towers import TwoTower
 from model.train import EpochStats
 from storage import Layout, snapshot_path
@@ -154,6 +154,9 @@ def _objective(
     metric to the pruner, and return the kept epoch's; every trial lands in ``records``."""
     metric = cfg.evaluation.validation_metric
     users = cfg.evaluation.validation_users
+    # A hybrid's trials share its MLP part (the space draws only the linear part's):
+    # trained once, by the first trial, and reused.
+    parts: PartCache = {}
 
     def objective(trial: optuna.Trial) -> float:
         tower, train = search_space(trial, cfg.tower, cfg.train)
@@ -190,7 +193,7 @@ def _objective(
         try:
             model, result = fit(
                 prep, tower, train, validate_metric=metric, validate_users=users,
-                on_epoch=on_epoch,
+                on_epoch=on_epoch, parts=parts,
             )  # fmt: skip
         except optuna.TrialPruned:
             last = seen[-1].val_metric if seen else None

@@ -60,9 +60,11 @@ def search_space(
 ) -> tuple[TowerConfig, TrainConfig]:
     """The recipe a trial draws, on top of the base configs (whose loss, epoch cap,
     history and device are kept). A linear base (tower kind 'linear') draws the linear
-    space: rank, ``linear_l2`` and ``linear_dropout``. Log scales for rates and penalties
-    (their effect is multiplicative); a penalty near the bottom of its range is in effect
-    off."""
+    space: rank, ``linear_l2`` and ``linear_dropout``; a hybrid base draws the same for
+    its linear part (rank = ``linear_dim``) and keeps its MLP part, which then trains
+    once for the whole search (``model.pipeline.fit``'s part cache). Log scales for
+    rates and penalties (their effect is multiplicative); a penalty near the bottom of its
+    range is in effect off."""
 
     def cat(name: str) -> Any:
         return trial.suggest_categorical(name, _CHOICES[name])
@@ -71,10 +73,11 @@ def search_space(
         lo, hi = _RANGES[name]
         return trial.suggest_float(name, lo, hi, log=name in _LOG)
 
-    if tower.kind == "linear":
+    if tower.kind in ("linear", "hybrid"):
         # A closed-form fit: no rates, batches or epochs; its rank and two penalties.
+        rank_field = "embedding_dim" if tower.kind == "linear" else "linear_dim"
         return (
-            tower.model_copy(update={"embedding_dim": cat("rank")}),
+            tower.model_copy(update={rank_field: cat("rank")}),
             train.model_copy(
                 update={"linear_l2": num("linear_l2"), "linear_dropout": num("linear_dropout")}
             ),
@@ -108,9 +111,9 @@ def search_space(
 def base_values(tower: TowerConfig, train: TrainConfig) -> dict[str, Any]:
     """The base recipe in ``search_space``'s parameter names, as it trains (trial 0's row
     in the trial table)."""
-    if tower.kind == "linear":
+    if tower.kind in ("linear", "hybrid"):
         return {
-            "rank": tower.embedding_dim,
+            "rank": tower.embedding_dim if tower.kind == "linear" else tower.linear_dim,
             "linear_l2": train.linear_l2,
             "linear_dropout": train.linear_dropout,
         }
@@ -138,7 +141,7 @@ def base_params(tower: TowerConfig, train: TrainConfig) -> dict[str, Any]:
     bottom of their range, and values the space cannot express (a hidden shape not in
     HIDDEN_CHOICES, a rate out of range) are left out for Optuna to draw. Trial 0 still
     trains the base recipe exactly; these only place it in the space for the sampler."""
-    if tower.kind == "linear":
+    if tower.kind in ("linear", "hybrid"):
         params = base_values(tower, train)
         return {k: v for k, v in params.items() if _expressible(k, v)}
     params = base_values(tower, train) | {

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 LossKind = Literal["softmax", "bce", "full_softmax"]
-TowerKind = Literal["mlp", "linear"]
+TowerKind = Literal["mlp", "linear", "hybrid"]
 
 # Catalogues up to this size may train with the full softmax: its logits are (batch, items)
 # floats and every step runs the item tower over the whole catalogue (at 50k items and
@@ -43,13 +43,23 @@ class TowerConfig(BaseModel):
         "of an item-input table, the item vector an ID row plus a linear map of category "
         "and content; unnormalised, fitted in closed form (a low-rank denoising linear "
         "autoencoder, model.linear; catalogues up to 20,000 items). id_dim, category_dim, "
-        "hidden, id_init_std, item_bias and dropout are unused by 'linear'.",
+        "hidden, id_init_std, item_bias and dropout are unused by 'linear'. 'hybrid': both, "
+        "side by side (model.hybrid): an 'mlp' part of embedding_dim (no history feature) "
+        "and a 'linear' part of rank linear_dim over a bag of history_len items, each "
+        "trained as alone, the user vector's two parts weighted by a blend chosen on "
+        "validation.",
     )
     embedding_dim: int = Field(
         64,
         ge=2,
         description="Output vector size of both towers (with item_bias: embedding_dim - 1 "
         "unit-vector dims plus the bias slot).",
+    )
+    linear_dim: int = Field(
+        512,
+        ge=1,
+        description="Kind 'hybrid': rank of the linear part (its vector slots, after the "
+        "MLP part's embedding_dim). Unused by 'mlp' and 'linear'.",
     )
     id_dim: int = Field(32, ge=1, description="Size of the user-ID and item-ID embeddings.")
     category_dim: int = Field(16, ge=1, description="Size of the item category embedding.")
@@ -72,7 +82,8 @@ class TowerConfig(BaseModel):
         0,
         ge=0,
         description="Behaviour-history feature: the user's last N interacted items, pooled "
-        "through the item tower's ID embedding into the user tower (0 = off).",
+        "through the item tower's ID embedding into the user tower (0 = off). Kinds "
+        "'linear' and 'hybrid': the bag of items the linear user tower sums.",
     )
     dropout: float = Field(
         0.0,
@@ -84,14 +95,20 @@ class TowerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _linear_reads_items(self) -> TowerConfig:
-        if self.kind == "linear" and self.history_len < 1:
+        if self.kind in ("linear", "hybrid") and self.history_len < 1:
             raise ValueError(
-                "kind 'linear' reads the user's items: history_len must be >= 1 "
+                f"kind {self.kind!r} reads the user's items: history_len must be >= 1 "
                 "(the bag size; e.g. 1000)"
             )
         if self.kind == "linear" and self.item_bias:
             raise ValueError("kind 'linear' has no item-bias slot: set item_bias false")
         return self
+
+    @property
+    def output_dim(self) -> int:
+        """Slots of every user and item vector (the index's dimension): embedding_dim, plus
+        linear_dim for kind 'hybrid'."""
+        return self.embedding_dim + (self.linear_dim if self.kind == "hybrid" else 0)
 
 
 class TowerSpec(BaseModel):

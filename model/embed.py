@@ -47,7 +47,7 @@ def _batched(
         out[lo:hi] = forward(*batch)  # copies back to the CPU for a GPU model
 
     with torch.inference_mode():
-        out = torch.empty((n, model.spec.tower.embedding_dim), dtype=torch.float32)
+        out = torch.empty((n, model.dim), dtype=torch.float32)
         run_batches(rows, n, batch_size, adaptive_loop(cpu), parallel=cpu)  # model.threadgov
     return out.numpy()
 

@@ -8,16 +8,15 @@ so the nightly run and the ablation table cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.baselines import EASE, Baseline, BaselineKind, ItemKNN, fit_baseline
 from model.config import TowerConfig, TrainConfig
 from model.dataset import Dataset, Split, Vocabulary
 from model.embed import embed_items, embed_users
@@ -25,12 +24,14 @@ from model.fast_rank import VectorScores
 from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
 from model.history import PAD, history_before, latest_items
+from model.hybrid import choose_blend, load_parts, part_towers
 from model.linear_train import fit_linear
 from model.sets import CsrSets
 from model.towers import TwoTower
 from model.train import EpochStats, TrainResult, init_model, train
 
 __all__ = [
+    "PartCache",
     "Pointwise",
     "Prepared",
     "ScoreFn",
@@ -39,13 +40,12 @@ __all__ = [
     "item_vectors",
     "model_scorer",
     "prepare",
-    "refit_baseline",
     "sampled_pointwise",
     "training_examples",
-    "tune_baseline",
     "user_vectors",
     "validation_sets",
     "validator",
+    "vector_validator",
 ]
 
 # (N,) user rows, (N,) item rows, (N,) float32 0/1 labels of pointwise (BCE) training.
@@ -53,6 +53,15 @@ Pointwise = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.f
 
 # (b,) user positions -> (b, n_items) scores, higher = better.
 ScoreFn = Callable[[npt.NDArray[np.int64]], torch.Tensor]
+
+# (U, D) user vectors, (I, D) item vectors -> a validation metric (higher = better).
+VectorMetric = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], float]
+
+# A hybrid's trained MLP parts by their recipe (``fit``'s ``parts``).
+PartCache = dict[str, tuple[TwoTower, TrainResult]]
+
+# Train settings only the linear part reads: they do not change the MLP part.
+_LINEAR_ONLY = {"linear_l2", "linear_dropout"}
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +153,34 @@ def validator(
     """Full-ranking ``metric`` (e.g. 'recall@50') on the validation split with training
     items masked, over a seeded sample of at most ``max_users`` users; None when the
     split has no validation interactions."""
-    d, split = prep.data, prep.split
+    of_vectors = vector_validator(prep, metric, max_users, seed)
+    if of_vectors is None:
+        return None
+    score_vectors = of_vectors
+
+    def score(model: TwoTower) -> float:
+        return score_vectors(user_vectors(model, prep, prep.split.train), item_vectors(model, prep))
+
+    return score
+
+
+def vector_validator(
+    prep: Prepared, metric: str, max_users: int | None, seed: int
+) -> VectorMetric | None:
+    """``validator`` on vectors: (U, D) user vectors of every user position (validation
+    inputs) and (I, D) item vectors -> the validation ``metric`` of their inner product;
+    None when the split has no validation interactions."""
     sets = validation_sets(prep, max_users, seed)
     if sets is None:
         return None
     users, relevant, exclude = sets
-    k = int(metric.split("@")[1])
+    k, n_items = int(metric.split("@")[1]), prep.data.n_items
 
-    def score(model: TwoTower) -> float:
-        fn = model_scorer(model, prep, split.train)
+    def score(user_vecs: npt.NDArray[np.float32], item_vecs: npt.NDArray[np.float32]) -> float:
         metrics = evaluate_ranking(
-            fn,
-            users,
-            d.n_items,
-            relevant,
-            exclude,
-            ks=(k,),
-            block_users=score_block_users(d.n_items),
-        )
+            VectorScores.of(user_vecs, item_vecs), users, n_items, relevant, exclude,
+            ks=(k,), block_users=score_block_users(n_items),
+        )  # fmt: skip
         return float(metrics[metric])
 
     return score
@@ -182,89 +201,6 @@ def validation_sets(
     return users, relevant, exclude
 
 
-def tune_baseline(
-    prep: Prepared,
-    kind: BaselineKind,
-    *,
-    metric: str = "recall@10",
-    max_users: int | None = 5000,
-    seed: int = 0,
-    max_items: int = 25_000,
-) -> tuple[Baseline, dict[str, float]]:
-    """Fit the classical baseline on the training split with its regularisation chosen
-    on validation (EASE: l2; ItemKNN: neighbours k), never on test.
-
-    Returns the chosen fit and the validation ``metric`` of every candidate (by label).
-    Without a validation split the library defaults are used.
-    """
-    d, train_mask = prep.data, prep.split.train
-    args = (d.inter_user[train_mask], d.inter_item[train_mask], d.n_users, d.n_items)
-    sets = validation_sets(prep, max_users, seed)
-    if sets is None:
-        return fit_baseline(kind, *args, max_items=max_items), {}
-    users, relevant, exclude = sets
-    k = int(metric.split("@")[1])
-    n_active = len(np.unique(args[1]))
-    if kind == "auto":
-        kind = "ease" if n_active <= max_items else "itemknn"
-        log.info("baseline: %s (%d trained items, EASE up to %d)", kind, n_active, max_items)
-    grid = _candidates(prep, kind, max_items)
-    scores: dict[str, float] = {}
-    best: tuple[float, Baseline] | None = None
-    for label, make in grid:
-        fitted = make()
-        metrics = evaluate_ranking(
-            fitted.scores, users, d.n_items, relevant, exclude, ks=(k,),
-            block_users=score_block_users(d.n_items),
-        )  # fmt: skip
-        scores[label] = float(metrics[metric])
-        if best is None or scores[label] > best[0]:
-            best = (scores[label], fitted)  # keep one fit at a time in memory
-    assert best is not None
-    log.info(
-        "baseline %s on validation %s: %s",
-        kind,
-        metric,
-        ", ".join(f"{name} {score:.4f}" for name, score in scores.items()),
-    )
-    return best[1], scores
-
-
-def _candidates(
-    prep: Prepared, kind: str, max_items: int
-) -> list[tuple[str, Callable[[], Baseline]]]:
-    """(label, fit) of every candidate ``tune_baseline`` tries for ``kind`` ('ease' or
-    'itemknn'), fitting on the training split."""
-    d, train_mask = prep.data, prep.split.train
-    args = (d.inter_user[train_mask], d.inter_item[train_mask], d.n_users, d.n_items)
-    if kind == "ease":
-        return [
-            (f"l2={l2:g}", partial(EASE.fit, *args, l2=l2, max_items=max_items)) for l2 in _EASE_L2
-        ]
-    return [(f"k={n}", partial(ItemKNN.fit, *args, k=n)) for n in _KNN_K]
-
-
-def refit_baseline(prep: Prepared, name: str, label: str | None, max_items: int) -> Baseline:
-    """The fit ``tune_baseline`` chose, again: baseline ``name`` ('ease' or 'itemknn') with
-    the candidate ``label`` it reported best (e.g. 'l2=500'), or its library defaults when
-    ``label`` is None (no validation split). Fits are deterministic, so a worker that
-    refits gets the scores the tuning process had."""
-    if label is None:
-        d, train_mask = prep.data, prep.split.train
-        args = (d.inter_user[train_mask], d.inter_item[train_mask], d.n_users, d.n_items)
-        return fit_baseline(name, *args, max_items=max_items)  # type: ignore[arg-type]
-    for candidate, make in _candidates(prep, name, max_items):
-        if candidate == label:
-            return make()
-    raise ValueError(f"{label!r} is not a candidate of baseline {name!r}")
-
-
-# Candidates tried on validation: EASE's l2 (Steck's range for ML-20M-sized data is
-# 100..1000; small or popularity-heavy data can want less or more) and ItemKNN's k.
-_EASE_L2 = (50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
-_KNN_K = (50, 100, 200, 400)
-
-
 def fit(
     prep: Prepared,
     tower_cfg: TowerConfig,
@@ -275,6 +211,7 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     pointwise: Pointwise | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
+    parts: PartCache | None = None,
 ) -> tuple[TwoTower, TrainResult]:
     """Build, scale and train a model on the training split.
 
@@ -283,9 +220,16 @@ def fit(
     Validation runs after every epoch when ``train_cfg.early_stopping_patience`` is set
     (and the split has a validation part); the best epoch's weights are kept.
     ``on_epoch`` / ``on_step``: progress callbacks, see ``model.train.train``.
+    Kind 'hybrid' trains its two parts as alone and chooses their blend on validation
+    (``_fit_hybrid``); ``parts`` keeps its MLP parts across calls (a tuner's trials
+    that differ only in the linear part train the MLP once).
     """
     spec = prep.vocab.tower_spec(prep.data, tower_cfg)
     model = init_model(spec, train_cfg.seed)
+    if model.hybrid:
+        result = _fit_hybrid(model, prep, train_cfg, (validate_metric, validate_users),
+                             on_epoch, on_step, {} if parts is None else parts)  # fmt: skip
+        return model, result
     model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
     if model.linear:
         result = _fit_linear(model, prep, train_cfg, validate_metric, validate_users)
@@ -337,6 +281,73 @@ def _fit_linear(
         stats = result.epochs[0]
         result.epochs[0] = replace(stats, val_metric=validate(model))
     return result
+
+
+def _fit_hybrid(
+    model: TwoTower,
+    prep: Prepared,
+    train_cfg: TrainConfig,
+    validation: tuple[str, int | None],
+    on_epoch: Callable[[EpochStats], None] | None,
+    on_step: Callable[[int, int, int], None] | None,
+    parts: PartCache,
+) -> TrainResult:
+    """Train a hybrid's MLP part (SGD, early stopping as configured) and its linear part
+    (closed form), each as alone, then choose their blend on validation
+    (``model.hybrid.choose_blend``) and copy both into ``model``.
+
+    The result holds the MLP part's epochs, then one for the linear fit and the blend:
+    its loss is the linear fit's, its validation metric the chosen blend's, and it is
+    the best epoch (the weights the model holds)."""
+    metric, max_users = validation
+    mlp_tower, linear_tower = part_towers(model.spec.tower)
+    recipe = [
+        mlp_tower.model_dump(mode="json"),
+        train_cfg.model_dump(mode="json", exclude=_LINEAR_ONLY),
+    ]
+    key = json.dumps(recipe, sort_keys=True)
+    if key in parts:
+        mlp, mlp_result = parts[key]
+        for stats in mlp_result.epochs:  # as if trained now: progress and pruning see them
+            if on_epoch is not None:
+                on_epoch(stats)
+    else:
+        mlp, mlp_result = fit(
+            prep, mlp_tower, train_cfg, validate_metric=metric, validate_users=max_users,
+            on_epoch=on_epoch, on_step=on_step,
+        )  # fmt: skip
+        parts[key] = (mlp, mlp_result)
+    linear, linear_result = fit(prep, linear_tower, train_cfg, validate_metric=metric,
+                                validate_users=max_users)  # fmt: skip
+    split_train = prep.split.train
+    choice = choose_blend(
+        (user_vectors(mlp, prep, split_train), user_vectors(linear, prep, split_train)),
+        (item_vectors(mlp, prep), item_vectors(linear, prep)),
+        vector_validator(prep, metric, max_users, train_cfg.seed),
+        train_cfg.seed,
+    )
+    load_parts(model, mlp, linear, choice.weights)
+    model.eval()
+    log.info(
+        "hybrid: %s of the MLP part %s, of the linear part %s; blend (linear share) %s",
+        metric, _val(mlp_result), _val(linear_result),
+        ", ".join(f"{a:g}: {v:.4f}" for a, v in choice.tried.items()) or "0.5 (no validation)",
+    )  # fmt: skip
+    fitted = linear_result.epochs[0]
+    final = EpochStats(len(mlp_result.epochs) + 1, fitted.loss, fitted.seconds,
+                       fitted.examples_per_s, choice.tried.get(choice.share))  # fmt: skip
+    if on_epoch is not None:
+        on_epoch(final)
+    epochs = [*mlp_result.epochs, final]
+    return TrainResult(mlp_result.device, epochs, best_epoch=len(epochs),
+                       stopped_early=mlp_result.stopped_early)  # fmt: skip
+
+
+def _val(result: TrainResult) -> str:
+    """The validation metric of the epoch a part's weights hold, as text."""
+    best = result.best_epoch
+    value = None if best is None else result.epochs[best - 1].val_metric
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def sampled_pointwise(prep: Prepared, negatives: int, seed: int) -> Pointwise:

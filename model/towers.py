@@ -1,8 +1,9 @@
 """The user tower, the item tower and the two-tower module that holds both.
 
-``TwoTower`` holds the MLP towers below (``tower.kind: mlp``, trained by SGD) or the
-linear ones of ``model.linear`` (``kind: linear``, fitted in closed form); callers see
-the same ``forward_user`` / ``forward_item``.
+``TwoTower`` holds the MLP towers below (``tower.kind: mlp``, trained by SGD), the
+linear ones of ``model.linear`` (``kind: linear``, fitted in closed form) or both side by
+side (``kind: hybrid``, ``model.hybrid``); callers see the same ``forward_user`` /
+``forward_item``.
 
 Row 0 of every ID table is the unknown bucket: cold users and new items are embedded
 through it, so their vectors come from features alone. Outputs are L2-normalised, so the
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from model.config import TowerSpec
 from model.features import Standardise
+from model.hybrid import HybridItemTower, HybridUserTower, part_specs
 from model.linear import LinearItemTower, LinearUserTower
 
 __all__ = ["ItemTower", "TwoTower", "UserTower", "load_two_tower", "pool_history"]
@@ -131,11 +133,15 @@ class TwoTower(nn.Module):
     def __init__(self, spec: TowerSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.user_tower: UserTower | LinearUserTower
-        self.item_tower: ItemTower | LinearItemTower
+        self.user_tower: UserTower | LinearUserTower | HybridUserTower
+        self.item_tower: ItemTower | LinearItemTower | HybridItemTower
         if spec.tower.kind == "linear":
             self.user_tower = LinearUserTower(spec)
             self.item_tower = LinearItemTower(spec)
+        elif spec.tower.kind == "hybrid":
+            mlp, linear = part_specs(spec)
+            self.user_tower = HybridUserTower(UserTower(mlp), LinearUserTower(linear))
+            self.item_tower = HybridItemTower(ItemTower(mlp), LinearItemTower(linear))
         else:
             self.user_tower = UserTower(spec)
             self.item_tower = ItemTower(spec)
@@ -145,17 +151,30 @@ class TwoTower(nn.Module):
         """Tower kind 'linear' (``model.linear``): unnormalised vectors, closed-form fit."""
         return self.spec.tower.kind == "linear"
 
+    @property
+    def hybrid(self) -> bool:
+        """Tower kind 'hybrid' (``model.hybrid``): an MLP and a linear part side by side,
+        each trained as alone (``model.pipeline.fit``)."""
+        return self.spec.tower.kind == "hybrid"
+
+    @property
+    def dim(self) -> int:
+        """Slots of every user and item vector (the index's dimension)."""
+        return self.spec.tower.output_dim
+
     def fit_feature_scaling(self, profile: Tensor, content: Tensor) -> None:
         """Fit the profile (U, P) and content (I, C) standardisation on training tables."""
         if isinstance(self.user_tower, UserTower):  # the linear user tower reads no profile
             self.user_tower.profile_norm.fit(profile)
+        if isinstance(self.item_tower, HybridItemTower):  # its parts are fitted as alone
+            return
         self.item_tower.content_norm.fit(content)
 
     @property
     def user_norm_sq(self) -> float | None:
         """Squared norm of every user vector: 1, or 2 with the item-bias slot (unit + 1);
-        None for the linear kind, whose vectors are not normalised."""
-        if self.linear:
+        None for the linear and hybrid kinds, whose vectors are not normalised."""
+        if self.linear or self.hybrid:
             return None
         return 2.0 if self.spec.tower.item_bias else 1.0
 
@@ -174,7 +193,8 @@ class TwoTower(nn.Module):
         The history is pooled through the item tower's ID embedding, so what a user did
         and what an item is live in one table and train each other. The linear kind reads
         only the history, as a bag (IDs and profile unused), and its vectors are not
-        normalised.
+        normalised. The hybrid kind reads all three: ID and profile through its MLP part,
+        the history as its linear part's bag.
         """
         pooled = None
         if self.history_len > 0:
@@ -185,6 +205,9 @@ class TwoTower(nn.Module):
                 )
             if isinstance(self.user_tower, LinearUserTower):
                 return self.user_tower(history)
+            if isinstance(self.user_tower, HybridUserTower):
+                return self.user_tower(id_rows, profile, history)
+            assert isinstance(self.item_tower, ItemTower)
             pooled = pool_history(self.item_tower.id_embedding, history)
         assert isinstance(self.user_tower, UserTower)
         return self.user_tower(id_rows, profile, pooled)
@@ -197,8 +220,11 @@ class TwoTower(nn.Module):
     def sparse_parameters(self) -> list[Tensor]:
         """The ID tables, trained with SparseAdam (the MLP kind; the linear kind has no
         SGD training)."""
-        if not isinstance(self.user_tower, UserTower):
-            raise ValueError("tower kind 'linear' is fitted in closed form, not by SGD")
+        if not isinstance(self.user_tower, UserTower) or not isinstance(self.item_tower, ItemTower):
+            raise ValueError(
+                f"tower kind {self.spec.tower.kind!r} is not trained by SGD as a whole "
+                "(linear: closed form; hybrid: each part as alone)"
+            )
         return [self.user_tower.id_embedding.weight, self.item_tower.id_embedding.weight]
 
     def dense_parameters(self) -> list[Tensor]:

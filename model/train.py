@@ -35,7 +35,7 @@ from model.losses import (
     mixed_softmax_loss,
 )
 from model.threadgov import adaptive_loop
-from model.towers import TwoTower, UserTower
+from model.towers import ItemTower, TwoTower, UserTower
 
 __all__ = [
     "EpochStats",
@@ -188,7 +188,8 @@ class _Step:
         if self.cfg.id_l2 <= 0:
             return 0.0
         user_tower, item_tower = self.model.user_tower, self.model.item_tower
-        assert isinstance(user_tower, UserTower)  # train() refuses the linear kind
+        # train() refuses the linear and hybrid kinds
+        assert isinstance(user_tower, UserTower) and isinstance(item_tower, ItemTower)
         users = user_tower.id_embedding(u)
         items = item_tower.id_embedding(i)
         return self.cfg.id_l2 * (users.square().sum(1).mean() + items.square().sum(1).mean())
@@ -265,10 +266,11 @@ def train(
     stops at the same epoch). The returned losses are means over all processes' steps and
     the throughput counts every process's examples.
     """
-    if model.linear:
+    if model.linear or model.hybrid:
         raise ValueError(
-            "tower kind 'linear' is fitted in closed form (model.linear_train.fit_linear), "
-            "not by SGD"
+            f"tower kind {model.spec.tower.kind!r} is not trained by SGD as a whole (linear: "
+            "closed form, model.linear_train.fit_linear; hybrid: model.pipeline.fit, each "
+            "part as alone)"
         )
     if len(user_rows) != len(item_rows):
         raise ValueError(f"user_rows ({len(user_rows)}) and item_rows ({len(item_rows)}) differ")

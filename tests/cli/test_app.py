@@ -226,8 +226,8 @@ def test_evaluate_ablation_prints_one_table_with_every_variant_and_baseline(
     res = json.loads(result.output)
     expected = {
         "bce pointwise", "in-batch softmax", "+ logQ", "+ item bias", "+ mixed negatives",
-        "+ wide", "full softmax", "+ history", "linear", "+ hard negatives", "popularity",
-        "ease", "oracle",
+        "+ wide", "full softmax", "+ history", "linear", "hybrid", "+ hard negatives",
+        "popularity", "ease", "oracle",
     }  # fmt: skip
     assert set(res["rankers"]) == expected
     assert all(0.0 <= r["recall@50"] <= 1.0 for r in res["rankers"].values())
@@ -235,6 +235,7 @@ def test_evaluate_ablation_prints_one_table_with_every_variant_and_baseline(
     assert res["rankers"]["+ logQ"]["recall@50"] > res["rankers"]["popularity"]["recall@50"]
     table = out.read_text()
     assert "| + history |" in table and "| linear |" in table and "of oracle R@50" in table
+    assert "| hybrid |" in table
     # The rung to deploy is the argmax of validation (never of test), in JSON and table.
     scores = {r["name"]: r["validation"] for r in res["runs"]}
     assert res["chosen"] == max(scores, key=lambda name: scores[name])

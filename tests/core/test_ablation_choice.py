@@ -155,6 +155,7 @@ def test_history_rungs_sit_out_the_random_split_and_the_table_says_why() -> None
     skipped = {n for n, v in rungs.items() if protocol_skip(v, "random_ratio")}
     assert skipped == {"+ history", "+ hard negatives"}  # both read the history
     assert rungs["linear"].tower["history_len"] > 0  # a bag, not a sequence: it runs
+    assert rungs["hybrid"].tower["history_len"] > 0  # its MLP part has no history feature
     res = _result({"a": 0.2}, {"a": 0.2})
     res = AblationResult(
         res.snapshot_id, "random_ratio", res.n_users, res.n_items, res.rankers, res.runs,

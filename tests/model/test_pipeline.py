@@ -150,7 +150,8 @@ def test_sampled_pointwise_has_negatives_that_are_not_training_positives(prep: P
 
 @pytest.mark.parametrize("kind", ["ease", "itemknn"])
 def test_baseline_regularisation_is_chosen_on_validation(prep: Prepared, kind: str) -> None:
-    from model.pipeline import tune_baseline, validation_sets
+    from model.baseline_tuning import tune_baseline
+    from model.pipeline import validation_sets
 
     fitted, scores = tune_baseline(prep, kind, metric="recall@10", max_users=None)  # type: ignore[arg-type]
     assert fitted.name == kind and len(scores) >= 4
