@@ -152,7 +152,7 @@ tune-real: install
 	$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --minutes $(TUNE_MINUTES) \
 		--trials $(TUNE_TRIALS) --out bench/results/tune-ml-latest-small $(TUNE_ARGS)
 
-# The ladder and the tuner (the SGD recipe's space, then the linear tower's) on each
+# The ladder and the tuner (the SGD recipe's space, the linear tower's, the hybrid's) on each
 # split seed, then mean ± std over seeds of what validation chose, next to EASE and
 # popularity (bench/real_seeds.py). About (20 + TUNE_MINUTES) min per seed here.
 SEEDS ?= 1 7 2020
@@ -168,7 +168,10 @@ real-seeds: install
 			$(TUNE_ARGS) && \
 		$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --split-seed $$s \
 			--kind linear --trials $(TUNE_LINEAR_TRIALS) \
-			--out $(REAL_OUT)/seed-$$s/tune-linear $(TUNE_ARGS) || exit 1; \
+			--out $(REAL_OUT)/seed-$$s/tune-linear $(TUNE_ARGS) && \
+		$(BIN)/towerflow tune --config configs/ml-latest-small.yaml --split-seed $$s \
+			--kind hybrid --trials $(TUNE_LINEAR_TRIALS) \
+			--out $(REAL_OUT)/seed-$$s/tune-hybrid $(TUNE_ARGS) || exit 1; \
 	done && \
 	$(BIN)/python -m bench.real_seeds $(REAL_OUT) --out $(REAL_OUT)/summary.md
 

@@ -5,7 +5,8 @@ popularity from the same splits.
 ``make real-seeds`` runs, for each seed S, ``towerflow evaluate --ablation --split-seed S``
 (writing ``DIR/seed-S/ablation.json``), ``towerflow tune --split-seed S`` (writing
 ``DIR/seed-S/tune/trials.json``) and ``towerflow tune --kind linear --split-seed S``
-(``DIR/seed-S/tune-linear/trials.json``), then this script::
+(``DIR/seed-S/tune-linear/trials.json``) and ``--kind hybrid``
+(``DIR/seed-S/tune-hybrid/trials.json``), then this script::
 
     python -m bench.real_seeds DIR [--out FILE.md]
 
@@ -31,11 +32,12 @@ log = logging.getLogger(__name__)
 _METRICS = ("recall@10", "ndcg@10")
 
 
-# Tuner output folders under seed-S/ and their rows: the SGD recipe's search and the
-# linear tower's (``towerflow tune --kind linear``).
+# Tuner output folders under seed-S/ and their rows: the SGD recipe's search, the linear
+# tower's (``towerflow tune --kind linear``) and the hybrid's (``--kind hybrid``).
 _TUNES = {
     "tune": "towerflow tune, chosen on validation",
     "tune-linear": "towerflow tune --kind linear, chosen on validation",
+    "tune-hybrid": "towerflow tune --kind hybrid, chosen on validation",
 }
 
 

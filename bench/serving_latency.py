@@ -1,4 +1,5 @@
-"""Per-request serving latency of the linear rung beside an MLP recipe on the same data:
+"""Per-request serving latency of the linear and hybrid rungs beside an MLP recipe on the
+same data:
 each is published by a nightly run into a temporary store, loaded with
 ``Recaller.load``, and asked for every user's top-k, one thread.
 
@@ -25,16 +26,18 @@ import torch
 
 from core import NightlyConfig, Recaller, run_nightly
 from core.config import load_config
-from core.ladder import LINEAR, LINEAR_TRAIN, WIDE
+from core.ladder import HYBRID, HYBRID_TRAIN, LINEAR, LINEAR_TRAIN, WIDE
 from storage import Layout, VersionStore
 
 __all__ = ["RECIPES", "main", "measure"]
 
 log = logging.getLogger(__name__)
 
-# (name, tower overrides, train overrides): the linear rung and the '+ wide' MLP rung.
+# (name, tower overrides, train overrides): the linear and hybrid rungs and the '+ wide'
+# MLP rung (the hybrid's MLP part).
 RECIPES: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...] = (
     ("linear rung", LINEAR, LINEAR_TRAIN),
+    ("hybrid rung", HYBRID, HYBRID_TRAIN),
     ("mlp + wide", {"item_bias": True, **WIDE}, {"uniform_negatives": 1024}),
 )
 
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, tower, train in RECIPES:
         cfg = load_config(args.config, base)
-        train = {**train, "epochs": args.epochs} if "linear_l2" not in train else train
+        if tower.get("kind") != "linear":  # an MLP recipe or part: its epochs
+            train = {**train, "epochs": args.epochs}
         cfg = cfg.model_copy(update={"tower": cfg.tower.model_copy(update=tower),
                                      "train": cfg.train.model_copy(update=train)})  # fmt: skip
         rows[name] = measure(NightlyConfig.model_validate(cfg.model_dump()), args.k, args.repeats)

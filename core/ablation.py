@@ -76,6 +76,7 @@ class VariantRun:
     val_metric: float | None
     validation: float | None
     epoch_loss: tuple[float, ...] = ()  # mean training loss of each epoch
+    blend_share: float | None = None  # kind 'hybrid': the linear share chosen on validation
 
 
 def choose_rung(runs: list[VariantRun]) -> str | None:
@@ -203,6 +204,7 @@ def run_ablation(
                 None if best is None else result.epochs[best - 1].val_metric,
                 validation,
                 tuple(e.loss for e in result.epochs),
+                result.blend_share,
             )
         )
         scorers[variant.name] = model_scorer(model, prep, ~prep.split.test)
@@ -269,6 +271,11 @@ def render_table(res: AblationResult) -> str:
             cells += [val, mark, f"{run.seconds:.0f}", f"{run.epochs}{best}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _choice_line(res)]
+    lines += [
+        f"Blend of `{r.name}` chosen on validation: the linear part's share {r.blend_share:g}."
+        for r in res.runs
+        if r.blend_share is not None
+    ]
     lines += [f"Not trained: `{name}`, {why}." for name, why in res.skipped.items()]
     if res.baseline_tuning:
         tried = ", ".join(f"{k}: {v:.4f}" for k, v in res.baseline_tuning.items())

@@ -191,6 +191,13 @@ def _training(t: TrainSummary) -> Section:
         # selection: the recipe chosen on validation, and what each candidate scored.
         scores = ", ".join(f"{name} {score:.4f}" for name, score in t.recipe_validation.items())
         lines.append(f"recipe chosen on validation: {t.recipe} ({scores})")
+    if t.blend_share is not None:
+        # kind 'hybrid': how much of the score the linear part carries, and why.
+        tried = ", ".join(f"{share} {score:.4f}" for share, score in t.blend_validation.items())
+        lines.append(
+            f"hybrid blend chosen on validation: linear share {t.blend_share:g}"
+            + (f" ({tried})" if tried else " (no validation split: 0.5)")
+        )
     rows = [
         [str(i + 1), f"{loss:.4f}", _fmt(val), f"{sec:.1f}"]
         for i, (loss, val, sec) in enumerate(

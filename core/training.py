@@ -54,6 +54,10 @@ class TrainSummary(BaseModel):
     # was made, every candidate's validation score.
     recipe: str = CONFIGURED
     recipe_validation: dict[str, float] = {}
+    # Tower kind 'hybrid': the linear part's share of the blend chosen on validation and
+    # the validation metric of every share tried (keys as text: JSON object keys).
+    blend_share: float | None = None
+    blend_validation: dict[str, float] = {}
 
 
 def train_version(
@@ -106,6 +110,8 @@ def train_version(
         stopped_early=result.stopped_early,
         recipe=chosen.name,
         recipe_validation=chosen.scores,
+        blend_share=result.blend_share,
+        blend_validation={f"{share:g}": v for share, v in result.blend.items()},
     )
     # Kept with the version: the report's loss curve (`towerflow report`) reads it.
     write_json(staging / VersionFiles.TRAINING, summary.model_dump(mode="json"))

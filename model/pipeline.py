@@ -299,6 +299,10 @@ def _fit_hybrid(
     The result holds the MLP part's epochs, then one for the linear fit and the blend:
     its loss is the linear fit's, its validation metric the chosen blend's, and it is
     the best epoch (the weights the model holds)."""
+    if train_cfg.world_size > 1:  # refused before the MLP part trains, not after
+        raise ValueError(
+            "tower kind 'hybrid' fits its linear part in closed form in one process: world_size 1"
+        )
     metric, max_users = validation
     mlp_tower, linear_tower = part_towers(model.spec.tower)
     recipe = [
@@ -340,7 +344,8 @@ def _fit_hybrid(
         on_epoch(final)
     epochs = [*mlp_result.epochs, final]
     return TrainResult(mlp_result.device, epochs, best_epoch=len(epochs),
-                       stopped_early=mlp_result.stopped_early)  # fmt: skip
+                       stopped_early=mlp_result.stopped_early, blend=choice.tried,
+                       blend_share=choice.share)  # fmt: skip
 
 
 def _val(result: TrainResult) -> str:

@@ -70,6 +70,10 @@ class TrainResult:
     epochs: list[EpochStats] = field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    # Kind 'hybrid': the validation metric of every linear share tried
+    # (``model.hybrid.choose_blend``) and the share the model holds; empty / None otherwise.
+    blend: dict[float, float] = field(default_factory=dict)
+    blend_share: float | None = None
 
     @property
     def final_loss(self) -> float:

@@ -176,3 +176,14 @@ def test_a_random_split_ablation_does_not_train_the_history_rung(tmp_path: Path)
     res = run_ablation(cfg, variants, str(tmp_path))
     assert [r.name for r in res.runs] == ["+ logQ"]
     assert set(res.skipped) == {"+ history"} and "+ history" not in res.rankers
+
+
+def test_the_table_names_a_hybrids_blend_chosen_on_validation() -> None:
+    res = _result({"linear": 0.2, "hybrid": 0.3}, {"linear": 0.2, "hybrid": 0.3})
+    hybrid = VariantRun("hybrid", 1.0, 3, 3, 0.3, 0.3, (0.5, 0.4, 9.0), blend_share=0.4)
+    res = AblationResult(res.snapshot_id, res.protocol, res.n_users, res.n_items, res.rankers,
+                         [res.runs[0], hybrid], res.validation_metric)  # fmt: skip
+    lines = render_table(res).splitlines()
+    assert "Blend of `hybrid` chosen on validation: the linear part's share 0.4." in lines
+    assert not any(line.startswith("Blend of `linear`") for line in lines)
+    assert res.to_json()["runs"][1]["blend_share"] == 0.4

@@ -1,6 +1,7 @@
-"""The linear tower through the whole life cycle, without Prefect: a nightly publishes it
-(closed-form fit, unnormalised vectors in the index), the recall path serves known and
-unknown users, and an items event embeds a new item from its content."""
+"""The linear tower, alone and in a hybrid, through the whole life cycle, without
+Prefect: a nightly publishes it (closed-form fit, unnormalised vectors in the index), the
+recall path serves known and unknown users, and an items event embeds a new item from
+its content."""
 
 from __future__ import annotations
 
@@ -15,13 +16,20 @@ from storage import Layout, VersionFiles, VersionStore, read_json
 pytestmark = pytest.mark.e2e  # one tiny nightly
 
 
-@pytest.fixture(scope="module")
-def linear_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("linear")
+TOWERS = {
+    "linear": {"kind": "linear", "embedding_dim": 64, "history_len": 200},
+    "hybrid": {"kind": "hybrid", "embedding_dim": 16, "linear_dim": 64, "history_len": 200},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TOWERS))
+def linear_root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    root = tmp_path_factory.mktemp(request.param)
     cfg = NightlyConfig.model_validate(
         {
             "data": {"scale": "tiny"},
-            "tower": {"kind": "linear", "embedding_dim": 64, "history_len": 200},
+            "tower": TOWERS[request.param],
+            "train": {"epochs": 2},
             "runtime": {"storage_root": str(root)},
         }
     )
@@ -32,11 +40,28 @@ def linear_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_nightly_publishes_a_linear_model_far_above_popularity(linear_root: Path) -> None:
     store = VersionStore(Layout(linear_root))
     version = store.open_current(verify=True)
-    assert version.manifest.config["tower"]["kind"] == "linear"
+    kind = version.manifest.config["tower"]["kind"]
+    assert kind in TOWERS
+    dims = TOWERS[kind]["embedding_dim"] + TOWERS[kind].get("linear_dim", 0)
+    assert version.manifest.embedding_dim == dims
     rankers = read_json(version.file(VersionFiles.METRICS))["rankers"]
     assert rankers["model"]["recall@50"] > 2 * rankers["popularity"]["recall@50"]
     training = read_json(version.file(VersionFiles.TRAINING))
-    assert len(training["epoch_loss"]) == 1 and np.isfinite(training["epoch_loss"][0])
+    # linear: one closed-form "epoch"; hybrid: the MLP part's two, then the linear fit.
+    assert len(training["epoch_loss"]) == (1 if kind == "linear" else 3)
+    assert np.isfinite(training["epoch_loss"]).all()
+    # A hybrid records the blend it chose on validation, and every share it tried.
+    if kind == "hybrid":
+        tried = training["blend_validation"]
+        assert len(tried) == 11 and tried[f"{training['blend_share']:g}"] == max(tried.values())
+        from core.report_data import load_version_report, report_sections
+
+        inputs = load_version_report(store, version.version_id)
+        (section,) = [s for s in report_sections(inputs) if s.title == "Training"]
+        line = f"hybrid blend chosen on validation: linear share {training['blend_share']:g} ("
+        assert any(x.startswith(line) for x in section.lines), section.lines
+    else:
+        assert training["blend_share"] is None and training["blend_validation"] == {}
 
 
 def test_recall_serves_known_and_unknown_users_from_unnormalised_vectors(

@@ -217,9 +217,31 @@ def test_the_tune_command_searches_the_linear_towers_rank_and_penalties(tmp_path
     assert bad.exit_code == 2 and "--kind" in bad.output
 
 
+def test_the_tune_command_searches_a_hybrids_linear_part_and_keeps_its_mlp(
+    tmp_path: Path,
+) -> None:
+    from cli.app import app
+    from core.ladder import HYBRID, LINEAR_TRAIN
+
+    out = tmp_path / "out"
+    args = ["tune", "--scale", "tiny", "--kind", "hybrid", "--trials", "3", "--threads", "1",
+            "--epochs", "1"]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--root", str(tmp_path / "root"), "--out", str(out),
+                                   "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    trials = json.loads(res.stdout)["trials"]
+    # Trial 0 is the ablation's hybrid rung; every trial draws only its linear part.
+    assert trials[0]["params"] == {"rank": HYBRID["linear_dim"], **LINEAR_TRAIN}
+    assert all(set(t["params"]) == {"rank", "linear_l2", "linear_dropout"} for t in trials)
+    assert all(t["state"] == "complete" and t["epochs"] == 2 for t in trials)  # MLP + blend
+    tuned = load_config(out / "tuned.yaml", {})
+    assert tuned.tower.kind == "hybrid" and tuned.tower.embedding_dim == HYBRID["embedding_dim"]
+    assert tuned.tower.history_len == HYBRID["history_len"] and tuned.tower.item_bias
+
+
 def test_kind_overrides_switch_recipes_without_carrying_the_other_kinds_bag() -> None:
     from cli.tune import _kind_overrides
-    from core.ladder import LINEAR, LINEAR_TRAIN
+    from core.ladder import HYBRID, HYBRID_TRAIN, LINEAR, LINEAR_TRAIN
 
     linear_cfg = {"tower": {"kind": "linear", "history_len": 5000, "embedding_dim": 512}}
     # A linear config tuned as an MLP leaves its 5,000-item bag behind: no history feature.
@@ -232,3 +254,13 @@ def test_kind_overrides_switch_recipes_without_carrying_the_other_kinds_bag() ->
     assert out["tower.history_len"] == LINEAR["history_len"]
     assert {f"train.{k}": v for k, v in LINEAR_TRAIN.items()}.items() <= out.items()
     assert _kind_overrides(None, linear_cfg) == {}
+    # 'hybrid' takes the hybrid rung (the MLP part's widths and the linear part's rank);
+    # an MLP tune of a hybrid config drops its bag too.
+    hybrid = _kind_overrides("hybrid", {})
+    assert hybrid["tower.kind"] == "hybrid" and hybrid["tower.linear_dim"] == HYBRID["linear_dim"]
+    assert hybrid["tower.embedding_dim"] == HYBRID["embedding_dim"]
+    assert {f"train.{k}": v for k, v in HYBRID_TRAIN.items()}.items() <= hybrid.items()
+    assert _kind_overrides("mlp", {"tower": {"kind": "hybrid", "history_len": 5000}}) == {
+        "tower.kind": "mlp",
+        "tower.history_len": 0,
+    }
