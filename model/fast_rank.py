@@ -27,6 +27,7 @@ block's size and threads, a user's list does not depend on the users ranked with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import faiss
 import numpy as np
@@ -48,6 +49,8 @@ __all__ = ["SharedScores", "VectorScores", "shared_topk", "vector_topk"]
 _VECTOR_BLOCK = 1024
 # Candidates fetched beyond k + 1 + the most items a user of the block has excluded.
 _MARGIN = 32
+# Bytes of float64 gathered per step of the exact rescoring.
+_EXACT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -171,10 +174,22 @@ def _exact_scores(
     """
     out = np.empty(cand.shape, np.float64)
     u64 = users.astype(np.float64)
-    for lo in range(0, len(cand), 128):  # ~ 128 * w * D * 8 bytes of temporaries
-        gathered = items[cand[lo : lo + 128]].astype(np.float64)
-        out[lo : lo + 128] = (gathered * u64[lo : lo + 128, None, :]).sum(axis=2)
+    # Rows per step so that the (rows, w, D) float64 gather stays near _EXACT_BYTES: at
+    # w = 2,000 and D = 1,280 (a hybrid on ml-latest-small) 128 rows were 2.6 GB.
+    step = max(1, min(128, _EXACT_BYTES // max(1, cand.shape[1] * users.shape[1] * 8)))
+    for lo in range(0, len(cand), step):
+        gathered = items[cand[lo : lo + step]].astype(np.float64)
+        out[lo : lo + step] = (gathered * u64[lo : lo + step, None, :]).sum(axis=2)
     return out
+
+
+def _width_groups(lengths: npt.NDArray[np.int64], base: int) -> list[tuple[int, int]]:
+    """[start, end) runs of ascending ``lengths`` whose candidate widths (``base`` +
+    length) share a power of two: a run's width is at most twice its first user's."""
+    bucket = np.ceil(np.log2(base + lengths.astype(np.float64))).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(bucket)) + 1
+    edges = [0, *cuts.tolist(), len(lengths)]
+    return [(a, b) for a, b in pairwise(edges) if b > a]
 
 
 def vector_topk(
@@ -198,13 +213,20 @@ def vector_topk(
         2.0 * scores.items.shape[1] * 2.0**-24 * float(np.linalg.norm(scores.items, axis=1).max())
     )
     out = np.full((len(user_rows), k), -1, dtype=np.int64)
+    # Users in order of how many items they exclude, each block cut where the width
+    # doubles: a block's width is set by its heaviest user, and one user with 2,000
+    # training items would otherwise make every user of the block fetch and rescore 2,000
+    # candidates (ml-latest-small). Lists do not depend on the block, so the order is free.
+    order_of = np.argsort(lengths[user_rows], kind="stable")
+    base = depth + 1 + _MARGIN
 
-    def rank(lo: int, hi: int) -> None:
-        block = user_rows[lo:hi]
+    def rank_rows(at: npt.NDArray[np.int64]) -> None:
+        """Rank the users ``user_rows[at]`` (one width group) into ``out[at]``."""
+        block = user_rows[at]
         users = scores.users[block]
         # Room for every excluded item, the (k+1)-th kept one (it tells whether a tie
         # straddles the boundary) and a margin, so that the last candidate rarely decides.
-        width = min(n_items, depth + 1 + _MARGIN + int(lengths[block].max(initial=0)))
+        width = min(n_items, base + int(lengths[block].max(initial=0)))
         approx, cand = faiss.knn(users, scores.items, width, metric=faiss.METRIC_INNER_PRODUCT)
         key = _exact_scores(users, scores.items, cand)
         key[_excluded(cand, block, exclude, n_items)] = -np.inf
@@ -215,7 +237,7 @@ def vector_topk(
         cand = np.take_along_axis(cand, order, axis=1)
         key = np.take_along_axis(key, order, axis=1)
         top, count = _first_kept(cand, np.isneginf(key), depth + 1)
-        out[lo:hi, :depth] = top[:, :depth]
+        out[at, :depth] = top[:, :depth]
         if width < n_items:
             # Faiss kept `width` items of all: a row is settled when its k-th kept score
             # beats the (k+1)-th and that one beats every item left out (at most the last
@@ -226,9 +248,14 @@ def vector_topk(
             kth, next_ = key[:, depth - 1], key[:, depth]
             unsettled = np.flatnonzero((count <= depth) | (kth == next_) | (next_ <= bound))
             for row in unsettled:
-                out[lo + row] = full_ranking_topk(
+                out[at[row]] = full_ranking_topk(
                     scores, block[row : row + 1], n_items, exclude, k, block_users=1
                 )
+
+    def rank(lo: int, hi: int) -> None:
+        at = order_of[lo:hi]
+        for start, end in _width_groups(lengths[user_rows[at]], base):
+            rank_rows(at[start:end])
 
     # On shared cores, smaller blocks side by side: a user's list does not depend on the
     # block it is ranked in, so they give the same lists.

@@ -128,3 +128,28 @@ def test_bad_vectors_are_refused_with_the_reason() -> None:
             np.arange(2), 5, CsrSets.from_pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), 2),
             3,
         )  # fmt: skip
+
+
+def test_vector_topk_groups_users_by_exclusions_and_keeps_the_callers_order() -> None:
+    """Users are ranked in order of how many items they exclude, in groups whose width
+    at most doubles; the lists come back in the caller's order, equal to the dense ones
+    (exact integer scores, ties included)."""
+    from model.fast_rank import _width_groups
+
+    rng = np.random.default_rng(9)
+    n_users, n_items, k = 60, 900, 10
+    users = rng.integers(-2, 3, (n_users, 4)).astype(np.float32)
+    items = rng.integers(-2, 3, (n_items, 4)).astype(np.float32)
+    sizes = np.r_[np.zeros(20, np.int64), rng.integers(1, 40, 30), rng.integers(300, 700, 10)]
+    pairs = [(u, i) for u in range(n_users) for i in rng.choice(n_items, sizes[u], replace=False)]
+    ex = CsrSets.from_pairs(np.array([p[0] for p in pairs], np.int64),
+                            np.array([p[1] for p in pairs], np.int64), n_users)  # fmt: skip
+    rows = rng.permutation(n_users).astype(np.int64)  # not sorted by anything
+    scores = VectorScores(users, items)
+    fast = vector_topk(scores, rows, n_items, ex, k)
+    np.testing.assert_array_equal(fast, _dense(scores, rows, n_items, ex, k))
+    groups = _width_groups(np.sort(sizes), k + 1 + 32)
+    assert len(groups) > 2 and groups[0][0] == 0 and groups[-1][1] == n_users
+    for start, end in groups:  # each group's widths within a factor of two
+        widths = k + 1 + 32 + np.sort(sizes)[start:end]
+        assert widths.max() <= 2 * widths.min()
