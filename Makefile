@@ -154,7 +154,7 @@ tune-real: install
 
 # The ladder and the tuner (the SGD recipe's space, the linear tower's, the hybrid's) on each
 # split seed, then mean ± std over seeds of what validation chose, next to EASE and
-# popularity (bench/real_seeds.py). About (20 + TUNE_MINUTES) min per seed here.
+# popularity (bench/real_seeds.py). About (40 + TUNE_MINUTES) min per seed here.
 SEEDS ?= 1 7 2020
 TUNE_LINEAR_TRIALS ?= 16
 REAL_OUT ?= bench/results/real-seeds
