@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from model.config import TowerConfig, TowerSpec
-
-if TYPE_CHECKING:  # model.towers builds the hybrid's towers from this module
-    from model.towers import TwoTower
 
 __all__ = [
     "BLEND_GRID",
@@ -160,18 +156,3 @@ def _spread(users: npt.NDArray[np.float32], items: npt.NDArray[np.float32], seed
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(users), min(_SCALE_USERS, len(users)), replace=False)
     return float(np.std(users[pick].astype(np.float64) @ items.T.astype(np.float64)))
-
-
-def load_parts(
-    model: TwoTower, mlp: TwoTower, linear: TwoTower, weights: tuple[float, float]
-) -> None:
-    """Copy two trained two-towers (``mlp``: kind 'mlp', ``linear``: kind 'linear', built
-    from ``part_specs``) into the hybrid ``model`` and set its blend ``weights``."""
-    user, item = model.user_tower, model.item_tower
-    if not isinstance(user, HybridUserTower) or not isinstance(item, HybridItemTower):
-        raise ValueError("load_parts fills a two-tower of kind 'hybrid'")
-    user.mlp.load_state_dict(mlp.user_tower.state_dict())
-    user.linear.load_state_dict(linear.user_tower.state_dict())
-    item.mlp.load_state_dict(mlp.item_tower.state_dict())
-    item.linear.load_state_dict(linear.item_tower.state_dict())
-    user.weights.copy_(torch.tensor(weights, dtype=user.weights.dtype))

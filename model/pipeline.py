@@ -24,7 +24,7 @@ from model.fast_rank import VectorScores
 from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
 from model.history import PAD, history_before, latest_items
-from model.hybrid import choose_blend, load_parts, part_towers
+from model.hybrid import choose_blend, part_towers
 from model.linear_train import fit_linear
 from model.sets import CsrSets
 from model.towers import TwoTower
@@ -330,7 +330,7 @@ def _fit_hybrid(
         vector_validator(prep, metric, max_users, train_cfg.seed),
         train_cfg.seed,
     )
-    load_parts(model, mlp, linear, choice.weights)
+    model.load_parts(mlp, linear, choice.weights)
     model.eval()
     log.info(
         "hybrid: %s of the MLP part %s, of the linear part %s; blend (linear share) %s",

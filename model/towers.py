@@ -217,6 +217,19 @@ class TwoTower(nn.Module):
         (with ``item_bias``: unit in the first D - 1 dims, the item's offset in the last)."""
         return self.item_tower(id_rows, category_rows, content)
 
+    def load_parts(self, mlp: TwoTower, linear: TwoTower, weights: tuple[float, float]) -> None:
+        """Copy two trained two-towers (``mlp``: kind 'mlp', ``linear``: kind 'linear',
+        built from ``model.hybrid.part_specs``) into this hybrid and set its blend
+        ``weights`` (a_mlp, a_lin)."""
+        user, item = self.user_tower, self.item_tower
+        if not isinstance(user, HybridUserTower) or not isinstance(item, HybridItemTower):
+            raise ValueError("load_parts fills a two-tower of kind 'hybrid'")
+        user.mlp.load_state_dict(mlp.user_tower.state_dict())
+        user.linear.load_state_dict(linear.user_tower.state_dict())
+        item.mlp.load_state_dict(mlp.item_tower.state_dict())
+        item.linear.load_state_dict(linear.item_tower.state_dict())
+        user.weights.copy_(torch.tensor(weights, dtype=user.weights.dtype))
+
     def sparse_parameters(self) -> list[Tensor]:
         """The ID tables, trained with SparseAdam (the MLP kind; the linear kind has no
         SGD training)."""
