@@ -25,6 +25,7 @@ from model.features import FeatureTables, category_rows
 from model.fullrank import evaluate_ranking
 from model.history import PAD, history_before, latest_items
 from model.hybrid import choose_blend, part_towers
+from model.linear import LINEAR_MAX_ITEMS
 from model.linear_train import fit_linear
 from model.sets import CsrSets
 from model.towers import TwoTower
@@ -299,9 +300,15 @@ def _fit_hybrid(
     The result holds the MLP part's epochs, then one for the linear fit and the blend:
     its loss is the linear fit's, its validation metric the chosen blend's, and it is
     the best epoch (the weights the model holds)."""
-    if train_cfg.world_size > 1:  # refused before the MLP part trains, not after
+    # Refused before the MLP part trains, not after it.
+    if train_cfg.world_size > 1:
         raise ValueError(
             "tower kind 'hybrid' fits its linear part in closed form in one process: world_size 1"
+        )
+    if model.spec.n_items > LINEAR_MAX_ITEMS:
+        raise ValueError(
+            f"tower kind 'hybrid' fits its linear part over a dense {model.spec.n_items:,}"
+            f"-item solve; its limit is {LINEAR_MAX_ITEMS:,} items: use kind 'mlp'"
         )
     metric, max_users = validation
     mlp_tower, linear_tower = part_towers(model.spec.tower)

@@ -147,6 +147,11 @@ def test_catalogue_limits_name_the_recipe_that_cannot_train(
     assert catalogue_skip(linear, TrainConfig(), 20_000) is None
     over = catalogue_skip(linear, TrainConfig(), 20_001) or ""
     assert "linear tower's closed-form limit" in over
+    hybrid = TowerConfig(kind="hybrid", history_len=10)
+    assert catalogue_skip(hybrid, TrainConfig(), 20_000) is None
+    assert "hybrid tower's closed-form limit" in (
+        catalogue_skip(hybrid, TrainConfig(), 20_001) or ""
+    )
     assert catalogue_skip(TowerConfig(), full, 50_000) is None
     assert "full softmax's limit" in (catalogue_skip(TowerConfig(), full, 50_001) or "")
     assert catalogue_skip(TowerConfig(), TrainConfig(), 10**9) is None

@@ -176,8 +176,13 @@ def test_hybrid_refuses_sgd_as_a_whole_and_a_missing_bag() -> None:
         model.forward_user(torch.zeros(1, dtype=torch.int64), torch.zeros(1, 1))
 
 
-def test_hybrid_refuses_several_processes_before_training_anything(prep: Prepared) -> None:
+def test_hybrid_refuses_several_processes_or_a_large_catalogue_before_training(
+    prep: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
     parts: PartCache = {}
     with pytest.raises(ValueError, match="world_size 1"):
         fit(prep, TOWER, TRAIN.model_copy(update={"world_size": 2}), parts=parts)
-    assert parts == {}
+    monkeypatch.setattr("model.pipeline.LINEAR_MAX_ITEMS", prep.vocab.n_items - 1)
+    with pytest.raises(ValueError, match="use kind 'mlp'"):
+        fit(prep, TOWER, TRAIN, parts=parts)
+    assert parts == {}  # no MLP part was trained
