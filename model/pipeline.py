@@ -225,15 +225,14 @@ def fit(
     (``_fit_hybrid``); ``parts`` keeps its MLP parts across calls (a tuner's trials
     that differ only in the linear part train the MLP once).
     """
-    spec = prep.vocab.tower_spec(prep.data, tower_cfg)
-    model = init_model(spec, train_cfg.seed)
+    model = _scaled_model(prep, tower_cfg, train_cfg)
     if model.hybrid:
         result = _fit_hybrid(model, prep, train_cfg, (validate_metric, validate_users),
                              on_epoch, on_step, {} if parts is None else parts)  # fmt: skip
         return model, result
-    model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
     if model.linear:
-        result = _fit_linear(model, prep, train_cfg, validate_metric, validate_users)
+        validate_linear = validator(prep, validate_metric, validate_users, train_cfg.seed)
+        result = _fit_linear(model, prep, train_cfg, validate_linear)
         if on_epoch is not None:
             on_epoch(result.epochs[0])
         return model, result
@@ -265,18 +264,24 @@ def fit(
     return model, result
 
 
+def _scaled_model(prep: Prepared, tower_cfg: TowerConfig, train_cfg: TrainConfig) -> TwoTower:
+    """A freshly initialised model for ``prep``'s vocabulary, its feature scaling fitted on
+    the training tables."""
+    model = init_model(prep.vocab.tower_spec(prep.data, tower_cfg), train_cfg.seed)
+    model.fit_feature_scaling(prep.tables.user_profile[1:], prep.tables.item_content[1:])
+    return model
+
+
 def _fit_linear(
     model: TwoTower,
     prep: Prepared,
     train_cfg: TrainConfig,
-    validate_metric: str,
-    validate_users: int | None,
+    validate: Callable[[TwoTower], float] | None,
 ) -> TrainResult:
     """The closed-form fit of a linear model on each training user's latest items; its
-    one "epoch" carries the validation metric when the split has a validation part."""
+    one "epoch" carries the ``validate`` metric when given."""
     bags = history_rows(prep, prep.split.train, model.history_len)
     result = fit_linear(model, prep.tables, bags, train_cfg)
-    validate = validator(prep, validate_metric, validate_users, train_cfg.seed)
     if validate is not None:
         model.eval()
         stats = result.epochs[0]
@@ -328,8 +333,9 @@ def _fit_hybrid(
             on_epoch=on_epoch, on_step=on_step,
         )  # fmt: skip
         parts[key] = (mlp, mlp_result)
-    linear, linear_result = fit(prep, linear_tower, train_cfg, validate_metric=metric,
-                                validate_users=max_users)  # fmt: skip
+    # Not validated alone: the blend's share 1 is the linear part's validation.
+    linear = _scaled_model(prep, linear_tower, train_cfg)
+    linear_result = _fit_linear(linear, prep, train_cfg, None)
     split_train = prep.split.train
     choice = choose_blend(
         (user_vectors(mlp, prep, split_train), user_vectors(linear, prep, split_train)),
@@ -340,10 +346,10 @@ def _fit_hybrid(
     model.load_parts(mlp, linear, choice.weights)
     model.eval()
     log.info(
-        "hybrid: %s of the MLP part %s, of the linear part %s; blend (linear share) %s",
-        metric, _val(mlp_result), _val(linear_result),
+        "hybrid: %s by the linear part's share (0: the MLP part, 1: the linear part): %s",
+        metric,
         ", ".join(f"{a:g}: {v:.4f}" for a, v in choice.tried.items()) or "0.5 (no validation)",
-    )  # fmt: skip
+    )
     fitted = linear_result.epochs[0]
     final = EpochStats(len(mlp_result.epochs) + 1, fitted.loss, fitted.seconds,
                        fitted.examples_per_s, choice.tried.get(choice.share))  # fmt: skip
@@ -353,13 +359,6 @@ def _fit_hybrid(
     return TrainResult(mlp_result.device, epochs, best_epoch=len(epochs),
                        stopped_early=mlp_result.stopped_early, blend=choice.tried,
                        blend_share=choice.share)  # fmt: skip
-
-
-def _val(result: TrainResult) -> str:
-    """The validation metric of the epoch a part's weights hold, as text."""
-    best = result.best_epoch
-    value = None if best is None else result.epochs[best - 1].val_metric
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def sampled_pointwise(prep: Prepared, negatives: int, seed: int) -> Pointwise:

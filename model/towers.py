@@ -163,12 +163,17 @@ class TwoTower(nn.Module):
         return self.spec.tower.output_dim
 
     def fit_feature_scaling(self, profile: Tensor, content: Tensor) -> None:
-        """Fit the profile (U, P) and content (I, C) standardisation on training tables."""
-        if isinstance(self.user_tower, UserTower):  # the linear user tower reads no profile
-            self.user_tower.profile_norm.fit(profile)
-        if isinstance(self.item_tower, HybridItemTower):  # its parts are fitted as alone
-            return
-        self.item_tower.content_norm.fit(content)
+        """Fit the profile (U, P) and content (I, C) standardisation on training tables
+        (a hybrid's: both parts')."""
+        user, item = self.user_tower, self.item_tower
+        users = [user.mlp] if isinstance(user, HybridUserTower) else [user]
+        items = [item.mlp, item.linear] if isinstance(item, HybridItemTower) else [item]
+        for tower in users:
+            if isinstance(tower, UserTower):  # the linear user tower reads no profile
+                tower.profile_norm.fit(profile)
+        for tower in items:
+            assert isinstance(tower, ItemTower | LinearItemTower)
+            tower.content_norm.fit(content)
 
     @property
     def user_norm_sq(self) -> float | None:

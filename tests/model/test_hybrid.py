@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from model.config import TowerConfig, TowerSpec, TrainConfig
 from model.dataset import random_ratio_split
 from model.features import FeatureTables
-from model.hybrid import BLEND_GRID, HybridUserTower, choose_blend, part_towers
+from model.hybrid import BLEND_GRID, HybridItemTower, HybridUserTower, choose_blend, part_towers
 from model.pipeline import (
     PartCache,
     Prepared,
@@ -186,3 +186,14 @@ def test_hybrid_refuses_several_processes_or_a_large_catalogue_before_training(
     with pytest.raises(ValueError, match="use kind 'mlp'"):
         fit(prep, TOWER, TRAIN, parts=parts)
     assert parts == {}  # no MLP part was trained
+
+
+def test_feature_scaling_of_a_hybrid_fits_both_parts(prep: Prepared) -> None:
+    model = init_model(prep.vocab.tower_spec(prep.data, TOWER), 0)
+    profile, content = prep.tables.user_profile[1:], prep.tables.item_content[1:]
+    model.fit_feature_scaling(profile, content)
+    user, item = model.user_tower, model.item_tower
+    assert isinstance(user, HybridUserTower) and isinstance(item, HybridItemTower)
+    torch.testing.assert_close(user.mlp.profile_norm.mean, profile.mean(dim=0))
+    for part in (item.mlp, item.linear):
+        torch.testing.assert_close(part.content_norm.mean, content.mean(dim=0))
